@@ -1,0 +1,115 @@
+// AdamW (Loshchilov & Hutter) as torch.optim.AdamW computes it, fused into one pass per tensor:
+//   g ← g·clip;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;
+//   p ← p·(1 − lr·wd);  p ← p − (lr/(1−β1ᵗ))·m / (√v/√(1−β2ᵗ) + eps)
+// and the global gradient L2 norm over all tensors with clipping as torch's clip_grad_norm_
+// (clip = min(1, max_norm/(norm + 1e-6))). The norm stays on the device and the update reads it
+// there, so a training step needs no host round trip. Sums run in a fixed order: 32 partial sums
+// per tensor, then one group over all partials.
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace IlgpuBert.Kernels;
+
+/// <summary>Hyper-parameters of one AdamW step. Step counts from 1.</summary>
+public readonly record struct AdamWStep(float LearningRate, float Beta1, float Beta2, float Eps, float WeightDecay, int Step, float MaxGradNorm)
+{
+    public static AdamWStep Bert(float lr, int step) => new(lr, 0.9f, 0.999f, 1e-6f, 0.01f, step, 1f);
+}
+
+public sealed class AdamWKernels
+{
+    public const int PartialsPerTensor = 32;
+
+    private readonly KernelSet set;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs> update;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, long> sumSquares;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, int> finishNorm;
+
+    internal AdamWKernels(KernelSet set)
+    {
+        this.set = set;
+        var acc = set.Accelerator;
+        update = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs>(UpdateKernel);
+        sumSquares = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel);
+        finishNorm = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel);
+    }
+
+    /// <summary>norm[0] ← √(Σ over all tensors of Σ g²).</summary>
+    public void GlobalNorm(IReadOnlyList<ArrayView<float>> grads, ArrayView<float> norm)
+    {
+        Check.Vector("norm", norm, 1);
+        var partials = set.FloatScratch((long)Math.Max(grads.Count, 1) * PartialsPerTensor);
+        var rows = new KernelConfig(PartialsPerTensor, set.RowGroupSize, SharedMemoryConfig.RequestDynamic<float>(set.RowGroupSize));
+        for (int i = 0; i < grads.Count; i++)
+            sumSquares(rows, grads[i], partials.SubView((long)i * PartialsPerTensor, PartialsPerTensor), grads[i].Length);
+        finishNorm(new KernelConfig(1, set.RowGroupSize, SharedMemoryConfig.RequestDynamic<float>(set.RowGroupSize)),
+            partials, norm, grads.Count * PartialsPerTensor);
+    }
+
+    /// <summary>
+    /// One AdamW step on a tensor of n elements; m and v are its moments (start at 0). The
+    /// gradient is scaled by the clip factor from norm[0] when MaxGradNorm &gt; 0; pass
+    /// WeightDecay = 0 for biases and LayerNorm weights. The gradient itself is left unchanged.
+    /// </summary>
+    public void Update(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v,
+        ArrayView<float> norm, long n, AdamWStep s)
+    {
+        if (s.Step < 1) throw new ArgumentOutOfRangeException(nameof(s), "AdamW steps count from 1");
+        foreach (var (name, view) in new[] { ("param", param), ("grad", grad), ("m", m), ("v", v) })
+            Check.Vector(name, view, n);
+        if (s.MaxGradNorm > 0f) Check.Vector("norm", norm, 1);
+        var args = new AdamWArgs
+        {
+            Lr = s.LearningRate, Beta1 = s.Beta1, Beta2 = s.Beta2, Eps = s.Eps, WeightDecay = s.WeightDecay,
+            BiasCorrection1 = (float)(1 - Math.Pow(s.Beta1, s.Step)),
+            SqrtBiasCorrection2 = (float)Math.Sqrt(1 - Math.Pow(s.Beta2, s.Step)),
+            MaxNorm = s.MaxGradNorm,
+        };
+        if (n > 0) update(set.GridStride(n), param, grad, m, v, s.MaxGradNorm > 0f ? norm : param, n, args);
+    }
+
+    internal static void UpdateKernel(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v,
+        ArrayView<float> norm, long n, AdamWArgs a)
+    {
+        float clip = a.MaxNorm > 0f ? MathF.Min(1f, a.MaxNorm / (norm[0] + 1e-6f)) : 1f;
+        float stepSize = a.Lr / a.BiasCorrection1;
+        for (long i = GridStride.Start; i < n; i += GridStride.Step)
+        {
+            float g = grad[i] * clip;
+            float mi = a.Beta1 * m[i] + (1f - a.Beta1) * g;
+            float vi = a.Beta2 * v[i] + (1f - a.Beta2) * g * g;
+            m[i] = mi;
+            v[i] = vi;
+            float p = param[i] * (1f - a.Lr * a.WeightDecay);
+            param[i] = p - stepSize * mi / (MathF.Sqrt(vi) / a.SqrtBiasCorrection2 + a.Eps);
+        }
+    }
+
+    /// <summary>Group g of 32 sums squares of elements g·G + t, stepping by 32·G: fixed order.</summary>
+    internal static void SumSquaresKernel(ArrayView<float> x, ArrayView<float> partial, long n)
+    {
+        var shared = SharedMemory.GetDynamic<float>();
+        float s = 0f;
+        for (long i = (long)Grid.IdxX * Group.DimX + Group.IdxX; i < n; i += (long)Grid.DimX * Group.DimX)
+            s += x[i] * x[i];
+        s = GroupReduce.Sum(shared, s);
+        if (Group.IdxX == 0)
+            partial[Grid.IdxX] = s;
+    }
+
+    internal static void FinishNormKernel(ArrayView<float> partial, ArrayView<float> norm, int count)
+    {
+        var shared = SharedMemory.GetDynamic<float>();
+        float s = 0f;
+        for (int i = Group.IdxX; i < count; i += Group.DimX)
+            s += partial[i];
+        s = GroupReduce.Sum(shared, s);
+        if (Group.IdxX == 0)
+            norm[0] = MathF.Sqrt(s);
+    }
+}
+
+public struct AdamWArgs
+{
+    public float Lr, Beta1, Beta2, Eps, WeightDecay, BiasCorrection1, SqrtBiasCorrection2, MaxNorm;
+}

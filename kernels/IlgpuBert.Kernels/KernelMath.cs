@@ -1,0 +1,64 @@
+// Scalar math that must stay FP32-accurate on every accelerator.
+//
+// ILGPU lowers tanh to tanh.approx.f32 on CUDA (abs. error ~5e-4, see ILGPU-NOTES.md), which would
+// miss FP32 tolerances in GELU and the pooler. Everything here is built from exp, whose CUDA
+// lowering (ex2.approx) is good to a few ulp, and is written so that no result comes from the
+// difference of two nearly equal numbers.
+using System.Runtime.CompilerServices;
+
+namespace IlgpuBert.Kernels;
+
+public static class KernelMath
+{
+    /// <summary>1 / (1 + e^-x), without overflow to NaN at either end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Sigmoid(float x)
+    {
+        if (x >= 0f)
+            return 1f / (1f + MathF.Exp(-x));
+        float e = MathF.Exp(x);
+        return e / (1f + e);
+    }
+
+    /// <summary>tanh(x) = 2·sigmoid(2x) − 1 for |x| ≥ 0.25; an odd Taylor polynomial below, where
+    /// that difference would cancel. Relative error ≲ 2e-7 on both branches.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Tanh(float x)
+    {
+        float a = MathF.Abs(x);
+        if (a < 0.25f)
+        {
+            // x − x³/3 + 2x⁵/15 − 17x⁷/315 + 62x⁹/2835: next term < 2e-9 at 0.25.
+            float x2 = x * x;
+            return x + x * x2 * (-1f / 3f + x2 * (2f / 15f + x2 * (-17f / 315f + x2 * (62f / 2835f))));
+        }
+        float e = MathF.Exp(-2f * a);
+        float t = (1f - e) / (1f + e);
+        return x < 0f ? -t : t;
+    }
+
+    /// <summary>
+    /// Complementary error function with fractional error below 1.2e-7 everywhere (the Chebyshev
+    /// fit of Numerical Recipes' erfcc). Being a fraction, not a difference, it keeps full relative
+    /// accuracy in the tails, where GELU's Φ(x) = ½·erfc(−x/√2) is tiny.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Erfc(float z)
+    {
+        float a = MathF.Abs(z);
+        float t = 1f / (1f + 0.5f * a);
+        float poly = -1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
+            t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
+            t * (-0.82215223f + t * 0.17087277f))))))));
+        float r = t * MathF.Exp(-a * a + poly);
+        return z >= 0f ? r : 2f - r;
+    }
+
+    /// <summary>Standard normal CDF Φ(x).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float NormalCdf(float x) => 0.5f * Erfc(-x * 0.70710678118654752f);
+
+    /// <summary>Standard normal density φ(x).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float NormalPdf(float x) => 0.39894228040143268f * MathF.Exp(-0.5f * x * x);
+}

@@ -1,0 +1,121 @@
+// The device runtime: one ILGPU context, one accelerator, its kernels and its buffer pool.
+//
+// Accelerators are tried in the order CUDA, OpenCL, CPU. The CPU accelerator is shaped for fat
+// threads (KernelSet.FatCpuDevice): one single-thread group per core.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using ILGPU.Runtime.OpenCL;
+using IlgpuBert.Kernels;
+
+namespace IlgpuBert.Runtime;
+
+/// <summary>One line of <c>ilgpu-bert devices</c>.</summary>
+public sealed record DeviceInfo(string Spec, DeviceKind Kind, string Name, long MemoryBytes, int WarpSize,
+    int MaxGroupSize, int Multiprocessors, string? ComputeCapability, bool IsAutoChoice);
+
+public sealed class BertDevice : IDisposable
+{
+    private BertDevice(Context context, Accelerator accelerator, string spec)
+    {
+        Context = context;
+        Accelerator = accelerator;
+        Spec = spec;
+        Kernels = new KernelSet(accelerator);
+        Pool = new BufferPool(accelerator);
+    }
+
+    public Context Context { get; }
+    public Accelerator Accelerator { get; }
+    public KernelSet Kernels { get; }
+    public BufferPool Pool { get; }
+
+    /// <summary>The concrete device chosen, e.g. "cuda:0" or "cpu:0".</summary>
+    public string Spec { get; }
+
+    public DeviceKind Kind => KindOf(Accelerator.AcceleratorType);
+
+    public string Name => Accelerator.Name;
+
+    /// <summary>Opens the device the spec names; throws <see cref="DeviceException"/> when it is absent.</summary>
+    public static BertDevice Open(DeviceSpec spec)
+    {
+        var context = CreateContext();
+        try
+        {
+            var candidates = Candidates(context, spec.Kind);
+            int index = spec.Index ?? 0;
+            if (index >= candidates.Count)
+            {
+                string have = candidates.Count == 0 ? "none is present" : $"only {candidates.Count} present";
+                throw new DeviceException($"no {(spec.Kind == DeviceKind.Auto ? "" : spec.Kind.ToString().ToLowerInvariant() + " ")}device {index}: {have} (see `ilgpu-bert devices`)");
+            }
+            var device = candidates[index];
+            var accelerator = device.CreateAccelerator(context);
+            return new BertDevice(context, accelerator, SpecOf(context, device));
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens the device named by ILGPU_BERT_DEVICE, or auto.</summary>
+    public static BertDevice OpenDefault() => Open(DeviceSpec.FromEnvironment());
+
+    /// <summary>Every accelerator ILGPU finds, in the order auto tries them, the first marked.</summary>
+    public static IReadOnlyList<DeviceInfo> List()
+    {
+        using var context = CreateContext();
+        var all = Candidates(context, DeviceKind.Auto);
+        return all.Select((d, i) => new DeviceInfo(SpecOf(context, d), KindOf(d.AcceleratorType), d.Name, d.MemorySize,
+            d.WarpSize, d.MaxNumThreadsPerGroup, d.NumMultiprocessors,
+            d is CudaDevice cuda ? $"{(int)cuda.Architecture.GetValueOrDefault().Major}.{cuda.Architecture.GetValueOrDefault().Minor}" : null,
+            i == 0)).ToList();
+    }
+
+    private static Context CreateContext() =>
+        Context.Create(builder => builder
+            .Cuda()
+            .OpenCL()
+            .CPU(KernelSet.FatCpuDevice())
+            .EnableAlgorithms());
+
+    private static List<Device> Candidates(Context context, DeviceKind kind)
+    {
+        IEnumerable<Device> Of(AcceleratorType t) => context.Devices.Where(d => d.AcceleratorType == t);
+        return kind switch
+        {
+            DeviceKind.Cuda => Of(AcceleratorType.Cuda).ToList(),
+            DeviceKind.OpenCL => Of(AcceleratorType.OpenCL).ToList(),
+            DeviceKind.Cpu => Of(AcceleratorType.CPU).ToList(),
+            _ => Of(AcceleratorType.Cuda).Concat(Of(AcceleratorType.OpenCL)).Concat(Of(AcceleratorType.CPU)).ToList(),
+        };
+    }
+
+    private static string SpecOf(Context context, Device device)
+    {
+        var kind = KindOf(device.AcceleratorType);
+        int index = Candidates(context, kind).IndexOf(device);
+        return new DeviceSpec(kind, index).ToString();
+    }
+
+    private static DeviceKind KindOf(AcceleratorType type) => type switch
+    {
+        AcceleratorType.Cuda => DeviceKind.Cuda,
+        AcceleratorType.OpenCL => DeviceKind.OpenCL,
+        _ => DeviceKind.Cpu,
+    };
+
+    public void Dispose()
+    {
+        // Buffers, then the accelerator, then the context (ILGPU-NOTES.md).
+        Accelerator.Synchronize();
+        Pool.Dispose();
+        Kernels.Dispose();
+        Accelerator.Dispose();
+        Context.Dispose();
+    }
+}

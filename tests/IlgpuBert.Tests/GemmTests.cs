@@ -1,0 +1,119 @@
+using IlgpuBert.Kernels;
+
+namespace IlgpuBert.Tests;
+
+public class GemmTests
+{
+    public static TheoryData<string, int, int, int, bool, bool> Cases()
+    {
+        var data = new TheoryData<string, int, int, int, bool, bool>();
+        foreach (var dev in Devices.Names)
+            foreach (var (m, n, k) in new[] { (1, 1, 1), (7, 33, 129), (65, 7, 17), (33, 129, 7) })
+                foreach (bool ta in new[] { false, true })
+                    foreach (bool tb in new[] { false, true })
+                        data.Add(dev, m, n, k, ta, tb);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Forward_matches_double_reference(string device, int m, int n, int k, bool ta, bool tb)
+    {
+        var d = Devices.Get(device);
+        var rng = new Random(m * 1000 + n * 10 + k + (ta ? 1 : 0) + (tb ? 2 : 0));
+        // Padded leading dimensions, so strides are exercised and not just dense layouts.
+        int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 1;
+        var a = Rand.Normal(rng, (long)(ta ? k : m) * lda);
+        var b = Rand.Normal(rng, (long)(tb ? n : k) * ldb);
+        var bias = Rand.Normal(rng, n);
+        foreach (var (alpha, beta, withBias) in new[] { (1f, 0f, false), (0.5f, 0f, true), (-1.25f, 0.75f, true) })
+        {
+            var cInit = Rand.Normal(rng, (long)m * ldc);
+            using var ba = d.Upload(a);
+            using var bb = d.Upload(b);
+            using var bBias = d.Upload(bias);
+            // β = 0 must not read C: start from NaN then.
+            using var bc = beta == 0 ? d.Poisoned((long)m * ldc) : d.Upload(cInit);
+            d.Kernels.Gemm.Forward(ta ? Transpose.T : Transpose.N, tb ? Transpose.T : Transpose.N, m, n, k, alpha,
+                ba.View, lda, bb.View, ldb, beta, bc.View, ldc, withBias ? bBias.View : default);
+            var got = d.Read(bc, (long)m * ldc);
+            var expected = Reference.Gemm(ta, tb, m, n, k, alpha, Rand.ToDouble(a), lda, Rand.ToDouble(b), ldb, beta,
+                Rand.ToDouble(cInit), ldc, withBias ? Rand.ToDouble(bias) : null);
+            // Padding columns of C are outside the product: compare only the M×N part.
+            Tol.AssertClose(Crop(expected, m, n, ldc), Crop(got, m, n, ldc), Tol.F32Reduction, $"C (α={alpha}, β={beta}, bias={withBias})");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void Strided_batches_match_reference(string device)
+    {
+        var d = Devices.Get(device);
+        var rng = new Random(7);
+        int batch = 3, m = 17, n = 9, k = 70;
+        long sa = m * k + 5, sb = k * n + 3, sc = m * n + 1;
+        var a = Rand.Normal(rng, sa * batch);
+        var b = Rand.Normal(rng, sb * batch);
+        var c = Rand.Normal(rng, sc * batch);
+        using var ba = d.Upload(a);
+        using var bb = d.Upload(b);
+        using var bc = d.Upload(c);
+        d.Kernels.Gemm.Forward(Transpose.N, Transpose.T, m, n, k, 1f, ba.View, k, bb.View, k, 1f, bc.View, n,
+            default, batch, sa, sb, sc);
+        var expected = Reference.Gemm(false, true, m, n, k, 1, Rand.ToDouble(a), k, Rand.ToDouble(b), k, 1, Rand.ToDouble(c), n,
+            null, batch, sa, sb, sc);
+        Tol.AssertClose(expected, d.Read(bc, sc * batch), Tol.F32Reduction, "batched C");
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Backward_matches_finite_differences(string device, int m, int n, int k, bool ta, bool tb)
+    {
+        if (m * n * k > 5000) m = Math.Min(m, 9); // keep O((MK + KN)·MNK) differencing affordable
+        var d = Devices.Get(device);
+        var rng = new Random(31 + m + n + k);
+        int lda = ta ? m : k, ldb = tb ? k : n;
+        var a = Rand.Normal(rng, (long)m * k);
+        var b = Rand.Normal(rng, (long)k * n);
+        var w = Rand.Normal(rng, (long)m * n); // L = Σ w ⊙ C, so dC = w
+        var da0 = Rand.Normal(rng, a.Length);
+        double[] ad = Rand.ToDouble(a), bd = Rand.ToDouble(b), wd = Rand.ToDouble(w);
+        double Loss(double[] av, double[] bv) =>
+            Reference.Dot(wd, Reference.Gemm(ta, tb, m, n, k, 1, av, lda, bv, ldb, 0, new double[m * n], n));
+
+        using var ba = d.Upload(a);
+        using var bb = d.Upload(b);
+        using var bw = d.Upload(w);
+        using var bda = d.Upload(da0); // accumulate = true: dA starts from da0
+        using var bdb = d.Poisoned(b.Length);
+        d.Kernels.Gemm.Backward(ta ? Transpose.T : Transpose.N, tb ? Transpose.T : Transpose.N, m, n, k,
+            ba.View, lda, bb.View, ldb, bw.View, n, bda.View, default, accumulate: true);
+        d.Kernels.Gemm.Backward(ta ? Transpose.T : Transpose.N, tb ? Transpose.T : Transpose.N, m, n, k,
+            ba.View, lda, bb.View, ldb, bw.View, n, default, bdb.View, accumulate: false);
+
+        var gradA = Reference.NumericGradient(x => Loss(x, bd), ad);
+        var gradB = Reference.NumericGradient(x => Loss(ad, x), bd);
+        for (int i = 0; i < gradA.Length; i++) gradA[i] += da0[i];
+        Tol.AssertClose(gradA, d.Read(bda, a.Length), Tol.F32Reduction, "dA (accumulated)");
+        Tol.AssertClose(gradB, d.Read(bdb, b.Length), Tol.F32Reduction, "dB");
+    }
+
+    [Fact]
+    public void Bad_shapes_are_clear_errors()
+    {
+        var d = Devices.Get("cpu");
+        using var buf = d.Poisoned(10);
+        var ex = Assert.Throws<ArgumentException>(() =>
+            d.Kernels.Gemm.Forward(Transpose.N, Transpose.N, 4, 4, 4, 1f, buf.View, 4, buf.View, 4, 0f, buf.View, 4));
+        Assert.Contains("operand A", ex.Message);
+        Assert.Throws<ArgumentException>(() =>
+            d.Kernels.Gemm.Forward(Transpose.N, Transpose.N, 2, 2, 2, 1f, buf.View, 1, buf.View, 2, 0f, buf.View, 2));
+    }
+
+    private static T[] Crop<T>(T[] c, int m, int n, int ldc)
+    {
+        var r = new T[m * n];
+        for (int i = 0; i < m; i++) Array.Copy(c, (long)i * ldc, r, (long)i * n, n);
+        return r;
+    }
+}
