@@ -4,7 +4,8 @@
 // Forward saves per-row mean and 1/σ (σ = √(var + eps), biased variance as PyTorch) so backward
 // need not reduce twice. Backward recomputes x̂ = (x + r − mean)/σ from x and r (which autograd
 // keeps anyway) and gives dx (= dr, the caller routes it to both inputs), dγ and dβ. Variance is
-// two-pass (mean first), not E[x²] − E[x]², which cancels for rows with a large mean.
+// two-pass (mean first), not E[x²] − E[x]², which cancels for rows with a large mean; the mean
+// itself is summed shifted by the row's first element, so a row around 1000 sums O(1) terms.
 // dγ and dβ are column sums in Bias' fixed-order chunks: deterministic, no atomics.
 using ILGPU;
 using ILGPU.Runtime;
@@ -85,10 +86,11 @@ public sealed class LayerNormKernels
         var shared = SharedMemory.GetDynamic<float>();
         long off = (long)Grid.IdxX * cols;
         int t = Group.IdxX, g = Group.DimX;
+        float shift = hasR != 0 ? x[off] + r[off] : x[off];
         float s = 0f;
         for (int j = t; j < cols; j += g)
-            s += hasR != 0 ? x[off + j] + r[off + j] : x[off + j];
-        float mu = GroupReduce.Sum(shared, s) / cols;
+            s += (hasR != 0 ? x[off + j] + r[off + j] : x[off + j]) - shift;
+        float mu = shift + GroupReduce.Sum(shared, s) / cols;
         float q = 0f;
         for (int j = t; j < cols; j += g)
         {
