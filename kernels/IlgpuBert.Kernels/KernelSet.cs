@@ -7,6 +7,7 @@
 //   kernels), and the grid is one group per core. Same kernel source, different shape.
 // Row kernels reduce through a fixed-order shared-memory tree, so a result depends only on the
 // group size, never on scheduling.
+using System.Reflection;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
@@ -120,6 +121,33 @@ public sealed class KernelSet : IDisposable
         floatScratch?.Dispose();
         intScratch?.Dispose();
         if (gemm.IsValueCreated) gemm.Value.Dispose();
+    }
+
+    /// <summary>
+    /// Every kernel entry point (all explicitly grouped), by family and name, with generic kernels
+    /// instantiated for each variant. Code-generation checks compile each for OpenCL and PTX.
+    /// </summary>
+    public static IReadOnlyList<(string Name, MethodInfo Method)> EntryPoints()
+    {
+        const BindingFlags flags = BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public;
+        var list = new List<(string, MethodInfo)>();
+        Type[] families =
+        [
+            typeof(GemmKernels), typeof(BiasKernels), typeof(ActivationKernels), typeof(LayerNormKernels),
+            typeof(SoftmaxKernels), typeof(CrossEntropyKernels), typeof(EmbeddingKernels), typeof(DropoutKernels),
+            typeof(AdamWKernels),
+        ];
+        Type[] activations = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu)];
+        foreach (var family in families)
+            foreach (var m in family.GetMethods(flags).Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal)))
+            {
+                string name = $"{family.Name.Replace("Kernels", "")}.{m.Name}";
+                if (m.IsGenericMethodDefinition)
+                    list.AddRange(activations.Select(a => ($"{name}<{a.Name}>", m.MakeGenericMethod(a))));
+                else
+                    list.Add((name, m));
+            }
+        return list;
     }
 
     /// <summary>

@@ -57,5 +57,5 @@ public static class Philox
 
     /// <summary>A uniform float in [0, 1) from the top 24 bits of a word.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Uniform(uint bits) => (bits >> 8) * (1f / 16777216f);
+    public static float Uniform(uint bits) => (int)(bits >> 8) * (1f / 16777216f); // via int: uint→float would go through double
 }
