@@ -121,20 +121,24 @@ public sealed class ActivationKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel<TAct>(ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int cols, int hasBias, long n)
         where TAct : struct, IActivation
     {
-        for (long i = GridStride.Start; i < n; i += GridStride.Step)
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < n; i += step)
         {
             float v = hasBias != 0 ? x[i] + bias[(int)(i % cols)] : x[i];
             y[i] = default(TAct).Apply(v, out _);
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void BackwardKernel<TAct>(ArrayView<float> x, ArrayView<float> bias, ArrayView<float> dy, ArrayView<float> dx, int cols, int hasBias, long n)
         where TAct : struct, IActivation
     {
-        for (long i = GridStride.Start; i < n; i += GridStride.Step)
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < n; i += step)
         {
             float v = hasBias != 0 ? x[i] + bias[(int)(i % cols)] : x[i];
             default(TAct).Apply(v, out float derivative);

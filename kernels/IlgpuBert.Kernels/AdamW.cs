@@ -5,6 +5,7 @@
 // (clip = min(1, max_norm/(norm + 1e-6))). The norm stays on the device and the update reads it
 // there, so a training step needs no host round trip. Sums run in a fixed order: 32 partial sums
 // per tensor, then one group over all partials.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -68,12 +69,14 @@ public sealed class AdamWKernels
         if (n > 0) update(set.GridStride(n), param, grad, m, v, s.MaxGradNorm > 0f ? norm : param, n, args);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void UpdateKernel(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v,
         ArrayView<float> norm, long n, AdamWArgs a)
     {
         float clip = a.MaxNorm > 0f ? MathF.Min(1f, a.MaxNorm / (norm[0] + 1e-6f)) : 1f;
         float stepSize = a.Lr / a.BiasCorrection1;
-        for (long i = GridStride.Start; i < n; i += GridStride.Step)
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < n; i += step)
         {
             float g = grad[i] * clip;
             float mi = a.Beta1 * m[i] + (1f - a.Beta1) * g;
@@ -86,22 +89,26 @@ public sealed class AdamWKernels
     }
 
     /// <summary>Group g of 32 sums squares of elements g·G + t, stepping by 32·G: fixed order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void SumSquaresKernel(ArrayView<float> x, ArrayView<float> partial, long n)
     {
         var shared = SharedMemory.GetDynamic<float>();
         float s = 0f;
-        for (long i = (long)Grid.IdxX * Group.DimX + Group.IdxX; i < n; i += (long)Grid.DimX * Group.DimX)
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < n; i += step)
             s += x[i] * x[i];
         s = GroupReduce.Sum(shared, s);
         if (Group.IdxX == 0)
             partial[Grid.IdxX] = s;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void FinishNormKernel(ArrayView<float> partial, ArrayView<float> norm, int count)
     {
         var shared = SharedMemory.GetDynamic<float>();
         float s = 0f;
-        for (int i = Group.IdxX; i < count; i += Group.DimX)
+        int g = Group.DimX;
+        for (int i = Group.IdxX; i < count; i += g)
             s += partial[i];
         s = GroupReduce.Sum(shared, s);
         if (Group.IdxX == 0)

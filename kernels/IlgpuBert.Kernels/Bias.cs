@@ -4,6 +4,7 @@
 // Column sums run in two fixed-order stages (rows in chunks of 32, then the chunks in order), with
 // no atomics, so the result is deterministic and a NaN cannot hang anything (ILGPU-NOTES.md).
 // The chunking does not depend on the accelerator, so every device adds in the same order.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -59,16 +60,20 @@ public sealed class BiasKernels
     internal void ReduceChunks(ArrayView<float> chunkSums, ArrayView<float> result, int chunks, int cols, bool accumulate) =>
         reduce(set.GridStride(cols), chunkSums, result, chunks, cols, accumulate ? 1 : 0);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel(ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int cols, long n)
     {
-        for (long i = GridStride.Start; i < n; i += GridStride.Step)
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < n; i += step)
             y[i] = x[i] + bias[(int)(i % cols)];
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ChunkSumsKernel(ArrayView<float> x, ArrayView<float> partial, int rows, int cols)
     {
         int chunks = (rows + RowsPerChunk - 1) / RowsPerChunk;
-        for (long e = GridStride.Start; e < (long)chunks * cols; e += GridStride.Step)
+        long step = GridStride.Step;
+        for (long e = GridStride.Start; e < (long)chunks * cols; e += step)
         {
             int chunk = (int)(e / cols), j = (int)(e % cols);
             int end = Math.Min(rows, (chunk + 1) * RowsPerChunk);
@@ -79,9 +84,11 @@ public sealed class BiasKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ReduceChunksKernel(ArrayView<float> partial, ArrayView<float> result, int chunks, int cols, int accumulate)
     {
-        for (long j = GridStride.Start; j < cols; j += GridStride.Step)
+        long step = GridStride.Step;
+        for (long j = GridStride.Start; j < cols; j += step)
         {
             float s = 0f;
             for (int c = 0; c < chunks; c++)

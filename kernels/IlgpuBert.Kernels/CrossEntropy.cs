@@ -8,6 +8,7 @@
 // Conventions: loss is written as [mean, count] so backward knows the count without a host round
 // trip; with no counted row the mean is 0 and the gradient is 0 (PyTorch would give NaN); a label
 // outside [0, V) other than −100 makes that row's loss NaN, so the caller's NaN check reports it.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -65,6 +66,7 @@ public sealed class CrossEntropyKernels
         if (vocab < 1) throw new ArgumentException($"vocabulary size must be positive, got {vocab}");
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void RowLossKernel(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse,
         ArrayView<float> perRow, int rows, int vocab)
     {
@@ -97,6 +99,7 @@ public sealed class CrossEntropyKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void MeanKernel(ArrayView<float> perRow, ArrayView<float> loss, int rows)
     {
         var shared = SharedMemory.GetDynamic<float>();
@@ -116,13 +119,15 @@ public sealed class CrossEntropyKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void BackwardKernel(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse, ArrayView<float> loss,
         ArrayView<float> dlogits, int rows, int vocab, float dLoss)
     {
         float count = loss[1];
         float scale = count > 0f ? dLoss / count : 0f;
         long n = (long)rows * vocab;
-        for (long i = GridStride.Start; i < n; i += GridStride.Step)
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < n; i += step)
         {
             int row = (int)(i / vocab), j = (int)(i % vocab);
             int label = labels[row];

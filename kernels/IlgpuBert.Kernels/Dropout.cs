@@ -2,6 +2,7 @@
 // (seed; element group, tensor id, step). The mask is a pure function of those, so backward
 // regenerates it (dx = dy·keep/(1 − p), the same kernel) instead of storing it, and every
 // accelerator draws the same bits. Each thread handles 4 consecutive elements from one Philox block.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -38,11 +39,13 @@ public sealed class DropoutKernels
     /// <summary>Whether element i survives: the definition both the kernel and host references use.</summary>
     public static bool Keeps(uint bits, float p) => Philox.Uniform(bits) >= p;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ApplyKernel(ArrayView<float> src, ArrayView<float> dst, long n, float p, ulong seed, uint step, uint tensorId)
     {
         float scale = 1f / (1f - p);
         long groups = (n + 3) / 4;
-        for (long gi = GridStride.Start; gi < groups; gi += GridStride.Step)
+        long stride = GridStride.Step;
+        for (long gi = GridStride.Start; gi < groups; gi += stride)
         {
             Philox.Bits(seed, step, tensorId, gi, out uint r0, out uint r1, out uint r2, out uint r3);
             long i = gi * 4;

@@ -7,6 +7,7 @@
 // groups the tokens by table row on the host (the ids come from the host batch anyway): a stable
 // counting sort gives, per distinct row, the ascending list of its tokens; the kernel then gives
 // each (row, h) one thread that sums its tokens in that order. Deterministic, atomic-free.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -111,11 +112,13 @@ public sealed class EmbeddingKernels
         return index;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel(ArrayView<int> ids, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
         ArrayView<float> tokenType, ArrayView<float> output, EmbeddingShape s)
     {
         long n = (long)s.Tokens * s.Hidden;
-        for (long i = GridStride.Start; i < n; i += GridStride.Step)
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < n; i += step)
         {
             int t = (int)(i / s.Hidden), h = (int)(i % s.Hidden);
             int id = ids[t], type = typeIds[t], p = t % s.SeqLen;
@@ -125,12 +128,14 @@ public sealed class EmbeddingKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ScatterAddKernel(ArrayView<float> dOut, ArrayView<int> index, ArrayView<float> table, int hidden, int tokens)
     {
         int distinct = index[0];
         int offsetsAt = 1, rowsAt = offsetsAt + distinct + 1, orderAt = rowsAt + distinct;
         long n = (long)distinct * hidden;
-        for (long e = GridStride.Start; e < n; e += GridStride.Step)
+        long step = GridStride.Step;
+        for (long e = GridStride.Start; e < n; e += step)
         {
             int u = (int)(e / hidden), h = (int)(e % hidden);
             float s = 0f;

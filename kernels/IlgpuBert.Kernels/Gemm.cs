@@ -11,6 +11,7 @@
 // - on ILGPU's CPU accelerator, host SIMD code on the accelerator's own buffers (HostGemm), since the
 //   emulator runs one OS thread per GPU thread and would be ~100× slower.
 // Backward of C = op(A)·op(B) is two more GEMMs (see Backward).
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -166,6 +167,7 @@ public sealed class GemmKernels : IDisposable
         c[idx] = v;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void TiledKernel(ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, ArrayView<float> bias, GemmArgs p)
     {
         var aTile = SharedMemory.Allocate<float>(BK * BM); // [BK, BM]

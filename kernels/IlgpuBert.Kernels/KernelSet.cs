@@ -5,6 +5,10 @@
 // - ILGPU's CPU accelerator runs one OS thread per simulated GPU thread, so there each group is a
 //   single "fat" thread that owns a whole row (row kernels) or a long grid-stride run (element-wise
 //   kernels), and the grid is one group per core. Same kernel source, different shape.
+// The CPU accelerator calls each kernel's .NET method directly, often just once per core per
+// launch: under tiered compilation that single long call would run unoptimised tier-0 code (every
+// ArrayView access a real call), ~10× slower. So every kernel entry point is marked
+// AggressiveOptimization, which JITs it fully optimised at once and means nothing to GPU backends.
 // Row kernels reduce through a fixed-order shared-memory tree, so a result depends only on the
 // group size, never on scheduling.
 using System.Reflection;

@@ -7,6 +7,7 @@
 // two-pass (mean first), not E[x²] − E[x]², which cancels for rows with a large mean; the mean
 // itself is summed shifted by the row's first element, so a row around 1000 sums O(1) terms.
 // dγ and dβ are column sums in Bias' fixed-order chunks: deterministic, no atomics.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -80,6 +81,7 @@ public sealed class LayerNormKernels
         return hasR;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel(ArrayView<float> x, ArrayView<float> r, ArrayView<float> gamma, ArrayView<float> beta,
         ArrayView<float> y, ArrayView<float> mean, ArrayView<float> rstd, int cols, int hasR, float eps)
     {
@@ -110,6 +112,7 @@ public sealed class LayerNormKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void BackwardKernel(ArrayView<float> x, ArrayView<float> r, ArrayView<float> gamma, ArrayView<float> mean,
         ArrayView<float> rstd, ArrayView<float> dy, ArrayView<float> dx, int cols, int hasR)
     {
@@ -136,12 +139,14 @@ public sealed class LayerNormKernels
     }
 
     /// <summary>Per 32-row chunk: Σ dy·x̂ into plane 0 and Σ dy into plane 1 of partial.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ParamPartialsKernel(ArrayView<float> x, ArrayView<float> r, ArrayView<float> mean, ArrayView<float> rstd,
         ArrayView<float> dy, ArrayView<float> partial, int rows, int cols, int hasR)
     {
         int chunks = (rows + BiasKernels.RowsPerChunk - 1) / BiasKernels.RowsPerChunk;
         long plane = (long)chunks * cols;
-        for (long e = GridStride.Start; e < plane; e += GridStride.Step)
+        long step = GridStride.Step;
+        for (long e = GridStride.Start; e < plane; e += step)
         {
             int chunk = (int)(e / cols), j = (int)(e % cols);
             int end = Math.Min(rows, (chunk + 1) * BiasKernels.RowsPerChunk);

@@ -1,6 +1,7 @@
 // Softmax over the last dimension: y = exp(x − max) / Σ exp(x − max), and its backward
 // dx = y ⊙ (dy − Σ dy ⊙ y). One group per row; the max is subtracted so exp never overflows.
 // A row of −∞ (everything masked) gives 0/0 in exact arithmetic; here it gives zeros, never NaN.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -36,6 +37,7 @@ public sealed class SoftmaxKernels
         if (rows > 0 && cols > 0) backward(set.Rows(rows), y, dy, dx, cols);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel(ArrayView<float> x, ArrayView<float> y, int cols)
     {
         var shared = SharedMemory.GetDynamic<float>();
@@ -57,6 +59,7 @@ public sealed class SoftmaxKernels
             y[off + j] = m == float.NegativeInfinity ? 0f : MathF.Exp(x[off + j] - m) * inv;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void BackwardKernel(ArrayView<float> y, ArrayView<float> dy, ArrayView<float> dx, int cols)
     {
         var shared = SharedMemory.GetDynamic<float>();

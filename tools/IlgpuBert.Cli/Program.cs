@@ -1,1 +1,48 @@
-return 0;
+// ilgpu-bert: the command-line face of IlgpuBert. Each verb lives in its own file; this one wires
+// them up and turns expected failures (an absent device, a bad argument) into one line on stderr
+// and exit code 2, never a stack trace.
+using System.CommandLine;
+using IlgpuBert.Cli;
+
+return Cli.Run(args, Console.Out, Console.Error);
+
+namespace IlgpuBert.Cli
+{
+    using IlgpuBert.Runtime;
+
+    public static class Cli
+    {
+        /// <summary>--device, on every verb; its default comes from ILGPU_BERT_DEVICE, else auto.</summary>
+        public static readonly Option<string?> DeviceOption = new("--device")
+        {
+            Description = $"auto|cuda|opencl|cpu, optionally :N (default: ${DeviceSpec.EnvironmentVariable} or auto)",
+            Recursive = true,
+        };
+
+        public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+        {
+            var root = new RootCommand("IlgpuBert: BERT on GPUs through ILGPU kernels.");
+            root.Options.Add(DeviceOption);
+            root.Subcommands.Add(DevicesCommand.Create(stdout));
+            root.Subcommands.Add(BenchCommand.Create(stdout));
+            try
+            {
+                var parse = root.Parse(args);
+                return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
+            }
+            catch (Exception e) when (e is DeviceException or ArgumentException or IOException or InvalidOperationException)
+            {
+                stderr.WriteLine($"error: {e.Message}");
+                return 2;
+            }
+        }
+
+        /// <summary>The device the user asked for (flag, then environment, then auto).</summary>
+        public static BertDevice OpenDevice(ParseResult parse)
+        {
+            string? text = parse.GetValue(DeviceOption);
+            var spec = text is null ? DeviceSpec.FromEnvironment() : DeviceSpec.Parse(text);
+            return BertDevice.Open(spec);
+        }
+    }
+}

@@ -70,11 +70,31 @@ public sealed class BertDevice : IDisposable
     {
         using var context = CreateContext();
         var all = Candidates(context, DeviceKind.Auto);
-        return all.Select((d, i) => new DeviceInfo(SpecOf(context, d), KindOf(d.AcceleratorType), d.Name, d.MemorySize,
+        return all.Select((d, i) => new DeviceInfo(SpecOf(context, d), KindOf(d.AcceleratorType), DisplayName(d), MemoryOf(d),
             d.WarpSize, d.MaxNumThreadsPerGroup, d.NumMultiprocessors,
             d is CudaDevice cuda ? $"{(int)cuda.Architecture.GetValueOrDefault().Major}.{cuda.Architecture.GetValueOrDefault().Minor}" : null,
             i == 0)).ToList();
     }
+
+    /// <summary>ILGPU names every CPU device "CPUAccelerator"; say which processor it emulates on.</summary>
+    private static string DisplayName(Device d)
+    {
+        if (d.AcceleratorType != AcceleratorType.CPU)
+            return d.Name;
+        string model = "CPU";
+        try
+        {
+            model = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))
+                ?.Split(':', 2)[1].Trim() ?? model;
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return $"{model} (ILGPU CPU accelerator)";
+    }
+
+    /// <summary>The CPU accelerator reports long.MaxValue; its memory is the host's.</summary>
+    private static long MemoryOf(Device d) =>
+        d.AcceleratorType == AcceleratorType.CPU ? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes : d.MemorySize;
 
     private static Context CreateContext() =>
         Context.Create(builder => builder

@@ -1,0 +1,133 @@
+// Kernel timings for `ilgpu-bert bench` and perf/. Each benchmark checks nothing: the numeric
+// tests do that. It fills inputs with random data, warms up (first launches compile kernels),
+// then times repeated launches between accelerator synchronisations and reports the median.
+using System.Diagnostics;
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuBert.Kernels;
+using IlgpuBert.Runtime;
+
+namespace IlgpuBert.Bench;
+
+/// <summary>One measured kernel. Compute-bound ops report GFLOP/s, memory-bound ones GB/s.</summary>
+public sealed record BenchResult(string Op, string Device, string Shape, double Ms, double? Gflops, double? Gbps);
+
+public static class KernelBench
+{
+    public static readonly string[] Ops = ["gemm", "gelu", "layernorm", "softmax-xent", "adamw"];
+
+    /// <summary>Runs <paramref name="action"/> until about <paramref name="budgetMs"/> is spent (3..200 times) and returns the median ms.</summary>
+    public static double Time(Accelerator accelerator, Action action, double budgetMs = 400)
+    {
+        action();
+        accelerator.Synchronize();
+        var sw = Stopwatch.StartNew();
+        action();
+        accelerator.Synchronize();
+        double first = sw.Elapsed.TotalMilliseconds;
+        int reps = (int)Math.Clamp(budgetMs / Math.Max(first, 1e-3), 3, 200);
+        var times = new double[reps];
+        for (int i = 0; i < reps; i++)
+        {
+            sw.Restart();
+            action();
+            accelerator.Synchronize();
+            times[i] = sw.Elapsed.TotalMilliseconds;
+        }
+        Array.Sort(times);
+        return times[reps / 2];
+    }
+
+    private static PooledBuffer Random(BertDevice device, long n, int seed, float scale = 1f)
+    {
+        var rng = new Random(seed);
+        var host = new float[n];
+        for (long i = 0; i < n; i++) host[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
+        var b = device.Pool.Rent(n);
+        b.View.CopyFromCPU(device.Accelerator.DefaultStream, host);
+        return b;
+    }
+
+    public static BenchResult Gemm(BertDevice device, int m, int n, int k, Transpose ta = Transpose.N, Transpose tb = Transpose.N, int batch = 1)
+    {
+        using var a = Random(device, (long)m * k * batch, 1);
+        using var b = Random(device, (long)k * n * batch, 2);
+        using var c = device.Pool.Rent((long)m * n * batch);
+        int lda = ta == Transpose.N ? k : m, ldb = tb == Transpose.N ? n : k;
+        double ms = Time(device.Accelerator, () => device.Kernels.Gemm.Forward(ta, tb, m, n, k, 1f, a.View, lda, b.View, ldb, 0f, c.View, n,
+            default, batch, (long)m * k, (long)k * n, (long)m * n));
+        string shape = $"m={m} n={n} k={k} op={ta}{tb}" + (batch > 1 ? $" batch={batch}" : "");
+        return new("gemm", device.Spec, shape, ms, 2.0 * m * n * k * batch / (ms * 1e6), null);
+    }
+
+    public static IEnumerable<BenchResult> Gelu(BertDevice device, int rows, int cols, ActivationKind kind = ActivationKind.GeluErf)
+    {
+        long n = (long)rows * cols;
+        using var x = Random(device, n, 3, 3f);
+        using var bias = Random(device, cols, 4);
+        using var y = device.Pool.Rent(n);
+        using var dx = device.Pool.Rent(n);
+        var act = device.Kernels.Activation;
+        string shape = $"rows={rows} cols={cols} act={kind}";
+        double fwd = Time(device.Accelerator, () => act.Forward(kind, x.View, bias.View, y.View, rows, cols));
+        double bwd = Time(device.Accelerator, () => act.Backward(kind, x.View, bias.View, y.View, dx.View, default, rows, cols, false));
+        yield return new("gelu", device.Spec, shape, fwd, null, 8.0 * n / (fwd * 1e6));
+        yield return new("gelu-backward", device.Spec, shape, bwd, null, 12.0 * n / (bwd * 1e6));
+    }
+
+    public static IEnumerable<BenchResult> LayerNorm(BertDevice device, int rows, int cols)
+    {
+        long n = (long)rows * cols;
+        using var x = Random(device, n, 5);
+        using var r = Random(device, n, 6);
+        using var gamma = Random(device, cols, 7);
+        using var beta = Random(device, cols, 8);
+        using var y = device.Pool.Rent(n);
+        using var mean = device.Pool.Rent(rows);
+        using var rstd = device.Pool.Rent(rows);
+        using var dx = device.Pool.Rent(n);
+        using var dGamma = device.Pool.Rent(cols);
+        using var dBeta = device.Pool.Rent(cols);
+        var ln = device.Kernels.LayerNorm;
+        string shape = $"rows={rows} cols={cols} residual=yes";
+        double fwd = Time(device.Accelerator, () => ln.Forward(x.View, r.View, gamma.View, beta.View, y.View, mean.View, rstd.View, rows, cols, 1e-12f));
+        double bwd = Time(device.Accelerator, () => ln.Backward(x.View, r.View, gamma.View, mean.View, rstd.View, y.View, dx.View,
+            dGamma.View, dBeta.View, rows, cols, false));
+        yield return new("layernorm", device.Spec, shape, fwd, null, 12.0 * n / (fwd * 1e6));
+        yield return new("layernorm-backward", device.Spec, shape, bwd, null, 16.0 * n / (bwd * 1e6));
+    }
+
+    public static IEnumerable<BenchResult> SoftmaxCrossEntropy(BertDevice device, int rows, int vocab)
+    {
+        long n = (long)rows * vocab;
+        using var logits = Random(device, n, 9, 5f);
+        using var dlogits = device.Pool.Rent(n);
+        using var lse = device.Pool.Rent(rows);
+        using var loss = device.Pool.Rent(2);
+        var rng = new Random(10);
+        var labels = Enumerable.Range(0, rows).Select(_ => rng.Next(vocab)).ToArray();
+        using var labelBuffer = device.Accelerator.Allocate1D(labels);
+        var ce = device.Kernels.CrossEntropy;
+        string shape = $"rows={rows} vocab={vocab}";
+        double fwd = Time(device.Accelerator, () => ce.Forward(logits.View, labelBuffer.View, lse.View, loss.View, rows, vocab));
+        double bwd = Time(device.Accelerator, () => ce.Backward(logits.View, labelBuffer.View, lse.View, loss.View, dlogits.View, rows, vocab));
+        yield return new("softmax-xent", device.Spec, shape, fwd, null, 4.0 * n / (fwd * 1e6));
+        yield return new("softmax-xent-backward", device.Spec, shape, bwd, null, 8.0 * n / (bwd * 1e6));
+    }
+
+    public static IEnumerable<BenchResult> AdamW(BertDevice device, long n)
+    {
+        using var p = Random(device, n, 11);
+        using var g = Random(device, n, 12);
+        using var m = Random(device, n, 13, 0.1f);
+        using var v = Random(device, n, 14, 0.0f);
+        using var norm = device.Pool.Rent(1);
+        var views = new List<ArrayView<float>> { g.View };
+        var adam = device.Kernels.AdamW;
+        int step = 1;
+        double normMs = Time(device.Accelerator, () => adam.GlobalNorm(views, norm.View));
+        double ms = Time(device.Accelerator, () => adam.Update(p.View, g.View, m.View, v.View, norm.View, n, AdamWStep.Bert(1e-4f, step++)));
+        yield return new("adamw", device.Spec, $"n={n}", ms, null, 28.0 * n / (ms * 1e6));
+        yield return new("grad-norm", device.Spec, $"n={n}", normMs, null, 4.0 * n / (normMs * 1e6));
+    }
+}

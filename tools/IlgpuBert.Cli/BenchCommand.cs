@@ -1,0 +1,87 @@
+using System.CommandLine;
+using System.Text.Json;
+using IlgpuBert.Bench;
+using IlgpuBert.Kernels;
+
+namespace IlgpuBert.Cli;
+
+/// <summary>
+/// <c>ilgpu-bert bench [gemm|gelu|layernorm|softmax-xent|adamw] [sizes] [--json]</c>: kernel timings
+/// as a table, or one JSON object per line. No op runs them all.
+/// </summary>
+public static class BenchCommand
+{
+    public static Command Create(TextWriter stdout)
+    {
+        var op = new Argument<string?>("op")
+        {
+            Description = "gemm, gelu, layernorm, softmax-xent or adamw (default: all)",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        op.AcceptOnlyFromAmong(KernelBench.Ops);
+        var m = new Option<int>("--m") { Description = "GEMM rows of C", DefaultValueFactory = _ => 512 };
+        var n = new Option<int>("--n") { Description = "GEMM columns of C", DefaultValueFactory = _ => 512 };
+        var k = new Option<int>("--k") { Description = "GEMM inner dimension", DefaultValueFactory = _ => 512 };
+        var trans = new Option<string>("--trans") { Description = "GEMM op(A)op(B): NN, NT, TN or TT", DefaultValueFactory = _ => "NN" };
+        var batch = new Option<int>("--batch") { Description = "GEMM strided batches", DefaultValueFactory = _ => 1 };
+        var rows = new Option<int?>("--rows") { Description = "rows (tokens) for gelu, layernorm, softmax-xent" };
+        var cols = new Option<int?>("--cols") { Description = "columns: hidden size, or vocabulary for softmax-xent" };
+        var size = new Option<long>("--size") { Description = "AdamW parameter count", DefaultValueFactory = _ => 4_000_000 };
+        var json = new Option<bool>("--json") { Description = "one JSON object per line instead of a table" };
+
+        var command = new Command("bench", "Time the kernels on a device.") { op, m, n, k, trans, batch, rows, cols, size, json };
+        command.SetAction(parse =>
+        {
+            string t = parse.GetValue(trans)!.ToUpperInvariant();
+            if (t is not ("NN" or "NT" or "TN" or "TT"))
+                throw new ArgumentException($"--trans must be NN, NT, TN or TT, got {t}");
+            foreach (var (name, value) in new[] { ("--m", parse.GetValue(m)), ("--n", parse.GetValue(n)), ("--k", parse.GetValue(k)), ("--batch", parse.GetValue(batch)) })
+                if (value < 1) throw new ArgumentException($"{name} must be positive, got {value}");
+            if (parse.GetValue(rows) is < 1 || parse.GetValue(cols) is < 1 || parse.GetValue(size) < 1)
+                throw new ArgumentException("--rows, --cols and --size must be positive");
+
+            using var device = Cli.OpenDevice(parse);
+            string? which = parse.GetValue(op);
+            var results = new List<BenchResult>();
+            bool asJson = parse.GetValue(json);
+            void Emit(BenchResult r)
+            {
+                results.Add(r);
+                if (asJson)
+                    stdout.WriteLine(JsonSerializer.Serialize(new { op = r.Op, device = r.Device, shape = r.Shape, ms = Math.Round(r.Ms, 4),
+                        gflops = r.Gflops is { } g ? Math.Round(g, 2) : (double?)null, gbps = r.Gbps is { } b ? Math.Round(b, 2) : (double?)null },
+                        new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
+            }
+            foreach (string o in which is null ? KernelBench.Ops : [which])
+            {
+                switch (o)
+                {
+                    case "gemm":
+                        Emit(KernelBench.Gemm(device, parse.GetValue(m), parse.GetValue(n), parse.GetValue(k),
+                            t[0] == 'T' ? Transpose.T : Transpose.N, t[1] == 'T' ? Transpose.T : Transpose.N, parse.GetValue(batch)));
+                        break;
+                    case "gelu":
+                        foreach (var r in KernelBench.Gelu(device, parse.GetValue(rows) ?? 1024, parse.GetValue(cols) ?? 3072)) Emit(r);
+                        break;
+                    case "layernorm":
+                        foreach (var r in KernelBench.LayerNorm(device, parse.GetValue(rows) ?? 4096, parse.GetValue(cols) ?? 768)) Emit(r);
+                        break;
+                    case "softmax-xent":
+                        foreach (var r in KernelBench.SoftmaxCrossEntropy(device, parse.GetValue(rows) ?? 512, parse.GetValue(cols) ?? 30522)) Emit(r);
+                        break;
+                    case "adamw":
+                        foreach (var r in KernelBench.AdamW(device, parse.GetValue(size))) Emit(r);
+                        break;
+                }
+            }
+            if (!asJson)
+            {
+                stdout.WriteLine($"{"op",-22} {"device",-8} {"shape",-36} {"ms",10} {"GFLOP/s",9} {"GB/s",8}");
+                foreach (var r in results)
+                    stdout.WriteLine($"{r.Op,-22} {r.Device,-8} {r.Shape,-36} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.Gbps is { } b ? b.ToString("F1") : "-"),8}");
+            }
+            return 0;
+        });
+        return command;
+    }
+}
