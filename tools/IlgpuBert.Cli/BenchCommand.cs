@@ -48,8 +48,8 @@ public static class BenchCommand
             {
                 results.Add(r);
                 if (asJson)
-                    stdout.WriteLine(JsonSerializer.Serialize(new { op = r.Op, device = r.Device, shape = r.Shape, ms = Math.Round(r.Ms, 4),
-                        gflops = r.Gflops is { } g ? Math.Round(g, 2) : (double?)null, gbps = r.Gbps is { } b ? Math.Round(b, 2) : (double?)null },
+                    stdout.WriteLine(JsonSerializer.Serialize(new { op = r.Op, device = r.Device, shape = r.Shape, ms = r.Ms,
+                        gflops = r.Gflops, gbps = r.Gbps },
                         new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
             }
             foreach (string o in which is null ? KernelBench.Ops : [which])

@@ -28,6 +28,12 @@ namespace IlgpuBert.Cli
             try
             {
                 var parse = root.Parse(args);
+                if (parse.Errors.Count > 0)
+                {
+                    foreach (var error in parse.Errors)
+                        stderr.WriteLine($"error: {error.Message}");
+                    return 2;
+                }
                 return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
             }
             catch (Exception e) when (e is DeviceException or ArgumentException or IOException or InvalidOperationException)

@@ -1,0 +1,158 @@
+using System.Text.Json;
+using IlgpuBert.Cli;
+using IlgpuBert.Runtime;
+
+namespace IlgpuBert.Tests;
+
+public class RuntimeTests
+{
+    [Theory]
+    [InlineData("auto", DeviceKind.Auto, null)]
+    [InlineData("", DeviceKind.Auto, null)]
+    [InlineData("cpu", DeviceKind.Cpu, null)]
+    [InlineData("CUDA:1", DeviceKind.Cuda, 1)]
+    [InlineData("opencl:0", DeviceKind.OpenCL, 0)]
+    public void Device_specs_parse(string text, DeviceKind kind, int? index) =>
+        Assert.Equal(new DeviceSpec(kind, index), DeviceSpec.Parse(text));
+
+    [Theory]
+    [InlineData("gpu")]
+    [InlineData("cuda:x")]
+    [InlineData("cpu:-1")]
+    public void Bad_device_specs_are_clear_errors(string text) =>
+        Assert.Contains(text, Assert.Throws<DeviceException>(() => DeviceSpec.Parse(text)).Message);
+
+    [Fact]
+    public void Cpu_device_opens_with_its_kernels_and_absent_devices_are_errors()
+    {
+        using (var device = BertDevice.Open(DeviceSpec.Parse("cpu")))
+        {
+            Assert.Equal("cpu:0", device.Spec);
+            Assert.Equal(DeviceKind.Cpu, device.Kind);
+            Assert.Same(device.Kernels.Gemm, device.Kernels.Gemm); // loaded once, cached
+        }
+        Assert.Contains("cuda device 99", Assert.Throws<DeviceException>(() => BertDevice.Open(DeviceSpec.Parse("cuda:99"))).Message);
+        Assert.Throws<DeviceException>(() => BertDevice.Open(DeviceSpec.Parse("opencl:99")));
+        Assert.Throws<DeviceException>(() => BertDevice.Open(DeviceSpec.Parse("cpu:1")));
+    }
+
+    [Fact]
+    public void Device_list_marks_exactly_the_auto_choice()
+    {
+        var list = BertDevice.List();
+        Assert.Single(list, d => d.IsAutoChoice);
+        Assert.True(list[0].IsAutoChoice);
+        Assert.Contains(list, d => d.Kind == DeviceKind.Cpu && d.MemoryBytes > 0 && d.MaxGroupSize >= 1);
+    }
+
+    [Fact]
+    public void Pool_reuses_buffers_so_a_steady_state_allocates_nothing()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var pool = device.Pool;
+        void Step()
+        {
+            using var a = pool.Rent(1000);
+            using var b = pool.Rent(333);
+            using var c = pool.Rent(1000);
+        }
+        Step();
+        long after = pool.Allocations;
+        Assert.Equal(3, after);
+        for (int i = 0; i < 5; i++) Step();
+        Assert.Equal(after, pool.Allocations);
+        Assert.Equal(0, pool.BytesInUse);
+        Assert.Equal(2333 * 4, pool.PeakBytesInUse);
+        Assert.Equal(1000, pool.LargestRequest);
+        pool.Trim();
+        Assert.Equal(0, pool.BytesAllocated);
+    }
+
+    [Fact]
+    public void Tensor_round_trips_through_device_memory()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var data = Rand.Normal(new Random(1), 12);
+        using var t = Tensor.FromHost(device, data, 3, 4);
+        Assert.Equal([3, 4], t.Shape);
+        Assert.Equal(data, t.ToHost());
+        Assert.Throws<ArgumentException>(() => Tensor.FromHost(device, data, 5, 5));
+    }
+
+    private static (int Code, string Out, string Err) RunCli(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = Cli.Cli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    [Fact]
+    public void Cli_devices_lists_and_marks_the_auto_device()
+    {
+        var (code, output, _) = RunCli("devices");
+        Assert.Equal(0, code);
+        var marked = output.Split('\n').Where(l => l.StartsWith('*')).ToList();
+        Assert.Single(marked);
+        Assert.Contains("cpu:0", output);
+    }
+
+    [Theory]
+    [InlineData("gemm", "--m", "33", "--n", "17", "--k", "9", "--trans", "TN")]
+    [InlineData("gelu", "--rows", "7", "--cols", "33")]
+    [InlineData("layernorm", "--rows", "7", "--cols", "33")]
+    [InlineData("softmax-xent", "--rows", "3", "--cols", "129")]
+    [InlineData("adamw", "--size", "1000")]
+    public void Cli_bench_json_reports_each_op(string op, params string[] sizes)
+    {
+        var (code, output, err) = RunCli(["bench", op, "--device", "cpu", "--json", .. sizes]);
+        Assert.True(code == 0, err);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.NotEmpty(lines);
+        foreach (var line in lines)
+        {
+            using var doc = JsonDocument.Parse(line);
+            var root = doc.RootElement;
+            Assert.StartsWith(op == "adamw" ? "" : op, root.GetProperty("op").GetString());
+            Assert.Equal("cpu:0", root.GetProperty("device").GetString());
+            Assert.False(string.IsNullOrEmpty(root.GetProperty("shape").GetString()));
+            Assert.True(root.GetProperty("ms").GetDouble() > 0);
+            bool hasRate = root.TryGetProperty("gflops", out var gflops) ? gflops.GetDouble() > 0 : root.GetProperty("gbps").GetDouble() > 0;
+            Assert.True(hasRate, line);
+        }
+        if (op == "gemm") Assert.Contains("m=33 n=17 k=9 op=TN", output);
+    }
+
+    [Theory]
+    [InlineData("bench", "gemm", "--device", "cuda:99")]
+    [InlineData("bench", "gemm", "--device", "tpu")]
+    [InlineData("bench", "gemm", "--m", "0", "--device", "cpu")]
+    [InlineData("bench", "sort")]
+    public void Cli_errors_are_one_line_and_exit_code_2(params string[] args)
+    {
+        var (code, output, err) = RunCli(args);
+        Assert.Equal(2, code);
+        Assert.Equal("", output);
+        Assert.StartsWith("error: ", err);
+        Assert.DoesNotContain("   at ", err); // no stack trace
+    }
+
+    [Fact]
+    public void Cli_device_defaults_to_the_environment_variable()
+    {
+        string? old = Environment.GetEnvironmentVariable(DeviceSpec.EnvironmentVariable);
+        try
+        {
+            Environment.SetEnvironmentVariable(DeviceSpec.EnvironmentVariable, "cuda:42");
+            var (code, _, err) = RunCli("bench", "adamw", "--size", "10", "--json");
+            Assert.Equal(2, code);
+            Assert.Contains("cuda device 42", err);
+            Environment.SetEnvironmentVariable(DeviceSpec.EnvironmentVariable, "cpu");
+            Assert.Equal(0, RunCli("bench", "adamw", "--size", "10", "--json").Code);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(DeviceSpec.EnvironmentVariable, old);
+        }
+    }
+}
