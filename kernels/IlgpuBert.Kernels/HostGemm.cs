@@ -43,6 +43,7 @@ internal static unsafe class HostGemm
             (float*)ia, (float*)ib, (float*)ic, (float*)ibias));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunTask(GemmArgs p, int task, int mBlocks, int nBlocks,
         float* a, float* b, float* c, float* bias)
     {
@@ -79,6 +80,7 @@ internal static unsafe class HostGemm
     }
 
     /// <summary>op(A)[i0.., k0..] into 6-row panels: panel r holds element (i, k) at k·6 + i.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackA(GemmArgs p, float* a, int i0, int mc, int k0, int kc, float* dst)
     {
         for (int ir = 0; ir < mc; ir += MR)
@@ -108,6 +110,7 @@ internal static unsafe class HostGemm
     }
 
     /// <summary>op(B)[k0.., j0..] into 16-column panels: panel holds element (k, j) at k·16 + j.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackB(GemmArgs p, float* b, int j0, int nc, int k0, int kc, float* dst)
     {
         for (int jr = 0; jr < nc; jr += NR)
@@ -177,6 +180,7 @@ internal static unsafe class HostGemm
     }
 
     /// <summary>C = α·tile + β·C + bias on the first K-slice; C += α·tile on later ones.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Merge(GemmArgs p, float* c, float* bias, float* tile, int row0, int rows, int col0, int cols, bool first)
     {
         for (int r = 0; r < rows; r++)

@@ -37,10 +37,13 @@ public class GemmTests
             d.Kernels.Gemm.Forward(ta ? Transpose.T : Transpose.N, tb ? Transpose.T : Transpose.N, m, n, k, alpha,
                 ba.View, lda, bb.View, ldb, beta, bc.View, ldc, withBias ? bBias.View : default);
             var got = d.Read(bc, (long)m * ldc);
-            var expected = Reference.Gemm(ta, tb, m, n, k, alpha, Rand.ToDouble(a), lda, Rand.ToDouble(b), ldb, beta,
-                Rand.ToDouble(cInit), ldc, withBias ? Rand.ToDouble(bias) : null);
+            double[] ad = Rand.ToDouble(a), bd = Rand.ToDouble(b), cd = Rand.ToDouble(cInit);
+            double[]? biasd = withBias ? Rand.ToDouble(bias) : null;
+            var expected = Reference.Gemm(ta, tb, m, n, k, alpha, ad, lda, bd, ldb, beta, cd, ldc, biasd);
+            var scale = Reference.GemmErrorScale(ta, tb, m, n, k, alpha, ad, lda, bd, ldb, beta, cd, ldc, biasd);
             // Padding columns of C are outside the product: compare only the M×N part.
-            Tol.AssertClose(Crop(expected, m, n, ldc), Crop(got, m, n, ldc), Tol.F32Reduction, $"C (α={alpha}, β={beta}, bias={withBias})");
+            Tol.AssertClose(Crop(expected, m, n, ldc), Crop(got, m, n, ldc), Tol.F32Dot, $"C (α={alpha}, β={beta}, bias={withBias})",
+                Crop(scale, m, n, ldc));
         }
     }
 
@@ -62,7 +65,10 @@ public class GemmTests
             default, batch, sa, sb, sc);
         var expected = Reference.Gemm(false, true, m, n, k, 1, Rand.ToDouble(a), k, Rand.ToDouble(b), k, 1, Rand.ToDouble(c), n,
             null, batch, sa, sb, sc);
-        Tol.AssertClose(expected, d.Read(bc, sc * batch), Tol.F32Reduction, "batched C");
+        var scale = Reference.GemmErrorScale(false, true, m, n, k, 1, Rand.ToDouble(a), k, Rand.ToDouble(b), k, 1, Rand.ToDouble(c), n,
+            null, batch, sa, sb, sc);
+        // Gaps between batches must keep their values: the scale there is |c|, and the kernel must not touch them.
+        Tol.AssertClose(expected, d.Read(bc, sc * batch), Tol.F32Dot, "batched C", scale);
     }
 
     [Theory]
@@ -96,6 +102,34 @@ public class GemmTests
         for (int i = 0; i < gradA.Length; i++) gradA[i] += da0[i];
         Tol.AssertClose(gradA, d.Read(bda, a.Length), Tol.F32Reduction, "dA (accumulated)");
         Tol.AssertClose(gradB, d.Read(bdb, b.Length), Tol.F32Reduction, "dB");
+    }
+
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, true)]
+    [InlineData(false, true)]
+    public void Cpu_path_is_right_across_blocks_and_k_slices(bool ta, bool tb)
+    {
+        // Larger than one MC×NC block and one KC slice of the host GEMM, with ragged edges,
+        // so every loop of the blocked nest and the parallel split runs.
+        var d = Devices.Get("cpu");
+        int m = 203, n = 301, k = 530;
+        var rng = new Random(99);
+        int lda = ta ? m : k, ldb = tb ? k : n;
+        var a = Rand.Normal(rng, (long)m * k);
+        var b = Rand.Normal(rng, (long)k * n);
+        var c = Rand.Normal(rng, (long)m * n);
+        var bias = Rand.Normal(rng, n);
+        using var ba = d.Upload(a);
+        using var bb = d.Upload(b);
+        using var bc = d.Upload(c);
+        using var bBias = d.Upload(bias);
+        d.Kernels.Gemm.Forward(ta ? Transpose.T : Transpose.N, tb ? Transpose.T : Transpose.N, m, n, k, 0.5f,
+            ba.View, lda, bb.View, ldb, -2f, bc.View, n, bBias.View);
+        double[] ad = Rand.ToDouble(a), bd = Rand.ToDouble(b), cd = Rand.ToDouble(c), biasd = Rand.ToDouble(bias);
+        var expected = Reference.Gemm(ta, tb, m, n, k, 0.5, ad, lda, bd, ldb, -2, cd, n, biasd);
+        var scale = Reference.GemmErrorScale(ta, tb, m, n, k, 0.5, ad, lda, bd, ldb, -2, cd, n, biasd);
+        Tol.AssertClose(expected, d.Read(bc, (long)m * n), Tol.F32Dot, "C", scale);
     }
 
     [Fact]

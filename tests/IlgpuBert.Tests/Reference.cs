@@ -27,6 +27,16 @@ public static class Reference
         return result;
     }
 
+    /// <summary>Σ|α·a·b| + |β·c| + |bias| per element of C: the magnitude a float GEMM's rounding scales with.</summary>
+    public static double[] GemmErrorScale(bool ta, bool tb, int m, int n, int k, double alpha, double[] a, int lda, double[] b, int ldb,
+        double beta, double[] c, int ldc, double[]? bias = null, int batch = 1, long sa = 0, long sb = 0, long sc = 0)
+    {
+        var abs = (double[] v) => v.Select(Math.Abs).ToArray();
+        var scale = Gemm(ta, tb, m, n, k, Math.Abs(alpha), abs(a), lda, abs(b), ldb, Math.Abs(beta),
+            beta != 0 ? abs(c) : c, ldc, bias is null ? null : abs(bias), batch, sa, sb, sc);
+        return scale.Select(v => double.IsNaN(v) ? 0 : v).ToArray();
+    }
+
     /// <summary>erfc to ~1e-15: Taylor series of erf below 3, Lentz continued fraction above.</summary>
     public static double Erfc(double x)
     {

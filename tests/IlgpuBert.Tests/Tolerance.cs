@@ -10,7 +10,18 @@ public readonly record struct Tol(double Atol, double Rtol, string Name)
     /// <summary>Float accumulation over up to a few hundred terms of O(1) (GEMM, norms, softmax rows).</summary>
     public static readonly Tol F32Reduction = new(1e-5, 1e-4, "f32-reduction");
 
-    public static void AssertClose(double[] expected, float[] got, Tol tol, string what)
+    /// <summary>
+    /// A float dot product or GEMM element: the textbook forward-error bound is a few units of
+    /// roundoff (u = 2⁻²⁴) times Σ|terms|, not times |result|, which cancellation can make tiny.
+    /// Use with the <c>scale</c> overload, scale_i = Σ|α·a·b| + |β·c| + |bias|. Atol = 8u.
+    /// </summary>
+    public static readonly Tol F32Dot = new(8.0 / (1 << 24), 0, "f32-dot (8u·Σ|terms|)");
+
+    public static void AssertClose(double[] expected, float[] got, Tol tol, string what) =>
+        AssertClose(expected, got, tol, what, null);
+
+    /// <summary>The same rule with atol scaled per element: |got − ref| ≤ atol·scale_i + rtol·|ref|.</summary>
+    public static void AssertClose(double[] expected, float[] got, Tol tol, string what, double[]? scale)
     {
         Assert.True(expected.Length == got.Length, $"{what}: expected {expected.Length} values, got {got.Length}");
         int worst = -1;
@@ -18,7 +29,7 @@ public readonly record struct Tol(double Atol, double Rtol, string Name)
         for (int i = 0; i < expected.Length; i++)
         {
             double e = expected[i], g = got[i];
-            double bound = tol.Atol + tol.Rtol * Math.Abs(e);
+            double bound = tol.Atol * (scale?[i] ?? 1) + tol.Rtol * Math.Abs(e);
             double err = Math.Abs(g - e);
             double excess = double.IsNaN(g) != double.IsNaN(e) || double.IsNaN(err) ? double.PositiveInfinity : err - bound;
             if (double.IsNaN(e) && double.IsNaN(g)) excess = double.NegativeInfinity;
