@@ -29,6 +29,7 @@ public sealed class KernelSet : IDisposable
     private readonly Lazy<EmbeddingKernels> embeddings;
     private readonly Lazy<DropoutKernels> dropout;
     private readonly Lazy<AdamWKernels> adamW;
+    private readonly Lazy<AttentionKernels> attention;
     private MemoryBuffer1D<float, Stride1D.Dense>? floatScratch;
     private MemoryBuffer1D<int, Stride1D.Dense>? intScratch;
 
@@ -54,6 +55,7 @@ public sealed class KernelSet : IDisposable
         embeddings = new(() => new EmbeddingKernels(this));
         dropout = new(() => new DropoutKernels(this));
         adamW = new(() => new AdamWKernels(this));
+        attention = new(() => new AttentionKernels(this));
     }
 
     public Accelerator Accelerator { get; }
@@ -69,6 +71,7 @@ public sealed class KernelSet : IDisposable
     public EmbeddingKernels Embeddings => embeddings.Value;
     public DropoutKernels Dropout => dropout.Value;
     public AdamWKernels AdamW => adamW.Value;
+    public AttentionKernels Attention => attention.Value;
 
     /// <summary>Bytes the kernel set itself holds in scratch buffers (grow-only, reused).</summary>
     public long ScratchBytes => (floatScratch?.LengthInBytes ?? 0) + (intScratch?.LengthInBytes ?? 0);
@@ -139,7 +142,7 @@ public sealed class KernelSet : IDisposable
         [
             typeof(GemmKernels), typeof(BiasKernels), typeof(ActivationKernels), typeof(LayerNormKernels),
             typeof(SoftmaxKernels), typeof(CrossEntropyKernels), typeof(EmbeddingKernels), typeof(DropoutKernels),
-            typeof(AdamWKernels),
+            typeof(AdamWKernels), typeof(AttentionKernels),
         ];
         Type[] activations = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu)];
         foreach (var family in families)

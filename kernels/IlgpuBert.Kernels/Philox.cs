@@ -55,6 +55,19 @@ public static class Philox
         r0 = c0; r1 = c1; r2 = c2; r3 = c3;
     }
 
+    /// <summary>
+    /// The random word of element <paramref name="index"/> of a tensor: word (index mod 4) of the
+    /// block for group index/4, so a kernel that walks elements one by one draws exactly what the
+    /// four-at-a-time dropout kernel draws for the same flat index.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static uint Word(ulong seed, uint step, uint tensorId, long index)
+    {
+        Bits(seed, step, tensorId, index >> 2, out uint r0, out uint r1, out uint r2, out uint r3);
+        int w = (int)(index & 3);
+        return w == 0 ? r0 : w == 1 ? r1 : w == 2 ? r2 : r3;
+    }
+
     /// <summary>A uniform float in [0, 1) from the top 24 bits of a word.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Uniform(uint bits) => (int)(bits >> 8) * (1f / 16777216f); // via int: uint→float would go through double

@@ -1,7 +1,7 @@
 // The accelerators every kernel test runs on:
 // - "cpu": ILGPU's CPU accelerator shaped as the runtime uses it (fat single-thread groups, host SIMD GEMM);
 // - "cpu-gpu-shaped": a CPU accelerator with 256-thread groups, row kernels in 32-thread groups and
-//   the tiled GEMM kernel forced, so the code paths CUDA and OpenCL run (shared memory, barriers,
+//   the tiled GEMM and attention kernels forced, so the code paths CUDA and OpenCL run (shared memory, barriers,
 //   tree reductions, tile edges) are exercised without a GPU;
 // - "cuda": when a CUDA device is present.
 using ILGPU;
@@ -16,13 +16,14 @@ namespace IlgpuBert.Tests;
 
 public sealed class TestDevice : IDisposable
 {
-    private TestDevice(string name, Context context, Accelerator accelerator, int? rowGroup, bool forceTiledGemm)
+    private TestDevice(string name, Context context, Accelerator accelerator, int? rowGroup, bool forceDeviceKernels)
     {
         Name = name;
         Context = context;
         Accelerator = accelerator;
         Kernels = new KernelSet(accelerator, rowGroup);
-        Kernels.Gemm.ForceDeviceKernel = forceTiledGemm;
+        Kernels.Gemm.ForceDeviceKernel = forceDeviceKernels;
+        Kernels.Attention.ForceDeviceKernel = forceDeviceKernels;
     }
 
     public string Name { get; }
@@ -30,10 +31,10 @@ public sealed class TestDevice : IDisposable
     public Accelerator Accelerator { get; }
     public KernelSet Kernels { get; }
 
-    public static TestDevice Cpu(string name, CPUDevice device, int? rowGroup, bool forceTiledGemm)
+    public static TestDevice Cpu(string name, CPUDevice device, int? rowGroup, bool forceDeviceKernels)
     {
         var context = Context.Create(b => b.CPU(device).EnableAlgorithms());
-        return new TestDevice(name, context, context.CreateCPUAccelerator(0), rowGroup, forceTiledGemm);
+        return new TestDevice(name, context, context.CreateCPUAccelerator(0), rowGroup, forceDeviceKernels);
     }
 
     public static TestDevice? Cuda()

@@ -1,0 +1,196 @@
+using ILGPU.Runtime;
+using IlgpuBert.Kernels;
+using IlgpuBert.Ops;
+using IlgpuBert.Runtime;
+
+namespace IlgpuBert.Tests;
+
+public class AttentionTests
+{
+    /// <summary>
+    /// Naive double attention: softmax(QKᵀ/√HD with masked keys at −∞), dropout with the same
+    /// Philox bits as the kernels, times V. Returns context [B, S, NH·HD], probabilities before
+    /// dropout [B, NH, S, S] and lse [B, NH, S] (+∞ for fully masked rows).
+    /// </summary>
+    public static (double[] Context, double[] Probs, double[] Lse) ReferenceAttention(double[] qkv, int[]? mask, AttentionShape a)
+    {
+        int bs = a.Batch, s = a.SeqLen, nh = a.Heads, hd = a.HeadDim;
+        var ctx = new double[bs * s * nh * hd];
+        var probs = new double[bs * nh * s * s];
+        var lse = new double[bs * nh * s];
+        double scale = 1 / Math.Sqrt(hd);
+        for (int b = 0; b < bs; b++)
+            for (int h = 0; h < nh; h++)
+                for (int i = 0; i < s; i++)
+                {
+                    var sc = new double[s];
+                    for (int j = 0; j < s; j++)
+                    {
+                        if (mask is not null && mask[b * s + j] == 0) { sc[j] = double.NegativeInfinity; continue; }
+                        double dot = 0;
+                        for (int d = 0; d < hd; d++) dot += qkv[a.Qkv(b, i, 0, h, d)] * qkv[a.Qkv(b, j, 1, h, d)];
+                        sc[j] = dot * scale;
+                    }
+                    double m = sc.Max();
+                    long row = a.Row(b, h, i);
+                    if (double.IsNegativeInfinity(m)) { lse[row] = double.PositiveInfinity; continue; }
+                    double sum = sc.Sum(v => Math.Exp(v - m));
+                    lse[row] = m + Math.Log(sum);
+                    for (int j = 0; j < s; j++)
+                    {
+                        double p = Math.Exp(sc[j] - m) / sum;
+                        probs[row * s + j] = p;
+                        double keep = a.DropoutP == 0 ? 1
+                            : DropoutKernels.Keeps(Philox.Word(a.Seed, a.Step, a.TensorId, row * s + j), a.DropoutP) ? 1.0 / (1 - a.DropoutP) : 0;
+                        for (int d = 0; d < hd; d++) ctx[a.Ctx(b, i, h, d)] += p * keep * qkv[a.Qkv(b, j, 2, h, d)];
+                    }
+                }
+        return (ctx, probs, lse);
+    }
+
+    private static int[] PaddingMask(int batch, int s, int[] lengths) =>
+        Enumerable.Range(0, batch * s).Select(e => e % s < lengths[e / s] ? 1 : 0).ToArray();
+
+    public static TheoryData<string, int, float> ForwardCases()
+    {
+        var data = new TheoryData<string, int, float>();
+        foreach (var dev in Devices.Names)
+            foreach (int hd in new[] { 32, 64, 128 })
+                foreach (float p in new[] { 0f, 0.2f })
+                    data.Add(dev, hd, p);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(ForwardCases))]
+    public void Forward_matches_naive_double_reference(string device, int hd, float dropout)
+    {
+        var d = Devices.Get(device);
+        // S = 37 is no multiple of any tile; the three sequences are full, padded, and fully masked.
+        var a = AttentionShape.Create(3, 37, 2, hd, dropout, new DropoutKey(77, 3, 5));
+        var mask = PaddingMask(3, 37, [37, 20, 0]);
+        var qkv = Rand.Normal(new Random(hd + (int)(dropout * 10)), a.QkvLength);
+        using var bqkv = d.Upload(qkv);
+        using var bmask = d.Upload(mask);
+        using var bctx = d.Poisoned(a.ContextLength);
+        using var blse = d.Poisoned(a.RowCount);
+        using var bprobs = d.Poisoned(a.RowCount * a.SeqLen);
+        d.Kernels.Attention.Forward(bqkv.View, bmask.View, bctx.View, blse.View, a, bprobs.View);
+        var (ctx, probs, lse) = ReferenceAttention(Rand.ToDouble(qkv), mask, a);
+        Tol.AssertClose(ctx, d.Read(bctx, a.ContextLength), Tol.F32Reduction, "context");
+        Tol.AssertClose(probs, d.Read(bprobs, a.RowCount * a.SeqLen), Tol.F32Reduction, "probabilities");
+        var gotLse = d.Read(blse, a.RowCount);
+        Assert.All(gotLse.Where((_, i) => double.IsPositiveInfinity(lse[i])), v => Assert.Equal(float.PositiveInfinity, v));
+        Tol.AssertClose(lse.Select(v => double.IsInfinity(v) ? 0 : v).ToArray(), gotLse.Select(v => float.IsInfinity(v) ? 0 : v).ToArray(),
+            Tol.F32Reduction, "lse");
+    }
+
+    public static TheoryData<string, int, float> BackwardCases()
+    {
+        var data = new TheoryData<string, int, float>();
+        foreach (var dev in Devices.Names)
+            foreach (var (hd, p) in new[] { (32, 0f), (32, 0.25f), (64, 0f), (128, 0.1f) })
+                data.Add(dev, hd, p);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(BackwardCases))]
+    public void Backward_matches_finite_differences(string device, int hd, float dropout)
+    {
+        var d = Devices.Get(device);
+        var a = AttentionShape.Create(3, 19, 2, hd, dropout, new DropoutKey(5, 9, 2));
+        var mask = PaddingMask(3, 19, [19, 7, 0]);
+        var rng = new Random(hd * 7 + (int)(dropout * 100));
+        var qkv = Rand.Normal(rng, a.QkvLength);
+        var w = Rand.Normal(rng, a.ContextLength); // L = Σ w ⊙ context
+        using var bqkv = d.Upload(qkv);
+        using var bmask = d.Upload(mask);
+        using var bctx = d.Poisoned(a.ContextLength);
+        using var blse = d.Poisoned(a.RowCount);
+        using var bw = d.Upload(w);
+        using var bdq = d.Poisoned(a.QkvLength);
+        d.Kernels.Attention.Forward(bqkv.View, bmask.View, bctx.View, blse.View, a);
+        d.Kernels.Attention.Backward(bqkv.View, bmask.View, bctx.View, blse.View, bw.View, bdq.View, a);
+        var got = d.Read(bdq, a.QkvLength);
+        Assert.All(got, v => Assert.True(float.IsFinite(v)));
+
+        // Central differences of the double reference at a sample of coordinates spread over q, k, v.
+        double[] x = Rand.ToDouble(qkv), wd = Rand.ToDouble(w);
+        var coords = Enumerable.Range(0, 90).Select(_ => rng.NextInt64(a.QkvLength)).Distinct().ToArray();
+        double Loss() => Reference.Dot(wd, ReferenceAttention(x, mask, a).Context);
+        var expected = new double[coords.Length];
+        for (int c = 0; c < coords.Length; c++)
+        {
+            double orig = x[coords[c]];
+            const double step = 1e-6;
+            x[coords[c]] = orig + step; double lp = Loss();
+            x[coords[c]] = orig - step; double lm = Loss();
+            x[coords[c]] = orig;
+            expected[c] = (lp - lm) / (2 * step);
+        }
+        Tol.AssertClose(expected, coords.Select(c => got[c]).ToArray(), Tol.F32Reduction, "dQkv at sampled coordinates");
+        // The fully masked third sequence gets no gradient at all.
+        long third = 2L * a.SeqLen * 3 * a.Heads * hd;
+        Assert.All(got[(int)third..], v => Assert.Equal(0f, v));
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void Fused_and_materialised_paths_agree_with_dropout(string device)
+    {
+        var d = Devices.Get(device);
+        var a = AttentionShape.Create(2, 33, 3, 32, 0.3f, new DropoutKey(11, 1, 4));
+        var mask = PaddingMask(2, 33, [30, 33]);
+        var qkv = Rand.Normal(new Random(4), a.QkvLength);
+        using var bqkv = d.Upload(qkv);
+        using var bmask = d.Upload(mask);
+        using var fused = d.Poisoned(a.ContextLength);
+        using var naive = d.Poisoned(a.ContextLength);
+        using var lse = d.Poisoned(a.RowCount);
+        using var probs = d.Poisoned(a.RowCount * a.SeqLen);
+        d.Kernels.Attention.Forward(bqkv.View, bmask.View, fused.View, lse.View, a);
+        d.Kernels.Attention.NaiveForward(bqkv.View, bmask.View, naive.View, probs.View, a);
+        Tol.AssertClose(Rand.ToDouble(d.Read(naive, a.ContextLength)), d.Read(fused, a.ContextLength), Tol.F32Reduction, "fused vs naive");
+    }
+
+    [Fact]
+    public void Without_a_mask_every_key_is_attended()
+    {
+        var d = Devices.Get("cpu");
+        var a = AttentionShape.Create(1, 5, 1, 8);
+        var qkv = Rand.Normal(new Random(8), a.QkvLength);
+        using var bqkv = d.Upload(qkv);
+        using var bctx = d.Poisoned(a.ContextLength);
+        using var blse = d.Poisoned(a.RowCount);
+        d.Kernels.Attention.Forward(bqkv.View, default, bctx.View, blse.View, a);
+        Tol.AssertClose(ReferenceAttention(Rand.ToDouble(qkv), null, a).Context, d.Read(bctx, a.ContextLength), Tol.F32Reduction, "context");
+        Assert.Throws<ArgumentException>(() => d.Kernels.Attention.Forward(bqkv.View, default, bctx.View, blse.View, AttentionShape.Create(1, 5, 1, 160)));
+    }
+
+    [Fact]
+    public void Attention_at_512_tokens_allocates_no_SxS_buffer()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        // Small heads, so that a single head's S×S scores would be the largest thing by far:
+        // qkv and dQkv are 512·3·64 = 98,304 floats, S² = 262,144.
+        const int s = 512;
+        var a = AttentionShape.Create(1, s, 2, 32, 0.1f, new DropoutKey(1, 1, 1));
+        using var qkv = Tensor.FromHost(device, Rand.Normal(new Random(2), a.QkvLength), 1, s, 3, 2, 32);
+        using var dContext = Tensor.FromHost(device, Rand.Normal(new Random(3), a.ContextLength), 1, s, 64);
+        using var maskBuffer = device.Accelerator.Allocate1D(PaddingMask(1, s, [300]));
+        device.Pool.ResetStatistics();
+        long scratchBefore = device.Kernels.ScratchBytes;
+        var (context, lse) = SelfAttention.Forward(device, qkv, maskBuffer.View, a);
+        using var dQkv = SelfAttention.Backward(device, qkv, maskBuffer.View, context, lse, dContext, a);
+        context.Dispose();
+        lse.Dispose();
+        long sxs = (long)s * s;
+        Assert.True(device.Pool.LargestRequest < sxs, $"largest pooled request {device.Pool.LargestRequest} floats ≥ S² = {sxs}");
+        // Rented during the call: context, lse, dQkv, on top of the qkv and dContext inputs.
+        long expectedPeak = (a.QkvLength + a.ContextLength + a.ContextLength + a.RowCount + a.QkvLength) * sizeof(float);
+        Assert.Equal(expectedPeak, device.Pool.PeakBytesInUse);
+        Assert.Equal(scratchBefore, device.Kernels.ScratchBytes);
+        Assert.All(dQkv.ToHost(), v => Assert.True(float.IsFinite(v)));
+    }
+}
