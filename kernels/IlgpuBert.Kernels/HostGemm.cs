@@ -6,6 +6,7 @@
 // the cores; each task packs K-slices of op(A) into 6-row panels and of op(B) into 16-column
 // panels (so transposes cost nothing extra), then a 6×16 register-blocked micro-kernel of
 // Vector256 fused multiply-adds (12 accumulators) runs over the panels.
+using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using ILGPU;
@@ -17,7 +18,9 @@ internal static unsafe class HostGemm
 {
     private const int MR = 6, NR = 16, MC = 96, NC = 256, KC = 256;
 
-    [ThreadStatic] private static float[]? aPack, bPack;
+    // Packing buffers, shared by whichever threads run tasks: thread-static ones were reallocated
+    // (megabytes, pinned) each time the thread pool brought in a new worker.
+    private static readonly ConcurrentBag<float[]> APacks = new(), BPacks = new();
 
     public static void Run(GemmArgs p, int batch, ArrayView<float> a, ArrayView<float> b,
         ArrayView<float> c, ArrayView<float> bias)
@@ -55,25 +58,38 @@ internal static unsafe class HostGemm
         b += batchIdx * p.StrideB;
         c += batchIdx * p.StrideC;
 
-        aPack ??= GC.AllocateUninitializedArray<float>(MC * KC, pinned: true);
-        bPack ??= GC.AllocateUninitializedArray<float>(NC * KC, pinned: true);
-        float* tile = stackalloc float[MR * NR];
-        fixed (float* ap = aPack, bp = bPack)
+        var aPack = APacks.TryTake(out var ar) ? ar : GC.AllocateUninitializedArray<float>(MC * KC, pinned: true);
+        var bPack = BPacks.TryTake(out var br) ? br : GC.AllocateUninitializedArray<float>(NC * KC, pinned: true);
+        try
         {
-            int kTotal = Math.Max(p.K, 1);
-            for (int k0 = 0; k0 < kTotal; k0 += KC)
+            fixed (float* ap = aPack, bp = bPack)
+                Block(p, a, b, c, bias, i0, mc, j0, nc, ap, bp);
+        }
+        finally
+        {
+            APacks.Add(aPack);
+            BPacks.Add(bPack);
+        }
+    }
+
+    /// <summary>C[i0.., j0..] (mc × nc) over all K slices, packing into ap and bp.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* ap, float* bp)
+    {
+        float* tile = stackalloc float[MR * NR];
+        int kTotal = Math.Max(p.K, 1);
+        for (int k0 = 0; k0 < kTotal; k0 += KC)
+        {
+            int kc = Math.Clamp(p.K - k0, 0, KC);
+            bool first = k0 == 0;
+            PackA(p, a, i0, mc, k0, kc, ap);
+            PackB(p, b, j0, nc, k0, kc, bp);
+            for (int jr = 0; jr < nc; jr += NR)
             {
-                int kc = Math.Clamp(p.K - k0, 0, KC);
-                bool first = k0 == 0;
-                PackA(p, a, i0, mc, k0, kc, ap);
-                PackB(p, b, j0, nc, k0, kc, bp);
-                for (int jr = 0; jr < nc; jr += NR)
+                for (int ir = 0; ir < mc; ir += MR)
                 {
-                    for (int ir = 0; ir < mc; ir += MR)
-                    {
-                        Micro6x16(kc, ap + ir * kc, bp + jr * kc, tile);
-                        Merge(p, c, bias, tile, i0 + ir, Math.Min(MR, mc - ir), j0 + jr, Math.Min(NR, nc - jr), first);
-                    }
+                    Micro6x16(kc, ap + ir * kc, bp + jr * kc, tile);
+                    Merge(p, c, bias, tile, i0 + ir, Math.Min(MR, mc - ir), j0 + jr, Math.Min(NR, nc - jr), first);
                 }
             }
         }

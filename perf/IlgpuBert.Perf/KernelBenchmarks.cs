@@ -166,3 +166,28 @@ public class AdamWBenchmark : KernelBenchmark
     [Benchmark] public void GlobalNorm() { K.AdamW.GlobalNorm([g], norm); Sync(); }
     [Benchmark] public void Update() { K.AdamW.Update(p, g, m, v, norm, N, AdamWStep.Bert(1e-4f, ++step)); Sync(); }
 }
+
+public class AttentionBenchmark : KernelBenchmark
+{
+    private ArrayView<float> qkv, context, lse, dContext, dQkv, probs;
+    private AttentionShape shape;
+
+    [Params(128, 512)] public int SeqLen;
+
+    protected override void Prepare()
+    {
+        // BERT-base heads; the batch keeps B·S = 1024 tokens so both lengths fit the CPU's time.
+        shape = AttentionShape.Create(1024 / SeqLen, SeqLen, 12, 64);
+        qkv = Random(shape.QkvLength, 1);
+        context = Random(shape.ContextLength, 2);
+        dContext = Random(shape.ContextLength, 3);
+        dQkv = Random(shape.QkvLength, 4);
+        lse = Random(shape.RowCount, 5);
+        probs = Random(shape.RowCount * SeqLen, 6);
+        Fused();
+    }
+
+    [Benchmark(Baseline = true)] public void Naive() { K.Attention.NaiveForward(qkv, default, context, probs, shape); Sync(); }
+    [Benchmark] public void Fused() { K.Attention.Forward(qkv, default, context, lse, shape); Sync(); }
+    [Benchmark] public void FusedBackward() { K.Attention.Backward(qkv, default, context, lse, dContext, dQkv, shape); Sync(); }
+}

@@ -103,6 +103,7 @@ public class RuntimeTests
     [InlineData("layernorm", "--rows", "7", "--cols", "33")]
     [InlineData("softmax-xent", "--rows", "3", "--cols", "129")]
     [InlineData("adamw", "--size", "1000")]
+    [InlineData("attention", "--b", "2", "--s", "33", "--nh", "2", "--hd", "32")]
     public void Cli_bench_json_reports_each_op(string op, params string[] sizes)
     {
         var (code, output, err) = RunCli(["bench", op, "--device", "cpu", "--json", .. sizes]);

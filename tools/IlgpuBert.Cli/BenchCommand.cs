@@ -15,7 +15,7 @@ public static class BenchCommand
     {
         var op = new Argument<string?>("op")
         {
-            Description = "gemm, gelu, layernorm, softmax-xent or adamw (default: all)",
+            Description = "gemm, gelu, layernorm, softmax-xent, adamw or attention (default: all)",
             Arity = ArgumentArity.ZeroOrOne,
         };
         op.AcceptOnlyFromAmong(KernelBench.Ops);
@@ -27,15 +27,20 @@ public static class BenchCommand
         var rows = new Option<int?>("--rows") { Description = "rows (tokens) for gelu, layernorm, softmax-xent" };
         var cols = new Option<int?>("--cols") { Description = "columns: hidden size, or vocabulary for softmax-xent" };
         var size = new Option<long>("--size") { Description = "AdamW parameter count", DefaultValueFactory = _ => 4_000_000 };
+        var attnBatch = new Option<int>("--b") { Description = "attention batch size", DefaultValueFactory = _ => 32 };
+        var attnSeq = new Option<int>("--s") { Description = "attention sequence length", DefaultValueFactory = _ => 128 };
+        var attnHeads = new Option<int>("--nh") { Description = "attention heads", DefaultValueFactory = _ => 12 };
+        var attnHeadDim = new Option<int>("--hd") { Description = "attention head dim (≤ 128)", DefaultValueFactory = _ => 64 };
         var json = new Option<bool>("--json") { Description = "one JSON object per line instead of a table" };
 
-        var command = new Command("bench", "Time the kernels on a device.") { op, m, n, k, trans, batch, rows, cols, size, json };
+        var command = new Command("bench", "Time the kernels on a device.") { op, m, n, k, trans, batch, rows, cols, size, attnBatch, attnSeq, attnHeads, attnHeadDim, json };
         command.SetAction(parse =>
         {
             string t = parse.GetValue(trans)!.ToUpperInvariant();
             if (t is not ("NN" or "NT" or "TN" or "TT"))
                 throw new ArgumentException($"--trans must be NN, NT, TN or TT, got {t}");
-            foreach (var (name, value) in new[] { ("--m", parse.GetValue(m)), ("--n", parse.GetValue(n)), ("--k", parse.GetValue(k)), ("--batch", parse.GetValue(batch)) })
+            foreach (var (name, value) in new[] { ("--m", parse.GetValue(m)), ("--n", parse.GetValue(n)), ("--k", parse.GetValue(k)), ("--batch", parse.GetValue(batch)),
+                ("--b", parse.GetValue(attnBatch)), ("--s", parse.GetValue(attnSeq)), ("--nh", parse.GetValue(attnHeads)), ("--hd", parse.GetValue(attnHeadDim)) })
                 if (value < 1) throw new ArgumentException($"{name} must be positive, got {value}");
             if (parse.GetValue(rows) is < 1 || parse.GetValue(cols) is < 1 || parse.GetValue(size) < 1)
                 throw new ArgumentException("--rows, --cols and --size must be positive");
@@ -49,7 +54,7 @@ public static class BenchCommand
                 results.Add(r);
                 if (asJson)
                     stdout.WriteLine(JsonSerializer.Serialize(new { op = r.Op, device = r.Device, shape = r.Shape, ms = r.Ms,
-                        gflops = r.Gflops, gbps = r.Gbps },
+                        gflops = r.Gflops, tflops = r.Gflops / 1000, gbps = r.Gbps },
                         new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
             }
             foreach (string o in which is null ? KernelBench.Ops : [which])
@@ -69,6 +74,9 @@ public static class BenchCommand
                     case "softmax-xent":
                         foreach (var r in KernelBench.SoftmaxCrossEntropy(device, parse.GetValue(rows) ?? 512, parse.GetValue(cols) ?? 30522)) Emit(r);
                         break;
+                    case "attention":
+                        foreach (var r in KernelBench.Attention(device, parse.GetValue(attnBatch), parse.GetValue(attnSeq), parse.GetValue(attnHeads), parse.GetValue(attnHeadDim))) Emit(r);
+                        break;
                     case "adamw":
                         foreach (var r in KernelBench.AdamW(device, parse.GetValue(size))) Emit(r);
                         break;
@@ -76,9 +84,9 @@ public static class BenchCommand
             }
             if (!asJson)
             {
-                stdout.WriteLine($"{"op",-22} {"device",-8} {"shape",-36} {"ms",10} {"GFLOP/s",9} {"GB/s",8}");
+                stdout.WriteLine($"{"op",-26} {"device",-8} {"shape",-36} {"ms",10} {"GFLOP/s",9} {"GB/s",8}");
                 foreach (var r in results)
-                    stdout.WriteLine($"{r.Op,-22} {r.Device,-8} {r.Shape,-36} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.Gbps is { } b ? b.ToString("F1") : "-"),8}");
+                    stdout.WriteLine($"{r.Op,-26} {r.Device,-8} {r.Shape,-36} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.Gbps is { } b ? b.ToString("F1") : "-"),8}");
             }
             return 0;
         });

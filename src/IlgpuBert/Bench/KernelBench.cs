@@ -14,7 +14,7 @@ public sealed record BenchResult(string Op, string Device, string Shape, double 
 
 public static class KernelBench
 {
-    public static readonly string[] Ops = ["gemm", "gelu", "layernorm", "softmax-xent", "adamw"];
+    public static readonly string[] Ops = ["gemm", "gelu", "layernorm", "softmax-xent", "adamw", "attention"];
 
     /// <summary>Runs <paramref name="action"/> until about <paramref name="budgetMs"/> is spent (3..200 times) and returns the median ms.</summary>
     public static double Time(Accelerator accelerator, Action action, double budgetMs = 400)
@@ -129,5 +129,31 @@ public static class KernelBench
         double ms = Time(device.Accelerator, () => adam.Update(p.View, g.View, m.View, v.View, norm.View, n, AdamWStep.Bert(1e-4f, step++)));
         yield return new("adamw", device.Spec, $"n={n}", ms, null, 28.0 * n / (ms * 1e6));
         yield return new("grad-norm", device.Spec, $"n={n}", normMs, null, 4.0 * n / (normMs * 1e6));
+    }
+
+    /// <summary>
+    /// Fused attention forward and backward, and the materialised path (GEMM, mask, softmax,
+    /// GEMM) in the same run. Effective FLOP/s count 4·B·NH·S²·HD for a forward (two S×S×HD
+    /// products) and 10·B·NH·S²·HD for the backward (five).
+    /// </summary>
+    public static IEnumerable<BenchResult> Attention(BertDevice device, int batch, int seqLen, int heads, int headDim)
+    {
+        var shape = AttentionShape.Create(batch, seqLen, heads, headDim);
+        using var qkv = Random(device, shape.QkvLength, 15);
+        using var context = device.Pool.Rent(shape.ContextLength);
+        using var dContext = Random(device, shape.ContextLength, 16);
+        using var dQkv = device.Pool.Rent(shape.QkvLength);
+        using var lse = device.Pool.Rent(shape.RowCount);
+        var attention = device.Kernels.Attention;
+        string shapeText = $"b={batch} s={seqLen} nh={heads} hd={headDim}";
+        double flops = 4.0 * batch * heads * seqLen * (double)seqLen * headDim;
+        double fused = Time(device.Accelerator, () => attention.Forward(qkv.View, default, context.View, lse.View, shape));
+        double backward = Time(device.Accelerator, () => attention.Backward(qkv.View, default, context.View, lse.View, dContext.View, dQkv.View, shape));
+        double naive;
+        using (var probs = device.Pool.Rent(shape.RowCount * seqLen))
+            naive = Time(device.Accelerator, () => attention.NaiveForward(qkv.View, default, context.View, probs.View, shape));
+        yield return new("attention-fused", device.Spec, shapeText, fused, flops / (fused * 1e6), null);
+        yield return new("attention-naive", device.Spec, shapeText, naive, flops / (naive * 1e6), null);
+        yield return new("attention-fused-backward", device.Spec, shapeText, backward, 2.5 * flops / (backward * 1e6), null);
     }
 }
