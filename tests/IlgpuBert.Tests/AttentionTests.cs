@@ -154,6 +154,34 @@ public class AttentionTests
         Tol.AssertClose(Rand.ToDouble(d.Read(naive, a.ContextLength)), d.Read(fused, a.ContextLength), Tol.F32Reduction, "fused vs naive");
     }
 
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void A_single_token_sequence_attends_to_itself(string device)
+    {
+        var d = Devices.Get(device);
+        var a = AttentionShape.Create(2, 1, 3, 16);
+        var qkv = Rand.Normal(new Random(12), a.QkvLength);
+        using var bqkv = d.Upload(qkv);
+        using var bctx = d.Poisoned(a.ContextLength);
+        using var blse = d.Poisoned(a.RowCount);
+        using var bdq = d.Poisoned(a.QkvLength);
+        using var bdo = d.Upload(Rand.Normal(new Random(13), a.ContextLength));
+        d.Kernels.Attention.Forward(bqkv.View, default, bctx.View, blse.View, a);
+        d.Kernels.Attention.Backward(bqkv.View, default, bctx.View, blse.View, bdo.View, bdq.View, a);
+        var ctx = d.Read(bctx, a.ContextLength);
+        var dq = d.Read(bdq, a.QkvLength);
+        var dO = d.Read(bdo, a.ContextLength);
+        for (int b = 0; b < 2; b++)
+            for (int h = 0; h < 3; h++)
+                for (int x = 0; x < 16; x++)
+                {
+                    Assert.Equal(qkv[a.Qkv(b, 0, 2, h, x)], ctx[a.Ctx(b, 0, h, x)], 5); // context = v
+                    Assert.Equal(0f, dq[a.Qkv(b, 0, 0, h, x)], 5);                         // softmax of one score is constant
+                    Assert.Equal(0f, dq[a.Qkv(b, 0, 1, h, x)], 5);
+                    Assert.Equal(dO[a.Ctx(b, 0, h, x)], dq[a.Qkv(b, 0, 2, h, x)], 5);       // dV = dO
+                }
+    }
+
     [Fact]
     public void Without_a_mask_every_key_is_attended()
     {
