@@ -1,0 +1,157 @@
+// BertConfig mirrors HF's config.json field for field (names and bert-base defaults from
+// transformers' BertConfig). Keys IlgpuBert does not use (architectures, torch_dtype, id2label, …)
+// are kept as they were and written back, so a round trip loses nothing.
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Kernels;
+
+namespace IlgpuBert.Model;
+
+public sealed record BertConfig
+{
+    public int VocabSize { get; init; } = 30522;
+    public int HiddenSize { get; init; } = 768;
+    public int NumHiddenLayers { get; init; } = 12;
+    public int NumAttentionHeads { get; init; } = 12;
+    public int IntermediateSize { get; init; } = 3072;
+    public string HiddenAct { get; init; } = "gelu";
+    public float HiddenDropoutProb { get; init; } = 0.1f;
+    public float AttentionProbsDropoutProb { get; init; } = 0.1f;
+    public int MaxPositionEmbeddings { get; init; } = 512;
+    public int TypeVocabSize { get; init; } = 2;
+    public float InitializerRange { get; init; } = 0.02f;
+    public float LayerNormEps { get; init; } = 1e-12f;
+    public int PadTokenId { get; init; }
+
+    /// <summary>Every other key of config.json, untouched.</summary>
+    public JsonObject Extra { get; init; } = new();
+
+    public int HeadDim => HiddenSize / NumAttentionHeads;
+    public ActivationKind Activation => ActivationKernels.Parse(HiddenAct);
+
+    private static readonly string[] Known =
+    [
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+        "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+        "initializer_range", "layer_norm_eps", "pad_token_id",
+    ];
+
+    /// <summary>The sizes of Turc et al. 2019 ("Well-read students learn better"): L layers, H hidden, A heads, 4H intermediate.</summary>
+    public static BertConfig ForSize(string size, int vocabSize = 30522)
+    {
+        var (layers, hidden, heads) = size switch
+        {
+            "tiny" => (2, 128, 2),
+            "mini" => (4, 256, 4),
+            "small" => (4, 512, 8),
+            "medium" => (8, 512, 8),
+            "base" => (12, 768, 12),
+            "large" => (24, 1024, 16),
+            _ => throw new ArgumentException($"unknown size \"{size}\" (tiny, mini, small, medium, base, large)"),
+        };
+        return new BertConfig
+        {
+            VocabSize = vocabSize, HiddenSize = hidden, NumHiddenLayers = layers, NumAttentionHeads = heads, IntermediateSize = 4 * hidden,
+        };
+    }
+
+    /// <summary>Throws a <see cref="CheckpointException"/> naming the first inconsistent field.</summary>
+    public BertConfig Validate()
+    {
+        void Positive(string name, long v)
+        {
+            if (v < 1) throw new CheckpointException($"config: {name} must be positive, got {v}");
+        }
+        Positive("vocab_size", VocabSize);
+        Positive("hidden_size", HiddenSize);
+        Positive("num_hidden_layers", NumHiddenLayers);
+        Positive("num_attention_heads", NumAttentionHeads);
+        Positive("intermediate_size", IntermediateSize);
+        Positive("max_position_embeddings", MaxPositionEmbeddings);
+        Positive("type_vocab_size", TypeVocabSize);
+        if (HiddenSize % NumAttentionHeads != 0)
+            throw new CheckpointException($"config: num_attention_heads ({NumAttentionHeads}) does not divide hidden_size ({HiddenSize})");
+        if (HeadDim > AttentionShape.MaxHeadDim)
+            throw new CheckpointException($"config: head size {HeadDim} exceeds the supported {AttentionShape.MaxHeadDim}");
+        if (!(LayerNormEps > 0)) throw new CheckpointException($"config: layer_norm_eps must be positive, got {LayerNormEps}");
+        if (HiddenDropoutProb is < 0 or >= 1 || AttentionProbsDropoutProb is < 0 or >= 1)
+            throw new CheckpointException("config: dropout probabilities must be in [0, 1)");
+        try { _ = Activation; }
+        catch (ArgumentException e) { throw new CheckpointException($"config: {e.Message}"); }
+        return this;
+    }
+
+    public static BertConfig Parse(string json, string source = "config.json")
+    {
+        JsonObject obj;
+        try
+        {
+            obj = JsonNode.Parse(json) as JsonObject ?? throw new CheckpointException($"{source}: not a JSON object");
+        }
+        catch (JsonException e)
+        {
+            throw new CheckpointException($"{source}: invalid JSON ({e.Message})");
+        }
+        var defaults = new BertConfig();
+        T Get<T>(string key, T fallback)
+        {
+            if (!obj.TryGetPropertyValue(key, out var node) || node is null) return fallback;
+            try { return node.GetValue<T>(); }
+            catch (Exception e) when (e is FormatException or InvalidOperationException)
+            {
+                throw new CheckpointException($"{source}: {key} has the wrong type ({node.ToJsonString()})");
+            }
+        }
+        var extra = new JsonObject();
+        foreach (var (key, node) in obj)
+            if (!Known.Contains(key)) extra[key] = node?.DeepClone();
+        return new BertConfig
+        {
+            VocabSize = Get("vocab_size", defaults.VocabSize),
+            HiddenSize = Get("hidden_size", defaults.HiddenSize),
+            NumHiddenLayers = Get("num_hidden_layers", defaults.NumHiddenLayers),
+            NumAttentionHeads = Get("num_attention_heads", defaults.NumAttentionHeads),
+            IntermediateSize = Get("intermediate_size", defaults.IntermediateSize),
+            HiddenAct = Get("hidden_act", defaults.HiddenAct),
+            HiddenDropoutProb = Get("hidden_dropout_prob", defaults.HiddenDropoutProb),
+            AttentionProbsDropoutProb = Get("attention_probs_dropout_prob", defaults.AttentionProbsDropoutProb),
+            MaxPositionEmbeddings = Get("max_position_embeddings", defaults.MaxPositionEmbeddings),
+            TypeVocabSize = Get("type_vocab_size", defaults.TypeVocabSize),
+            InitializerRange = Get("initializer_range", defaults.InitializerRange),
+            LayerNormEps = Get("layer_norm_eps", defaults.LayerNormEps),
+            PadTokenId = Get("pad_token_id", defaults.PadTokenId),
+            Extra = extra,
+        }.Validate();
+    }
+
+    public static BertConfig Read(string path)
+    {
+        if (!File.Exists(path)) throw new CheckpointException($"{path}: no such file (a model folder needs config.json)");
+        return Parse(File.ReadAllText(path), path);
+    }
+
+    public string ToJson()
+    {
+        var obj = new JsonObject();
+        if (!Extra.ContainsKey("architectures")) obj["architectures"] = new JsonArray("BertForPreTraining");
+        if (!Extra.ContainsKey("model_type")) obj["model_type"] = "bert";
+        obj["vocab_size"] = VocabSize;
+        obj["hidden_size"] = HiddenSize;
+        obj["num_hidden_layers"] = NumHiddenLayers;
+        obj["num_attention_heads"] = NumAttentionHeads;
+        obj["intermediate_size"] = IntermediateSize;
+        obj["hidden_act"] = HiddenAct;
+        obj["hidden_dropout_prob"] = HiddenDropoutProb;
+        obj["attention_probs_dropout_prob"] = AttentionProbsDropoutProb;
+        obj["max_position_embeddings"] = MaxPositionEmbeddings;
+        obj["type_vocab_size"] = TypeVocabSize;
+        obj["initializer_range"] = InitializerRange;
+        obj["layer_norm_eps"] = LayerNormEps;
+        obj["pad_token_id"] = PadTokenId;
+        foreach (var (key, node) in Extra) obj[key] = node?.DeepClone();
+        return obj.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
+
+    public void Write(string path) => AtomicFile.WriteText(path, ToJson() + "\n");
+}

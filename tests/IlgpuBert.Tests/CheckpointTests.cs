@@ -1,0 +1,147 @@
+using System.Buffers.Binary;
+using System.Text;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Model;
+
+namespace IlgpuBert.Tests;
+
+public sealed class TempDir : IDisposable
+{
+    public string Path { get; } = Directory.CreateTempSubdirectory("ilgpu-bert-test").FullName;
+    public string File(string name) => System.IO.Path.Combine(Path, name);
+    public void Dispose() => Directory.Delete(Path, true);
+}
+
+public class CheckpointTests
+{
+    private static byte[] RawFile(string headerJson, byte[] data)
+    {
+        var header = Encoding.UTF8.GetBytes(headerJson);
+        var bytes = new byte[8 + header.Length + data.Length];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, (ulong)header.Length);
+        header.CopyTo(bytes, 8);
+        data.CopyTo(bytes, 8 + header.Length);
+        return bytes;
+    }
+
+    [Fact]
+    public void Safetensors_round_trip_is_bit_identical_and_atomic()
+    {
+        using var dir = new TempDir();
+        var rng = new Random(1);
+        var tensors = new Dictionary<string, HostTensor>
+        {
+            ["b.weight"] = new([3, 5], Rand.Normal(rng, 15)),
+            ["a.bias"] = new([7], Rand.Normal(rng, 7)),
+            ["scalar"] = new([], [float.NaN]),
+        };
+        string path = dir.File("model.safetensors");
+        SafeTensors.Write(path, tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        var back = SafeTensors.Read(path);
+        Assert.Equal(tensors.Keys.Order(), back.Keys.Order());
+        foreach (var (name, t) in tensors)
+        {
+            Assert.Equal(t.Shape, back[name].Shape);
+            Assert.Equal(t.Data.Select(BitConverter.SingleToInt32Bits), back[name].Data.Select(BitConverter.SingleToInt32Bits));
+        }
+        var bytes1 = File.ReadAllBytes(path);
+        SafeTensors.Write(path, back, new Dictionary<string, string> { ["format"] = "pt" });
+        Assert.Equal(bytes1, File.ReadAllBytes(path));
+        Assert.Equal((8 + (long)BinaryPrimitives.ReadUInt64LittleEndian(bytes1)) % 8, 0);
+        Assert.Single(Directory.GetFiles(dir.Path)); // no temporary file left behind
+    }
+
+    [Fact]
+    public void Safetensors_reads_f16_and_bf16_by_converting()
+    {
+        using var dir = new TempDir();
+        float[] values = [1.5f, -2.25f, 0.1f];
+        var f16 = values.SelectMany(v => BitConverter.GetBytes((Half)v)).ToArray();
+        var bf16 = values.SelectMany(v => BitConverter.GetBytes((ushort)(BitConverter.SingleToUInt32Bits(v) >> 16))).ToArray();
+        string header = $"{{\"h\":{{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[0,6]}},\"b\":{{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[6,12]}}}}";
+        File.WriteAllBytes(dir.File("x.safetensors"), RawFile(header, [.. f16, .. bf16]));
+        var t = SafeTensors.Read(dir.File("x.safetensors"));
+        Assert.Equal(values.Select(v => (float)(Half)v), t["h"].Data);
+        Assert.Equal([1.5f, -2.25f, BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(0.1f) & 0xFFFF0000)], t["b"].Data);
+    }
+
+    public static TheoryData<string, byte[]> BadFiles() => new()
+    {
+        { "truncated", new byte[] { 1, 2, 3 } },
+        { "impossible", BitConverter.GetBytes(ulong.MaxValue / 2) },
+        { "not valid JSON", RawFile("{\"a\":", []) },
+        { "outside", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", new byte[4]) },
+        { "needs 8 bytes", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", new byte[4]) },
+        { "dtype I64", RawFile("{\"a\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}", new byte[8]) },
+        { "malformed header entry", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,0]}}", []) },
+        { "malformed header entry", RawFile("{\"a\":7}", []) },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadFiles))]
+    public void Bad_safetensors_are_named_errors(string expected, byte[] bytes)
+    {
+        using var dir = new TempDir();
+        string path = dir.File("bad.safetensors");
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<CheckpointException>(() => SafeTensors.Read(path));
+        Assert.Contains(expected, e.Message);
+        Assert.Contains("bad.safetensors", e.Message);
+    }
+
+    [Fact]
+    public void A_failed_write_leaves_the_old_file_and_no_temporary()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("m.safetensors");
+        SafeTensors.Write(path, new Dictionary<string, HostTensor> { ["w"] = new([2], [1f, 2f]) });
+        var before = File.ReadAllBytes(path);
+        Assert.Throws<ArgumentException>(() => SafeTensors.Write(path, new Dictionary<string, HostTensor> { ["w"] = new([3], [1f, 2f]) }));
+        Assert.Throws<InvalidOperationException>(() => AtomicFile.Write(path, s => { s.WriteByte(1); throw new InvalidOperationException("crash"); }));
+        Assert.Equal(before, File.ReadAllBytes(path));
+        Assert.Single(Directory.GetFiles(dir.Path));
+    }
+
+    [Fact]
+    public void Config_round_trips_hf_json_and_keeps_unknown_keys()
+    {
+        const string json = """
+        {"architectures":["BertForMaskedLM"],"model_type":"bert","vocab_size":1000,"hidden_size":64,"num_hidden_layers":3,
+         "num_attention_heads":4,"intermediate_size":256,"hidden_act":"gelu_new","hidden_dropout_prob":0.05,
+         "attention_probs_dropout_prob":0.0,"max_position_embeddings":128,"type_vocab_size":2,"initializer_range":0.02,
+         "layer_norm_eps":1e-12,"pad_token_id":0,"torch_dtype":"float32","id2label":{"0":"A","1":"B"}}
+        """;
+        var c = BertConfig.Parse(json);
+        Assert.Equal((1000, 64, 3, 4, 256, 16), (c.VocabSize, c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.IntermediateSize, c.HeadDim));
+        Assert.Equal(Kernels.ActivationKind.GeluTanh, c.Activation);
+        Assert.Equal(0.05f, c.HiddenDropoutProb);
+        var again = BertConfig.Parse(c.ToJson());
+        Assert.Equal(c.ToJson(), again.ToJson());
+        Assert.Contains("\"torch_dtype\": \"float32\"", again.ToJson());
+        Assert.Contains("BertForMaskedLM", again.ToJson());
+        Assert.Contains("\"1\": \"B\"", again.ToJson());
+    }
+
+    [Theory]
+    [InlineData("{\"hidden_size\":100,\"num_attention_heads\":3}", "does not divide")]
+    [InlineData("{\"hidden_act\":\"swish\"}", "unsupported hidden_act")]
+    [InlineData("{\"vocab_size\":\"many\"}", "vocab_size has the wrong type")]
+    [InlineData("{\"vocab_size\":0}", "vocab_size must be positive")]
+    [InlineData("[1,2]", "not a JSON object")]
+    [InlineData("{\"vocab_size\":", "invalid JSON")]
+    public void Bad_configs_are_named_errors(string json, string expected) =>
+        Assert.Contains(expected, Assert.Throws<CheckpointException>(() => BertConfig.Parse(json)).Message);
+
+    [Theory]
+    [InlineData("tiny", 2, 128, 2)]
+    [InlineData("mini", 4, 256, 4)]
+    [InlineData("small", 4, 512, 8)]
+    [InlineData("medium", 8, 512, 8)]
+    [InlineData("base", 12, 768, 12)]
+    [InlineData("large", 24, 1024, 16)]
+    public void Sizes_follow_Turc_et_al(string size, int layers, int hidden, int heads)
+    {
+        var c = BertConfig.ForSize(size).Validate();
+        Assert.Equal((layers, hidden, heads, 4 * hidden), (c.NumHiddenLayers, c.HiddenSize, c.NumAttentionHeads, c.IntermediateSize));
+    }
+}
