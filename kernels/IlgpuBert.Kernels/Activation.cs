@@ -10,7 +10,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuBert.Kernels;
 
-public enum ActivationKind { GeluErf, GeluTanh, Relu }
+public enum ActivationKind { GeluErf, GeluTanh, Relu, Tanh }
 
 public interface IActivation
 {
@@ -58,6 +58,18 @@ public readonly struct Relu : IActivation
     }
 }
 
+/// <summary>tanh, as BertPooler applies it; accurate on CUDA too (KernelMath.Tanh, not tanh.approx).</summary>
+public readonly struct TanhActivation : IActivation
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public float Apply(float x, out float derivative)
+    {
+        float t = KernelMath.Tanh(x);
+        derivative = 1f - t * t;
+        return t;
+    }
+}
+
 public sealed class ActivationKernels
 {
     private readonly KernelSet set;
@@ -73,12 +85,14 @@ public sealed class ActivationKernels
             acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluErf>),
             acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluTanh>),
             acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<Relu>),
+            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<TanhActivation>),
         ];
         backward =
         [
             acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluErf>),
             acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluTanh>),
             acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<Relu>),
+            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<TanhActivation>),
         ];
     }
 

@@ -18,6 +18,7 @@ public sealed class EmbeddingKernels
     private readonly KernelSet set;
     private readonly Action<KernelConfig, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape> forward;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> scatter;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int> gather;
 
     internal EmbeddingKernels(KernelSet set)
     {
@@ -25,6 +26,22 @@ public sealed class EmbeddingKernels
         var acc = set.Accelerator;
         forward = acc.LoadStreamKernel<ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>(ForwardKernel);
         scatter = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ScatterAddKernel);
+        gather = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>(GatherKernel);
+    }
+
+    /// <summary>
+    /// output[r] = table[rows[r]] for r over rows.Length: an embedding lookup in one table, also
+    /// how the MLM head picks masked positions and the pooler picks [CLS]. Its backward is
+    /// <see cref="ScatterAdd"/> with the same rows.
+    /// </summary>
+    public void Gather(ArrayView<float> table, ReadOnlySpan<int> rows, ArrayView<float> output, int tableRows, int hidden)
+    {
+        Check.Matrix("table", table, tableRows, hidden);
+        Check.Matrix("output", output, rows.Length, hidden);
+        foreach (int r in rows)
+            if ((uint)r >= (uint)tableRows) throw new ArgumentOutOfRangeException(nameof(rows), $"row {r} is outside [0, {tableRows})");
+        if (rows.Length == 0 || hidden == 0) return;
+        gather(set.GridStride((long)rows.Length * hidden), table, set.IntScratch(rows), output, rows.Length, hidden, tableRows);
     }
 
     /// <summary>
@@ -125,6 +142,18 @@ public sealed class EmbeddingKernels
             output[i] = (uint)id < (uint)s.VocabSize && (uint)type < (uint)s.TypeVocabSize && p < s.MaxPositions
                 ? word[(long)id * s.Hidden + h] + position[(long)p * s.Hidden + h] + tokenType[(long)type * s.Hidden + h]
                 : float.NaN;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void GatherKernel(ArrayView<float> table, ArrayView<int> rows, ArrayView<float> output, int count, int hidden, int tableRows)
+    {
+        long n = (long)count * hidden;
+        long step = GridStride.Step;
+        for (long e = GridStride.Start; e < n; e += step)
+        {
+            int r = (int)(e / hidden), h = (int)(e % hidden);
+            output[e] = table[(long)rows[r] * hidden + h];
         }
     }
 

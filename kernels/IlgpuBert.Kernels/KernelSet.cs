@@ -30,6 +30,7 @@ public sealed class KernelSet : IDisposable
     private readonly Lazy<DropoutKernels> dropout;
     private readonly Lazy<AdamWKernels> adamW;
     private readonly Lazy<AttentionKernels> attention;
+    private readonly Lazy<ElementwiseKernels> elementwise;
     private MemoryBuffer1D<float, Stride1D.Dense>? floatScratch;
     private MemoryBuffer1D<int, Stride1D.Dense>? intScratch;
 
@@ -56,6 +57,7 @@ public sealed class KernelSet : IDisposable
         dropout = new(() => new DropoutKernels(this));
         adamW = new(() => new AdamWKernels(this));
         attention = new(() => new AttentionKernels(this));
+        elementwise = new(() => new ElementwiseKernels(this));
     }
 
     public Accelerator Accelerator { get; }
@@ -72,6 +74,7 @@ public sealed class KernelSet : IDisposable
     public DropoutKernels Dropout => dropout.Value;
     public AdamWKernels AdamW => adamW.Value;
     public AttentionKernels Attention => attention.Value;
+    public ElementwiseKernels Elementwise => elementwise.Value;
 
     /// <summary>Bytes the kernel set itself holds in scratch buffers (grow-only, reused).</summary>
     public long ScratchBytes => (floatScratch?.LengthInBytes ?? 0) + (intScratch?.LengthInBytes ?? 0);
@@ -142,9 +145,9 @@ public sealed class KernelSet : IDisposable
         [
             typeof(GemmKernels), typeof(BiasKernels), typeof(ActivationKernels), typeof(LayerNormKernels),
             typeof(SoftmaxKernels), typeof(CrossEntropyKernels), typeof(EmbeddingKernels), typeof(DropoutKernels),
-            typeof(AdamWKernels), typeof(AttentionKernels),
+            typeof(AdamWKernels), typeof(AttentionKernels), typeof(ElementwiseKernels),
         ];
-        Type[] activations = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu)];
+        Type[] activations = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu), typeof(TanhActivation)];
         foreach (var family in families)
             foreach (var m in family.GetMethods(flags).Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal)))
             {

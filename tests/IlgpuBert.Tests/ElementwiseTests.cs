@@ -54,6 +54,7 @@ public class ElementwiseTests
     {
         ActivationKind.GeluErf => Reference.GeluErf(x),
         ActivationKind.GeluTanh => Reference.GeluTanh(x),
+        ActivationKind.Tanh => Math.Tanh(x),
         _ => Reference.Relu(x),
     };
 
@@ -111,6 +112,26 @@ public class ElementwiseTests
         for (int j = 0; j < cols; j++) gb[j] += dBias0[j];
         Tol.AssertClose(gx, d.Read(bdx, rows * cols), Tol.F32Elementwise, $"{kind} dx");
         Tol.AssertClose(gb, d.Read(bdb, cols), Tol.F32Reduction, $"{kind} dBias");
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void Gather_and_axpy(string device)
+    {
+        var d = Devices.Get(device);
+        var rng = new Random(21);
+        var table = Rand.Normal(rng, 9 * 5);
+        int[] rows = [4, 0, 8, 4];
+        var y0 = Rand.Normal(rng, 20);
+        using var bt = d.Upload(table);
+        using var bout = d.Poisoned(20);
+        using var by = d.Upload(y0);
+        d.Kernels.Embeddings.Gather(bt.View, rows, bout.View, 9, 5);
+        d.Kernels.Elementwise.Axpy(-0.5f, bout.View, by.View, 20);
+        var gathered = rows.SelectMany(r => table.Skip(r * 5).Take(5)).Select(v => (double)v).ToArray();
+        Tol.AssertClose(gathered, d.Read(bout, 20), Tol.F32Elementwise, "gather");
+        Tol.AssertClose(y0.Select((v, i) => v - 0.5 * gathered[i]).ToArray(), d.Read(by, 20), Tol.F32Elementwise, "axpy");
+        Assert.Throws<ArgumentOutOfRangeException>(() => d.Kernels.Embeddings.Gather(bt.View, [9], bout.View, 9, 5));
     }
 
     [Fact]
