@@ -1,0 +1,141 @@
+// A small autograd tape in the spirit of micrograd: each differentiable op computes its output
+// and, when a tape is recording, appends a closure that knows how to push the output's gradient
+// to its inputs, together with whatever it saved for that. Backward runs the closures in reverse
+// and then frees what they saved. Gradients accumulate (+=) into each Var's Grad, so parameters
+// collect contributions from several uses (the tied MLM decoder) and from several micro-batches.
+// Without a tape (inference) nothing is saved and nothing is recorded.
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuBert.Runtime;
+
+namespace IlgpuBert.Autograd;
+
+/// <summary>A tensor in a computation, with the gradient the tape accumulates into it.</summary>
+public sealed class Var : IDisposable
+{
+    public Var(Tensor value, bool requiresGrad = false, string? name = null)
+    {
+        Value = value;
+        RequiresGrad = requiresGrad;
+        Name = name;
+    }
+
+    public Tensor Value { get; }
+    public Tensor? Grad { get; private set; }
+    public bool RequiresGrad { get; }
+    public string? Name { get; }
+    public int[] Shape => Value.Shape;
+    public long Length => Value.Length;
+    public BertDevice Device => Value.Device;
+
+    /// <summary>
+    /// Adds a gradient contribution through a kernel with an accumulate mode: <paramref name="write"/>
+    /// receives the destination and whether to add into it (false on the first contribution,
+    /// which overwrites).
+    /// </summary>
+    public void Accumulate(Action<Tensor, bool> write)
+    {
+        if (!RequiresGrad) return;
+        if (Grad is null)
+        {
+            Grad = new Tensor(Device, Shape);
+            write(Grad, false);
+        }
+        else
+            write(Grad, true);
+    }
+
+    /// <summary>Adds a whole gradient contribution held in <paramref name="contribution"/>.</summary>
+    public void AddGrad(Tensor contribution)
+    {
+        if (!RequiresGrad) return;
+        if (Grad is null)
+        {
+            Grad = new Tensor(Device, Shape);
+            ((ArrayView1D<float, Stride1D.Dense>)contribution.View).CopyTo(Device.Accelerator.DefaultStream, (ArrayView1D<float, Stride1D.Dense>)Grad.View);
+        }
+        else
+            Device.Kernels.Elementwise.Axpy(1f, contribution.View, Grad.View, Length);
+    }
+
+    /// <summary>The gradient buffer, created zeroed if there is none yet (for kernels that only add).</summary>
+    public Tensor EnsureGrad()
+    {
+        if (Grad is null)
+        {
+            Grad = new Tensor(Device, Shape);
+            Device.Kernels.Elementwise.Zero(Grad.View);
+        }
+        return Grad;
+    }
+
+    /// <summary>Zeroes the gradient (keeps its buffer), as an optimizer step's end does.</summary>
+    public void ZeroGrad()
+    {
+        if (Grad is not null) Device.Kernels.Elementwise.Zero(Grad.View);
+    }
+
+    /// <summary>Drops the gradient buffer back to the pool (activations, after backward).</summary>
+    public void ReleaseGrad()
+    {
+        Grad?.Dispose();
+        Grad = null;
+    }
+
+    public void Dispose()
+    {
+        ReleaseGrad();
+        Value.Dispose();
+    }
+}
+
+/// <summary>
+/// Owns every intermediate of one forward pass and, when <see cref="Recording"/>, the backward
+/// steps. Inference uses a non-recording tape only to free intermediates together.
+/// </summary>
+public sealed class Tape(bool recording = true) : IDisposable
+{
+    private readonly List<Action> backward = new();
+    private readonly List<IDisposable> owned = new();
+    private bool done;
+
+    public bool Recording { get; } = recording;
+
+    /// <summary>Records one op's backward; <paramref name="keep"/> lives until backward has run.</summary>
+    public void Record(Action backwardStep, params IDisposable[] keep)
+    {
+        owned.AddRange(keep);
+        if (!Recording) return;
+        if (done) throw new InvalidOperationException("this tape has already run backward; record a new one");
+        backward.Add(backwardStep);
+    }
+
+    /// <summary>Keeps an intermediate alive until the tape is disposed (activations the caller does not own).</summary>
+    public T Own<T>(T value) where T : IDisposable
+    {
+        owned.Add(value);
+        return value;
+    }
+
+    /// <summary>
+    /// Runs every recorded backward in reverse. The caller has already put the loss gradient in
+    /// place (see <see cref="Ops.CrossEntropy"/>, whose loss carries its own seed).
+    /// </summary>
+    public void Backward()
+    {
+        if (!Recording) throw new InvalidOperationException("this tape did not record: nothing to differentiate");
+        if (done) throw new InvalidOperationException("backward has already run on this tape");
+        done = true;
+        for (int i = backward.Count - 1; i >= 0; i--)
+            backward[i]();
+        backward.Clear();
+    }
+
+    /// <summary>Frees every saved activation and intermediate gradient.</summary>
+    public void Dispose()
+    {
+        for (int i = owned.Count - 1; i >= 0; i--) owned[i].Dispose();
+        owned.Clear();
+        backward.Clear();
+    }
+}

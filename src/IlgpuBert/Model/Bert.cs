@@ -1,0 +1,220 @@
+// BERT (Devlin et al. 2019) as HF transformers' modeling_bert.py builds BertForPreTraining, module
+// for module, on the autograd ops. Differences in form, not in numbers:
+// - self-attention projects Q, K and V with one fused [3H, H] weight (the checkpoint's separate
+//   query/key/value tensors are its three row blocks), so the fused attention kernel reads
+//   [B, S, 3, NH, HD] straight from the GEMM;
+// - the MLM decoder is tied to the word embeddings (one Var used twice; gradients add).
+// Dropout sites get fixed tensor ids so their masks are reproducible from (seed, step).
+using IlgpuBert.Autograd;
+using IlgpuBert.Kernels;
+using IlgpuBert.Runtime;
+
+namespace IlgpuBert.Model;
+
+/// <summary>A parameter with its HF checkpoint name(s) and whether AdamW decays it.</summary>
+public sealed record Parameter(Var Var, bool Decay);
+
+public sealed class BertEmbeddings
+{
+    public BertEmbeddings(BertParameters p)
+    {
+        Word = p.Add("bert.embeddings.word_embeddings.weight", true, p.Config.VocabSize, p.Config.HiddenSize);
+        Position = p.Add("bert.embeddings.position_embeddings.weight", true, p.Config.MaxPositionEmbeddings, p.Config.HiddenSize);
+        TokenType = p.Add("bert.embeddings.token_type_embeddings.weight", true, p.Config.TypeVocabSize, p.Config.HiddenSize);
+        LayerNormWeight = p.Add("bert.embeddings.LayerNorm.weight", false, p.Config.HiddenSize);
+        LayerNormBias = p.Add("bert.embeddings.LayerNorm.bias", false, p.Config.HiddenSize);
+    }
+
+    public Var Word { get; }
+    public Var Position { get; }
+    public Var TokenType { get; }
+    public Var LayerNormWeight { get; }
+    public Var LayerNormBias { get; }
+
+    public Var Forward(Tape tape, BertConfig c, DeviceInts ids, DeviceInts types, int batch, int seqLen, Dropouts dropouts)
+    {
+        var e = Ops.Embeddings(tape, ids, types, batch, seqLen, Word, Position, TokenType);
+        e = Ops.LayerNorm(tape, e, null, LayerNormWeight, LayerNormBias, c.LayerNormEps);
+        return Ops.Dropout(tape, e, dropouts.Hidden, dropouts.Key(0));
+    }
+}
+
+/// <summary>BertLayer: self-attention, BertSelfOutput (dense, dropout, Add &amp; Norm), BertIntermediate, BertOutput.</summary>
+public sealed class BertLayer
+{
+    private readonly int index;
+
+    public BertLayer(BertParameters p, int index)
+    {
+        this.index = index;
+        int h = p.Config.HiddenSize, inter = p.Config.IntermediateSize;
+        string at = $"bert.encoder.layer.{index}.";
+        QkvWeight = p.AddFused(at + "attention.self.{0}.weight", ["query", "key", "value"], h, h);
+        QkvBias = p.AddFused(at + "attention.self.{0}.bias", ["query", "key", "value"], h);
+        AttentionOutputWeight = p.Add(at + "attention.output.dense.weight", true, h, h);
+        AttentionOutputBias = p.Add(at + "attention.output.dense.bias", false, h);
+        AttentionLayerNormWeight = p.Add(at + "attention.output.LayerNorm.weight", false, h);
+        AttentionLayerNormBias = p.Add(at + "attention.output.LayerNorm.bias", false, h);
+        IntermediateWeight = p.Add(at + "intermediate.dense.weight", true, inter, h);
+        IntermediateBias = p.Add(at + "intermediate.dense.bias", false, inter);
+        OutputWeight = p.Add(at + "output.dense.weight", true, h, inter);
+        OutputBias = p.Add(at + "output.dense.bias", false, h);
+        OutputLayerNormWeight = p.Add(at + "output.LayerNorm.weight", false, h);
+        OutputLayerNormBias = p.Add(at + "output.LayerNorm.bias", false, h);
+    }
+
+    public Var QkvWeight { get; }  // [3H, H]: query, key, value row blocks
+    public Var QkvBias { get; }    // [3H]
+    public Var AttentionOutputWeight { get; }
+    public Var AttentionOutputBias { get; }
+    public Var AttentionLayerNormWeight { get; }
+    public Var AttentionLayerNormBias { get; }
+    public Var IntermediateWeight { get; }
+    public Var IntermediateBias { get; }
+    public Var OutputWeight { get; }
+    public Var OutputBias { get; }
+    public Var OutputLayerNormWeight { get; }
+    public Var OutputLayerNormBias { get; }
+
+    public Var Forward(Tape tape, BertConfig c, Var x, DeviceInts mask, int batch, int seqLen, Dropouts dropouts)
+    {
+        var qkv = Ops.Linear(tape, x, QkvWeight, QkvBias); // [B, S, 3H] = [B, S, 3, NH, HD]
+        var shape = AttentionShape.Create(batch, seqLen, c.NumAttentionHeads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * index));
+        var context = Ops.Attention(tape, qkv, mask, shape);
+        var attention = Ops.Linear(tape, context, AttentionOutputWeight, AttentionOutputBias);
+        attention = Ops.Dropout(tape, attention, dropouts.Hidden, dropouts.Key(2 + 3 * index));
+        var h1 = Ops.LayerNorm(tape, attention, x, AttentionLayerNormWeight, AttentionLayerNormBias, c.LayerNormEps);
+        var intermediate = Ops.Linear(tape, h1, IntermediateWeight, IntermediateBias, c.Activation);
+        var output = Ops.Linear(tape, intermediate, OutputWeight, OutputBias);
+        output = Ops.Dropout(tape, output, dropouts.Hidden, dropouts.Key(3 + 3 * index));
+        return Ops.LayerNorm(tape, output, h1, OutputLayerNormWeight, OutputLayerNormBias, c.LayerNormEps);
+    }
+}
+
+/// <summary>Dropout probabilities and the Philox key of one forward pass (all zero in eval mode).</summary>
+public readonly record struct Dropouts(float Hidden, float Attention, ulong Seed, uint Step)
+{
+    public static Dropouts Off => new(0f, 0f, 0, 0);
+
+    public static Dropouts Training(BertConfig c, ulong seed, uint step) => new(c.HiddenDropoutProb, c.AttentionProbsDropoutProb, seed, step);
+
+    public DropoutKey Key(int site) => new(Seed, Step, (uint)site);
+}
+
+/// <summary>What <see cref="BertForPreTraining.Forward"/> returns; Vars live as long as the tape.</summary>
+public sealed class BertOutputs
+{
+    public required Var LastHiddenState { get; init; }          // [B, S, H]
+    public required Var PoolerOutput { get; init; }             // [B, H]
+    public required Var PredictionLogits { get; init; }         // [B, S, V], or [M, V] at masked positions
+    public required Var SeqRelationshipLogits { get; init; }    // [B, 2]
+    public required IReadOnlyList<Var> HiddenStates { get; init; } // L + 1 entries, 0 = embeddings output
+    public Loss? MlmLoss { get; init; }
+    public Loss? NspLoss { get; init; }
+
+    /// <summary>The masked positions (b·S + s) the logits were computed at, when only those were.</summary>
+    public int[]? MaskedPositions { get; init; }
+
+    /// <summary>HF's total loss: MLM plus NSP, each where its labels were given.</summary>
+    public float? ReadLoss() => MlmLoss is null && NspLoss is null ? null : (MlmLoss?.Read() ?? 0f) + (NspLoss?.Read() ?? 0f);
+}
+
+public sealed class BertForPreTraining : IDisposable
+{
+    public BertForPreTraining(BertDevice device, BertConfig config)
+    {
+        Config = config.Validate();
+        Device = device;
+        Parameters = new BertParameters(device, config);
+        var p = Parameters;
+        int h = config.HiddenSize;
+        Embeddings = new BertEmbeddings(p);
+        Layers = Enumerable.Range(0, config.NumHiddenLayers).Select(i => new BertLayer(p, i)).ToArray();
+        PoolerWeight = p.Add("bert.pooler.dense.weight", true, h, h);
+        PoolerBias = p.Add("bert.pooler.dense.bias", false, h);
+        TransformWeight = p.Add("cls.predictions.transform.dense.weight", true, h, h);
+        TransformBias = p.Add("cls.predictions.transform.dense.bias", false, h);
+        TransformLayerNormWeight = p.Add("cls.predictions.transform.LayerNorm.weight", false, h);
+        TransformLayerNormBias = p.Add("cls.predictions.transform.LayerNorm.bias", false, h);
+        DecoderBias = p.Add("cls.predictions.bias", false, config.VocabSize);
+        SeqRelationshipWeight = p.Add("cls.seq_relationship.weight", true, 2, h);
+        SeqRelationshipBias = p.Add("cls.seq_relationship.bias", false, 2);
+    }
+
+    public BertConfig Config { get; }
+    public BertDevice Device { get; }
+    public BertParameters Parameters { get; }
+    public BertEmbeddings Embeddings { get; }
+    public BertLayer[] Layers { get; }
+    public Var PoolerWeight { get; }
+    public Var PoolerBias { get; }
+    public Var TransformWeight { get; }
+    public Var TransformBias { get; }
+    public Var TransformLayerNormWeight { get; }
+    public Var TransformLayerNormBias { get; }
+    public Var DecoderBias { get; }
+    public Var SeqRelationshipWeight { get; }
+    public Var SeqRelationshipBias { get; }
+
+    /// <summary>
+    /// The forward pass of HF's BertForPreTraining. With <paramref name="maskedOnly"/> the MLM
+    /// head runs only at positions whose label is not −100 (the training path); otherwise at every
+    /// position. Losses are computed for the labels given. Pass a recording tape to differentiate,
+    /// a non-recording one for inference; either owns every output.
+    /// </summary>
+    public BertOutputs Forward(Tape tape, BertInputs inputs, Dropouts dropouts, bool maskedOnly = false)
+    {
+        var c = Config;
+        inputs.Validate(c);
+        int b = inputs.Batch, s = inputs.SeqLen;
+        var ids = tape.Own(new DeviceInts(Device, inputs.InputIds));
+        var types = tape.Own(new DeviceInts(Device, inputs.TokenTypeIds));
+        var mask = tape.Own(new DeviceInts(Device, inputs.AttentionMask));
+
+        var hidden = Embeddings.Forward(tape, c, ids, types, b, s, dropouts);
+        var states = new List<Var> { hidden };
+        foreach (var layer in Layers)
+        {
+            hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts);
+            states.Add(hidden);
+        }
+
+        var cls = Ops.GatherRows(tape, hidden, Enumerable.Range(0, b).Select(i => i * s).ToArray());
+        var pooled = Ops.Linear(tape, cls, PoolerWeight, PoolerBias, ActivationKind.Tanh);
+
+        int[]? positions = null;
+        var mlmInput = hidden;
+        if (maskedOnly)
+        {
+            if (inputs.Labels is null) throw new ArgumentException("masked-only MLM logits need labels");
+            positions = Enumerable.Range(0, b * s).Where(i => inputs.Labels[i] != -100).ToArray();
+            mlmInput = Ops.GatherRows(tape, hidden, positions);
+        }
+        var t = Ops.Linear(tape, mlmInput, TransformWeight, TransformBias, c.Activation);
+        t = Ops.LayerNorm(tape, t, null, TransformLayerNormWeight, TransformLayerNormBias, c.LayerNormEps);
+        var logits = Ops.Linear(tape, t, Embeddings.Word, DecoderBias);
+        var nsp = Ops.Linear(tape, pooled, SeqRelationshipWeight, SeqRelationshipBias);
+
+        Loss? mlmLoss = null, nspLoss = null;
+        if (inputs.Labels is not null)
+        {
+            var labels = positions is null ? inputs.Labels : positions.Select(i => inputs.Labels[i]).ToArray();
+            mlmLoss = Ops.CrossEntropy(tape, logits, tape.Own(new DeviceInts(Device, labels)));
+        }
+        if (inputs.NextSentenceLabel is not null)
+            nspLoss = Ops.CrossEntropy(tape, nsp, tape.Own(new DeviceInts(Device, inputs.NextSentenceLabel)));
+
+        return new BertOutputs
+        {
+            LastHiddenState = hidden, PoolerOutput = pooled, PredictionLogits = logits, SeqRelationshipLogits = nsp,
+            HiddenStates = states, MlmLoss = mlmLoss, NspLoss = nspLoss, MaskedPositions = positions,
+        };
+    }
+
+    public void ZeroGrad()
+    {
+        foreach (var p in Parameters.All) p.Var.ZeroGrad();
+    }
+
+    public void Dispose() => Parameters.Dispose();
+}

@@ -1,0 +1,62 @@
+using IlgpuBert.Checkpoints;
+
+namespace IlgpuBert.Model;
+
+/// <summary>
+/// One batch in HF's terms: input_ids, token_type_ids and attention_mask as [B, S] row-major,
+/// optional MLM labels [B, S] (−100 = ignored) and next_sentence_label [B].
+/// </summary>
+public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] TokenTypeIds, int[] AttentionMask,
+    int[]? Labels = null, int[]? NextSentenceLabel = null)
+{
+    /// <summary>Builds inputs from rows; token types and mask default to 0 and 1. Ragged rows are an error.</summary>
+    public static BertInputs FromRows(IReadOnlyList<int[]> inputIds, IReadOnlyList<int[]>? tokenTypeIds = null,
+        IReadOnlyList<int[]>? attentionMask = null, IReadOnlyList<int[]>? labels = null, int[]? nextSentenceLabel = null)
+    {
+        if (inputIds.Count == 0) throw new ArgumentException("input_ids has no rows");
+        int s = inputIds[0].Length;
+        int[] Flat(string name, IReadOnlyList<int[]>? rows, int fill)
+        {
+            if (rows is null) return Enumerable.Repeat(fill, inputIds.Count * s).ToArray();
+            if (rows.Count != inputIds.Count) throw new ArgumentException($"{name} has {rows.Count} rows, input_ids has {inputIds.Count}");
+            for (int r = 0; r < rows.Count; r++)
+                if (rows[r].Length != s) throw new ArgumentException($"{name} row {r} has {rows[r].Length} entries, expected {s} (ragged rows)");
+            return rows.SelectMany(r => r).ToArray();
+        }
+        return new BertInputs(inputIds.Count, s, Flat("input_ids", inputIds, 0), Flat("token_type_ids", tokenTypeIds, 0),
+            Flat("attention_mask", attentionMask, 1), labels is null ? null : Flat("labels", labels, -100), nextSentenceLabel);
+    }
+
+    /// <summary>Every id in range for the config, every length consistent; the message names the first problem.</summary>
+    public void Validate(BertConfig config)
+    {
+        int n = Batch * SeqLen;
+        if (Batch < 1 || SeqLen < 1) throw new ArgumentException($"empty batch ({Batch} × {SeqLen})");
+        if (SeqLen > config.MaxPositionEmbeddings)
+            throw new ArgumentException($"sequence length {SeqLen} exceeds max_position_embeddings {config.MaxPositionEmbeddings}");
+        void Length(string name, int[]? a, int expected)
+        {
+            if (a is not null && a.Length != expected) throw new ArgumentException($"{name} has {a.Length} entries, expected {expected}");
+        }
+        Length("input_ids", InputIds, n);
+        Length("token_type_ids", TokenTypeIds, n);
+        Length("attention_mask", AttentionMask, n);
+        Length("labels", Labels, n);
+        Length("next_sentence_label", NextSentenceLabel, Batch);
+        for (int i = 0; i < n; i++)
+        {
+            if ((uint)InputIds[i] >= (uint)config.VocabSize)
+                throw new ArgumentException($"input_ids[{i / SeqLen}][{i % SeqLen}] = {InputIds[i]} is outside the vocabulary [0, {config.VocabSize})");
+            if ((uint)TokenTypeIds[i] >= (uint)config.TypeVocabSize)
+                throw new ArgumentException($"token_type_ids[{i / SeqLen}][{i % SeqLen}] = {TokenTypeIds[i]} is outside [0, {config.TypeVocabSize})");
+            if (AttentionMask[i] is not (0 or 1))
+                throw new ArgumentException($"attention_mask[{i / SeqLen}][{i % SeqLen}] = {AttentionMask[i]} must be 0 or 1");
+            if (Labels is not null && Labels[i] != -100 && (uint)Labels[i] >= (uint)config.VocabSize)
+                throw new ArgumentException($"labels[{i / SeqLen}][{i % SeqLen}] = {Labels[i]} is outside the vocabulary (use -100 to ignore)");
+        }
+        if (NextSentenceLabel is not null)
+            for (int b = 0; b < Batch; b++)
+                if (NextSentenceLabel[b] is not (0 or 1 or -100))
+                    throw new ArgumentException($"next_sentence_label[{b}] = {NextSentenceLabel[b]} must be 0 or 1");
+    }
+}

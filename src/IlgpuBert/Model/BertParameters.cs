@@ -1,0 +1,176 @@
+// Every parameter of a BERT model under its HF checkpoint name, with initialisation as HF's
+// BertPreTrainedModel._init_weights does it and loading/saving in HF's safetensors layout.
+//
+// Load accepts what HF users have: BertForPreTraining files (the tied decoder weight, and the
+// decoder bias alias, accepted and ignored if present), BertModel files without the "bert."
+// prefix (heads initialised, and said so), and legacy TF-port names (LayerNorm.gamma/beta).
+// A missing encoder tensor or a tensor of the wrong shape is an error that names it.
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuBert.Autograd;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Runtime;
+
+namespace IlgpuBert.Model;
+
+public sealed class BertParameters : IDisposable
+{
+    private readonly List<Parameter> all = new();
+    private readonly Dictionary<string, (Var Var, long Offset, int[] Shape)> byName = new(StringComparer.Ordinal);
+
+    public BertParameters(BertDevice device, BertConfig config)
+    {
+        Device = device;
+        Config = config;
+    }
+
+    public BertDevice Device { get; }
+    public BertConfig Config { get; }
+    public IReadOnlyList<Parameter> All => all;
+
+    /// <summary>HF names, in the order they were added (the model's module order).</summary>
+    public IEnumerable<string> Names => byName.Keys;
+
+    public (Var Var, long Offset, int[] Shape) this[string name] => byName[name];
+
+    internal Var Add(string name, bool decay, params int[] shape)
+    {
+        var v = new Var(new Tensor(Device, shape), requiresGrad: true, name: name);
+        all.Add(new Parameter(v, decay));
+        byName[name] = (v, 0, shape);
+        return v;
+    }
+
+    /// <summary>One tensor whose row blocks carry several checkpoint names (fused QKV).</summary>
+    internal Var AddFused(string pattern, string[] parts, params int[] blockShape)
+    {
+        var shape = blockShape.ToArray();
+        shape[0] *= parts.Length;
+        bool isWeight = blockShape.Length == 2;
+        var v = new Var(new Tensor(Device, shape), requiresGrad: true, name: string.Format(pattern, string.Join("+", parts)));
+        all.Add(new Parameter(v, isWeight));
+        long block = HostTensor.Elements(blockShape);
+        for (int i = 0; i < parts.Length; i++)
+            byName[string.Format(pattern, parts[i])] = (v, i * block, blockShape);
+        return v;
+    }
+
+    /// <summary>
+    /// HF's initialisation: Linear and embedding weights ~ N(0, initializer_range), the padding
+    /// row of the word embeddings 0, LayerNorm weights 1, every bias 0. Deterministic in the seed.
+    /// </summary>
+    public void Initialize(int seed) => InitializeWhere(seed, _ => true);
+
+    private void InitializeWhere(int seed, Func<string, bool> which)
+    {
+        var rng = new Random(seed);
+        foreach (var name in Names.ToList())
+        {
+            var host = InitialValue(name, rng);
+            if (which(name)) Set(name, host);
+        }
+    }
+
+    private float[] InitialValue(string name, Random rng)
+    {
+        var (_, _, shape) = byName[name];
+        var data = new float[HostTensor.Elements(shape)];
+        if (name.EndsWith(".bias", StringComparison.Ordinal)) return data;
+        if (name.Contains("LayerNorm", StringComparison.Ordinal))
+        {
+            Array.Fill(data, 1f);
+            return data;
+        }
+        for (int i = 0; i < data.Length; i++)
+        {
+            double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+            data[i] = (float)(Config.InitializerRange * Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+        }
+        if (name == "bert.embeddings.word_embeddings.weight" && Config.PadTokenId >= 0 && Config.PadTokenId < Config.VocabSize)
+            Array.Clear(data, Config.PadTokenId * Config.HiddenSize, Config.HiddenSize);
+        return data;
+    }
+
+    public void Set(string name, float[] data)
+    {
+        var (v, offset, shape) = byName[name];
+        if (data.LongLength != HostTensor.Elements(shape)) throw new ArgumentException($"{name}: {data.Length} values for shape [{string.Join(", ", shape)}]");
+        v.Value.View.SubView(offset, data.LongLength).CopyFromCPU(Device.Accelerator.DefaultStream, data);
+    }
+
+    public float[] Get(string name)
+    {
+        var (v, offset, shape) = byName[name];
+        var all = v.Value.ToHost();
+        return all.AsSpan((int)offset, (int)HostTensor.Elements(shape)).ToArray();
+    }
+
+    /// <summary>The gradient of one named parameter (zeros if none accumulated).</summary>
+    public float[] GetGrad(string name)
+    {
+        var (v, offset, shape) = byName[name];
+        int n = (int)HostTensor.Elements(shape);
+        if (v.Grad is null) return new float[n];
+        return v.Grad.ToHost().AsSpan((int)offset, n).ToArray();
+    }
+
+    /// <summary>Every tensor under its HF name, the tied decoder weight excluded.</summary>
+    public Dictionary<string, HostTensor> ToHost() =>
+        Names.ToDictionary(n => n, n => new HostTensor(byName[n].Shape, Get(n)), StringComparer.Ordinal);
+
+    public void Save(string path) => SafeTensors.Write(path, ToHost(), new Dictionary<string, string> { ["format"] = "pt" });
+
+    /// <summary>
+    /// Loads a safetensors file; returns the names it initialised because the file lacked them
+    /// (heads of a BertModel checkpoint) and the names in the file it did not use.
+    /// </summary>
+    public (List<string> Initialized, List<string> Unused) Load(string path, int seedForMissingHeads = 0)
+    {
+        var file = SafeTensors.Read(path);
+        bool bare = !file.Keys.Any(k => k.StartsWith("bert.", StringComparison.Ordinal))
+            && file.Keys.Any(k => k.StartsWith("embeddings.", StringComparison.Ordinal) || k.StartsWith("encoder.", StringComparison.Ordinal));
+        var tensors = new Dictionary<string, HostTensor>(StringComparer.Ordinal);
+        foreach (var (key, t) in file)
+        {
+            string name = bare && !key.StartsWith("cls.", StringComparison.Ordinal) ? "bert." + key : key;
+            if (name.EndsWith("LayerNorm.gamma", StringComparison.Ordinal)) name = name[..^"gamma".Length] + "weight";
+            else if (name.EndsWith("LayerNorm.beta", StringComparison.Ordinal)) name = name[..^"beta".Length] + "bias";
+            tensors[name] = t;
+        }
+        if (!tensors.ContainsKey("cls.predictions.bias") && tensors.TryGetValue("cls.predictions.decoder.bias", out var decoderBias))
+            tensors["cls.predictions.bias"] = decoderBias;
+
+        var missing = Names.Where(n => !tensors.ContainsKey(n)).ToList();
+        var missingBody = missing.Where(n => n.StartsWith("bert.", StringComparison.Ordinal) && !n.StartsWith("bert.pooler.", StringComparison.Ordinal)).ToList();
+        if (missingBody.Count > 0)
+            throw new CheckpointException($"{path}: missing tensor{(missingBody.Count > 1 ? "s" : "")} {string.Join(", ", missingBody.Take(5))}{(missingBody.Count > 5 ? $" and {missingBody.Count - 5} more" : "")}");
+        foreach (var name in Names.Where(tensors.ContainsKey))
+        {
+            var expected = byName[name].Shape;
+            if (!tensors[name].Shape.SequenceEqual(expected))
+                throw new CheckpointException($"{path}: tensor {name} has shape {tensors[name].ShapeText}, the config needs [{string.Join(", ", expected)}]");
+        }
+        var tied = tensors.GetValueOrDefault("cls.predictions.decoder.weight");
+        if (tied is not null && !tied.Shape.SequenceEqual(byName["bert.embeddings.word_embeddings.weight"].Shape))
+            throw new CheckpointException($"{path}: tied decoder weight has shape {tied.ShapeText}, unlike the word embeddings");
+
+        foreach (var name in Names.Where(tensors.ContainsKey))
+            Set(name, tensors[name].Data);
+        if (missing.Count > 0)
+        {
+            var set = missing.ToHashSet();
+            InitializeWhere(seedForMissingHeads, set.Contains);
+        }
+        var known = Names.ToHashSet();
+        var unused = tensors.Keys.Where(k => !known.Contains(k)
+            && k is not ("cls.predictions.decoder.weight" or "cls.predictions.decoder.bias" or "bert.embeddings.position_ids")).ToList();
+        return (missing, unused);
+    }
+
+    public void Dispose()
+    {
+        foreach (var p in all) p.Var.Dispose();
+        all.Clear();
+        byName.Clear();
+    }
+}

@@ -1,0 +1,95 @@
+// A plain double-precision BertForPreTraining written from HF's modeling_bert.py (eval mode, no
+// dropout), over parameters named as in HF checkpoints. It shares no code with the engine: it is
+// the independent implementation the model is checked against, and what finite differences of
+// the whole model's loss are taken of.
+using IlgpuBert.Model;
+
+namespace IlgpuBert.Tests;
+
+public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
+{
+    public Dictionary<string, double[]> P { get; } = p;
+
+    public sealed record Outputs(double[] LastHidden, double[] Pooled, double[] Logits, double[] Nsp, double Loss, List<double[]> Hidden);
+
+    private double Act(double x) => c.HiddenAct switch
+    {
+        "gelu" => Reference.GeluErf(x),
+        "relu" => Math.Max(0, x),
+        _ => Reference.GeluTanh(x),
+    };
+
+    /// <summary>y[n, out] = x[n, in]·Wᵀ + b.</summary>
+    private static double[] Linear(double[] x, int n, int inDim, double[] w, double[] b, int outDim)
+    {
+        var y = new double[n * outDim];
+        for (int r = 0; r < n; r++)
+            for (int o = 0; o < outDim; o++)
+            {
+                double s = b[o];
+                for (int i = 0; i < inDim; i++) s += x[r * inDim + i] * w[o * inDim + i];
+                y[r * outDim + o] = s;
+            }
+        return y;
+    }
+
+    private double[] LayerNorm(double[] x, int n, string prefix) =>
+        Reference.LayerNorm(x, null, P[prefix + ".weight"], P[prefix + ".bias"], n, c.HiddenSize, c.LayerNormEps).Y;
+
+    private static double CrossEntropy(double[] logits, int[] labels, int rows, int v) => Reference.CrossEntropy(logits, labels, rows, v);
+
+    public Outputs Forward(BertInputs x)
+    {
+        int b = x.Batch, s = x.SeqLen, h = c.HiddenSize, t = b * s, nh = c.NumAttentionHeads, hd = c.HeadDim;
+        var word = P["bert.embeddings.word_embeddings.weight"];
+        var pos = P["bert.embeddings.position_embeddings.weight"];
+        var type = P["bert.embeddings.token_type_embeddings.weight"];
+        var e = new double[t * h];
+        for (int k = 0; k < t; k++)
+            for (int j = 0; j < h; j++)
+                e[k * h + j] = word[x.InputIds[k] * h + j] + pos[k % s * h + j] + type[x.TokenTypeIds[k] * h + j];
+        var hidden = LayerNorm(e, t, "bert.embeddings.LayerNorm");
+        var states = new List<double[]> { hidden };
+        for (int l = 0; l < c.NumHiddenLayers; l++)
+        {
+            string at = $"bert.encoder.layer.{l}.";
+            var q = Linear(hidden, t, h, P[at + "attention.self.query.weight"], P[at + "attention.self.query.bias"], h);
+            var kk = Linear(hidden, t, h, P[at + "attention.self.key.weight"], P[at + "attention.self.key.bias"], h);
+            var v = Linear(hidden, t, h, P[at + "attention.self.value.weight"], P[at + "attention.self.value.bias"], h);
+            var ctx = new double[t * h];
+            for (int bb = 0; bb < b; bb++)
+                for (int hh = 0; hh < nh; hh++)
+                    for (int i = 0; i < s; i++)
+                    {
+                        var sc = new double[s];
+                        for (int j = 0; j < s; j++)
+                        {
+                            if (x.AttentionMask[bb * s + j] == 0) { sc[j] = double.NegativeInfinity; continue; }
+                            double d = 0;
+                            for (int z = 0; z < hd; z++) d += q[(bb * s + i) * h + hh * hd + z] * kk[(bb * s + j) * h + hh * hd + z];
+                            sc[j] = d / Math.Sqrt(hd);
+                        }
+                        var pr = Reference.Softmax(sc, 1, s);
+                        for (int j = 0; j < s; j++)
+                            for (int z = 0; z < hd; z++)
+                                ctx[(bb * s + i) * h + hh * hd + z] += pr[j] * v[(bb * s + j) * h + hh * hd + z];
+                    }
+            var attn = Linear(ctx, t, h, P[at + "attention.output.dense.weight"], P[at + "attention.output.dense.bias"], h);
+            var h1 = LayerNorm(attn.Select((a, i) => a + hidden[i]).ToArray(), t, at + "attention.output.LayerNorm");
+            var inter = Linear(h1, t, h, P[at + "intermediate.dense.weight"], P[at + "intermediate.dense.bias"], c.IntermediateSize).Select(Act).ToArray();
+            var o = Linear(inter, t, c.IntermediateSize, P[at + "output.dense.weight"], P[at + "output.dense.bias"], h);
+            hidden = LayerNorm(o.Select((a, i) => a + h1[i]).ToArray(), t, at + "output.LayerNorm");
+            states.Add(hidden);
+        }
+        var cls = Enumerable.Range(0, b).SelectMany(bb => hidden.Skip(bb * s * h).Take(h)).ToArray();
+        var pooled = Linear(cls, b, h, P["bert.pooler.dense.weight"], P["bert.pooler.dense.bias"], h).Select(Math.Tanh).ToArray();
+        var tr = Linear(hidden, t, h, P["cls.predictions.transform.dense.weight"], P["cls.predictions.transform.dense.bias"], h).Select(Act).ToArray();
+        tr = LayerNorm(tr, t, "cls.predictions.transform.LayerNorm");
+        var logits = Linear(tr, t, h, word, P["cls.predictions.bias"], c.VocabSize);
+        var nsp = Linear(pooled, b, h, P["cls.seq_relationship.weight"], P["cls.seq_relationship.bias"], 2);
+        double loss = 0;
+        if (x.Labels is not null) loss += CrossEntropy(logits, x.Labels, t, c.VocabSize);
+        if (x.NextSentenceLabel is not null) loss += CrossEntropy(nsp, x.NextSentenceLabel, b, 2);
+        return new Outputs(hidden, pooled, logits, nsp, loss, states);
+    }
+}

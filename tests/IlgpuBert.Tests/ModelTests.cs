@@ -1,0 +1,219 @@
+using IlgpuBert.Autograd;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Model;
+using IlgpuBert.Runtime;
+
+namespace IlgpuBert.Tests;
+
+public class ModelTests
+{
+    private static BertConfig TinyConfig(string act) => new()
+    {
+        VocabSize = 23, HiddenSize = 16, NumHiddenLayers = 2, NumAttentionHeads = 2, IntermediateSize = 32,
+        MaxPositionEmbeddings = 12, TypeVocabSize = 2, HiddenAct = act,
+    };
+
+    /// <summary>Two segments, padding in the second row, MLM labels at a few positions, NSP labels.</summary>
+    private static BertInputs Batch()
+    {
+        int[][] ids = [[2, 7, 9, 11, 3, 14, 3], [2, 5, 6, 3, 20, 0, 0]];
+        int[][] types = [[0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 0, 0]];
+        int[][] mask = [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]];
+        int[][] labels = [[-100, 8, -100, -100, -100, 4, -100], [-100, -100, 17, -100, 1, -100, -100]];
+        return BertInputs.FromRows(ids, types, mask, labels, [0, 1]);
+    }
+
+    /// <summary>Initial parameters with biases and LayerNorm weights randomised too, so every path is exercised.</summary>
+    private static BertForPreTraining RandomModel(BertDevice device, BertConfig config, int seed)
+    {
+        var model = new BertForPreTraining(device, config);
+        model.Parameters.Initialize(seed);
+        var rng = new Random(seed + 1);
+        foreach (var name in model.Parameters.Names.ToList())
+        {
+            var data = model.Parameters.Get(name);
+            double scale = name.EndsWith(".bias", StringComparison.Ordinal) || name.Contains("LayerNorm") ? 0.1 : 10; // weights ~ N(0, 0.2)
+            var noise = Rand.Normal(rng, data.Length, scale * (name.Contains("LayerNorm.weight") ? 1 : 0.02));
+            model.Parameters.Set(name, data.Select((v, i) => v + noise[i]).ToArray());
+        }
+        return model;
+    }
+
+    private static Dictionary<string, double[]> HostParameters(BertForPreTraining model) =>
+        model.Parameters.Names.ToDictionary(n => n, n => Rand.ToDouble(model.Parameters.Get(n)));
+
+    [Theory]
+    [InlineData("gelu")]
+    [InlineData("gelu_new")]
+    public void Forward_matches_the_double_reference(string act)
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = TinyConfig(act);
+        using var model = RandomModel(device, config, 3);
+        var inputs = Batch();
+        var expected = new BertReference(config, HostParameters(model)).Forward(inputs);
+        using var tape = new Tape(recording: false);
+        var got = model.Forward(tape, inputs, Dropouts.Off);
+        var tol = new Tol(1e-5, 1e-4, "model outputs");
+        Tol.AssertClose(expected.LastHidden, got.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
+        Tol.AssertClose(expected.Pooled, got.PoolerOutput.Value.ToHost(), tol, "pooler_output");
+        Tol.AssertClose(expected.Logits, got.PredictionLogits.Value.ToHost(), tol, "prediction_logits");
+        Tol.AssertClose(expected.Nsp, got.SeqRelationshipLogits.Value.ToHost(), tol, "seq_relationship_logits");
+        for (int i = 0; i < expected.Hidden.Count; i++)
+            Tol.AssertClose(expected.Hidden[i], got.HiddenStates[i].Value.ToHost(), tol, $"hidden_states.{i}");
+        Tol.AssertClose([expected.Loss], [got.ReadLoss()!.Value], tol, "loss");
+    }
+
+    [Theory]
+    [InlineData("gelu")]
+    [InlineData("gelu_new")]
+    public void Every_parameter_gradient_matches_finite_differences_of_the_reference(string act)
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = TinyConfig(act);
+        using var model = RandomModel(device, config, 5);
+        var inputs = Batch();
+        using (var tape = new Tape())
+        {
+            var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+            tape.Backward();
+        }
+        var reference = new BertReference(config, HostParameters(model));
+        var tol = new Tol(1e-5, 1e-3, "model gradients");
+        foreach (var name in model.Parameters.Names)
+        {
+            var values = reference.P[name];
+            var expected = Reference.NumericGradient(v =>
+            {
+                reference.P[name] = v;
+                return reference.Forward(inputs).Loss;
+            }, values, 1e-5);
+            reference.P[name] = values;
+            Tol.AssertClose(expected, model.Parameters.GetGrad(name), tol, $"d loss / d {name}");
+        }
+    }
+
+    [Fact]
+    public void Masked_only_logits_equal_the_full_logits_at_those_positions_and_give_the_same_loss()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        using var model = RandomModel(device, TinyConfig("gelu"), 8);
+        var inputs = Batch();
+        using var tape = new Tape(recording: false);
+        var full = model.Forward(tape, inputs, Dropouts.Off);
+        var masked = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+        var fullLogits = full.PredictionLogits.Value.ToHost();
+        var picked = masked.MaskedPositions!.SelectMany(p => fullLogits.Skip(p * 23).Take(23)).Select(v => (double)v).ToArray();
+        Tol.AssertClose(picked, masked.PredictionLogits.Value.ToHost(), Tol.F32Elementwise, "masked logits");
+        Assert.Equal(full.ReadLoss()!.Value, masked.ReadLoss()!.Value, 5);
+    }
+
+    [Fact]
+    public void Gradients_accumulate_over_micro_batches()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        using var model = RandomModel(device, TinyConfig("gelu"), 9);
+        var inputs = Batch();
+        void Step()
+        {
+            using var tape = new Tape();
+            model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+            tape.Backward();
+        }
+        Step();
+        var once = model.Parameters.GetGrad("bert.encoder.layer.1.attention.self.key.weight");
+        Step();
+        var twice = model.Parameters.GetGrad("bert.encoder.layer.1.attention.self.key.weight");
+        Tol.AssertClose(once.Select(v => 2.0 * v).ToArray(), twice, Tol.F32Reduction, "two accumulated steps");
+        model.ZeroGrad();
+        Assert.All(model.Parameters.GetGrad("bert.pooler.dense.weight"), v => Assert.Equal(0f, v));
+    }
+
+    [Fact]
+    public void Dropout_in_training_changes_outputs_reproducibly()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        using var model = RandomModel(device, TinyConfig("gelu"), 10);
+        var inputs = Batch();
+        float Loss(Dropouts d)
+        {
+            using var tape = new Tape(recording: false);
+            return model.Forward(tape, inputs, d).ReadLoss()!.Value;
+        }
+        var train = Dropouts.Training(model.Config, 42, 1);
+        Assert.NotEqual(Loss(Dropouts.Off), Loss(train));
+        Assert.Equal(Loss(train), Loss(train));
+        Assert.NotEqual(Loss(train), Loss(train with { Step = 2 }));
+    }
+
+    [Fact]
+    public void Init_save_load_save_round_trip_is_bit_identical_and_hf_variants_load()
+    {
+        using var dir = new TempDir();
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = TinyConfig("gelu");
+        using var model = new BertForPreTraining(device, config);
+        model.Parameters.Initialize(7);
+        var word = model.Parameters.Get("bert.embeddings.word_embeddings.weight");
+        Assert.All(word.AsSpan(0, 16).ToArray(), v => Assert.Equal(0f, v)); // padding row zero, as HF initialises it
+        Assert.All(model.Parameters.Get("bert.encoder.layer.0.output.LayerNorm.weight"), v => Assert.Equal(1f, v));
+        model.Parameters.Save(dir.File("a.safetensors"));
+        var file = SafeTensors.Read(dir.File("a.safetensors"));
+        Assert.DoesNotContain("cls.predictions.decoder.weight", file.Keys);
+        Assert.Contains("bert.encoder.layer.1.attention.self.value.bias", file.Keys);
+
+        using var loaded = new BertForPreTraining(device, config);
+        var (initialized, unused) = loaded.Parameters.Load(dir.File("a.safetensors"));
+        Assert.Empty(initialized);
+        Assert.Empty(unused);
+        loaded.Parameters.Save(dir.File("b.safetensors"));
+        Assert.Equal(File.ReadAllBytes(dir.File("a.safetensors")), File.ReadAllBytes(dir.File("b.safetensors")));
+
+        // As HF's save_pretrained may write it, with TF-era names, or as a bare BertModel.
+        var hf = file.ToDictionary(kv => kv.Key, kv => kv.Value);
+        hf["cls.predictions.decoder.weight"] = file["bert.embeddings.word_embeddings.weight"];
+        hf["bert.embeddings.position_ids"] = new HostTensor([12], new float[12]);
+        SafeTensors.Write(dir.File("hf.safetensors"), hf);
+        Assert.Empty(loaded.Parameters.Load(dir.File("hf.safetensors")).Initialized);
+        var legacy = file.ToDictionary(kv => kv.Key.Replace("LayerNorm.weight", "LayerNorm.gamma").Replace("LayerNorm.bias", "LayerNorm.beta"), kv => kv.Value);
+        SafeTensors.Write(dir.File("legacy.safetensors"), legacy);
+        loaded.Parameters.Load(dir.File("legacy.safetensors"));
+        Assert.Equal(model.Parameters.Get("bert.embeddings.LayerNorm.bias"), loaded.Parameters.Get("bert.embeddings.LayerNorm.bias"));
+        var bare = file.Where(kv => kv.Key.StartsWith("bert.") && !kv.Key.StartsWith("bert.pooler")).ToDictionary(kv => kv.Key["bert.".Length..], kv => kv.Value);
+        SafeTensors.Write(dir.File("bare.safetensors"), bare);
+        var report = loaded.Parameters.Load(dir.File("bare.safetensors"));
+        Assert.Contains("cls.predictions.bias", report.Initialized);
+        Assert.Contains("bert.pooler.dense.weight", report.Initialized);
+        Assert.DoesNotContain(report.Initialized, n => n.StartsWith("bert.encoder"));
+    }
+
+    [Fact]
+    public void Missing_or_misshapen_tensors_are_named()
+    {
+        using var dir = new TempDir();
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = TinyConfig("gelu");
+        using var model = new BertForPreTraining(device, config);
+        model.Parameters.Initialize(1);
+        var file = model.Parameters.ToHost();
+        file.Remove("bert.encoder.layer.1.intermediate.dense.bias");
+        SafeTensors.Write(dir.File("missing.safetensors"), file);
+        Assert.Contains("bert.encoder.layer.1.intermediate.dense.bias",
+            Assert.Throws<CheckpointException>(() => model.Parameters.Load(dir.File("missing.safetensors"))).Message);
+        file = model.Parameters.ToHost();
+        file["bert.encoder.layer.0.attention.self.key.weight"] = new HostTensor([16, 15], new float[240]);
+        SafeTensors.Write(dir.File("shape.safetensors"), file);
+        var e = Assert.Throws<CheckpointException>(() => model.Parameters.Load(dir.File("shape.safetensors")));
+        Assert.Contains("bert.encoder.layer.0.attention.self.key.weight has shape [16, 15]", e.Message);
+    }
+
+    [Fact]
+    public void Bad_inputs_are_named_errors()
+    {
+        var c = TinyConfig("gelu");
+        Assert.Contains("outside the vocabulary", Assert.Throws<ArgumentException>(() => BertInputs.FromRows([[1, 23]]).Validate(c)).Message);
+        Assert.Contains("token_type_ids[0][1] = 2", Assert.Throws<ArgumentException>(() => BertInputs.FromRows([[1, 2]], [[0, 2]]).Validate(c)).Message);
+        Assert.Contains("exceeds max_position_embeddings", Assert.Throws<ArgumentException>(() => BertInputs.FromRows([new int[13]]).Validate(c)).Message);
+        Assert.Contains("ragged", Assert.Throws<ArgumentException>(() => BertInputs.FromRows([[1, 2], [3]], [[0, 0], [0]])).Message);
+    }
+}
