@@ -25,6 +25,8 @@ namespace IlgpuBert.Cli
             root.Options.Add(DeviceOption);
             root.Subcommands.Add(DevicesCommand.Create(stdout));
             root.Subcommands.Add(BenchCommand.Create(stdout));
+            foreach (var command in ModelCommands.Create(stdout, stderr))
+                root.Subcommands.Add(command);
             try
             {
                 var parse = root.Parse(args);
@@ -36,7 +38,8 @@ namespace IlgpuBert.Cli
                 }
                 return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
             }
-            catch (Exception e) when (e is DeviceException or ArgumentException or IOException or InvalidOperationException)
+            catch (Exception e) when (e is DeviceException or ArgumentException or IOException or InvalidOperationException
+                or Checkpoints.CheckpointException or System.Text.Json.JsonException or UnauthorizedAccessException)
             {
                 stderr.WriteLine($"error: {e.Message}");
                 return 2;

@@ -154,14 +154,17 @@ public static class Ops
         return y;
     }
 
-    /// <summary>Fused multi-head self-attention: qkv [B, S, 3H] → context [B, S, H].</summary>
-    public static Var Attention(Tape tape, Var qkv, DeviceInts? mask, AttentionShape shape)
+    /// <summary>
+    /// Fused multi-head self-attention: qkv [B, S, 3H] → context [B, S, H]. With
+    /// <paramref name="probs"/> ([B, NH, S, S]) the attention probabilities are written too.
+    /// </summary>
+    public static Var Attention(Tape tape, Var qkv, DeviceInts? mask, AttentionShape shape, Tensor? probs = null)
     {
         var y = Output(tape, qkv.Device, qkv.RequiresGrad, shape.Batch, shape.SeqLen, shape.Hidden);
         var lse = new Tensor(qkv.Device, shape.Batch, shape.Heads, shape.SeqLen);
         var k = K(qkv);
         var m = mask?.View ?? default;
-        k.Attention.Forward(qkv.Value.View, m, y.Value.View, lse.View, shape);
+        k.Attention.Forward(qkv.Value.View, m, y.Value.View, lse.View, shape, probs?.View ?? default);
         tape.Record(() =>
         {
             if (y.Grad is null) return;

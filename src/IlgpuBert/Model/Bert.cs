@@ -76,11 +76,12 @@ public sealed class BertLayer
     public Var OutputLayerNormWeight { get; }
     public Var OutputLayerNormBias { get; }
 
-    public Var Forward(Tape tape, BertConfig c, Var x, DeviceInts mask, int batch, int seqLen, Dropouts dropouts)
+    /// <param name="probs">When given ([B, NH, S, S]), receives the attention probabilities.</param>
+    public Var Forward(Tape tape, BertConfig c, Var x, DeviceInts mask, int batch, int seqLen, Dropouts dropouts, Tensor? probs = null)
     {
         var qkv = Ops.Linear(tape, x, QkvWeight, QkvBias); // [B, S, 3H] = [B, S, 3, NH, HD]
         var shape = AttentionShape.Create(batch, seqLen, c.NumAttentionHeads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * index));
-        var context = Ops.Attention(tape, qkv, mask, shape);
+        var context = Ops.Attention(tape, qkv, mask, shape, probs);
         var attention = Ops.Linear(tape, context, AttentionOutputWeight, AttentionOutputBias);
         attention = Ops.Dropout(tape, attention, dropouts.Hidden, dropouts.Key(2 + 3 * index));
         var h1 = Ops.LayerNorm(tape, attention, x, AttentionLayerNormWeight, AttentionLayerNormBias, c.LayerNormEps);
@@ -109,6 +110,7 @@ public sealed class BertOutputs
     public required Var PredictionLogits { get; init; }         // [B, S, V], or [M, V] at masked positions
     public required Var SeqRelationshipLogits { get; init; }    // [B, 2]
     public required IReadOnlyList<Var> HiddenStates { get; init; } // L + 1 entries, 0 = embeddings output
+    public IReadOnlyList<Tensor>? Attentions { get; init; }     // L entries [B, NH, S, S], on request
     public Loss? MlmLoss { get; init; }
     public Loss? NspLoss { get; init; }
 
@@ -162,7 +164,7 @@ public sealed class BertForPreTraining : IDisposable
     /// position. Losses are computed for the labels given. Pass a recording tape to differentiate,
     /// a non-recording one for inference; either owns every output.
     /// </summary>
-    public BertOutputs Forward(Tape tape, BertInputs inputs, Dropouts dropouts, bool maskedOnly = false)
+    public BertOutputs Forward(Tape tape, BertInputs inputs, Dropouts dropouts, bool maskedOnly = false, bool outputAttentions = false)
     {
         var c = Config;
         inputs.Validate(c);
@@ -173,10 +175,13 @@ public sealed class BertForPreTraining : IDisposable
 
         var hidden = Embeddings.Forward(tape, c, ids, types, b, s, dropouts);
         var states = new List<Var> { hidden };
+        var attentions = outputAttentions ? new List<Tensor>() : null;
         foreach (var layer in Layers)
         {
-            hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts);
+            var probs = outputAttentions ? tape.Own(new Tensor(Device, b, c.NumAttentionHeads, s, s)) : null;
+            hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs);
             states.Add(hidden);
+            if (probs is not null) attentions!.Add(probs);
         }
 
         var cls = Ops.GatherRows(tape, hidden, Enumerable.Range(0, b).Select(i => i * s).ToArray());
@@ -207,7 +212,7 @@ public sealed class BertForPreTraining : IDisposable
         return new BertOutputs
         {
             LastHiddenState = hidden, PoolerOutput = pooled, PredictionLogits = logits, SeqRelationshipLogits = nsp,
-            HiddenStates = states, MlmLoss = mlmLoss, NspLoss = nspLoss, MaskedPositions = positions,
+            HiddenStates = states, Attentions = attentions, MlmLoss = mlmLoss, NspLoss = nspLoss, MaskedPositions = positions,
         };
     }
 

@@ -1,0 +1,47 @@
+// A model folder in HF's layout: config.json, model.safetensors, vocab.txt (and optionally
+// tokenizer_config.json). This is what `init` writes, `forward`/`grad` read, and what HF's
+// save_pretrained produces.
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Runtime;
+
+namespace IlgpuBert.Model;
+
+public static class BertFolder
+{
+    public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", VocabFile = "vocab.txt";
+
+    /// <summary>Loads config and weights; messages about initialised or unused tensors go to <paramref name="log"/>.</summary>
+    public static BertForPreTraining Load(BertDevice device, string dir, TextWriter? log = null)
+    {
+        if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
+        var config = BertConfig.Read(Path.Combine(dir, ConfigFile));
+        string weights = Path.Combine(dir, WeightsFile);
+        if (!File.Exists(weights)) throw new CheckpointException($"{weights}: no such file (a model folder needs model.safetensors)");
+        var model = new BertForPreTraining(device, config);
+        try
+        {
+            var (initialized, unused) = model.Parameters.Load(weights);
+            if (initialized.Count > 0)
+                log?.WriteLine($"note: {weights} has no {string.Join(", ", initialized)}; initialised them (a BertModel checkpoint has no pre-training heads)");
+            if (unused.Count > 0)
+                log?.WriteLine($"note: ignored tensors not in BertForPreTraining: {string.Join(", ", unused)}");
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Writes config.json and model.safetensors (each atomically), and copies the vocabulary if given.</summary>
+    public static void Save(BertForPreTraining model, string dir, string? vocabSource = null)
+    {
+        Directory.CreateDirectory(dir);
+        model.Config.Write(Path.Combine(dir, ConfigFile));
+        model.Parameters.Save(Path.Combine(dir, WeightsFile));
+        string vocabTarget = Path.Combine(dir, VocabFile);
+        if (vocabSource is not null && Path.GetFullPath(vocabSource) != Path.GetFullPath(vocabTarget))
+            AtomicFile.Write(vocabTarget, s => { using var src = File.OpenRead(vocabSource); src.CopyTo(s); });
+    }
+}

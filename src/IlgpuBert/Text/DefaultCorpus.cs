@@ -1,0 +1,100 @@
+// The embedded default corpus: the English reference documentation that ships with the .NET SDK
+// (the XML doc files next to the reference assemblies in packs/Microsoft.NETCore.App.Ref/*/ref/*/).
+// It is real prose present on every machine that can build IlgpuBert. Each documented member is
+// one document: its summary, remarks, parameter and return descriptions, with cross-references
+// (<see cref="T:System.String"/>) reduced to the referenced name.
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
+using System.Xml;
+using System.Xml.Linq;
+
+namespace IlgpuBert.Text;
+
+/// <summary>One documented member: its doc ID (e.g. "M:System.IO.File.Copy(...)") and its prose.</summary>
+public sealed record DocDocument(string Member, string Text);
+
+public static partial class DefaultCorpus
+{
+    /// <summary>The folder of the newest reference pack's XML docs; throws when the SDK has none.</summary>
+    public static string Folder()
+    {
+        foreach (var root in Roots())
+        {
+            var packs = Path.Combine(root, "packs", "Microsoft.NETCore.App.Ref");
+            if (!Directory.Exists(packs)) continue;
+            var best = Directory.GetDirectories(packs)
+                .Select(d => (Dir: d, Version: Version.TryParse(Path.GetFileName(d).Split('-')[0], out var v) ? v : null))
+                .Where(x => x.Version is not null).OrderByDescending(x => x.Version).Select(x => x.Dir)
+                .SelectMany(d => Directory.Exists(Path.Combine(d, "ref")) ? Directory.GetDirectories(Path.Combine(d, "ref")) : [])
+                .FirstOrDefault(d => Directory.GetFiles(d, "*.xml").Length > 0);
+            if (best is not null) return best;
+        }
+        throw new InvalidOperationException("the default corpus needs the .NET SDK's reference pack (packs/Microsoft.NETCore.App.Ref); pass --corpus instead");
+    }
+
+    private static IEnumerable<string> Roots()
+    {
+        if (Environment.GetEnvironmentVariable("DOTNET_ROOT") is { Length: > 0 } env) yield return env;
+        // .../shared/Microsoft.NETCore.App/<version>/ → the dotnet root three levels up.
+        var runtime = new DirectoryInfo(RuntimeEnvironment.GetRuntimeDirectory());
+        if (runtime.Parent?.Parent?.Parent is { } root) yield return root.FullName;
+        yield return "/usr/share/dotnet";
+        yield return "/usr/lib/dotnet";
+    }
+
+    /// <summary>Every documented member with non-empty prose, file by file in name order.</summary>
+    public static IEnumerable<DocDocument> Documents()
+    {
+        foreach (var file in Directory.GetFiles(Folder(), "*.xml").Order(StringComparer.Ordinal))
+        {
+            XDocument doc;
+            try { doc = XDocument.Load(file); }
+            catch (XmlException) { continue; }
+            foreach (var member in doc.Descendants("member"))
+            {
+                string name = (string?)member.Attribute("name") ?? "";
+                var parts = member.Elements().Where(e => e.Name.LocalName is "summary" or "remarks" or "param" or "returns" or "value")
+                    .Select(Prose).Where(t => t.Length > 0);
+                string text = string.Join(" ", parts);
+                if (text.Length > 0) yield return new DocDocument(name, text);
+            }
+        }
+    }
+
+    /// <summary>The text of a doc element with references reduced to names and whitespace collapsed.</summary>
+    public static string Prose(XElement element)
+    {
+        var sb = new System.Text.StringBuilder();
+        void Walk(XNode node)
+        {
+            switch (node)
+            {
+                case XText t:
+                    sb.Append(t.Value);
+                    break;
+                case XElement e when e.Name.LocalName is "see" or "seealso" or "paramref" or "typeparamref":
+                    string? target = (string?)e.Attribute("cref") ?? (string?)e.Attribute("name") ?? (string?)e.Attribute("langword");
+                    if (e.Nodes().Any()) foreach (var n in e.Nodes()) Walk(n);
+                    else if (target is not null) sb.Append(ShortName(target));
+                    break;
+                case XElement e:
+                    foreach (var n in e.Nodes()) Walk(n);
+                    break;
+            }
+        }
+        Walk(element);
+        return Whitespace().Replace(sb.ToString(), " ").Trim();
+    }
+
+    private static string ShortName(string cref)
+    {
+        string s = cref.Contains(':') ? cref[(cref.IndexOf(':') + 1)..] : cref;
+        int paren = s.IndexOf('(');
+        if (paren >= 0) s = s[..paren];
+        s = s.Split('`')[0];
+        return s[(s.LastIndexOf('.') + 1)..];
+    }
+
+    [GeneratedRegex(@"\s+")]
+    private static partial Regex Whitespace();
+}

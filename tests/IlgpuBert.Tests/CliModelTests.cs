@@ -1,0 +1,201 @@
+using System.Text.Json.Nodes;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Model;
+using IlgpuBert.Text;
+
+namespace IlgpuBert.Tests;
+
+/// <summary>The command-line contract of init, forward, grad, vocab and tokenize, bad inputs included.</summary>
+public class CliModelTests : IDisposable
+{
+    private readonly TempDir dir = new();
+    private static readonly string[] Words = ["the", "value", "of", "a", "property", "returns", "gets", "##s", "collection", "."];
+
+    public void Dispose() => dir.Dispose();
+
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = Cli.Cli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    private string InitTiny()
+    {
+        string vocab = dir.File("vocab.txt");
+        File.WriteAllLines(vocab, WordPieceTrainer.SpecialTokens.Concat(Words));
+        string model = dir.File("model");
+        var (code, _, err) = Run("init", "--size", "tiny", "--vocab", vocab, "--seed", "3", "--out", model, "--device", "cpu");
+        Assert.True(code == 0, err);
+        return model;
+    }
+
+    private string Batch(string json)
+    {
+        string path = dir.File($"batch{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, json);
+        return path;
+    }
+
+    private const string GoodBatch = """
+        {"input_ids": [[2, 10, 5, 3, 6, 3], [2, 7, 3, 0, 0, 0]], "token_type_ids": [[0,0,0,0,1,1],[0,0,0,0,0,0]],
+         "attention_mask": [[1,1,1,1,1,1],[1,1,1,0,0,0]], "labels": [[-100, 5, -100, -100, 11, -100], [-100, 9, -100, -100, -100, -100]],
+         "next_sentence_label": [1, 0]}
+        """;
+
+    [Fact]
+    public void Init_writes_an_hf_folder_that_forward_and_grad_read()
+    {
+        string model = InitTiny();
+        Assert.True(File.Exists(Path.Combine(model, "config.json")));
+        Assert.Equal(15, BertConfig.Read(Path.Combine(model, "config.json")).VocabSize);
+        Assert.Equal(File.ReadAllLines(dir.File("vocab.txt")), File.ReadAllLines(Path.Combine(model, "vocab.txt")));
+
+        string batch = Batch(GoodBatch);
+        var (code, _, err) = Run("forward", "--model", model, "--input", batch, "--out", dir.File("out.safetensors"), "--hidden-states", "--attentions", "--device", "cpu");
+        Assert.True(code == 0, err);
+        var o = SafeTensors.Read(dir.File("out.safetensors"));
+        Assert.Equal([2, 6, 128], o["last_hidden_state"].Shape);
+        Assert.Equal([2, 128], o["pooler_output"].Shape);
+        Assert.Equal([2, 6, 15], o["prediction_logits"].Shape);
+        Assert.Equal([2, 2], o["seq_relationship_logits"].Shape);
+        Assert.Equal([], o["loss"].Shape);
+        Assert.Equal([2, 6, 128], o["hidden_states.2"].Shape);
+        Assert.Equal([2, 2, 6, 6], o["attentions.1"].Shape);
+        // Each attention row is a distribution over the unmasked keys.
+        var att = o["attentions.0"].Data;
+        for (int row = 0; row < 2 * 2 * 6; row++)
+        {
+            int b = row / 12;
+            Assert.Equal(1f, att.Skip(row * 6).Take(6).Sum(), 4);
+            if (b == 1) Assert.All(att.Skip(row * 6 + 3).Take(3), v => Assert.Equal(0f, v));
+        }
+        // A random model over 15 tokens: MLM loss ≈ ln 15, NSP ≈ ln 2.
+        Assert.InRange(o["loss"].Data[0], 2.0f, 4.5f);
+
+        (code, _, err) = Run("grad", "--model", model, "--input", batch, "--out", dir.File("grads.safetensors"), "--device", "cpu");
+        Assert.True(code == 0, err);
+        var g = SafeTensors.Read(dir.File("grads.safetensors"));
+        Assert.Equal(o["loss"].Data[0], g["loss"].Data[0], 4);
+        Assert.Equal([15, 128], g["bert.embeddings.word_embeddings.weight"].Shape);
+        Assert.DoesNotContain("cls.predictions.decoder.weight", g.Keys);
+        Assert.Contains(g["bert.encoder.layer.1.attention.self.value.weight"].Data, v => v != 0f);
+    }
+
+    public static TheoryData<string, string> BadBatches() => new()
+    {
+        { "{\"input_ids\": [[1, 2], [3]]}", "ragged" },
+        { "{\"input_ids\": [[1, 15]]}", "outside the vocabulary" },
+        { "{\"input_ids\": [[1, 2]], \"token_type_ids\": [[0, 2]]}", "token_type_ids[0][1] = 2" },
+        { "{\"input_ids\": [[" + string.Join(",", Enumerable.Repeat(5, 513)) + "]]}", "exceeds max_position_embeddings" },
+        { "{\"input_ids\": [[1, 2]", "invalid JSON" },
+        { "{\"token_type_ids\": [[0]]}", "input_ids is missing" },
+        { "{\"input_ids\": [[\"a\"]]}", "list of rows of integers" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadBatches))]
+    public void Bad_batches_fail_with_one_line_and_no_output(string json, string expected)
+    {
+        string model = InitTiny();
+        foreach (var verb in new[] { "forward", "grad" })
+        {
+            string output = dir.File($"{verb}.safetensors");
+            var (code, stdout, err) = Run(verb, "--model", model, "--input", Batch(json), "--out", output, "--device", "cpu");
+            Assert.Equal(2, code);
+            Assert.Contains(expected, err);
+            Assert.Single(err.TrimEnd().Split('\n'));
+            Assert.Equal("", stdout);
+            Assert.False(File.Exists(output));
+        }
+    }
+
+    [Theory]
+    [InlineData("truncated")]
+    [InlineData("absurd-header")]
+    [InlineData("broken-config")]
+    [InlineData("missing-config")]
+    [InlineData("heads")]
+    [InlineData("missing-tensor")]
+    public void Bad_model_folders_fail_with_one_line_and_no_output(string defect)
+    {
+        string model = InitTiny();
+        string weights = Path.Combine(model, "model.safetensors"), config = Path.Combine(model, "config.json");
+        string expected;
+        switch (defect)
+        {
+            case "truncated":
+                File.WriteAllBytes(weights, File.ReadAllBytes(weights)[..1000]);
+                expected = "model.safetensors";
+                break;
+            case "absurd-header":
+                var bytes = File.ReadAllBytes(weights);
+                BitConverter.GetBytes(1L << 60).CopyTo(bytes, 0);
+                File.WriteAllBytes(weights, bytes);
+                expected = "header length";
+                break;
+            case "broken-config":
+                File.WriteAllText(config, "{\"hidden_size\": 128,");
+                expected = "invalid JSON";
+                break;
+            case "missing-config":
+                File.Delete(config);
+                expected = "config.json";
+                break;
+            case "heads":
+                var c = JsonNode.Parse(File.ReadAllText(config))!;
+                c["num_attention_heads"] = 3;
+                File.WriteAllText(config, c.ToJsonString());
+                expected = "does not divide";
+                break;
+            default:
+                var t = SafeTensors.Read(weights);
+                t.Remove("bert.encoder.layer.0.output.dense.weight");
+                SafeTensors.Write(weights, t);
+                expected = "bert.encoder.layer.0.output.dense.weight";
+                break;
+        }
+        string output = dir.File("out.safetensors");
+        var (code, _, err) = Run("forward", "--model", model, "--input", Batch(GoodBatch), "--out", output, "--device", "cpu");
+        Assert.Equal(2, code);
+        Assert.Contains(expected, err);
+        Assert.Single(err.TrimEnd().Split('\n'));
+        Assert.DoesNotContain("   at ", err);
+        Assert.False(File.Exists(output));
+    }
+
+    [Fact]
+    public void Vocab_builds_wordpieces_with_special_tokens_first()
+    {
+        string corpus = dir.File("corpus.txt");
+        File.WriteAllLines(corpus, Enumerable.Repeat("Tokenization tokenizes tokens; the tokenizer returns tokens.", 20));
+        var (code, _, err) = Run("vocab", "--corpus", corpus, "--size", "40", "--out", dir.File("v.txt"));
+        Assert.True(code == 0, err);
+        var vocab = File.ReadAllLines(dir.File("v.txt"));
+        Assert.Equal(WordPieceTrainer.SpecialTokens, vocab[..5]);
+        Assert.Equal(40, vocab.Length);
+        Assert.Contains("token", vocab);
+        Assert.Contains(vocab, v => v.StartsWith("##"));
+        Assert.Equal(vocab.Length, vocab.Distinct().Count());
+        // The result tokenizes the corpus without unknown pieces.
+        var encoder = BertTextEncoder.FromVocab(dir.File("v.txt"));
+        Assert.DoesNotContain(encoder.UnknownId, encoder.Encode("the tokenizer returns tokens"));
+    }
+
+    [Fact]
+    public void Text_encoder_builds_pairs_with_longest_first_truncation_and_padding()
+    {
+        File.WriteAllLines(dir.File("vocab.txt"), WordPieceTrainer.SpecialTokens.Concat(Words));
+        var encoder = BertTextEncoder.FromVocab(dir.File("vocab.txt"));
+        Assert.Equal([10, 5, 6], encoder.Encode("Returns the value"));
+        var x = encoder.Batch(["returns the value of the property", "gets"], ["a collection", "the values ."], maxLength: 9);
+        Assert.Equal(9, x.SeqLen);
+        // Row 0: 6 + 2 tokens over 9 − 3 = 6 → the longer first text loses two: [CLS] returns the value of [SEP] a collection [SEP].
+        Assert.Equal([2, 10, 5, 6, 7, 3, 8, 13, 3], x.InputIds[..9]);
+        Assert.Equal([0, 0, 0, 0, 0, 0, 1, 1, 1], x.TokenTypeIds[..9]);
+        // Row 1: [CLS] gets [SEP] the value ##s . [SEP], padded by one.
+        Assert.Equal([2, 11, 3, 5, 6, 12, 14, 3, 0], x.InputIds[9..]);
+        Assert.Equal([1, 1, 1, 1, 1, 1, 1, 1, 0], x.AttentionMask[9..]);
+    }
+}
