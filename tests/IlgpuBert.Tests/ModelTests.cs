@@ -217,3 +217,30 @@ public class ModelTests
         Assert.Contains("ragged", Assert.Throws<ArgumentException>(() => BertInputs.FromRows([[1, 2], [3]], [[0, 0], [0]])).Message);
     }
 }
+
+public class TapeTests
+{
+    [Fact]
+    public void Backward_frees_saved_state_and_activation_gradients_but_keeps_parameter_gradients()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        using var w = new Var(Tensor.FromHost(device, Rand.Normal(new Random(1), 12), 3, 4), requiresGrad: true);
+        using var x = new Var(Tensor.FromHost(device, Rand.Normal(new Random(2), 8), 2, 4), requiresGrad: true);
+        long before;
+        using (var tape = new Tape())
+        {
+            var y = Ops.Linear(tape, x, w, null, Kernels.ActivationKind.GeluErf); // saves the pre-activation
+            using (var dy = Tensor.FromHost(device, Rand.Normal(new Random(3), 6), 2, 3))
+                y.AddGrad(dy);
+            before = device.Pool.BytesInUse;
+            tape.Backward();
+            Assert.Null(y.Grad);                       // intermediate gradient released
+            Assert.NotNull(w.Grad);                    // parameter gradients kept
+            Assert.NotNull(x.Grad);
+            // Freed: the pre-activation [2, 3] and y's gradient [2, 3]; added: x's and w's gradients.
+            Assert.Equal(before - (6 + 6) * 4 + (8 + 12) * 4, device.Pool.BytesInUse);
+            Assert.Throws<InvalidOperationException>(() => tape.Backward());
+        }
+        Assert.Throws<InvalidOperationException>(() => new Tape(recording: false).Backward());
+    }
+}

@@ -104,6 +104,7 @@ public class RuntimeTests
     [InlineData("softmax-xent", "--rows", "3", "--cols", "129")]
     [InlineData("adamw", "--size", "1000")]
     [InlineData("attention", "--b", "2", "--s", "33", "--nh", "2", "--hd", "32")]
+    [InlineData("bert-step", "--b", "2", "--s", "16")]
     public void Cli_bench_json_reports_each_op(string op, params string[] sizes)
     {
         var (code, output, err) = RunCli(["bench", op, "--device", "cpu", "--json", .. sizes]);
@@ -118,7 +119,8 @@ public class RuntimeTests
             Assert.Equal("cpu:0", root.GetProperty("device").GetString());
             Assert.False(string.IsNullOrEmpty(root.GetProperty("shape").GetString()));
             Assert.True(root.GetProperty("ms").GetDouble() > 0);
-            bool hasRate = root.TryGetProperty("gflops", out var gflops) ? gflops.GetDouble() > 0 : root.GetProperty("gbps").GetDouble() > 0;
+            bool hasRate = root.TryGetProperty("gflops", out var gflops) ? gflops.GetDouble() > 0
+                : root.TryGetProperty("tokens_per_s", out var tps) ? tps.GetDouble() > 0 : root.GetProperty("gbps").GetDouble() > 0;
             Assert.True(hasRate, line);
         }
         if (op == "gemm") Assert.Contains("m=33 n=17 k=9 op=TN", output);

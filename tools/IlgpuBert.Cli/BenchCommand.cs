@@ -15,7 +15,7 @@ public static class BenchCommand
     {
         var op = new Argument<string?>("op")
         {
-            Description = "gemm, gelu, layernorm, softmax-xent, adamw or attention (default: all)",
+            Description = "gemm, gelu, layernorm, softmax-xent, adamw, attention or bert-step (default: all)",
             Arity = ArgumentArity.ZeroOrOne,
         };
         op.AcceptOnlyFromAmong(KernelBench.Ops);
@@ -27,13 +27,14 @@ public static class BenchCommand
         var rows = new Option<int?>("--rows") { Description = "rows (tokens) for gelu, layernorm, softmax-xent" };
         var cols = new Option<int?>("--cols") { Description = "columns: hidden size, or vocabulary for softmax-xent" };
         var size = new Option<long>("--size") { Description = "AdamW parameter count", DefaultValueFactory = _ => 4_000_000 };
-        var attnBatch = new Option<int>("--b") { Description = "attention batch size", DefaultValueFactory = _ => 32 };
-        var attnSeq = new Option<int>("--s") { Description = "attention sequence length", DefaultValueFactory = _ => 128 };
+        var attnBatch = new Option<int>("--b") { Description = "attention and bert-step batch size", DefaultValueFactory = _ => 32 };
+        var attnSeq = new Option<int>("--s") { Description = "attention and bert-step sequence length", DefaultValueFactory = _ => 128 };
         var attnHeads = new Option<int>("--nh") { Description = "attention heads", DefaultValueFactory = _ => 12 };
         var attnHeadDim = new Option<int>("--hd") { Description = "attention head dim (≤ 128)", DefaultValueFactory = _ => 64 };
+        var modelSize = new Option<string>("--model-size") { Description = "bert-step: tiny, mini, small, medium, base or large", DefaultValueFactory = _ => "tiny" };
         var json = new Option<bool>("--json") { Description = "one JSON object per line instead of a table" };
 
-        var command = new Command("bench", "Time the kernels on a device.") { op, m, n, k, trans, batch, rows, cols, size, attnBatch, attnSeq, attnHeads, attnHeadDim, json };
+        var command = new Command("bench", "Time the kernels on a device.") { op, m, n, k, trans, batch, rows, cols, size, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, json };
         command.SetAction(parse =>
         {
             string t = parse.GetValue(trans)!.ToUpperInvariant();
@@ -54,7 +55,7 @@ public static class BenchCommand
                 results.Add(r);
                 if (asJson)
                     stdout.WriteLine(JsonSerializer.Serialize(new { op = r.Op, device = r.Device, shape = r.Shape, ms = r.Ms,
-                        gflops = r.Gflops, tflops = r.Gflops / 1000, gbps = r.Gbps },
+                        gflops = r.Gflops, tflops = r.Gflops / 1000, gbps = r.Gbps, tokens_per_s = r.TokensPerSecond },
                         new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
             }
             foreach (string o in which is null ? KernelBench.Ops : [which])
@@ -77,6 +78,9 @@ public static class BenchCommand
                     case "attention":
                         foreach (var r in KernelBench.Attention(device, parse.GetValue(attnBatch), parse.GetValue(attnSeq), parse.GetValue(attnHeads), parse.GetValue(attnHeadDim))) Emit(r);
                         break;
+                    case "bert-step":
+                        Emit(KernelBench.BertStep(device, parse.GetValue(modelSize)!, parse.GetValue(attnBatch), parse.GetValue(attnSeq)));
+                        break;
                     case "adamw":
                         foreach (var r in KernelBench.AdamW(device, parse.GetValue(size))) Emit(r);
                         break;
@@ -86,7 +90,7 @@ public static class BenchCommand
             {
                 stdout.WriteLine($"{"op",-26} {"device",-8} {"shape",-36} {"ms",10} {"GFLOP/s",9} {"GB/s",8}");
                 foreach (var r in results)
-                    stdout.WriteLine($"{r.Op,-26} {r.Device,-8} {r.Shape,-36} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.Gbps is { } b ? b.ToString("F1") : "-"),8}");
+                    stdout.WriteLine($"{r.Op,-26} {r.Device,-8} {r.Shape,-36} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.Gbps is { } b ? b.ToString("F1") : "-"),8}{(r.TokensPerSecond is { } tps ? $"  {tps:F0} tokens/s" : "")}");
             }
             return 0;
         });

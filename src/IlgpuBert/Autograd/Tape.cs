@@ -95,22 +95,28 @@ public sealed class Var : IDisposable
 /// </summary>
 public sealed class Tape(bool recording = true) : IDisposable
 {
-    private readonly List<Action> backward = new();
+    private readonly List<(Action Step, IDisposable[] Saved)> steps = new();
     private readonly List<IDisposable> owned = new();
     private bool done;
 
     public bool Recording { get; } = recording;
 
-    /// <summary>Records one op's backward; <paramref name="keep"/> lives until backward has run.</summary>
-    public void Record(Action backwardStep, params IDisposable[] keep)
+    /// <summary>
+    /// Records one op's backward; <paramref name="saved"/> (what only that backward needs) is
+    /// freed as soon as it has run, or with the tape when nothing is recorded.
+    /// </summary>
+    public void Record(Action backwardStep, params IDisposable[] saved)
     {
-        owned.AddRange(keep);
-        if (!Recording) return;
+        if (!Recording)
+        {
+            owned.AddRange(saved);
+            return;
+        }
         if (done) throw new InvalidOperationException("this tape has already run backward; record a new one");
-        backward.Add(backwardStep);
+        steps.Add((backwardStep, saved));
     }
 
-    /// <summary>Keeps an intermediate alive until the tape is disposed (activations the caller does not own).</summary>
+    /// <summary>Keeps a forward output alive until the tape is disposed.</summary>
     public T Own<T>(T value) where T : IDisposable
     {
         owned.Add(value);
@@ -118,24 +124,31 @@ public sealed class Tape(bool recording = true) : IDisposable
     }
 
     /// <summary>
-    /// Runs every recorded backward in reverse. The caller has already put the loss gradient in
-    /// place (see <see cref="Ops.CrossEntropy"/>, whose loss carries its own seed).
+    /// Runs every recorded backward in reverse, freeing each op's saved state right after its
+    /// step and the intermediate gradients at the end; parameter gradients stay. The caller has
+    /// put the loss gradients in place (a Loss carries its own weight).
     /// </summary>
     public void Backward()
     {
         if (!Recording) throw new InvalidOperationException("this tape did not record: nothing to differentiate");
         if (done) throw new InvalidOperationException("backward has already run on this tape");
         done = true;
-        for (int i = backward.Count - 1; i >= 0; i--)
-            backward[i]();
-        backward.Clear();
+        for (int i = steps.Count - 1; i >= 0; i--)
+        {
+            steps[i].Step();
+            foreach (var s in steps[i].Saved) s.Dispose();
+        }
+        steps.Clear();
+        foreach (var v in owned.OfType<Var>()) v.ReleaseGrad();
     }
 
-    /// <summary>Frees every saved activation and intermediate gradient.</summary>
+    /// <summary>Frees every forward output and anything backward did not.</summary>
     public void Dispose()
     {
+        foreach (var (_, saved) in steps)
+            foreach (var s in saved) s.Dispose();
+        steps.Clear();
         for (int i = owned.Count - 1; i >= 0; i--) owned[i].Dispose();
         owned.Clear();
-        backward.Clear();
     }
 }

@@ -10,11 +10,15 @@ using IlgpuBert.Runtime;
 namespace IlgpuBert.Bench;
 
 /// <summary>One measured kernel. Compute-bound ops report GFLOP/s, memory-bound ones GB/s.</summary>
-public sealed record BenchResult(string Op, string Device, string Shape, double Ms, double? Gflops, double? Gbps);
+public sealed record BenchResult(string Op, string Device, string Shape, double Ms, double? Gflops, double? Gbps)
+{
+    /// <summary>Throughput of whole-model benchmarks.</summary>
+    public double? TokensPerSecond { get; init; }
+}
 
 public static class KernelBench
 {
-    public static readonly string[] Ops = ["gemm", "gelu", "layernorm", "softmax-xent", "adamw", "attention"];
+    public static readonly string[] Ops = ["gemm", "gelu", "layernorm", "softmax-xent", "adamw", "attention", "bert-step"];
 
     /// <summary>Runs <paramref name="action"/> until about <paramref name="budgetMs"/> is spent (3..200 times) and returns the median ms.</summary>
     public static double Time(Accelerator accelerator, Action action, double budgetMs = 400)
@@ -155,5 +159,30 @@ public static class KernelBench
         yield return new("attention-fused", device.Spec, shapeText, fused, flops / (fused * 1e6), null);
         yield return new("attention-naive", device.Spec, shapeText, naive, flops / (naive * 1e6), null);
         yield return new("attention-fused-backward", device.Spec, shapeText, backward, 2.5 * flops / (backward * 1e6), null);
+    }
+
+    /// <summary>
+    /// One BertForPreTraining forward and backward (MLM at 15% of positions, NSP, dropout on) on
+    /// random tokens, reported in tokens per second: what pretraining throughput is built from.
+    /// </summary>
+    public static BenchResult BertStep(BertDevice device, string size, int batch, int seqLen, int vocab = 8192)
+    {
+        var config = Model.BertConfig.ForSize(size, vocab);
+        using var model = new Model.BertForPreTraining(device, config);
+        model.Parameters.Initialize(1);
+        var rng = new Random(2);
+        int n = batch * seqLen;
+        var ids = Enumerable.Range(0, n).Select(_ => rng.Next(5, vocab)).ToArray();
+        var labels = Enumerable.Range(0, n).Select(i => rng.NextDouble() < 0.15 ? ids[i] : -100).ToArray();
+        var inputs = new Model.BertInputs(batch, seqLen, ids, new int[n], Enumerable.Repeat(1, n).ToArray(), labels,
+            Enumerable.Range(0, batch).Select(i => i % 2).ToArray());
+        uint step = 0;
+        double ms = Time(device.Accelerator, () =>
+        {
+            using var tape = new Autograd.Tape();
+            model.Forward(tape, inputs, Model.Dropouts.Training(config, 1, ++step), maskedOnly: true);
+            tape.Backward();
+        }, budgetMs: 2000);
+        return new("bert-step", device.Spec, $"size={size} b={batch} s={seqLen} vocab={vocab}", ms, null, null) { TokensPerSecond = n / (ms / 1000) };
     }
 }
