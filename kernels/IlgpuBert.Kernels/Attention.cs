@@ -221,6 +221,21 @@ public sealed class AttentionKernels
         return s;
     }
 
+    /// <summary>
+    /// The group cooperatively copies rows [row0, row0 + rows) of one part (0 q, 1 k, 2 v) of head h
+    /// into a [rows, HD] shared tile; rows past the sequence are zero.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadTile(ArrayView<float> qkv, ArrayView<float> tile, AttentionShape a, int b, int h, int part, int row0, int rows, int t, int g)
+    {
+        int hd = a.HeadDim;
+        for (int e = t; e < rows * hd; e += g)
+        {
+            int i = row0 + e / hd;
+            tile[e] = i < a.SeqLen ? qkv[a.Qkv(b, i, part, h, e % hd)] : 0f;
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> context, ArrayView<float> lse,
         ArrayView<float> probs, AttentionShape a)
@@ -239,12 +254,8 @@ public sealed class AttentionKernels
         int t = Group.IdxX, g = Group.DimX;
         int i0 = Grid.IdxX * FwdQ, h = Grid.IdxY, b = Grid.IdxZ;
 
-        for (int e = t; e < FwdQ * hd; e += g)
-        {
-            int i = i0 + e / hd;
-            q[e] = i < s ? qkv[a.Qkv(b, i, 0, h, e % hd)] : 0f;
-            o[e] = 0f;
-        }
+        LoadTile(qkv, q, a, b, h, 0, i0, FwdQ, t, g);
+        for (int e = t; e < FwdQ * hd; e += g) o[e] = 0f;
         for (int r = t; r < FwdQ; r += g)
         {
             rowM[r] = float.NegativeInfinity;
@@ -254,12 +265,8 @@ public sealed class AttentionKernels
 
         for (int j0 = 0; j0 < s; j0 += FwdK)
         {
-            for (int e = t; e < FwdK * hd; e += g)
-            {
-                int j = j0 + e / hd, d = e % hd;
-                k[e] = j < s ? qkv[a.Qkv(b, j, 1, h, d)] : 0f;
-                v[e] = j < s ? qkv[a.Qkv(b, j, 2, h, d)] : 0f;
-            }
+            LoadTile(qkv, k, a, b, h, 1, j0, FwdK, t, g);
+            LoadTile(qkv, v, a, b, h, 2, j0, FwdK, t, g);
             Group.Barrier();
             for (int e = t; e < FwdQ * FwdK; e += g)
             {
@@ -326,11 +333,7 @@ public sealed class AttentionKernels
         for (int j0 = 0; j0 < s; j0 += FwdK)
         {
             Group.Barrier();
-            for (int e = t; e < FwdK * hd; e += g)
-            {
-                int j = j0 + e / hd;
-                k[e] = j < s ? qkv[a.Qkv(b, j, 1, h, e % hd)] : 0f;
-            }
+            LoadTile(qkv, k, a, b, h, 1, j0, FwdK, t, g);
             Group.Barrier();
             for (int e = t; e < FwdQ * FwdK; e += g)
             {
@@ -383,22 +386,21 @@ public sealed class AttentionKernels
         int t = Group.IdxX, g = Group.DimX;
         int j0 = Grid.IdxX * DkvK, h = Grid.IdxY, b = Grid.IdxZ;
 
+        LoadTile(qkv, k, a, b, h, 1, j0, DkvK, t, g);
+        LoadTile(qkv, v, a, b, h, 2, j0, DkvK, t, g);
         for (int e = t; e < DkvK * hd; e += g)
         {
-            int j = j0 + e / hd, d = e % hd;
-            k[e] = j < s ? qkv[a.Qkv(b, j, 1, h, d)] : 0f;
-            v[e] = j < s ? qkv[a.Qkv(b, j, 2, h, d)] : 0f;
             dk[e] = 0f;
             dv[e] = 0f;
         }
         for (int i0 = 0; i0 < s; i0 += DkvQ)
         {
             Group.Barrier();
+            LoadTile(qkv, q, a, b, h, 0, i0, DkvQ, t, g);
             for (int e = t; e < DkvQ * hd; e += g)
             {
-                int i = i0 + e / hd, d = e % hd;
-                q[e] = i < s ? qkv[a.Qkv(b, i, 0, h, d)] : 0f;
-                dO[e] = i < s ? dContext[a.Ctx(b, i, h, d)] : 0f;
+                int i = i0 + e / hd;
+                dO[e] = i < s ? dContext[a.Ctx(b, i, h, e % hd)] : 0f;
             }
             for (int r = t; r < DkvQ; r += g)
             {
@@ -466,11 +468,11 @@ public sealed class AttentionKernels
         int t = Group.IdxX, g = Group.DimX;
         int i0 = Grid.IdxX * DqQ, h = Grid.IdxY, b = Grid.IdxZ;
 
+        LoadTile(qkv, q, a, b, h, 0, i0, DqQ, t, g);
         for (int e = t; e < DqQ * hd; e += g)
         {
-            int i = i0 + e / hd, d = e % hd;
-            q[e] = i < s ? qkv[a.Qkv(b, i, 0, h, d)] : 0f;
-            dO[e] = i < s ? dContext[a.Ctx(b, i, h, d)] : 0f;
+            int i = i0 + e / hd;
+            dO[e] = i < s ? dContext[a.Ctx(b, i, h, e % hd)] : 0f;
             dq[e] = 0f;
         }
         for (int r = t; r < DqQ; r += g)
@@ -482,12 +484,8 @@ public sealed class AttentionKernels
         for (int j0 = 0; j0 < s; j0 += DqK)
         {
             Group.Barrier();
-            for (int e = t; e < DqK * hd; e += g)
-            {
-                int j = j0 + e / hd, d = e % hd;
-                k[e] = j < s ? qkv[a.Qkv(b, j, 1, h, d)] : 0f;
-                v[e] = j < s ? qkv[a.Qkv(b, j, 2, h, d)] : 0f;
-            }
+            LoadTile(qkv, k, a, b, h, 1, j0, DqK, t, g);
+            LoadTile(qkv, v, a, b, h, 2, j0, DqK, t, g);
             Group.Barrier();
             for (int e = t; e < DqQ * DqK; e += g)
             {
