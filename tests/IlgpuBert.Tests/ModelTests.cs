@@ -244,3 +244,34 @@ public class TapeTests
         Assert.Throws<InvalidOperationException>(() => new Tape(recording: false).Backward());
     }
 }
+
+public class SteadyStateTests
+{
+    [Fact]
+    public void A_steady_state_training_step_allocates_no_device_memory()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = BertConfig.ForSize("tiny", 50) with { MaxPositionEmbeddings = 64 };
+        using var model = new BertForPreTraining(device, config);
+        model.Parameters.Initialize(1);
+        var rng = new Random(3);
+        BertInputs Batch()
+        {
+            var ids = Enumerable.Range(0, 4 * 16).Select(_ => rng.Next(5, 50)).ToArray();
+            var labels = ids.Select((v, i) => i % 7 == 1 ? v : -100).ToArray(); // same count of masked positions each step
+            return new BertInputs(4, 16, ids, new int[64], Enumerable.Repeat(1, 64).ToArray(), labels, [0, 1, 1, 0]);
+        }
+        void Step(uint step)
+        {
+            using var tape = new Tape();
+            model.Forward(tape, Batch(), Dropouts.Training(config, 7, step), maskedOnly: true);
+            tape.Backward();
+        }
+        Step(1);
+        Step(2);
+        long allocations = device.Pool.Allocations, scratch = device.Kernels.ScratchBytes;
+        for (uint s = 3; s < 6; s++) Step(s);
+        Assert.Equal(allocations, device.Pool.Allocations);
+        Assert.Equal(scratch, device.Kernels.ScratchBytes);
+    }
+}

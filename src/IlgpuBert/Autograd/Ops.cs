@@ -21,20 +21,24 @@ public sealed class Loss(Tensor value) : IDisposable
     public void Dispose() => Value.Dispose();
 }
 
-/// <summary>Integer data on the device (token ids, labels, masks), uploaded once per batch.</summary>
+/// <summary>
+/// Integer data on the device (token ids, labels, masks), uploaded once per batch. The buffer is a
+/// pooled float buffer of the same length viewed as int (both 4 bytes), so batches of a steady
+/// shape allocate no device memory.
+/// </summary>
 public sealed class DeviceInts : IDisposable
 {
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> buffer;
+    private readonly PooledBuffer buffer;
 
     public DeviceInts(BertDevice device, int[] host)
     {
         Host = host;
-        buffer = device.Accelerator.Allocate1D<int>(Math.Max(host.Length, 1));
-        if (host.Length > 0) buffer.View.SubView(0, host.Length).CopyFromCPU(device.Accelerator.DefaultStream, host);
+        buffer = device.Pool.Rent(Math.Max(host.Length, 1));
+        if (host.Length > 0) View.CopyFromCPU(device.Accelerator.DefaultStream, host);
     }
 
     public int[] Host { get; }
-    public ArrayView<int> View => buffer.View.SubView(0, Host.Length);
+    public ArrayView<int> View => buffer.View.Cast<int>().SubView(0, Host.Length);
 
     public void Dispose() => buffer.Dispose();
 }
