@@ -166,6 +166,30 @@ public class CliModelTests : IDisposable
     }
 
     [Fact]
+    public void Tokenizer_casing_follows_tokenizer_config()
+    {
+        File.WriteAllLines(dir.File("vocab.txt"), WordPieceTrainer.SpecialTokens.Concat(Words));
+        Assert.Equal([10], BertTextEncoder.Load(dir.Path).Encode("Returns"));
+        File.WriteAllText(dir.File("tokenizer_config.json"), "{\"do_lower_case\": false}");
+        var cased = BertTextEncoder.Load(dir.Path);
+        Assert.Equal([cased.UnknownId], cased.Encode("Returns"));
+        Assert.Equal([10], cased.Encode("returns"));
+    }
+
+    [Fact]
+    public void Init_draws_weights_with_the_configured_spread()
+    {
+        string model = InitTiny();
+        var t = SafeTensors.Read(Path.Combine(model, "model.safetensors"));
+        var w = t["bert.encoder.layer.0.intermediate.dense.weight"].Data;
+        double mean = w.Average(v => (double)v), std = Math.Sqrt(w.Average(v => (double)v * v) - mean * mean);
+        Assert.InRange(std, 0.0195, 0.0205); // N(0, initializer_range = 0.02), 65,536 draws
+        Assert.InRange(mean, -0.0005, 0.0005);
+        Assert.All(t["bert.encoder.layer.0.intermediate.dense.bias"].Data, v => Assert.Equal(0f, v));
+        Assert.All(t["cls.predictions.transform.LayerNorm.weight"].Data, v => Assert.Equal(1f, v));
+    }
+
+    [Fact]
     public void Vocab_builds_wordpieces_with_special_tokens_first()
     {
         string corpus = dir.File("corpus.txt");

@@ -12,12 +12,13 @@ public static class DevicesCommand
         command.SetAction(parse =>
         {
             var devices = BertDevice.List();
-            stdout.WriteLine($"{"",1} {"device",-9} {"name",-40} {"memory",10} {"warp",5} {"max group",9} {"SMs/cores",9} {"compute",7}");
+            stdout.WriteLine($"{"",1} {"device",-9} {"type",-6} {"name",-40} {"memory",10} {"warp",5} {"max group",9} {"SMs/cores",9} {"compute",7}");
             foreach (var d in devices)
             {
                 string memory = d.MemoryBytes >= 1L << 30 ? $"{d.MemoryBytes / (double)(1L << 30):F1} GiB" : $"{d.MemoryBytes / (double)(1L << 20):F0} MiB";
                 string name = d.Name.Length > 40 ? d.Name[..40] : d.Name;
-                stdout.WriteLine($"{(d.IsAutoChoice ? "*" : " "),1} {d.Spec,-9} {name,-40} {memory,10} {d.WarpSize,5} {d.MaxGroupSize,9} {d.Multiprocessors,9} {d.ComputeCapability ?? "-",7}");
+                string type = d.Kind switch { DeviceKind.Cuda => "CUDA", DeviceKind.OpenCL => "OpenCL", _ => "CPU" };
+                stdout.WriteLine($"{(d.IsAutoChoice ? "*" : " "),1} {d.Spec,-9} {type,-6} {name,-40} {memory,10} {d.WarpSize,5} {d.MaxGroupSize,9} {d.Multiprocessors,9} {d.ComputeCapability ?? "-",7}");
             }
             return 0;
         });
