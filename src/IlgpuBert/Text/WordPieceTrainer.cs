@@ -13,15 +13,15 @@ public static class WordPieceTrainer
 {
     public static readonly string[] SpecialTokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
-    /// <summary>Lower-cased words and punctuation marks, as BERT's basic tokenizer splits them.</summary>
-    public static IEnumerable<string> Words(string text)
+    /// <summary>Words and punctuation marks, as BERT's basic tokenizer splits them (lower-cased unless asked not to).</summary>
+    public static IEnumerable<string> Words(string text, bool lowerCase = true)
     {
         var sb = new StringBuilder();
         foreach (char raw in text.Normalize(NormalizationForm.FormD))
         {
             if (System.Globalization.CharUnicodeInfo.GetUnicodeCategory(raw) == System.Globalization.UnicodeCategory.NonSpacingMark)
                 continue; // strip accents, as BERT uncased does
-            char c = char.ToLowerInvariant(raw);
+            char c = lowerCase ? char.ToLowerInvariant(raw) : raw;
             if (char.IsLetterOrDigit(c))
             {
                 sb.Append(c);
