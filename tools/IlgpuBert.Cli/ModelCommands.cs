@@ -86,7 +86,7 @@ public static class ModelCommands
                 ["last_hidden_state"] = new([b, s, h], o.LastHiddenState.Value.ToHost()),
                 ["pooler_output"] = new([b, h], o.PoolerOutput.Value.ToHost()),
                 ["prediction_logits"] = new([b, s, bert.Config.VocabSize], o.PredictionLogits.Value.ToHost()),
-                ["seq_relationship_logits"] = new([b, 2], o.SeqRelationshipLogits.Value.ToHost()),
+                ["seq_relationship_logits"] = new([b, bert.Config.SentenceClasses], o.SeqRelationshipLogits.Value.ToHost()),
             };
             if (o.ReadLoss() is { } loss) result["loss"] = new([], [loss]);
             if (parse.GetValue(hidden))

@@ -25,6 +25,7 @@ namespace IlgpuBert.Cli
             root.Options.Add(DeviceOption);
             root.Subcommands.Add(DevicesCommand.Create(stdout));
             root.Subcommands.Add(BenchCommand.Create(stdout));
+            root.Subcommands.Add(PretrainCommand.Create(stdout));
             foreach (var command in ModelCommands.Create(stdout, stderr))
                 root.Subcommands.Add(command);
             try
@@ -39,7 +40,8 @@ namespace IlgpuBert.Cli
                 return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
             }
             catch (Exception e) when (e is DeviceException or ArgumentException or IOException or InvalidOperationException
-                or Checkpoints.CheckpointException or System.Text.Json.JsonException or UnauthorizedAccessException)
+                or Checkpoints.CheckpointException or System.Text.Json.JsonException or UnauthorizedAccessException
+                or Pretraining.NonFiniteLossException)
             {
                 stderr.WriteLine($"error: {e.Message}");
                 return 2;

@@ -108,7 +108,7 @@ public sealed class BertOutputs
     public required Var LastHiddenState { get; init; }          // [B, S, H]
     public required Var PoolerOutput { get; init; }             // [B, H]
     public required Var PredictionLogits { get; init; }         // [B, S, V], or [M, V] at masked positions
-    public required Var SeqRelationshipLogits { get; init; }    // [B, 2]
+    public required Var SeqRelationshipLogits { get; init; }    // [B, sentence classes] (2 for NSP)
     public required IReadOnlyList<Var> HiddenStates { get; init; } // L + 1 entries, 0 = embeddings output
     public IReadOnlyList<Tensor>? Attentions { get; init; }     // L entries [B, NH, S, S], on request
     public Loss? MlmLoss { get; init; }
@@ -139,8 +139,8 @@ public sealed class BertForPreTraining : IDisposable
         TransformLayerNormWeight = p.Add("cls.predictions.transform.LayerNorm.weight", false, h);
         TransformLayerNormBias = p.Add("cls.predictions.transform.LayerNorm.bias", false, h);
         DecoderBias = p.Add("cls.predictions.bias", false, config.VocabSize);
-        SeqRelationshipWeight = p.Add("cls.seq_relationship.weight", true, 2, h);
-        SeqRelationshipBias = p.Add("cls.seq_relationship.bias", false, 2);
+        SeqRelationshipWeight = p.Add("cls.seq_relationship.weight", true, config.SentenceClasses, h);
+        SeqRelationshipBias = p.Add("cls.seq_relationship.bias", false, config.SentenceClasses);
     }
 
     public BertConfig Config { get; }

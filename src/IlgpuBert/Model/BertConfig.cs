@@ -24,6 +24,13 @@ public sealed record BertConfig
     public float LayerNormEps { get; init; } = 1e-12f;
     public int PadTokenId { get; init; }
 
+    /// <summary>
+    /// Classes of the sentence-relationship head: 2 (HF's NSP, and ALBERT's SOP), or 3 for the
+    /// next / previous / random objective. Written to config.json only when it is not 2, under a
+    /// key HF ignores.
+    /// </summary>
+    public int SentenceClasses { get; init; } = 2;
+
     /// <summary>Every other key of config.json, untouched.</summary>
     public JsonObject Extra { get; init; } = new();
 
@@ -34,7 +41,7 @@ public sealed record BertConfig
     [
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
         "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-        "initializer_range", "layer_norm_eps", "pad_token_id",
+        "initializer_range", "layer_norm_eps", "pad_token_id", "ilgpu_bert_sentence_classes",
     ];
 
     /// <summary>The sizes of Turc et al. 2019 ("Well-read students learn better"): L layers, H hidden, A heads, 4H intermediate.</summary>
@@ -75,6 +82,7 @@ public sealed record BertConfig
         if (HeadDim > AttentionShape.MaxHeadDim)
             throw new CheckpointException($"config: head size {HeadDim} exceeds the supported {AttentionShape.MaxHeadDim}");
         if (!(LayerNormEps > 0)) throw new CheckpointException($"config: layer_norm_eps must be positive, got {LayerNormEps}");
+        if (SentenceClasses < 2) throw new CheckpointException($"config: ilgpu_bert_sentence_classes must be at least 2, got {SentenceClasses}");
         if (HiddenDropoutProb is < 0 or >= 1 || AttentionProbsDropoutProb is < 0 or >= 1)
             throw new CheckpointException("config: dropout probabilities must be in [0, 1)");
         try { _ = Activation; }
@@ -121,6 +129,7 @@ public sealed record BertConfig
             InitializerRange = Get("initializer_range", defaults.InitializerRange),
             LayerNormEps = Get("layer_norm_eps", defaults.LayerNormEps),
             PadTokenId = Get("pad_token_id", defaults.PadTokenId),
+            SentenceClasses = Get("ilgpu_bert_sentence_classes", defaults.SentenceClasses),
             Extra = extra,
         }.Validate();
     }
@@ -149,6 +158,7 @@ public sealed record BertConfig
         obj["initializer_range"] = InitializerRange;
         obj["layer_norm_eps"] = LayerNormEps;
         obj["pad_token_id"] = PadTokenId;
+        if (SentenceClasses != 2) obj["ilgpu_bert_sentence_classes"] = SentenceClasses;
         foreach (var (key, node) in Extra) obj[key] = node?.DeepClone();
         return obj.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }

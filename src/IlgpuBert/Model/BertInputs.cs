@@ -56,7 +56,7 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
         }
         if (NextSentenceLabel is not null)
             for (int b = 0; b < Batch; b++)
-                if (NextSentenceLabel[b] is not (0 or 1 or -100))
-                    throw new ArgumentException($"next_sentence_label[{b}] = {NextSentenceLabel[b]} must be 0 or 1");
+                if (NextSentenceLabel[b] != -100 && (uint)NextSentenceLabel[b] >= (uint)config.SentenceClasses)
+                    throw new ArgumentException($"next_sentence_label[{b}] = {NextSentenceLabel[b]} must be in [0, {config.SentenceClasses})");
     }
 }

@@ -61,6 +61,40 @@ public static partial class DefaultCorpus
         }
     }
 
+    /// <summary>
+    /// The documentation of one type as one document: the type's own text, then its members' in
+    /// file order. Members alone are a sentence or two, too short for BERT's segment pairs.
+    /// </summary>
+    public static IEnumerable<(string Type, List<string> Texts)> TypeDocuments()
+    {
+        string? current = null;
+        var texts = new List<string>();
+        foreach (var d in Documents())
+        {
+            string type = TypeOf(d.Member);
+            if (type != current && texts.Count > 0)
+            {
+                yield return (current!, texts);
+                texts = new List<string>();
+            }
+            current = type;
+            texts.Add(d.Text);
+        }
+        if (texts.Count > 0) yield return (current!, texts);
+    }
+
+    /// <summary>"M:System.IO.File.Copy(System.String)" → "System.IO.File"; "T:System.IO.File" → itself.</summary>
+    public static string TypeOf(string member)
+    {
+        if (member.Length < 2 || member[1] != ':') return member;
+        string name = member[2..];
+        int paren = name.IndexOf('(');
+        if (paren >= 0) name = name[..paren];
+        if (member[0] == 'T') return name;
+        int dot = name.LastIndexOf('.');
+        return dot > 0 ? name[..dot] : name;
+    }
+
     /// <summary>The text of a doc element with references reduced to names and whitespace collapsed.</summary>
     public static string Prose(XElement element)
     {

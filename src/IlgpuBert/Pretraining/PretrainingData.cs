@@ -1,0 +1,223 @@
+// The data side of a pretraining run: corpus → tokenized documents (cached once per corpus and
+// vocabulary as a binary shard) → a held-out split → examples → masked batches.
+//
+// Everything after tokenization is a pure function of the run's seed and the global example
+// index, so the data cursor of a checkpoint is just its step: example k of the stream is example
+// order_e[k mod N] of epoch e = k / N, masked with the stream for (example, epoch).
+using System.Security.Cryptography;
+using System.Text;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Model;
+using IlgpuBert.Text;
+
+namespace IlgpuBert.Pretraining;
+
+public sealed class PretrainingData
+{
+    private readonly Masker masker;
+    private readonly ulong seed;
+    private readonly int sentenceClasses;
+
+    public PretrainingData(PretrainingOptions o, BertTextEncoder encoder, string vocabPath, int vocabSize, TextWriter log)
+    {
+        seed = (ulong)o.Seed;
+        Special = new SpecialIds(encoder.PadId, encoder.UnknownId, encoder.ClsId, encoder.SepId, encoder.MaskId);
+        var documents = LoadDocuments(o, encoder, vocabPath, log);
+        if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
+
+        var rng = new Random(o.Seed);
+        var order = Enumerable.Range(0, documents.Count).OrderBy(_ => rng.Next()).ToArray();
+        int heldOut = o.HeldOut > 0 ? Math.Max(1, (int)(documents.Count * o.HeldOut)) : 0;
+        var evalDocs = order.Take(heldOut).Select(i => documents[i]).ToList();
+        var trainDocs = order.Skip(heldOut).Select(i => documents[i]).ToList();
+
+        var generator = new ExampleGenerator(Special, o.SeqLen, o.SentenceObjective, o.InputFormat);
+        sentenceClasses = generator.SentenceClasses;
+        Train = generator.Generate(trainDocs, new Random(o.Seed + 1));
+        Eval = evalDocs.Count >= 2 ? generator.Generate(evalDocs, new Random(o.Seed + 2)).Take(256).ToList() : [];
+        if (Train.Count == 0) throw new ArgumentException("the corpus yields no training examples");
+
+        PhraseTable? phrases = null;
+        if (o.Masking == MaskingStrategy.Phrase)
+        {
+            var listed = o.Phrases is null ? [] : File.ReadLines(o.Phrases).Where(l => l.Trim().Length > 0)
+                .Select(l => WordPieceTrainer.Words(l).Select(encoder.Encode).ToArray());
+            phrases = PhraseTable.FromPhrases(listed).WithFrequentNgrams(Train, minCount: Math.Max(5, Train.Count / 200));
+        }
+        var maskOptions = new MaskingOptions
+        {
+            Rate = o.MaskRate, MaskWithUnk = o.MaskWithUnk, Strategy = o.Masking, Schedule = o.MaskSchedule,
+        }.WithMix(o.MaskMix);
+        masker = new Masker(maskOptions, Special, vocabSize, phrases);
+        log.WriteLine($"corpus: {documents.Count} documents ({trainDocs.Count} train, {evalDocs.Count} held out), " +
+            $"{Train.Count} training examples, {Eval.Count} evaluation examples");
+    }
+
+    public SpecialIds Special { get; }
+    public List<Example> Train { get; }
+    public List<Example> Eval { get; }
+
+    /// <summary>Training batch <paramref name="batchIndex"/> of <paramref name="batchSize"/> examples from the endless stream.</summary>
+    public BertInputs Batch(long batchIndex, int batchSize)
+    {
+        var items = new List<(Example, MaskedExample)>();
+        for (int i = 0; i < batchSize; i++)
+        {
+            long k = batchIndex * batchSize + i;
+            int epoch = (int)(k / Train.Count);
+            int exampleIndex = EpochOrder(epoch)[k % Train.Count];
+            var e = Train[exampleIndex];
+            items.Add((e, masker.Apply(e, masker.StreamFor(seed, exampleIndex, epoch))));
+        }
+        return Collate(items);
+    }
+
+    /// <summary>The held-out examples, masked once with a fixed stream, in batches.</summary>
+    public IEnumerable<BertInputs> EvalBatches(int batchSize)
+    {
+        for (int start = 0; start < Eval.Count; start += batchSize)
+            yield return Collate(Eval.Skip(start).Take(batchSize).Select((e, i) =>
+                (e, masker.Apply(e, masker.StreamFor(seed ^ 0xE7A1, start + i, 0)))).ToList());
+    }
+
+    private readonly Dictionary<int, int[]> orders = new();
+
+    private int[] EpochOrder(int epoch)
+    {
+        if (orders.TryGetValue(epoch, out var order)) return order;
+        if (orders.Count > 4) orders.Clear();
+        var rng = new Random(unchecked((int)(seed * 1_000_003UL + (ulong)epoch * 7_919UL + 0x5eedUL))); // not HashCode: it is salted per process
+        order = Enumerable.Range(0, Train.Count).ToArray();
+        rng.Shuffle(order);
+        return orders[epoch] = order;
+    }
+
+    private BertInputs Collate(List<(Example E, MaskedExample M)> items)
+    {
+        int s = items.Max(x => x.E.Length), b = items.Count;
+        var ids = new int[b * s];
+        var types = new int[b * s];
+        var mask = new int[b * s];
+        var labels = Enumerable.Repeat(-100, b * s).ToArray();
+        for (int r = 0; r < b; r++)
+        {
+            var (e, m) = items[r];
+            Array.Fill(ids, Special.Pad, r * s, s);
+            m.InputIds.CopyTo(ids, r * s);
+            e.TokenTypes.CopyTo(types, r * s);
+            Array.Fill(mask, 1, r * s, e.Length);
+            m.Labels.CopyTo(labels, r * s);
+        }
+        int[]? sentence = sentenceClasses > 0 ? items.Select(x => x.E.SentenceLabel).ToArray() : null;
+        return new BertInputs(b, s, ids, types, mask, labels, sentence);
+    }
+
+    // ---- corpus and cache ----
+
+    private static List<Document> LoadDocuments(PretrainingOptions o, BertTextEncoder encoder, string vocabPath, TextWriter log)
+    {
+        string key = CacheKey(o, vocabPath);
+        string cacheFile = Path.Combine(CacheFolder(), key + ".shard");
+        if (File.Exists(cacheFile))
+        {
+            try
+            {
+                var cached = ReadShard(cacheFile);
+                log.WriteLine($"tokenized corpus from cache {cacheFile}");
+                return cached;
+            }
+            catch (Exception e) when (e is IOException or InvalidDataException or EndOfStreamException)
+            {
+                log.WriteLine($"note: ignoring unreadable cache {cacheFile} ({e.Message})");
+            }
+        }
+        log.WriteLine("tokenizing the corpus (cached for later runs)...");
+        var raw = RawDocuments(o);
+        var documents = PretrainingCorpus.Tokenize(encoder, raw);
+        try { WriteShard(cacheFile, documents); }
+        catch (IOException e) { log.WriteLine($"note: could not write the cache ({e.Message})"); }
+        return documents;
+    }
+
+    public static IEnumerable<string[]> RawDocuments(PretrainingOptions o)
+    {
+        IEnumerable<string[]> docs = o.Corpus.Length > 0
+            ? o.Corpus.SelectMany(f => File.Exists(f) ? PretrainingCorpus.SplitDocuments(File.ReadLines(f)) : throw new ArgumentException($"{f}: no such corpus file"))
+            : DefaultCorpus.TypeDocuments().Select(d => d.Texts.SelectMany(PretrainingCorpus.SplitSentences).ToArray());
+        return o.MaxDocuments > 0 ? docs.Take(o.MaxDocuments) : docs;
+    }
+
+    public static string CacheFolder()
+    {
+        string root = Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x ? x
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+        return Path.Combine(root, "ilgpu-bert");
+    }
+
+    /// <summary>Corpus files (path, size, time) or the default corpus folder, document limit, and the vocabulary's bytes.</summary>
+    private static string CacheKey(PretrainingOptions o, string vocabPath)
+    {
+        var sb = new StringBuilder("shard-v2\n"); // v2: default corpus grouped by type
+        if (o.Corpus.Length == 0) sb.Append("default:").Append(DefaultCorpus.Folder()).Append('\n');
+        foreach (var f in o.Corpus)
+        {
+            var info = new FileInfo(f);
+            sb.Append(Path.GetFullPath(f)).Append(':').Append(info.Exists ? info.Length : -1).Append(':')
+              .Append(info.Exists ? info.LastWriteTimeUtc.Ticks : 0).Append('\n');
+        }
+        sb.Append("max:").Append(o.MaxDocuments).Append('\n');
+        using var sha = SHA256.Create();
+        var bytes = Encoding.UTF8.GetBytes(sb.ToString()).Concat(File.ReadAllBytes(vocabPath)).ToArray();
+        return Convert.ToHexString(sha.ComputeHash(bytes))[..24].ToLowerInvariant();
+    }
+
+    private static void WriteShard(string path, List<Document> documents) =>
+        AtomicFile.Write(path, stream =>
+        {
+            using var w = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
+            w.Write(0x53484431); // "SHD1"
+            w.Write(documents.Count);
+            foreach (var d in documents)
+            {
+                w.Write(d.Sentences.Length);
+                foreach (var s in d.Sentences)
+                {
+                    w.Write(s.Length);
+                    for (int i = 0; i < s.Length; i++)
+                    {
+                        w.Write(s.Ids[i]);
+                        w.Write((byte)((s.WordStart[i] ? 1 : 0) | (s.Capitalized[i] ? 2 : 0)));
+                    }
+                }
+            }
+        });
+
+    private static List<Document> ReadShard(string path)
+    {
+        using var r = new BinaryReader(File.OpenRead(path));
+        if (r.ReadInt32() != 0x53484431) throw new InvalidDataException("not a shard");
+        int count = r.ReadInt32();
+        var docs = new List<Document>(count);
+        for (int d = 0; d < count; d++)
+        {
+            var sentences = new Sentence[r.ReadInt32()];
+            for (int j = 0; j < sentences.Length; j++)
+            {
+                int n = r.ReadInt32();
+                var ids = new int[n];
+                var starts = new bool[n];
+                var caps = new bool[n];
+                for (int i = 0; i < n; i++)
+                {
+                    ids[i] = r.ReadInt32();
+                    byte flags = r.ReadByte();
+                    starts[i] = (flags & 1) != 0;
+                    caps[i] = (flags & 2) != 0;
+                }
+                sentences[j] = new Sentence(ids, starts, caps);
+            }
+            docs.Add(new Document(sentences));
+        }
+        return docs;
+    }
+}

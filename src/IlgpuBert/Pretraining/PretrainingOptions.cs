@@ -1,0 +1,59 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace IlgpuBert.Pretraining;
+
+/// <summary>
+/// Every setting of a pretraining run, with the defaults `ilgpu-bert pretrain` uses. A checkpoint
+/// stores them, so `--resume` continues the original run exactly.
+/// </summary>
+public sealed record PretrainingOptions
+{
+    public string? Model { get; init; }
+    public string Size { get; init; } = "tiny";
+    public int VocabSize { get; init; } = 8192;
+    public string[] Corpus { get; init; } = [];
+    public int Steps { get; init; } = 300;
+    public int BatchSize { get; init; } = 16;
+    public int SeqLen { get; init; } = 128;
+    public int Seed { get; init; } = 1;
+    public float LearningRate { get; init; } = 5e-4f;
+    /// <summary>Warmup steps; null means 10% of the steps.</summary>
+    public int? Warmup { get; init; }
+    public int GradAccum { get; init; } = 1;
+    public int EvalEvery { get; init; } = 100;
+    public int SaveEvery { get; init; }
+    public double MaskRate { get; init; } = 0.15;
+    public string MaskMix { get; init; } = "0.8,0.1,0.1";
+    public bool MaskWithUnk { get; init; }
+    public MaskingStrategy Masking { get; init; } = MaskingStrategy.Token;
+    public MaskSchedule MaskSchedule { get; init; } = MaskSchedule.Dynamic;
+    public string? Phrases { get; init; }
+    public SentenceObjective SentenceObjective { get; init; } = SentenceObjective.Nsp;
+    public InputFormat InputFormat { get; init; } = InputFormat.Pairs;
+    public double HeldOut { get; init; } = 0.02;
+    /// <summary>Use only the first N documents of the corpus (0: all).</summary>
+    public int MaxDocuments { get; init; }
+
+    public int WarmupSteps => Warmup ?? Math.Max(1, Steps / 10);
+
+    public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, Converters = { new JsonStringEnumConverter(JsonNamingPolicy.KebabCaseLower) } };
+
+    public void Validate()
+    {
+        void Positive(string flag, double v) { if (!(v > 0)) throw new ArgumentException($"{flag} must be positive, got {v}"); }
+        Positive("--steps", Steps);
+        Positive("--batch-size", BatchSize);
+        Positive("--seq-len", SeqLen);
+        Positive("--lr", LearningRate);
+        Positive("--grad-accum", GradAccum);
+        if (SeqLen < 8) throw new ArgumentException($"--seq-len {SeqLen} is too short (at least 8)");
+        if (!(MaskRate > 0 && MaskRate < 1)) throw new ArgumentException($"--mask-rate must be in (0, 1), got {MaskRate}");
+        if (Warmup is < 0) throw new ArgumentException("--warmup must not be negative");
+        if (EvalEvery < 0 || SaveEvery < 0) throw new ArgumentException("--eval-every and --save-every must not be negative");
+        if (!(HeldOut >= 0 && HeldOut < 0.5)) throw new ArgumentException("--held-out must be in [0, 0.5)");
+        if (InputFormat == InputFormat.FullSentences && SentenceObjective != SentenceObjective.None)
+            throw new ArgumentException("--input-format full-sentences packs one segment per example: use --sentence-objective none");
+        _ = new MaskingOptions().WithMix(MaskMix);
+    }
+}

@@ -1,0 +1,258 @@
+// The pretraining loop: MLM (logits only at masked positions) plus the chosen sentence objective,
+// AdamW with warmup and linear decay, global-norm clipping, gradient accumulation, evaluation on
+// the held-out split, metrics.csv, a loss-curve PNG, checkpoints that resume bit for bit, a clean
+// stop on Ctrl-C and a loud stop on a NaN or infinite loss.
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using IlgpuBert.Autograd;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Model;
+using IlgpuBert.Runtime;
+using IlgpuBert.Text;
+using IlgpuBert.Training;
+
+namespace IlgpuBert.Pretraining;
+
+/// <summary>One row of metrics.csv.</summary>
+public sealed record StepMetrics(int Step, double Loss, double MlmLoss, double SentenceLoss, double Lr, double GradNorm,
+    double TokensPerSecond, double ElapsedSeconds, double? EvalMlmAccuracy = null, double? EvalPerplexity = null);
+
+public sealed class NonFiniteLossException(string message) : Exception(message);
+
+public sealed class Trainer
+{
+    public const string StateFile = "trainer_state.json", OptimizerFile = "optimizer.safetensors", MetricsFile = "metrics.csv", PlotFile = "loss-curve.png";
+
+    private readonly BertDevice device;
+    private readonly TextWriter log;
+
+    public Trainer(BertDevice device, TextWriter log)
+    {
+        this.device = device;
+        this.log = log;
+    }
+
+    /// <summary>Set from another thread (Ctrl-C): the loop saves a checkpoint after the current step and returns.</summary>
+    public volatile bool StopRequested;
+
+    /// <summary>Trains per <paramref name="o"/> into <paramref name="outDir"/>, or continues the run saved in <paramref name="resume"/>.</summary>
+    public List<StepMetrics> Run(PretrainingOptions o, string outDir, string? resume = null)
+    {
+        int startStep = 0;
+        List<StepMetrics> metrics = [];
+        if (resume is not null)
+        {
+            var state = ReadState(resume);
+            o = state.Options;
+            startStep = state.Step;
+            metrics = ReadMetrics(Path.Combine(resume, MetricsFile)).Where(m => m.Step <= startStep).ToList();
+            log.WriteLine($"resuming {resume} at step {startStep} of {o.Steps}");
+        }
+        o.Validate();
+        Directory.CreateDirectory(outDir);
+
+        // Model and vocabulary: a checkpoint to resume, a given model, or a new one of --size.
+        string vocabPath;
+        BertForPreTraining model;
+        if (resume is not null)
+        {
+            vocabPath = Path.Combine(resume, BertFolder.VocabFile);
+            model = BertFolder.Load(device, resume, log);
+        }
+        else if (o.Model is not null)
+        {
+            vocabPath = Path.Combine(o.Model, BertFolder.VocabFile);
+            model = BertFolder.Load(device, o.Model, log);
+            int classes = SentenceClasses(o.SentenceObjective);
+            if (classes != model.Config.SentenceClasses && o.SentenceObjective != SentenceObjective.None)
+                throw new ArgumentException($"{o.Model} has a {model.Config.SentenceClasses}-way sentence head; --sentence-objective {o.SentenceObjective} needs {classes}");
+        }
+        else
+        {
+            vocabPath = Path.Combine(outDir, BertFolder.VocabFile);
+            if (!File.Exists(vocabPath))
+            {
+                log.WriteLine($"building a {o.VocabSize}-token vocabulary from the corpus...");
+                var vocab = WordPieceTrainer.Train(PretrainingData.RawDocuments(o).SelectMany(d => d), o.VocabSize);
+                AtomicFile.WriteText(vocabPath, string.Join("\n", vocab) + "\n");
+            }
+            int vocabSize = File.ReadLines(vocabPath).Count();
+            var config = BertConfig.ForSize(o.Size, vocabSize) with
+            {
+                MaxPositionEmbeddings = Math.Max(512, o.SeqLen),
+                SentenceClasses = Math.Max(2, SentenceClasses(o.SentenceObjective)),
+            };
+            model = new BertForPreTraining(device, config);
+            model.Parameters.Initialize(o.Seed);
+        }
+        using var _model = model;
+        if (o.SeqLen > model.Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"--seq-len {o.SeqLen} exceeds the model's max_position_embeddings {model.Config.MaxPositionEmbeddings}");
+        var encoder = BertTextEncoder.FromVocab(vocabPath);
+        var data = new PretrainingData(o, encoder, vocabPath, model.Config.VocabSize, log);
+        using var optimizer = new AdamWOptimizer(device, model.Parameters.All, new AdamWSettings());
+        if (resume is not null) optimizer.Load(Path.Combine(resume, OptimizerFile), startStep);
+
+        var clock = Stopwatch.StartNew();
+        double elapsedBefore = metrics.LastOrDefault()?.ElapsedSeconds ?? 0;
+        bool interactive = !Console.IsOutputRedirected && ReferenceEquals(log, Console.Out);
+        int reportEvery = Math.Max(1, o.Steps / 20);
+        for (int step = startStep + 1; step <= o.Steps; step++)
+        {
+            var stepClock = Stopwatch.StartNew();
+            model.ZeroGrad();
+            double mlm = 0, sentence = 0;
+            long tokens = 0;
+            for (int micro = 0; micro < o.GradAccum; micro++)
+            {
+                var batch = data.Batch((long)(step - 1) * o.GradAccum + micro, o.BatchSize);
+                tokens += batch.AttentionMask.Sum();
+                using var tape = new Tape();
+                var outputs = model.Forward(tape, batch, Dropouts.Training(model.Config, (ulong)o.Seed, (uint)(step * o.GradAccum + micro)), maskedOnly: true);
+                if (outputs.MlmLoss is not null) outputs.MlmLoss.Weight = 1f / o.GradAccum;
+                if (outputs.NspLoss is not null) outputs.NspLoss.Weight = 1f / o.GradAccum;
+                mlm += (outputs.MlmLoss?.Read() ?? 0) / o.GradAccum;
+                sentence += (outputs.NspLoss?.Read() ?? 0) / o.GradAccum;
+                tape.Backward();
+            }
+            double loss = mlm + sentence;
+            if (!double.IsFinite(loss))
+                throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr.");
+            float gradNorm = optimizer.GradNorm();
+            float lr = LinearSchedule.At(step, o.LearningRate, o.WarmupSteps, o.Steps);
+            optimizer.Update(lr);
+            double seconds = stepClock.Elapsed.TotalSeconds;
+            var row = new StepMetrics(step, loss, mlm, sentence, lr, gradNorm, tokens / seconds, elapsedBefore + clock.Elapsed.TotalSeconds);
+            if (o.EvalEvery > 0 && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
+            {
+                var (accuracy, perplexity) = Evaluate(model, data, o.BatchSize);
+                row = row with { EvalMlmAccuracy = accuracy, EvalPerplexity = perplexity };
+            }
+            metrics.Add(row);
+            Progress(row, o.Steps, interactive, step % reportEvery == 0 || step == o.Steps || row.EvalPerplexity is not null);
+
+            bool stop = StopRequested;
+            if ((o.SaveEvery > 0 && step % o.SaveEvery == 0) || stop)
+                SaveCheckpoint(Path.Combine(outDir, $"checkpoint-{step}"), model, optimizer, o, step, vocabPath, metrics);
+            if (stop)
+            {
+                if (interactive) log.WriteLine();
+                log.WriteLine($"interrupted: saved {Path.Combine(outDir, $"checkpoint-{step}")}; continue with --resume");
+                WriteOutputs(outDir, model, vocabPath, metrics);
+                return metrics;
+            }
+        }
+        if (interactive) log.WriteLine();
+        WriteOutputs(outDir, model, vocabPath, metrics);
+        log.WriteLine($"wrote {outDir}: model, {MetricsFile}, {PlotFile}");
+        return metrics;
+    }
+
+    private static int SentenceClasses(SentenceObjective o) => o switch { SentenceObjective.PrevNext => 3, SentenceObjective.None => 0, _ => 2 };
+
+    /// <summary>MLM accuracy and perplexity (exp of the mean cross-entropy) over the held-out examples, dropout off.</summary>
+    private static (double Accuracy, double Perplexity) Evaluate(BertForPreTraining model, PretrainingData data, int batchSize)
+    {
+        long correct = 0, total = 0;
+        double lossSum = 0;
+        foreach (var batch in data.EvalBatches(batchSize))
+        {
+            using var tape = new Tape(recording: false);
+            var o = model.Forward(tape, batch, Dropouts.Off, maskedOnly: true);
+            var logits = o.PredictionLogits.Value.ToHost();
+            int v = model.Config.VocabSize;
+            var positions = o.MaskedPositions!;
+            for (int r = 0; r < positions.Length; r++)
+            {
+                int best = 0;
+                for (int j = 1; j < v; j++) if (logits[r * v + j] > logits[r * v + best]) best = j;
+                if (best == batch.Labels![positions[r]]) correct++;
+            }
+            lossSum += (o.MlmLoss?.Read() ?? 0) * positions.Length;
+            total += positions.Length;
+        }
+        return total == 0 ? (0, double.NaN) : (correct / (double)total, Math.Exp(lossSum / total));
+    }
+
+    private void Progress(StepMetrics m, int steps, bool interactive, bool report)
+    {
+        double remaining = m.Step > 0 ? m.ElapsedSeconds / m.Step * (steps - m.Step) : 0;
+        string eval = m.EvalPerplexity is { } ppl ? $"  eval acc {m.EvalMlmAccuracy:P1} ppl {ppl:F1}" : "";
+        string line = $"step {m.Step}/{steps}  loss {m.Loss:F4}  lr {m.Lr:E2}  {m.TokensPerSecond:F0} tokens/s  ETA {TimeSpan.FromSeconds(remaining):mm\\:ss}{eval}";
+        if (interactive)
+        {
+            int width = 30, done = (int)(width * (long)m.Step / steps);
+            log.Write($"\r[{new string('#', done)}{new string('.', width - done)}] {line}   ");
+            if (eval.Length > 0) log.WriteLine();
+        }
+        else if (report)
+            log.WriteLine(line);
+    }
+
+    private static void WriteOutputs(string outDir, BertForPreTraining model, string vocabPath, List<StepMetrics> metrics)
+    {
+        BertFolder.Save(model, outDir, vocabPath);
+        WriteMetrics(Path.Combine(outDir, MetricsFile), metrics);
+        LossPlot.Write(Path.Combine(outDir, PlotFile), metrics);
+    }
+
+    private static void SaveCheckpoint(string dir, BertForPreTraining model, AdamWOptimizer optimizer, PretrainingOptions o, int step,
+        string vocabPath, List<StepMetrics> metrics)
+    {
+        // Written into a temporary folder and renamed, so a crash never leaves half a checkpoint.
+        string temp = dir + ".tmp";
+        if (Directory.Exists(temp)) Directory.Delete(temp, true);
+        BertFolder.Save(model, temp, vocabPath);
+        optimizer.Save(Path.Combine(temp, OptimizerFile));
+        WriteMetrics(Path.Combine(temp, MetricsFile), metrics);
+        var state = new TrainerState(step, o);
+        AtomicFile.WriteText(Path.Combine(temp, StateFile), JsonSerializer.Serialize(state, PretrainingOptions.Json));
+        if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        Directory.Move(temp, dir);
+    }
+
+    /// <summary>What a checkpoint needs besides weights and moments: the step (the data cursor and RNG state derive from it and the seed) and the settings.</summary>
+    public sealed record TrainerState(int Step, PretrainingOptions Options);
+
+    public static TrainerState ReadState(string checkpoint)
+    {
+        string path = Path.Combine(checkpoint, StateFile);
+        if (!File.Exists(path)) throw new CheckpointException($"{checkpoint}: not a training checkpoint (no {StateFile})");
+        try
+        {
+            return JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path), PretrainingOptions.Json)
+                ?? throw new CheckpointException($"{path}: empty");
+        }
+        catch (JsonException e)
+        {
+            throw new CheckpointException($"{path}: invalid ({e.Message})");
+        }
+    }
+
+    private static readonly string[] Columns =
+        ["step", "loss", "mlm_loss", "sentence_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eval_mlm_accuracy", "eval_perplexity"];
+
+    public static void WriteMetrics(string path, IEnumerable<StepMetrics> rows)
+    {
+        var sb = new StringBuilder(string.Join(",", Columns)).Append('\n');
+        string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+        foreach (var m in rows)
+            sb.Append(string.Join(",", m.Step, F(m.Loss), F(m.MlmLoss), F(m.SentenceLoss), F(m.Lr), F(m.GradNorm), F(m.TokensPerSecond),
+                F(m.ElapsedSeconds), m.EvalMlmAccuracy is { } a ? F(a) : "", m.EvalPerplexity is { } p ? F(p) : "")).Append('\n');
+        AtomicFile.WriteText(path, sb.ToString());
+    }
+
+    public static List<StepMetrics> ReadMetrics(string path)
+    {
+        if (!File.Exists(path)) return [];
+        double D(string s) => double.Parse(s, CultureInfo.InvariantCulture);
+        return File.ReadLines(path).Skip(1).Where(l => l.Length > 0).Select(l =>
+        {
+            var c = l.Split(',');
+            return new StepMetrics(int.Parse(c[0], CultureInfo.InvariantCulture), D(c[1]), D(c[2]), D(c[3]), D(c[4]), D(c[5]), D(c[6]), D(c[7]),
+                c[8].Length > 0 ? D(c[8]) : null, c[9].Length > 0 ? D(c[9]) : null);
+        }).ToList();
+    }
+}

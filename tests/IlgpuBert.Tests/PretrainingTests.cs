@@ -1,0 +1,170 @@
+using System.Text.Json.Nodes;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Pretraining;
+using IlgpuBert.Runtime;
+using IlgpuBert.Text;
+
+namespace IlgpuBert.Tests;
+
+/// <summary>End-to-end pretraining runs through the CLI and the trainer, on the CPU accelerator.</summary>
+public class PretrainingTests : IDisposable
+{
+    private readonly TempDir dir = new();
+    private readonly string? oldCache = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+
+    public PretrainingTests() => Environment.SetEnvironmentVariable("XDG_CACHE_HOME", Path.Combine(dir.Path, "cache"));
+
+    public void Dispose()
+    {
+        Environment.SetEnvironmentVariable("XDG_CACHE_HOME", oldCache);
+        dir.Dispose();
+    }
+
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = Cli.Cli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>A small real-prose corpus: the first documented types of the SDK docs, blank-line separated.</summary>
+    private string SmallCorpus()
+    {
+        string path = dir.File("corpus.txt");
+        if (!File.Exists(path))
+            File.WriteAllLines(path, DefaultCorpus.TypeDocuments().Take(60).SelectMany(d => d.Texts.Append("")));
+        return path;
+    }
+
+    private string[] Quick(string output, params string[] extra) =>
+        ["pretrain", "--corpus", SmallCorpus(), "--vocab-size", "600", "--size", "tiny", "--batch-size", "4", "--seq-len", "32",
+         "--out", dir.File(output), "--device", "cpu", "--eval-every", "0", .. extra];
+
+    private static List<StepMetrics> Metrics(string folder) => Trainer.ReadMetrics(Path.Combine(folder, Trainer.MetricsFile));
+
+    [Fact]
+    public void Sixty_steps_on_the_default_corpus_lower_the_loss_by_a_nat_and_the_result_loads()
+    {
+        string output = dir.File("run");
+        var (code, stdout, err) = Run("pretrain", "--size", "tiny", "--steps", "60", "--batch-size", "8", "--seq-len", "64", "--seed", "1",
+            "--out", output, "--device", "cpu");
+        Assert.True(code == 0, err + stdout);
+        var m = Metrics(output);
+        Assert.Equal(Enumerable.Range(1, 60), m.Select(r => r.Step));
+        double first = m.Take(10).Average(r => r.Loss), last = m.TakeLast(10).Average(r => r.Loss);
+        Assert.True(first - last >= 1.0, $"mean loss fell only from {first:F3} to {last:F3}");
+        Assert.NotNull(m[^1].EvalPerplexity);
+        Assert.True(File.Exists(Path.Combine(output, Trainer.PlotFile)));
+        File.WriteAllText(dir.File("batch.json"), "{\"input_ids\": [[2, 10, 11, 3]]}");
+        (code, _, err) = Run("forward", "--model", output, "--input", dir.File("batch.json"), "--out", dir.File("o.safetensors"), "--device", "cpu");
+        Assert.True(code == 0, err);
+    }
+
+    [Fact]
+    public void Resuming_from_a_checkpoint_reproduces_the_uninterrupted_losses_exactly()
+    {
+        var (code, _, err) = Run(Quick("full", "--steps", "30", "--save-every", "15", "--seed", "4"));
+        Assert.True(code == 0, err);
+        Assert.True(Directory.Exists(dir.File(Path.Combine("full", "checkpoint-15"))));
+        (code, _, err) = Run("pretrain", "--resume", dir.File(Path.Combine("full", "checkpoint-15")), "--out", dir.File("resumed"), "--device", "cpu");
+        Assert.True(code == 0, err);
+        var full = Metrics(dir.File("full"));
+        var resumed = Metrics(dir.File("resumed"));
+        Assert.Equal(Enumerable.Range(1, 30), resumed.Select(r => r.Step));
+        Assert.Equal(full.Skip(15).Select(r => (r.Loss, r.MlmLoss, r.SentenceLoss, r.GradNorm, r.Lr)),
+            resumed.Skip(15).Select(r => (r.Loss, r.MlmLoss, r.SentenceLoss, r.GradNorm, r.Lr)));
+        Assert.Equal(File.ReadAllBytes(dir.File(Path.Combine("full", "model.safetensors"))), File.ReadAllBytes(dir.File(Path.Combine("resumed", "model.safetensors"))));
+    }
+
+    public static TheoryData<string, string> Variants() => new()
+    {
+        { "--masking", "token" }, { "--masking", "whole-word" }, { "--masking", "span" }, { "--masking", "phrase" },
+        { "--mask-schedule", "static" }, { "--mask-token", "unk" }, { "--mask-mix", "0.9,0.05,0.05" }, { "--mask-rate", "0.3" },
+        { "--sentence-objective", "nsp" }, { "--sentence-objective", "sop" }, { "--sentence-objective", "prev-next" }, { "--sentence-objective", "none" },
+        { "--grad-accum", "2" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void Every_variant_trains(string flag, string value)
+    {
+        var (code, _, err) = Run(Quick("v", "--steps", "6", flag, value, "--lr", "1e-3"));
+        Assert.True(code == 0, err);
+        var m = Metrics(dir.File("v"));
+        Assert.Equal(6, m.Count);
+        Assert.All(m, r => Assert.True(double.IsFinite(r.Loss) && r.MlmLoss > 0));
+        bool sentence = !(flag == "--sentence-objective" && value == "none");
+        Assert.Equal(sentence, m.All(r => r.SentenceLoss > 0));
+        if (value == "prev-next")
+        {
+            Assert.Equal(3, JsonNode.Parse(File.ReadAllText(dir.File(Path.Combine("v", "config.json"))))!["ilgpu_bert_sentence_classes"]!.GetValue<int>());
+            Assert.Equal([3, 128], SafeTensors.Read(dir.File(Path.Combine("v", "model.safetensors")))["cls.seq_relationship.weight"].Shape);
+        }
+    }
+
+    [Fact]
+    public void Full_sentences_train_without_a_sentence_objective_and_refuse_one()
+    {
+        var (code, _, err) = Run(Quick("fs", "--steps", "4", "--input-format", "full-sentences", "--sentence-objective", "none"));
+        Assert.True(code == 0, err);
+        Assert.All(Metrics(dir.File("fs")), r => Assert.Equal(0, r.SentenceLoss));
+        (code, _, err) = Run(Quick("fs2", "--steps", "4", "--input-format", "full-sentences"));
+        Assert.Equal(2, code);
+        Assert.Contains("--sentence-objective none", err);
+    }
+
+    [Fact]
+    public void A_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint()
+    {
+        var (code, _, err) = Run(Quick("nan", "--steps", "40", "--save-every", "1", "--lr", "1e30", "--warmup", "0"));
+        Assert.Equal(2, code);
+        Assert.Contains("the loss became", err);
+        var checkpoints = Directory.GetDirectories(dir.File("nan"), "checkpoint-*");
+        Assert.NotEmpty(checkpoints);
+        Assert.All(checkpoints, c => Assert.False(c.EndsWith(".tmp")));
+        int last = checkpoints.Max(c => int.Parse(c[(c.LastIndexOf('-') + 1)..]));
+        Assert.All(Metrics(Path.Combine(dir.File("nan"), $"checkpoint-{last}")), r => Assert.True(double.IsFinite(r.Loss)));
+    }
+
+    [Fact]
+    public void A_stop_request_saves_a_checkpoint_that_resumes_to_the_end()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var options = new PretrainingOptions
+        {
+            Corpus = [SmallCorpus()], VocabSize = 600, BatchSize = 4, SeqLen = 32, Steps = 10, EvalEvery = 0, Seed = 2,
+        };
+        Trainer? trainer = null;
+        var log = new StopAfter("step 3/10", () => trainer!.StopRequested = true);
+        trainer = new Trainer(device, log);
+        var first = trainer.Run(options, dir.File("stopped"));
+        Assert.Equal(3, first.Count);
+        Assert.Contains("interrupted", log.ToString());
+        var rest = new Trainer(device, TextWriter.Null).Run(options, dir.File("continued"), dir.File(Path.Combine("stopped", "checkpoint-3")));
+        Assert.Equal(Enumerable.Range(1, 10), rest.Select(r => r.Step));
+    }
+
+    [Theory]
+    [InlineData("--masking", "random")]
+    [InlineData("--mask-mix", "0.5,0.5")]
+    [InlineData("--mask-rate", "1.5")]
+    [InlineData("--seq-len", "4")]
+    public void Bad_flags_are_one_line_errors(string flag, string value)
+    {
+        var (code, stdout, err) = Run(Quick("bad", "--steps", "2", flag, value));
+        Assert.Equal(2, code);
+        Assert.StartsWith("error: ", err);
+        Assert.Single(err.TrimEnd().Split('\n'));
+        Assert.False(Directory.Exists(dir.File("bad")) && File.Exists(dir.File(Path.Combine("bad", "model.safetensors"))));
+    }
+
+    private sealed class StopAfter(string marker, Action stop) : StringWriter
+    {
+        public override void WriteLine(string? value)
+        {
+            base.WriteLine(value);
+            if (value?.StartsWith(marker, StringComparison.Ordinal) == true) stop();
+        }
+    }
+}

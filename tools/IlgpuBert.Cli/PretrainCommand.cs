@@ -1,0 +1,90 @@
+// `ilgpu-bert pretrain`: MLM and sentence-objective pretraining with the BERTology variants as
+// flags. Ctrl-C finishes the current step, saves a checkpoint and exits cleanly.
+using System.CommandLine;
+using IlgpuBert.Pretraining;
+
+namespace IlgpuBert.Cli;
+
+public static class PretrainCommand
+{
+    private static Option<T> Opt<T>(string name, string description, T fallback) =>
+        new(name) { Description = description, DefaultValueFactory = _ => fallback };
+
+    public static Command Create(TextWriter stdout)
+    {
+        var d = new PretrainingOptions();
+        var model = new Option<string?>("--model") { Description = "start from this model folder (default: a new model of --size)" };
+        var size = Opt("--size", "tiny, mini, small, medium, base or large", d.Size);
+        var corpus = new Option<string[]>("--corpus") { Description = "text files, documents separated by blank lines (default: the .NET SDK reference docs)", AllowMultipleArgumentsPerToken = true };
+        var output = new Option<string>("--out") { Description = "output folder", Required = true };
+        var steps = Opt("--steps", "optimizer steps", d.Steps);
+        var batch = Opt("--batch-size", "examples per micro-batch", d.BatchSize);
+        var seqLen = Opt("--seq-len", "tokens per example, special tokens included", d.SeqLen);
+        var seed = Opt("--seed", "seed of initialisation, data order, masking and dropout", d.Seed);
+        var lr = Opt("--lr", "peak learning rate", d.LearningRate);
+        var warmup = new Option<int?>("--warmup") { Description = "linear warmup steps (default: 10% of --steps)" };
+        var accum = Opt("--grad-accum", "micro-batches per optimizer step", d.GradAccum);
+        var evalEvery = Opt("--eval-every", "held-out evaluation every N steps (0: never)", d.EvalEvery);
+        var saveEvery = Opt("--save-every", "write checkpoint-N every N steps (0: never)", d.SaveEvery);
+        var resume = new Option<string?>("--resume") { Description = "continue the run saved in this checkpoint folder" };
+        var vocabSize = Opt("--vocab-size", "vocabulary built for a new model", d.VocabSize);
+        var maskRate = Opt("--mask-rate", "share of tokens to predict", d.MaskRate);
+        var maskMix = Opt("--mask-mix", "replace with mask, random, keep", d.MaskMix);
+        var maskToken = Opt("--mask-token", "mask or unk", "mask");
+        var masking = Opt("--masking", "token, whole-word, span or phrase", "token");
+        var schedule = Opt("--mask-schedule", "static (N fixed masks per example) or dynamic (fresh each epoch)", "dynamic");
+        var phrases = new Option<string?>("--phrases") { Description = "phrase masking: a file of multi-word units, one per line" };
+        var objective = Opt("--sentence-objective", "nsp, sop, prev-next or none", "nsp");
+        var format = Opt("--input-format", "pairs or full-sentences", "pairs");
+        var maxDocs = Opt("--max-documents", "use only the first N corpus documents (0: all)", d.MaxDocuments);
+
+        var command = new Command("pretrain", "Pretrain BERT (MLM + a sentence objective) from raw text.")
+        {
+            model, size, corpus, output, steps, batch, seqLen, seed, lr, warmup, accum, evalEvery, saveEvery, resume, vocabSize,
+            maskRate, maskMix, maskToken, masking, schedule, phrases, objective, format, maxDocs,
+        };
+        command.SetAction(parse =>
+        {
+            T Enum<T>(Option<string> o, params (string Name, T Value)[] values)
+            {
+                string v = parse.GetValue(o)!;
+                foreach (var (name, value) in values) if (name == v) return value;
+                throw new ArgumentException($"{o.Name} must be one of {string.Join(", ", values.Select(x => x.Name))}, got \"{v}\"");
+            }
+            var options = new PretrainingOptions
+            {
+                Model = parse.GetValue(model), Size = parse.GetValue(size)!, Corpus = parse.GetValue(corpus) ?? [],
+                Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batch), SeqLen = parse.GetValue(seqLen), Seed = parse.GetValue(seed),
+                LearningRate = parse.GetValue(lr), Warmup = parse.GetValue(warmup), GradAccum = parse.GetValue(accum),
+                EvalEvery = parse.GetValue(evalEvery), SaveEvery = parse.GetValue(saveEvery), VocabSize = parse.GetValue(vocabSize),
+                MaskRate = parse.GetValue(maskRate), MaskMix = parse.GetValue(maskMix)!,
+                MaskWithUnk = Enum(maskToken, ("mask", false), ("unk", true)),
+                Masking = Enum(masking, ("token", MaskingStrategy.Token), ("whole-word", MaskingStrategy.WholeWord), ("span", MaskingStrategy.Span), ("phrase", MaskingStrategy.Phrase)),
+                MaskSchedule = Enum(schedule, ("static", MaskSchedule.Static), ("dynamic", MaskSchedule.Dynamic)),
+                Phrases = parse.GetValue(phrases),
+                SentenceObjective = Enum(objective, ("nsp", SentenceObjective.Nsp), ("sop", SentenceObjective.Sop), ("prev-next", SentenceObjective.PrevNext), ("none", SentenceObjective.None)),
+                InputFormat = Enum(format, ("pairs", InputFormat.Pairs), ("full-sentences", InputFormat.FullSentences)),
+                MaxDocuments = parse.GetValue(maxDocs),
+            };
+            if (parse.GetValue(resume) is null) options.Validate();
+            using var device = Cli.OpenDevice(parse);
+            var trainer = new Trainer(device, stdout);
+            ConsoleCancelEventHandler onCancel = (_, e) =>
+            {
+                e.Cancel = true;
+                trainer.StopRequested = true;
+            };
+            Console.CancelKeyPress += onCancel;
+            try
+            {
+                trainer.Run(options, parse.GetValue(output)!, parse.GetValue(resume));
+            }
+            finally
+            {
+                Console.CancelKeyPress -= onCancel;
+            }
+            return 0;
+        });
+        return command;
+    }
+}
