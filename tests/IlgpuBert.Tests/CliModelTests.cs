@@ -13,20 +13,13 @@ public class CliModelTests : IDisposable
 
     public void Dispose() => dir.Dispose();
 
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
 
     private string InitTiny()
     {
         string vocab = dir.File("vocab.txt");
         File.WriteAllLines(vocab, WordPieceTrainer.SpecialTokens.Concat(Words));
         string model = dir.File("model");
-        var (code, _, err) = Run("init", "--size", "tiny", "--vocab", vocab, "--seed", "3", "--out", model, "--device", "cpu");
+        var (code, _, err) = CliRunner.Run("init", "--size", "tiny", "--vocab", vocab, "--seed", "3", "--out", model, "--device", "cpu");
         Assert.True(code == 0, err);
         return model;
     }
@@ -53,7 +46,7 @@ public class CliModelTests : IDisposable
         Assert.Equal(File.ReadAllLines(dir.File("vocab.txt")), File.ReadAllLines(Path.Combine(model, "vocab.txt")));
 
         string batch = Batch(GoodBatch);
-        var (code, _, err) = Run("forward", "--model", model, "--input", batch, "--out", dir.File("out.safetensors"), "--hidden-states", "--attentions", "--device", "cpu");
+        var (code, _, err) = CliRunner.Run("forward", "--model", model, "--input", batch, "--out", dir.File("out.safetensors"), "--hidden-states", "--attentions", "--device", "cpu");
         Assert.True(code == 0, err);
         var o = SafeTensors.Read(dir.File("out.safetensors"));
         Assert.Equal([2, 6, 128], o["last_hidden_state"].Shape);
@@ -74,7 +67,7 @@ public class CliModelTests : IDisposable
         // A random model over 15 tokens: MLM loss ≈ ln 15, NSP ≈ ln 2.
         Assert.InRange(o["loss"].Data[0], 2.0f, 4.5f);
 
-        (code, _, err) = Run("grad", "--model", model, "--input", batch, "--out", dir.File("grads.safetensors"), "--device", "cpu");
+        (code, _, err) = CliRunner.Run("grad", "--model", model, "--input", batch, "--out", dir.File("grads.safetensors"), "--device", "cpu");
         Assert.True(code == 0, err);
         var g = SafeTensors.Read(dir.File("grads.safetensors"));
         Assert.Equal(o["loss"].Data[0], g["loss"].Data[0], 4);
@@ -102,7 +95,7 @@ public class CliModelTests : IDisposable
         foreach (var verb in new[] { "forward", "grad" })
         {
             string output = dir.File($"{verb}.safetensors");
-            var (code, stdout, err) = Run(verb, "--model", model, "--input", Batch(json), "--out", output, "--device", "cpu");
+            var (code, stdout, err) = CliRunner.Run(verb, "--model", model, "--input", Batch(json), "--out", output, "--device", "cpu");
             Assert.Equal(2, code);
             Assert.Contains(expected, err);
             Assert.Single(err.TrimEnd().Split('\n'));
@@ -157,7 +150,7 @@ public class CliModelTests : IDisposable
                 break;
         }
         string output = dir.File("out.safetensors");
-        var (code, _, err) = Run("forward", "--model", model, "--input", Batch(GoodBatch), "--out", output, "--device", "cpu");
+        var (code, _, err) = CliRunner.Run("forward", "--model", model, "--input", Batch(GoodBatch), "--out", output, "--device", "cpu");
         Assert.Equal(2, code);
         Assert.Contains(expected, err);
         Assert.Single(err.TrimEnd().Split('\n'));
@@ -194,7 +187,7 @@ public class CliModelTests : IDisposable
     {
         string corpus = dir.File("corpus.txt");
         File.WriteAllLines(corpus, Enumerable.Repeat("Tokenization tokenizes tokens; the tokenizer returns tokens.", 20));
-        var (code, _, err) = Run("vocab", "--corpus", corpus, "--size", "40", "--out", dir.File("v.txt"));
+        var (code, _, err) = CliRunner.Run("vocab", "--corpus", corpus, "--size", "40", "--out", dir.File("v.txt"));
         Assert.True(code == 0, err);
         var vocab = File.ReadAllLines(dir.File("v.txt"));
         Assert.Equal(WordPieceTrainer.SpecialTokens, vocab[..5]);

@@ -20,13 +20,6 @@ public class PretrainingTests : IDisposable
         dir.Dispose();
     }
 
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
 
     /// <summary>A small real-prose corpus: the first documented types of the SDK docs, blank-line separated.</summary>
     private string SmallCorpus()
@@ -47,7 +40,7 @@ public class PretrainingTests : IDisposable
     public void Sixty_steps_on_the_default_corpus_lower_the_loss_by_a_nat_and_the_result_loads()
     {
         string output = dir.File("run");
-        var (code, stdout, err) = Run("pretrain", "--size", "tiny", "--steps", "60", "--batch-size", "8", "--seq-len", "64", "--seed", "1",
+        var (code, stdout, err) = CliRunner.Run("pretrain", "--size", "tiny", "--steps", "60", "--batch-size", "8", "--seq-len", "64", "--seed", "1",
             "--out", output, "--device", "cpu");
         Assert.True(code == 0, err + stdout);
         var m = Metrics(output);
@@ -57,17 +50,17 @@ public class PretrainingTests : IDisposable
         Assert.NotNull(m[^1].EvalPerplexity);
         Assert.True(File.Exists(Path.Combine(output, Trainer.PlotFile)));
         File.WriteAllText(dir.File("batch.json"), "{\"input_ids\": [[2, 10, 11, 3]]}");
-        (code, _, err) = Run("forward", "--model", output, "--input", dir.File("batch.json"), "--out", dir.File("o.safetensors"), "--device", "cpu");
+        (code, _, err) = CliRunner.Run("forward", "--model", output, "--input", dir.File("batch.json"), "--out", dir.File("o.safetensors"), "--device", "cpu");
         Assert.True(code == 0, err);
     }
 
     [Fact]
     public void Resuming_from_a_checkpoint_reproduces_the_uninterrupted_losses_exactly()
     {
-        var (code, _, err) = Run(Quick("full", "--steps", "30", "--save-every", "15", "--seed", "4"));
+        var (code, _, err) = CliRunner.Run(Quick("full", "--steps", "30", "--save-every", "15", "--seed", "4"));
         Assert.True(code == 0, err);
         Assert.True(Directory.Exists(dir.File(Path.Combine("full", "checkpoint-15"))));
-        (code, _, err) = Run("pretrain", "--resume", dir.File(Path.Combine("full", "checkpoint-15")), "--out", dir.File("resumed"), "--device", "cpu");
+        (code, _, err) = CliRunner.Run("pretrain", "--resume", dir.File(Path.Combine("full", "checkpoint-15")), "--out", dir.File("resumed"), "--device", "cpu");
         Assert.True(code == 0, err);
         var full = Metrics(dir.File("full"));
         var resumed = Metrics(dir.File("resumed"));
@@ -89,7 +82,7 @@ public class PretrainingTests : IDisposable
     [MemberData(nameof(Variants))]
     public void Every_variant_trains(string flag, string value)
     {
-        var (code, _, err) = Run(Quick("v", "--steps", "6", flag, value, "--lr", "1e-3"));
+        var (code, _, err) = CliRunner.Run(Quick("v", "--steps", "6", flag, value, "--lr", "1e-3"));
         Assert.True(code == 0, err);
         var m = Metrics(dir.File("v"));
         Assert.Equal(6, m.Count);
@@ -106,10 +99,10 @@ public class PretrainingTests : IDisposable
     [Fact]
     public void Full_sentences_train_without_a_sentence_objective_and_refuse_one()
     {
-        var (code, _, err) = Run(Quick("fs", "--steps", "4", "--input-format", "full-sentences", "--sentence-objective", "none"));
+        var (code, _, err) = CliRunner.Run(Quick("fs", "--steps", "4", "--input-format", "full-sentences", "--sentence-objective", "none"));
         Assert.True(code == 0, err);
         Assert.All(Metrics(dir.File("fs")), r => Assert.Equal(0, r.SentenceLoss));
-        (code, _, err) = Run(Quick("fs2", "--steps", "4", "--input-format", "full-sentences"));
+        (code, _, err) = CliRunner.Run(Quick("fs2", "--steps", "4", "--input-format", "full-sentences"));
         Assert.Equal(2, code);
         Assert.Contains("--sentence-objective none", err);
     }
@@ -117,7 +110,7 @@ public class PretrainingTests : IDisposable
     [Fact]
     public void A_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint()
     {
-        var (code, _, err) = Run(Quick("nan", "--steps", "40", "--save-every", "1", "--lr", "1e30", "--warmup", "0"));
+        var (code, _, err) = CliRunner.Run(Quick("nan", "--steps", "40", "--save-every", "1", "--lr", "1e30", "--warmup", "0"));
         Assert.Equal(2, code);
         Assert.Contains("the loss became", err);
         var checkpoints = Directory.GetDirectories(dir.File("nan"), "checkpoint-*");
@@ -152,7 +145,7 @@ public class PretrainingTests : IDisposable
     [InlineData("--seq-len", "4")]
     public void Bad_flags_are_one_line_errors(string flag, string value)
     {
-        var (code, stdout, err) = Run(Quick("bad", "--steps", "2", flag, value));
+        var (code, stdout, err) = CliRunner.Run(Quick("bad", "--steps", "2", flag, value));
         Assert.Equal(2, code);
         Assert.StartsWith("error: ", err);
         Assert.Single(err.TrimEnd().Split('\n'));

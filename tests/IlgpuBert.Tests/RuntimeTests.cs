@@ -79,18 +79,11 @@ public class RuntimeTests
         Assert.Throws<ArgumentException>(() => Tensor.FromHost(device, data, 5, 5));
     }
 
-    private static (int Code, string Out, string Err) RunCli(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
 
     [Fact]
     public void Cli_devices_lists_and_marks_the_auto_device()
     {
-        var (code, output, _) = RunCli("devices");
+        var (code, output, _) = CliRunner.Run("devices");
         Assert.Equal(0, code);
         var marked = output.Split('\n').Where(l => l.StartsWith('*')).ToList();
         Assert.Single(marked);
@@ -107,7 +100,7 @@ public class RuntimeTests
     [InlineData("bert-step", "--b", "2", "--s", "16")]
     public void Cli_bench_json_reports_each_op(string op, params string[] sizes)
     {
-        var (code, output, err) = RunCli(["bench", op, "--device", "cpu", "--json", .. sizes]);
+        var (code, output, err) = CliRunner.Run(["bench", op, "--device", "cpu", "--json", .. sizes]);
         Assert.True(code == 0, err);
         var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.NotEmpty(lines);
@@ -133,7 +126,7 @@ public class RuntimeTests
     [InlineData("bench", "sort")]
     public void Cli_errors_are_one_line_and_exit_code_2(params string[] args)
     {
-        var (code, output, err) = RunCli(args);
+        var (code, output, err) = CliRunner.Run(args);
         Assert.Equal(2, code);
         Assert.Equal("", output);
         Assert.StartsWith("error: ", err);
@@ -147,11 +140,11 @@ public class RuntimeTests
         try
         {
             Environment.SetEnvironmentVariable(DeviceSpec.EnvironmentVariable, "cuda:42");
-            var (code, _, err) = RunCli("bench", "adamw", "--size", "10", "--json");
+            var (code, _, err) = CliRunner.Run("bench", "adamw", "--size", "10", "--json");
             Assert.Equal(2, code);
             Assert.Contains("cuda device 42", err);
             Environment.SetEnvironmentVariable(DeviceSpec.EnvironmentVariable, "cpu");
-            Assert.Equal(0, RunCli("bench", "adamw", "--size", "10", "--json").Code);
+            Assert.Equal(0, CliRunner.Run("bench", "adamw", "--size", "10", "--json").Code);
         }
         finally
         {
