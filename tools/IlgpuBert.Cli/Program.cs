@@ -26,6 +26,7 @@ namespace IlgpuBert.Cli
             root.Subcommands.Add(DevicesCommand.Create(stdout));
             root.Subcommands.Add(BenchCommand.Create(stdout));
             root.Subcommands.Add(PretrainCommand.Create(stdout));
+            root.Subcommands.Add(AnalyzeCommand.Create(stdout));
             foreach (var command in ModelCommands.Create(stdout, stderr))
                 root.Subcommands.Add(command);
             try

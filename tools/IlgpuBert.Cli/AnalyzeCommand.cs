@@ -1,0 +1,226 @@
+// `ilgpu-bert analyze attention|heads|probe|similarity`: the BERTology questions of "where does
+// BERT look" and "what does each layer know", answered as CSV/safetensors and pictures.
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using IlgpuBert.Analysis;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Model;
+using IlgpuBert.Pretraining;
+using IlgpuBert.Text;
+
+namespace IlgpuBert.Cli;
+
+public static class AnalyzeCommand
+{
+    private static Option<string> Req(string name, string description) => new(name) { Description = description, Required = true };
+
+    public static Command Create(TextWriter stdout)
+    {
+        var analyze = new Command("analyze", "Attention maps, head statistics, layer-wise probes and similarity of a model.");
+        analyze.Subcommands.Add(Attention(stdout));
+        analyze.Subcommands.Add(Heads(stdout));
+        analyze.Subcommands.Add(Probe(stdout));
+        analyze.Subcommands.Add(Similarity(stdout));
+        return analyze;
+    }
+
+    private static string F(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
+
+    private static Command Attention(TextWriter stdout)
+    {
+        var model = Req("--model", "model folder");
+        var text = Req("--text", "the text to look at");
+        var pair = new Option<string?>("--pair") { Description = "a second segment" };
+        var output = Req("--out", "folder for the pictures and probabilities");
+        var command = new Command("attention", "Attention maps of every layer and head for one text, as PNG heatmaps and safetensors.") { model, text, pair, output };
+        command.SetAction(parse =>
+        {
+            using var device = Cli.OpenDevice(parse);
+            var analyzer = Analyzer.Load(device, parse.GetValue(model)!);
+            using var _ = analyzer.Model;
+            var (tokens, _, maps) = analyzer.Attention(parse.GetValue(text)!, parse.GetValue(pair));
+            string dir = parse.GetValue(output)!;
+            Directory.CreateDirectory(dir);
+            int s = tokens.Length, nh = analyzer.Heads;
+            SafeTensors.Write(Path.Combine(dir, "attentions.safetensors"),
+                maps.Select((m, l) => (l, m)).ToDictionary(x => $"attentions.{x.l}", x => new HostTensor([nh, s, s], x.m)));
+            AtomicFile.WriteText(Path.Combine(dir, "tokens.txt"), string.Join("\n", tokens) + "\n");
+            for (int l = 0; l < maps.Length; l++)
+                for (int h = 0; h < nh; h++)
+                    AnalysisPlots.AttentionMap(Path.Combine(dir, $"layer{l}-head{h}.png"), tokens, maps[l], s, h, $"layer {l}, head {h}");
+            AnalysisPlots.AttentionGrid(Path.Combine(dir, "all-heads.png"), maps, nh, s, $"all heads ({s} tokens)");
+            stdout.WriteLine($"wrote {dir}: {maps.Length * nh} head maps, all-heads.png, attentions.safetensors, tokens.txt");
+            return 0;
+        });
+        return command;
+    }
+
+    private static IEnumerable<string> Texts(string path, int max)
+    {
+        if (!File.Exists(path)) throw new ArgumentException($"{path}: no such corpus file");
+        return PretrainingCorpus.SplitDocuments(File.ReadLines(path)).SelectMany(d => d).Where(t => t.Length > 0).Take(max);
+    }
+
+    private static Command Heads(TextWriter stdout)
+    {
+        var model = Req("--model", "model folder");
+        var corpus = Req("--corpus", "text file (sentences are split, documents separated by blank lines)");
+        var max = new Option<int>("--max-texts") { Description = "sentences to average over", DefaultValueFactory = _ => 200 };
+        var output = Req("--out", "output folder");
+        var command = new Command("heads", "Per-head attention statistics over a corpus (Clark et al. 2019; Kovaleva et al. 2019).") { model, corpus, max, output };
+        command.SetAction(parse =>
+        {
+            using var device = Cli.OpenDevice(parse);
+            var analyzer = Analyzer.Load(device, parse.GetValue(model)!);
+            using var _ = analyzer.Model;
+            var (stats, patterns) = analyzer.HeadsOver(Texts(parse.GetValue(corpus)!, parse.GetValue(max)));
+            string dir = parse.GetValue(output)!;
+            Directory.CreateDirectory(dir);
+            int layers = stats.GetLength(0), heads = stats.GetLength(1);
+            var csv = new StringBuilder("layer,head," + string.Join(",", HeadStats.Names) + ",pattern\n");
+            for (int l = 0; l < layers; l++)
+                for (int h = 0; h < heads; h++)
+                    csv.Append($"{l},{h},{string.Join(",", stats[l, h].Values.Select(F))},{patterns[l, h].ToString().ToLowerInvariant()}\n");
+            AtomicFile.WriteText(Path.Combine(dir, "heads.csv"), csv.ToString());
+            AtomicFile.WriteText(Path.Combine(dir, "patterns.txt"), "Head pattern rule: " + HeadStatistics.ClassificationRule + "\n");
+            for (int k = 0; k < HeadStats.Names.Length; k++)
+            {
+                var values = new double[layers, heads];
+                for (int l = 0; l < layers; l++) for (int h = 0; h < heads; h++) values[l, h] = stats[l, h].Values[k];
+                AnalysisPlots.LayerHeadMap(Path.Combine(dir, $"{HeadStats.Names[k]}.png"), values, HeadStats.Names[k]);
+            }
+            stdout.WriteLine($"wrote {dir}: heads.csv, patterns.txt, {HeadStats.Names.Length} layer × head maps");
+            stdout.WriteLine("pattern rule: " + HeadStatistics.ClassificationRule);
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Probe(TextWriter stdout)
+    {
+        var model = Req("--model", "model folder");
+        var train = Req("--train", "training labels: CoNLL-style 'word tag' lines (token level) or 'text<TAB>label' lines (sentence level)");
+        var eval = Req("--eval", "evaluation labels, same format");
+        var level = new Option<string?>("--level") { Description = "token or sentence (default: sentence for .tsv files, token otherwise)" };
+        var controlSeed = new Option<int>("--control-seed") { Description = "seed of the random model the probe is also run on", DefaultValueFactory = _ => 1 };
+        var output = Req("--out", "output folder");
+        var command = new Command("probe", "A linear probe per layer, beside the same probe on a random model of the same shape.") { model, train, eval, level, controlSeed, output };
+        command.SetAction(parse =>
+        {
+            string trainPath = parse.GetValue(train)!, evalPath = parse.GetValue(eval)!;
+            bool sentence = (parse.GetValue(level) ?? (trainPath.EndsWith(".tsv", StringComparison.OrdinalIgnoreCase) ? "sentence" : "token")) switch
+            {
+                "sentence" => true,
+                "token" => false,
+                var v => throw new ArgumentException($"--level must be token or sentence, got {v}"),
+            };
+            string dir = parse.GetValue(model)!;
+            using var device = Cli.OpenDevice(parse);
+            var analyzer = Analyzer.Load(device, dir);
+            using var _ = analyzer.Model;
+            var encoder = BertTextEncoder.Load(dir);
+            var labels = new Dictionary<string, int>(StringComparer.Ordinal);
+            var trainItems = ProbeData.Read(trainPath, sentence, encoder, labels, grow: true);
+            var evalItems = ProbeData.Read(evalPath, sentence, encoder, labels, grow: false);
+            var real = analyzer.Probe(trainItems, evalItems, labels.Count);
+            using var random = new BertForPreTraining(device, analyzer.Model.Config);
+            random.Parameters.Initialize(parse.GetValue(controlSeed));
+            var control = new Analyzer(random, encoder, File.ReadAllLines(Path.Combine(dir, BertFolder.VocabFile))).Probe(trainItems, evalItems, labels.Count);
+            string outDir = parse.GetValue(output)!;
+            Directory.CreateDirectory(outDir);
+            var csv = new StringBuilder("layer,accuracy,random_model_accuracy\n");
+            for (int l = 0; l < real.Length; l++) csv.Append($"{(l == 0 ? "embeddings" : l.ToString())},{F(real[l])},{F(control[l])}\n");
+            AtomicFile.WriteText(Path.Combine(outDir, "probe.csv"), csv.ToString());
+            AnalysisPlots.PerLayer(Path.Combine(outDir, "probe.png"), $"linear probe accuracy ({labels.Count} classes)", "accuracy",
+                ("model", real), ("random model (control)", control));
+            stdout.Write(csv.ToString());
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Similarity(TextWriter stdout)
+    {
+        var model = Req("--model", "model folder");
+        var corpus = Req("--corpus", "text file");
+        var max = new Option<int>("--max-texts") { Description = "sentences to use", DefaultValueFactory = _ => 200 };
+        var output = Req("--out", "output folder");
+        var command = new Command("similarity", "Layer-wise anisotropy, intra-sentence and self-similarity of token representations (Ethayarajh 2019).") { model, corpus, max, output };
+        command.SetAction(parse =>
+        {
+            using var device = Cli.OpenDevice(parse);
+            var analyzer = Analyzer.Load(device, parse.GetValue(model)!);
+            using var _ = analyzer.Model;
+            var (aniso, intra, self) = analyzer.Similarity(Texts(parse.GetValue(corpus)!, parse.GetValue(max)).ToList());
+            string dir = parse.GetValue(output)!;
+            Directory.CreateDirectory(dir);
+            var csv = new StringBuilder("layer,anisotropy,intra_sentence_similarity,self_similarity\n");
+            for (int l = 0; l < aniso.Length; l++) csv.Append($"{(l == 0 ? "embeddings" : l.ToString())},{F(aniso[l])},{F(intra[l])},{F(self[l])}\n");
+            AtomicFile.WriteText(Path.Combine(dir, "similarity.csv"), csv.ToString());
+            AnalysisPlots.PerLayer(Path.Combine(dir, "similarity.png"), "contextuality of token representations", "mean cosine similarity",
+                ("anisotropy", aniso), ("intra-sentence", intra), ("self-similarity", self));
+            stdout.Write(csv.ToString());
+            return 0;
+        });
+        return command;
+    }
+}
+
+/// <summary>Probe files → items: CoNLL-style tokens (label on each word's first piece) or sentence TSV.</summary>
+public static class ProbeData
+{
+    public static List<ProbeItem> Read(string path, bool sentenceLevel, BertTextEncoder encoder, Dictionary<string, int> labels, bool grow)
+    {
+        if (!File.Exists(path)) throw new ArgumentException($"{path}: no such file");
+        int Label(string tag, int line)
+        {
+            if (labels.TryGetValue(tag, out int id)) return id;
+            if (!grow) throw new ArgumentException($"{path}:{line}: label \"{tag}\" does not occur in the training file");
+            return labels[tag] = labels.Count;
+        }
+        var items = new List<ProbeItem>();
+        var lines = File.ReadAllLines(path);
+        if (sentenceLevel)
+        {
+            for (int i = 0; i < lines.Length; i++)
+            {
+                if (lines[i].Trim().Length == 0) continue;
+                var parts = lines[i].Split('\t');
+                if (parts.Length != 2) throw new ArgumentException($"{path}:{i + 1}: expected \"text<TAB>label\"");
+                items.Add(new ProbeItem(encoder.Batch([parts[0]]), [-1], [Label(parts[1].Trim(), i + 1)]));
+            }
+        }
+        else
+        {
+            var words = new List<(string Word, int Label)>();
+            void Flush()
+            {
+                if (words.Count == 0) return;
+                var ids = new List<int> { encoder.ClsId };
+                var positions = new List<int>();
+                foreach (var (word, _) in words)
+                {
+                    var pieces = encoder.Encode(word);
+                    if (pieces.Length == 0) pieces = [encoder.UnknownId];
+                    positions.Add(ids.Count);
+                    ids.AddRange(pieces);
+                }
+                ids.Add(encoder.SepId);
+                var input = BertInputs.FromRows([ids.ToArray()]);
+                items.Add(new ProbeItem(input, positions.ToArray(), words.Select(w => w.Label).ToArray()));
+                words.Clear();
+            }
+            for (int i = 0; i < lines.Length; i++)
+            {
+                var parts = lines[i].Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+                if (parts.Length == 0) { Flush(); continue; }
+                if (parts.Length < 2) throw new ArgumentException($"{path}:{i + 1}: expected \"word tag\"");
+                words.Add((parts[0], Label(parts[^1], i + 1)));
+            }
+            Flush();
+        }
+        if (items.Count == 0) throw new ArgumentException($"{path}: no examples");
+        return items;
+    }
+}
