@@ -71,13 +71,11 @@ public sealed class Trainer
         }
         else
         {
+            // Always rebuilt (deterministic, seconds): a vocab.txt left in --out by another run may not match this corpus.
             vocabPath = Path.Combine(outDir, BertFolder.VocabFile);
-            if (!File.Exists(vocabPath))
-            {
-                log.WriteLine($"building a {o.VocabSize}-token vocabulary from the corpus...");
-                var vocab = WordPieceTrainer.Train(PretrainingData.RawDocuments(o).SelectMany(d => d), o.VocabSize);
-                AtomicFile.WriteText(vocabPath, string.Join("\n", vocab) + "\n");
-            }
+            log.WriteLine($"building a {o.VocabSize}-token vocabulary from the corpus...");
+            var vocab = WordPieceTrainer.Train(PretrainingData.RawDocuments(o).SelectMany(d => d), o.VocabSize);
+            AtomicFile.WriteText(vocabPath, string.Join("\n", vocab) + "\n");
             int vocabSize = File.ReadLines(vocabPath).Count();
             var config = BertConfig.ForSize(o.Size, vocabSize) with
             {
