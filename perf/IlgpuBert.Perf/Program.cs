@@ -1,7 +1,11 @@
 // BenchmarkDotNet suites for every kernel family, on the device ILGPU_BERT_DEVICE names (default
 // auto). Run e.g.:
 //   dotnet run -c Release --project perf/IlgpuBert.Perf -- --filter '*Gemm*'
-// Quick numbers without BenchmarkDotNet: `ilgpu-bert bench`.
+// `gpu [--device D] [--out DIR] [--quick]` runs the GPU issue's benchmark set in one go instead
+// (see GpuRun.cs and tools/gpu/publish.sh). Quick numbers without either: `ilgpu-bert bench`.
 using BenchmarkDotNet.Running;
 
+if (args.Length > 0 && args[0] == "gpu")
+    return IlgpuBert.Perf.GpuRun.Main(args[1..]);
 BenchmarkSwitcher.FromAssembly(typeof(IlgpuBert.Perf.KernelBenchmark).Assembly).Run(args);
+return 0;
