@@ -159,6 +159,34 @@ public class CliModelTests : IDisposable
     }
 
     [Fact]
+    public void Tokenize_prints_ids_and_token_types_for_lines_and_pairs()
+    {
+        string model = InitTiny();
+        var oldIn = Console.In;
+        try
+        {
+            Console.SetIn(new StringReader("Returns the value\nGets a collection.\n"));
+            var (code, stdout, err) = CliRunner.Run("tokenize", "--model", model);
+            Assert.True(code == 0, err);
+            var lines = stdout.TrimEnd().Split('\n');
+            Assert.Equal("{\"input_ids\":[2,10,5,6,3],\"token_type_ids\":[0,0,0,0,0]}", lines[0]);
+            Assert.Equal("{\"input_ids\":[2,11,8,13,14,3],\"token_type_ids\":[0,0,0,0,0,0]}", lines[1]);
+            Console.SetIn(new StringReader("gets the value\ta collection\n"));
+            (code, stdout, err) = CliRunner.Run("tokenize", "--model", model, "--pair");
+            Assert.True(code == 0, err);
+            Assert.Equal("{\"input_ids\":[2,11,5,6,3,8,13,3],\"token_type_ids\":[0,0,0,0,0,1,1,1]}", stdout.TrimEnd());
+            Console.SetIn(new StringReader("no tab here\n"));
+            (code, _, err) = CliRunner.Run("tokenize", "--model", model, "--pair");
+            Assert.Equal(2, code);
+            Assert.Contains("tab", err);
+        }
+        finally
+        {
+            Console.SetIn(oldIn);
+        }
+    }
+
+    [Fact]
     public void Tokenizer_casing_follows_tokenizer_config()
     {
         File.WriteAllLines(dir.File("vocab.txt"), WordPieceTrainer.SpecialTokens.Concat(Words));
