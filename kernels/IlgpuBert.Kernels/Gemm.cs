@@ -28,7 +28,7 @@ public struct GemmArgs
     public long StrideA, StrideB, StrideC;
 }
 
-public sealed class GemmKernels : IDisposable
+public sealed class GemmKernels
 {
     public const int BM = 64, BN = 64, BK = 16, Threads = 16;
 
@@ -210,5 +210,4 @@ public sealed class GemmKernels : IDisposable
         Store(c, bias, cOff, p, r0 + 48, c0 + 32, acc.C32); Store(c, bias, cOff, p, r0 + 48, c0 + 48, acc.C33);
     }
 
-    public void Dispose() { }
 }

@@ -130,7 +130,6 @@ public sealed class KernelSet : IDisposable
     {
         floatScratch?.Dispose();
         intScratch?.Dispose();
-        if (gemm.IsValueCreated) gemm.Value.Dispose();
     }
 
     /// <summary>

@@ -28,7 +28,7 @@ public class AnalysisTests : IDisposable
         }
         var kinds = HeadStatistics.Kinds(tokens);
         Assert.Equal("cwpws", new string(kinds));
-        var prev = HeadStatistics.Compute(probs, 2, s, 0, kinds);
+        var prev = HeadStatistics.Compute(probs, s, 0, kinds);
         Assert.Equal(0, prev.Entropy, 12);
         Assert.Equal(4 / 5.0, prev.ToPrevious, 12);
         Assert.Equal(1 / 5.0, prev.ToSelf, 12);     // row 0 attends to itself
@@ -36,7 +36,7 @@ public class AnalysisTests : IDisposable
         Assert.Equal(1 / 5.0, prev.ToPunctuation, 12); // row 3 → ","
         Assert.Equal(0, prev.ToNext, 12);
         Assert.Equal(HeadPattern.Diagonal, HeadStatistics.Classify(prev, 1.0));
-        var vertical = HeadStatistics.Compute(probs, 2, s, 1, kinds);
+        var vertical = HeadStatistics.Compute(probs, s, 1, kinds);
         Assert.Equal(Math.Log(2), vertical.Entropy, 6);
         Assert.Equal(0.5, vertical.ToCls, 6);
         Assert.Equal(0.5, vertical.ToSep, 6);

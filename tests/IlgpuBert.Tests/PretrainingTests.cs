@@ -143,6 +143,7 @@ public class PretrainingTests : IDisposable
     [InlineData("--mask-mix", "0.5,0.5")]
     [InlineData("--mask-rate", "1.5")]
     [InlineData("--seq-len", "4")]
+    [InlineData("--phrases", "phrases.txt")]
     public void Bad_flags_are_one_line_errors(string flag, string value)
     {
         var (code, stdout, err) = CliRunner.Run(Quick("bad", "--steps", "2", flag, value));

@@ -48,7 +48,7 @@ public sealed class Analyzer(BertForPreTraining model, BertTextEncoder encoder, 
             for (int layer = 0; layer < l; layer++)
                 for (int h = 0; h < nh; h++)
                 {
-                    var st = HeadStatistics.Compute(maps[layer], nh, tokens.Length, h, kinds).Values;
+                    var st = HeadStatistics.Compute(maps[layer], tokens.Length, h, kinds).Values;
                     for (int k = 0; k < st.Length; k++) sums[layer, h, k] += st[k];
                     within[layer, h] += HeadStatistics.WithinSegment(maps[layer], tokens.Length, h, segments);
                 }

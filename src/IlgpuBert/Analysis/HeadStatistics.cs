@@ -17,7 +17,7 @@ public enum HeadPattern { Vertical, Diagonal, Block, Heterogeneous }
 public static class HeadStatistics
 {
     /// <summary>Statistics of head h of one sequence. <paramref name="kinds"/> marks each token: 'c' [CLS], 's' [SEP], 'p' punctuation, else 'w'.</summary>
-    public static HeadStats Compute(float[] probs, int heads, int s, int h, char[] kinds)
+    public static HeadStats Compute(float[] probs, int s, int h, char[] kinds)
     {
         double entropy = 0, cls = 0, sep = 0, punct = 0, prev = 0, next = 0, self = 0;
         for (int i = 0; i < s; i++)

@@ -89,7 +89,7 @@ public static class Ops
             w.Accumulate((g, accumulate) => k.Gemm.Forward(Transpose.T, Transpose.N, outDim, inDim, n, 1f, dPre.View, outDim,
                 x.Value.View, inDim, accumulate ? 1f : 0f, g.View, inDim));
             temp?.Dispose();
-        }, pre ?? (IDisposable)NoOp.Instance);
+        }, pre is null ? [] : [pre]);
         return y;
     }
 
@@ -212,9 +212,4 @@ public static class Ops
         return loss;
     }
 
-    private sealed class NoOp : IDisposable
-    {
-        public static readonly NoOp Instance = new();
-        public void Dispose() { }
-    }
 }

@@ -101,8 +101,7 @@ public sealed class BertParameters : IDisposable
     public float[] Get(string name)
     {
         var (v, offset, shape) = byName[name];
-        var all = v.Value.ToHost();
-        return all.AsSpan((int)offset, (int)HostTensor.Elements(shape)).ToArray();
+        return Slice(v.Value, offset, shape);
     }
 
     /// <summary>The gradient of one named parameter (zeros if none accumulated).</summary>
@@ -110,8 +109,15 @@ public sealed class BertParameters : IDisposable
     {
         var (v, offset, shape) = byName[name];
         int n = (int)HostTensor.Elements(shape);
-        if (v.Grad is null) return new float[n];
-        return v.Grad.ToHost().AsSpan((int)offset, n).ToArray();
+        return v.Grad is null ? new float[n] : Slice(v.Grad, offset, shape);
+    }
+
+    private float[] Slice(Tensor t, long offset, int[] shape)
+    {
+        var host = new float[HostTensor.Elements(shape)];
+        t.View.SubView(offset, host.LongLength).CopyToCPU(Device.Accelerator.DefaultStream, host);
+        Device.Accelerator.DefaultStream.Synchronize();
+        return host;
     }
 
     /// <summary>Every tensor under its HF name, the tied decoder weight excluded.</summary>

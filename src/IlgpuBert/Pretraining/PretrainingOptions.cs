@@ -54,6 +54,9 @@ public sealed record PretrainingOptions
         if (!(HeldOut >= 0 && HeldOut < 0.5)) throw new ArgumentException("--held-out must be in [0, 0.5)");
         if (InputFormat == InputFormat.FullSentences && SentenceObjective != SentenceObjective.None)
             throw new ArgumentException("--input-format full-sentences packs one segment per example: use --sentence-objective none");
+        if (Phrases is not null && Masking != MaskingStrategy.Phrase)
+            throw new ArgumentException("--phrases is used only by --masking phrase");
+        if (Phrases is not null && !File.Exists(Phrases)) throw new ArgumentException($"{Phrases}: no such phrase file");
         _ = new MaskingOptions().WithMix(MaskMix);
     }
 }
