@@ -27,6 +27,8 @@ namespace IlgpuBert.Cli
             root.Subcommands.Add(BenchCommand.Create(stdout));
             root.Subcommands.Add(PretrainCommand.Create(stdout));
             root.Subcommands.Add(AnalyzeCommand.Create(stdout));
+            foreach (var command in FineTuneCommands.Create(stdout))
+                root.Subcommands.Add(command);
             foreach (var command in ModelCommands.Create(stdout, stderr))
                 root.Subcommands.Add(command);
             try
@@ -42,7 +44,7 @@ namespace IlgpuBert.Cli
             }
             catch (Exception e) when (e is DeviceException or ArgumentException or IOException or InvalidOperationException
                 or Checkpoints.CheckpointException or System.Text.Json.JsonException or UnauthorizedAccessException
-                or Pretraining.NonFiniteLossException)
+                or Pretraining.NonFiniteLossException or FineTuning.DataFormatException)
             {
                 stderr.WriteLine($"error: {e.Message}");
                 return 2;

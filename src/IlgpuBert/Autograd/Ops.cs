@@ -43,7 +43,7 @@ public sealed class DeviceInts : IDisposable
     public void Dispose() => buffer.Dispose();
 }
 
-public static class Ops
+public static partial class Ops
 {
     private static int Cols(Var v) => v.Shape[^1];
     private static int Rows(Var v) => (int)(v.Length / Math.Max(Cols(v), 1));

@@ -22,7 +22,8 @@ public sealed class Var : IDisposable
 
     public Tensor Value { get; }
     public Tensor? Grad { get; private set; }
-    public bool RequiresGrad { get; }
+    /// <summary>Settable so a parameter can be frozen: ops recorded afterwards neither compute nor keep its gradient.</summary>
+    public bool RequiresGrad { get; set; }
     public string? Name { get; }
     public int[] Shape => Value.Shape;
     public long Length => Value.Length;

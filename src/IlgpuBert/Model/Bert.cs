@@ -77,18 +77,103 @@ public sealed class BertLayer
     public Var OutputLayerNormBias { get; }
 
     /// <param name="probs">When given ([B, NH, S, S]), receives the attention probabilities.</param>
-    public Var Forward(Tape tape, BertConfig c, Var x, DeviceInts mask, int batch, int seqLen, Dropouts dropouts, Tensor? probs = null)
+    /// <param name="weight">Maps each Linear weight before use (Mixout); identity when null.</param>
+    public Var Forward(Tape tape, BertConfig c, Var x, DeviceInts mask, int batch, int seqLen, Dropouts dropouts, Tensor? probs = null,
+        Func<Var, Var>? weight = null)
     {
-        var qkv = Ops.Linear(tape, x, QkvWeight, QkvBias); // [B, S, 3H] = [B, S, 3, NH, HD]
+        weight ??= w => w;
+        var qkv = Ops.Linear(tape, x, weight(QkvWeight), QkvBias); // [B, S, 3H] = [B, S, 3, NH, HD]
         var shape = AttentionShape.Create(batch, seqLen, c.NumAttentionHeads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * index));
         var context = Ops.Attention(tape, qkv, mask, shape, probs);
-        var attention = Ops.Linear(tape, context, AttentionOutputWeight, AttentionOutputBias);
+        var attention = Ops.Linear(tape, context, weight(AttentionOutputWeight), AttentionOutputBias);
         attention = Ops.Dropout(tape, attention, dropouts.Hidden, dropouts.Key(2 + 3 * index));
         var h1 = Ops.LayerNorm(tape, attention, x, AttentionLayerNormWeight, AttentionLayerNormBias, c.LayerNormEps);
-        var intermediate = Ops.Linear(tape, h1, IntermediateWeight, IntermediateBias, c.Activation);
-        var output = Ops.Linear(tape, intermediate, OutputWeight, OutputBias);
+        var intermediate = Ops.Linear(tape, h1, weight(IntermediateWeight), IntermediateBias, c.Activation);
+        var output = Ops.Linear(tape, intermediate, weight(OutputWeight), OutputBias);
         output = Ops.Dropout(tape, output, dropouts.Hidden, dropouts.Key(3 + 3 * index));
         return Ops.LayerNorm(tape, output, h1, OutputLayerNormWeight, OutputLayerNormBias, c.LayerNormEps);
+    }
+
+    /// <summary>The Linear weights of this layer (what Mixout mixes).</summary>
+    public IEnumerable<Var> LinearWeights => [QkvWeight, AttentionOutputWeight, IntermediateWeight, OutputWeight];
+}
+
+/// <summary>
+/// Where fine-tuning methods reach into the encoder: <see cref="Weight"/> maps every pretrained
+/// Linear weight before it is used (Mixout), <see cref="EmbeddingOutput"/> maps the embedding
+/// layer's output before the first layer (FreeLB's and SMART's perturbations).
+/// </summary>
+public sealed class BertHooks
+{
+    public Func<Var, Var>? Weight { get; init; }
+    public Func<Var, Var>? EmbeddingOutput { get; init; }
+}
+
+/// <summary>What <see cref="BertModel.Forward"/> returns; Vars live as long as the tape.</summary>
+public sealed class BertEncoderOutputs
+{
+    public required Var LastHiddenState { get; init; }             // [B, S, H]
+    public Var? PoolerOutput { get; init; }                        // [B, H], when the model has a pooler
+    public required IReadOnlyList<Var> HiddenStates { get; init; } // L + 1 entries, 0 = embeddings output
+    public IReadOnlyList<Tensor>? Attentions { get; init; }        // L entries [B, NH, S, S], on request
+}
+
+/// <summary>HF's BertModel: embeddings, the encoder layers and (optionally) the pooler — the body every head sits on.</summary>
+public sealed class BertModel
+{
+    public BertModel(BertParameters p, bool addPoolingLayer = true)
+    {
+        Config = p.Config;
+        Device = p.Device;
+        int h = Config.HiddenSize;
+        Embeddings = new BertEmbeddings(p);
+        Layers = Enumerable.Range(0, Config.NumHiddenLayers).Select(i => new BertLayer(p, i)).ToArray();
+        if (addPoolingLayer)
+        {
+            PoolerWeight = p.Add("bert.pooler.dense.weight", true, h, h);
+            PoolerBias = p.Add("bert.pooler.dense.bias", false, h);
+        }
+    }
+
+    public BertConfig Config { get; }
+    public BertDevice Device { get; }
+    public BertEmbeddings Embeddings { get; }
+    public BertLayer[] Layers { get; }
+    public Var? PoolerWeight { get; }
+    public Var? PoolerBias { get; }
+
+    /// <summary>Every pretrained Linear weight of the encoder and pooler (what Mixout mixes).</summary>
+    public IEnumerable<Var> LinearWeights => Layers.SelectMany(l => l.LinearWeights).Concat(PoolerWeight is null ? [] : [PoolerWeight]);
+
+    public BertEncoderOutputs Forward(Tape tape, BertInputs inputs, Dropouts dropouts, bool outputAttentions = false, BertHooks? hooks = null)
+    {
+        var c = Config;
+        inputs.Validate(c);
+        int b = inputs.Batch, s = inputs.SeqLen;
+        var ids = tape.Own(new DeviceInts(Device, inputs.InputIds));
+        var types = tape.Own(new DeviceInts(Device, inputs.TokenTypeIds));
+        var mask = tape.Own(new DeviceInts(Device, inputs.AttentionMask));
+
+        var hidden = Embeddings.Forward(tape, c, ids, types, b, s, dropouts);
+        if (hooks?.EmbeddingOutput is { } perturb) hidden = perturb(hidden);
+        var states = new List<Var> { hidden };
+        var attentions = outputAttentions ? new List<Tensor>() : null;
+        foreach (var layer in Layers)
+        {
+            var probs = outputAttentions ? tape.Own(new Tensor(Device, b, c.NumAttentionHeads, s, s)) : null;
+            hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs, hooks?.Weight);
+            states.Add(hidden);
+            if (probs is not null) attentions!.Add(probs);
+        }
+
+        Var? pooled = null;
+        if (PoolerWeight is not null)
+        {
+            var cls = Ops.GatherRows(tape, hidden, Enumerable.Range(0, b).Select(i => i * s).ToArray());
+            var w = hooks?.Weight is { } map ? map(PoolerWeight) : PoolerWeight;
+            pooled = Ops.Linear(tape, cls, w, PoolerBias, ActivationKind.Tanh);
+        }
+        return new BertEncoderOutputs { LastHiddenState = hidden, PoolerOutput = pooled, HiddenStates = states, Attentions = attentions };
     }
 }
 
@@ -130,10 +215,7 @@ public sealed class BertForPreTraining : IDisposable
         Parameters = new BertParameters(device, config);
         var p = Parameters;
         int h = config.HiddenSize;
-        Embeddings = new BertEmbeddings(p);
-        Layers = Enumerable.Range(0, config.NumHiddenLayers).Select(i => new BertLayer(p, i)).ToArray();
-        PoolerWeight = p.Add("bert.pooler.dense.weight", true, h, h);
-        PoolerBias = p.Add("bert.pooler.dense.bias", false, h);
+        Bert = new BertModel(p);
         TransformWeight = p.Add("cls.predictions.transform.dense.weight", true, h, h);
         TransformBias = p.Add("cls.predictions.transform.dense.bias", false, h);
         TransformLayerNormWeight = p.Add("cls.predictions.transform.LayerNorm.weight", false, h);
@@ -146,10 +228,11 @@ public sealed class BertForPreTraining : IDisposable
     public BertConfig Config { get; }
     public BertDevice Device { get; }
     public BertParameters Parameters { get; }
-    public BertEmbeddings Embeddings { get; }
-    public BertLayer[] Layers { get; }
-    public Var PoolerWeight { get; }
-    public Var PoolerBias { get; }
+    public BertModel Bert { get; }
+    public BertEmbeddings Embeddings => Bert.Embeddings;
+    public BertLayer[] Layers => Bert.Layers;
+    public Var PoolerWeight => Bert.PoolerWeight!;
+    public Var PoolerBias => Bert.PoolerBias!;
     public Var TransformWeight { get; }
     public Var TransformBias { get; }
     public Var TransformLayerNormWeight { get; }
@@ -167,25 +250,10 @@ public sealed class BertForPreTraining : IDisposable
     public BertOutputs Forward(Tape tape, BertInputs inputs, Dropouts dropouts, bool maskedOnly = false, bool outputAttentions = false)
     {
         var c = Config;
-        inputs.Validate(c);
         int b = inputs.Batch, s = inputs.SeqLen;
-        var ids = tape.Own(new DeviceInts(Device, inputs.InputIds));
-        var types = tape.Own(new DeviceInts(Device, inputs.TokenTypeIds));
-        var mask = tape.Own(new DeviceInts(Device, inputs.AttentionMask));
-
-        var hidden = Embeddings.Forward(tape, c, ids, types, b, s, dropouts);
-        var states = new List<Var> { hidden };
-        var attentions = outputAttentions ? new List<Tensor>() : null;
-        foreach (var layer in Layers)
-        {
-            var probs = outputAttentions ? tape.Own(new Tensor(Device, b, c.NumAttentionHeads, s, s)) : null;
-            hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs);
-            states.Add(hidden);
-            if (probs is not null) attentions!.Add(probs);
-        }
-
-        var cls = Ops.GatherRows(tape, hidden, Enumerable.Range(0, b).Select(i => i * s).ToArray());
-        var pooled = Ops.Linear(tape, cls, PoolerWeight, PoolerBias, ActivationKind.Tanh);
+        var encoded = Bert.Forward(tape, inputs, dropouts, outputAttentions);
+        var hidden = encoded.LastHiddenState;
+        var pooled = encoded.PoolerOutput!;
 
         int[]? positions = null;
         var mlmInput = hidden;
@@ -212,7 +280,7 @@ public sealed class BertForPreTraining : IDisposable
         return new BertOutputs
         {
             LastHiddenState = hidden, PoolerOutput = pooled, PredictionLogits = logits, SeqRelationshipLogits = nsp,
-            HiddenStates = states, Attentions = attentions, MlmLoss = mlmLoss, NspLoss = nspLoss, MaskedPositions = positions,
+            HiddenStates = encoded.HiddenStates, Attentions = encoded.Attentions, MlmLoss = mlmLoss, NspLoss = nspLoss, MaskedPositions = positions,
         };
     }
 

@@ -35,11 +35,14 @@ public static class BertFolder
     }
 
     /// <summary>Writes config.json and model.safetensors (each atomically), and copies the vocabulary if given.</summary>
-    public static void Save(BertForPreTraining model, string dir, string? vocabSource = null)
+    public static void Save(BertForPreTraining model, string dir, string? vocabSource = null) => Save(model.Config, model.Parameters, dir, vocabSource);
+
+    /// <summary>Writes config.json and model.safetensors (each atomically), and copies the vocabulary if given.</summary>
+    public static void Save(BertConfig config, BertParameters parameters, string dir, string? vocabSource = null)
     {
         Directory.CreateDirectory(dir);
-        model.Config.Write(Path.Combine(dir, ConfigFile));
-        model.Parameters.Save(Path.Combine(dir, WeightsFile));
+        config.Write(Path.Combine(dir, ConfigFile));
+        parameters.Save(Path.Combine(dir, WeightsFile));
         string vocabTarget = Path.Combine(dir, VocabFile);
         if (vocabSource is not null && Path.GetFullPath(vocabSource) != Path.GetFullPath(vocabTarget))
             AtomicFile.Write(vocabTarget, s => { using var src = File.OpenRead(vocabSource); src.CopyTo(s); });

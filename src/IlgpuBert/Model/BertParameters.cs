@@ -75,8 +75,8 @@ public sealed class BertParameters : IDisposable
     {
         var (_, _, shape) = byName[name];
         var data = new float[HostTensor.Elements(shape)];
-        if (name.EndsWith(".bias", StringComparison.Ordinal)) return data;
-        if (name.Contains("LayerNorm", StringComparison.Ordinal))
+        if (name.EndsWith(".bias", StringComparison.Ordinal) || name.EndsWith("scalar_mix.weights", StringComparison.Ordinal)) return data;
+        if (name.EndsWith("scalar_mix.gamma", StringComparison.Ordinal) || name.Contains("LayerNorm", StringComparison.Ordinal))
         {
             Array.Fill(data, 1f);
             return data;
@@ -130,7 +130,8 @@ public sealed class BertParameters : IDisposable
     /// Loads a safetensors file; returns the names it initialised because the file lacked them
     /// (heads of a BertModel checkpoint) and the names in the file it did not use.
     /// </summary>
-    public (List<string> Initialized, List<string> Unused) Load(string path, int seedForMissingHeads = 0)
+    /// <param name="take">When given, only the file's tensors whose (normalised) names it accepts are used (two-stage fine-tuning keeps the encoder, not the head).</param>
+    public (List<string> Initialized, List<string> Unused) Load(string path, int seedForMissingHeads = 0, Func<string, bool>? take = null)
     {
         var file = SafeTensors.Read(path);
         bool bare = !file.Keys.Any(k => k.StartsWith("bert.", StringComparison.Ordinal))
@@ -145,6 +146,8 @@ public sealed class BertParameters : IDisposable
         }
         if (!tensors.ContainsKey("cls.predictions.bias") && tensors.TryGetValue("cls.predictions.decoder.bias", out var decoderBias))
             tensors["cls.predictions.bias"] = decoderBias;
+        if (take is not null)
+            foreach (var key in tensors.Keys.Where(k => !take(k)).ToList()) tensors.Remove(key);
 
         var missing = Names.Where(n => !tensors.ContainsKey(n)).ToList();
         var missingBody = missing.Where(n => n.StartsWith("bert.", StringComparison.Ordinal) && !n.StartsWith("bert.pooler.", StringComparison.Ordinal)).ToList();

@@ -53,34 +53,42 @@ public sealed class BertTextEncoder
     public BertInputs Batch(IReadOnlyList<string> first, IReadOnlyList<string>? second = null, int maxLength = 512)
     {
         if (second is not null && second.Count != first.Count) throw new ArgumentException($"{first.Count} first texts but {second.Count} second texts");
+        return Pad(Enumerable.Range(0, first.Count).Select(r => EncodeRow(first[r], second?[r], maxLength)).ToList());
+    }
+
+    /// <summary>[CLS] a [SEP] (b [SEP]) with token types, truncated longest-first to <paramref name="maxLength"/>.</summary>
+    public (int[] Ids, int[] Types) EncodeRow(string first, string? second, int maxLength = 512)
+    {
         int specials = second is null ? 2 : 3;
         if (maxLength < specials) throw new ArgumentException($"max length {maxLength} leaves no room for the special tokens");
-        var rows = new List<(List<int> Ids, List<int> Types)>();
-        for (int r = 0; r < first.Count; r++)
+        var a = Encode(first).ToList();
+        var b = second is null ? null : Encode(second).ToList();
+        while (a.Count + (b?.Count ?? 0) > maxLength - specials)
         {
-            var a = Encode(first[r]).ToList();
-            var b = second is null ? null : Encode(second[r]).ToList();
-            while (a.Count + (b?.Count ?? 0) > maxLength - specials)
-            {
-                if (b is not null && b.Count >= a.Count) b.RemoveAt(b.Count - 1);
-                else a.RemoveAt(a.Count - 1);
-            }
-            var ids = new List<int> { ClsId };
-            ids.AddRange(a);
-            ids.Add(SepId);
-            var types = Enumerable.Repeat(0, ids.Count).ToList();
-            if (b is not null)
-            {
-                ids.AddRange(b);
-                ids.Add(SepId);
-                types.AddRange(Enumerable.Repeat(1, b.Count + 1));
-            }
-            rows.Add((ids, types));
+            if (b is not null && b.Count >= a.Count) b.RemoveAt(b.Count - 1);
+            else a.RemoveAt(a.Count - 1);
         }
-        int s = rows.Max(r => r.Ids.Count);
-        int[][] Pad(Func<(List<int> Ids, List<int> Types), List<int>> pick, int fill) =>
-            rows.Select(r => pick(r).Concat(Enumerable.Repeat(fill, s - r.Ids.Count)).ToArray()).ToArray();
-        return BertInputs.FromRows(Pad(r => r.Ids, PadId), Pad(r => r.Types, 0),
-            rows.Select(r => Enumerable.Repeat(1, r.Ids.Count).Concat(Enumerable.Repeat(0, s - r.Ids.Count)).ToArray()).ToArray());
+        var ids = new List<int> { ClsId };
+        ids.AddRange(a);
+        ids.Add(SepId);
+        var types = Enumerable.Repeat(0, ids.Count).ToList();
+        if (b is not null)
+        {
+            ids.AddRange(b);
+            ids.Add(SepId);
+            types.AddRange(Enumerable.Repeat(1, b.Count + 1));
+        }
+        return (ids.ToArray(), types.ToArray());
+    }
+
+    /// <summary>Rows padded to the longest with [PAD] and attention_mask 0.</summary>
+    public BertInputs Pad(IReadOnlyList<(int[] Ids, int[] Types)> rows)
+    {
+        if (rows.Count == 0) throw new ArgumentException("no rows to batch");
+        int s = rows.Max(r => r.Ids.Length);
+        int[][] Fill(Func<(int[] Ids, int[] Types), int[]> pick, int fill) =>
+            rows.Select(r => pick(r).Concat(Enumerable.Repeat(fill, s - r.Ids.Length)).ToArray()).ToArray();
+        return BertInputs.FromRows(Fill(r => r.Ids, PadId), Fill(r => r.Types, 0),
+            rows.Select(r => Enumerable.Repeat(1, r.Ids.Length).Concat(Enumerable.Repeat(0, s - r.Ids.Length)).ToArray()).ToArray());
     }
 }

@@ -61,6 +61,20 @@ public static partial class DefaultCorpus
         }
     }
 
+    /// <summary>Every documented member's summary (references reduced to names), file by file in name order.</summary>
+    public static IEnumerable<DocDocument> Summaries()
+    {
+        foreach (var file in Directory.GetFiles(Folder(), "*.xml").Order(StringComparer.Ordinal))
+        {
+            XDocument doc;
+            try { doc = XDocument.Load(file); }
+            catch (XmlException) { continue; }
+            foreach (var member in doc.Descendants("member"))
+                if (member.Element("summary") is { } summary && Prose(summary) is { Length: > 0 } text)
+                    yield return new DocDocument((string?)member.Attribute("name") ?? "", text);
+        }
+    }
+
     /// <summary>
     /// The documentation of one type as one document: the type's own text, then its members' in
     /// file order. Members alone are a sentence or two, too short for BERT's segment pairs.

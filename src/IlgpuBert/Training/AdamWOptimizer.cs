@@ -19,11 +19,15 @@ public sealed class AdamWOptimizer : IDisposable
     private readonly IReadOnlyList<Parameter> parameters;
     private readonly Tensor[] m, v;
     private readonly Tensor norm;
+    private readonly IReadOnlyList<float>? lrScales;
 
-    public AdamWOptimizer(BertDevice device, IReadOnlyList<Parameter> parameters, AdamWSettings settings)
+    /// <param name="lrScales">Per-parameter multipliers of the learning rate (layer-wise decay); all 1 when null.</param>
+    public AdamWOptimizer(BertDevice device, IReadOnlyList<Parameter> parameters, AdamWSettings settings, IReadOnlyList<float>? lrScales = null)
     {
+        if (lrScales is not null && lrScales.Count != parameters.Count) throw new ArgumentException($"{lrScales.Count} learning-rate scales for {parameters.Count} parameters");
         this.device = device;
         this.parameters = parameters;
+        this.lrScales = lrScales;
         Settings = settings;
         m = parameters.Select(p => Zeros(p.Var.Shape)).ToArray();
         v = parameters.Select(p => Zeros(p.Var.Shape)).ToArray();
@@ -58,7 +62,8 @@ public sealed class AdamWOptimizer : IDisposable
         for (int i = 0; i < parameters.Count; i++)
         {
             var p = parameters[i];
-            var step = new AdamWStep(lr, (float)s.Beta1, (float)s.Beta2, (float)s.Eps, p.Decay ? (float)s.WeightDecay : 0f, Step, (float)s.MaxGradNorm);
+            float scaled = lr * (lrScales?[i] ?? 1f);
+            var step = new AdamWStep(scaled, (float)s.Beta1, (float)s.Beta2, (float)s.Eps, p.Decay ? (float)s.WeightDecay : 0f, Step, (float)s.MaxGradNorm);
             device.Kernels.AdamW.Update(p.Var.Value.View, p.Var.EnsureGrad().View, m[i].View, v[i].View, norm.View, p.Var.Length, step);
         }
     }

@@ -1,0 +1,75 @@
+using IlgpuBert.Model;
+
+namespace IlgpuBert.FineTuning;
+
+/// <summary>
+/// Every setting of a fine-tuning run, with the defaults `ilgpu-bert finetune` uses. Each
+/// improvement BERTology's section 5.3 lists has a neutral setting (the default) that is plain
+/// fine-tuning: FreeLbSteps 0, SmartWeight 0, Mixout 0, FreezeLayers 0, FreezeEmbeddings false,
+/// LayerLrDecay 1, Pooling cls.
+/// </summary>
+public sealed record FineTuneOptions
+{
+    /// <summary>The pretrained model folder (config.json, model.safetensors, vocab.txt).</summary>
+    public string? Model { get; init; }
+    /// <summary>Two-stage fine-tuning: a model fine-tuned on an intermediate task; its encoder is kept, the head is new.</summary>
+    public string? InitFrom { get; init; }
+    public TaskKind Task { get; init; } = TaskKind.Classification;
+    /// <summary>Training and evaluation files; with no Train, the embedded default task.</summary>
+    public string? Train { get; init; }
+    public string? Eval { get; init; }
+    public ColumnSpec Columns { get; init; } = new();
+    public int Epochs { get; init; } = 3;
+    public float LearningRate { get; init; } = 1e-4f;
+    public int BatchSize { get; init; } = 32;
+    public int MaxLength { get; init; } = 128;
+    public int Seed { get; init; } = 42;
+    public double WarmupRatio { get; init; } = 0.1;
+    public double WeightDecay { get; init; } = 0.01;
+    public Pooling Pooling { get; init; } = Pooling.Cls;
+
+    // FreeLB (Zhu et al. 2020): K ascent steps on the embedding output inside an L2 ball of radius ε.
+    public int FreeLbSteps { get; init; }
+    public float FreeLbEps { get; init; } = 0.3f;
+    public float FreeLbLr { get; init; } = 0.1f;
+
+    // SMART (Jiang et al. 2020): λ·symmetric KL between clean and adversarially perturbed predictions.
+    public float SmartWeight { get; init; }
+    public float SmartEps { get; init; } = 1e-3f;
+    public float SmartStep { get; init; } = 1e-3f;
+    public float SmartNoise { get; init; } = 1e-5f;
+
+    /// <summary>Mixout (Lee et al. 2020) probability for the encoder's Linear weights.</summary>
+    public float Mixout { get; init; }
+
+    /// <summary>Freeze the embeddings / the lowest N encoder layers.</summary>
+    public bool FreezeEmbeddings { get; init; }
+    public int FreezeLayers { get; init; }
+
+    /// <summary>Layer-wise learning-rate decay ξ (Sun et al. 2019): the head gets lr, each layer below ξ times the one above.</summary>
+    public float LayerLrDecay { get; init; } = 1f;
+
+    public void Validate()
+    {
+        void Positive(string flag, double v) { if (!(v > 0)) throw new ArgumentException($"{flag} must be positive, got {v}"); }
+        if (Model is null && InitFrom is null) throw new ArgumentException("give --model (a pretrained model) or --init-from (a fine-tuned one)");
+        if (Model is not null && InitFrom is not null) throw new ArgumentException("--model and --init-from both name the starting encoder; give one");
+        if (Train is null && Task != TaskKind.Classification)
+            throw new ArgumentException($"the embedded default task is classification; a {TaskSpec.Name(Task)} run needs --train");
+        if (Eval is not null && Train is null) throw new ArgumentException("--eval without --train: the default task has its own held-out set");
+        Positive("--epochs", Epochs);
+        Positive("--lr", LearningRate);
+        Positive("--batch-size", BatchSize);
+        if (MaxLength < 8 || MaxLength > 512) throw new ArgumentException($"--max-length must be in [8, 512], got {MaxLength}");
+        if (!(WarmupRatio >= 0 && WarmupRatio < 1)) throw new ArgumentException("--warmup-ratio must be in [0, 1)");
+        if (!(WeightDecay >= 0)) throw new ArgumentException("--weight-decay must not be negative");
+        if (FreeLbSteps < 0) throw new ArgumentException("--freelb-steps must not be negative");
+        if (FreeLbSteps > 0) { Positive("--freelb-lr", FreeLbLr); if (!(FreeLbEps >= 0)) throw new ArgumentException("--freelb-eps must not be negative (0: no bound)"); }
+        if (!(SmartWeight >= 0)) throw new ArgumentException("--smart-weight must not be negative");
+        if (SmartWeight > 0) { Positive("--smart-eps", SmartEps); Positive("--smart-step", SmartStep); Positive("--smart-noise", SmartNoise); }
+        if (FreeLbSteps > 0 && SmartWeight > 0) throw new ArgumentException("--freelb-steps and --smart-weight are two adversarial methods; use one at a time");
+        if (!(Mixout >= 0 && Mixout < 1)) throw new ArgumentException($"--mixout must be in [0, 1), got {Mixout}");
+        if (FreezeLayers < 0) throw new ArgumentException("--freeze-layers must not be negative");
+        if (!(LayerLrDecay > 0 && LayerLrDecay <= 1)) throw new ArgumentException($"--layer-lr-decay must be in (0, 1], got {LayerLrDecay}");
+    }
+}
