@@ -278,6 +278,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
             delta[i] = (float)(o.SmartNoise * Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
         }
         using var d = new Var(Tensor.FromHost(device, delta, inputs.Batch, inputs.SeqLen, h), requiresGrad: true, name: "smart.delta");
+        var unlabelled = new TaskBatch(inputs); // the perturbed passes add only the smoothness term, not the task loss again
 
         // Ascent on δ with the parameters held (their gradients untouched).
         var trainable = model.Parameters.All.Where(p => p.Var.RequiresGrad).ToList();
@@ -285,7 +286,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
         try
         {
             using var tape = new Tape();
-            var perturbed = model.Forward(tape, batch, dropouts, hooks(tape, d));
+            var perturbed = model.Forward(tape, unlabelled, dropouts, hooks(tape, d));
             SmartLoss(tape, model, perturbed.Logits, clean, inputs);
             tape.Backward();
         }
@@ -306,7 +307,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
         d.RequiresGrad = false;
 
         using var adversarial = new Tape();
-        var outputs = model.Forward(adversarial, batch, dropouts, hooks(adversarial, d));
+        var outputs = model.Forward(adversarial, unlabelled, dropouts, hooks(adversarial, d));
         var terms = SmartLoss(adversarial, model, outputs.Logits, clean, inputs);
         double value = 0;
         foreach (var (loss, scale) in terms)
