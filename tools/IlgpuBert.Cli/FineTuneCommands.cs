@@ -40,7 +40,7 @@ public static class FineTuneCommands
         var eval = new Option<string?>("--eval") { Description = "held-out file in the same format" };
         var output = new Option<string>("--out") { Description = "output folder", Required = true };
         var epochs = Opt("--epochs", "passes over the training data", d.Epochs);
-        var lr = Opt("--lr", "peak learning rate", d.LearningRate);
+        var lr = new Option<float?>("--lr") { Description = "peak learning rate (default: 5e-5·(768/hidden_size)^1.5, e.g. 5e-5 for base, 7e-4 for tiny)" };
         var batch = Opt("--batch-size", "examples per step", d.BatchSize);
         var maxLength = Opt("--max-length", "word pieces per example, special tokens included", d.MaxLength);
         var seed = Opt("--seed", "seed of the head's initialisation, data order and dropout", d.Seed);

@@ -20,7 +20,8 @@ public sealed record FineTuneOptions
     public string? Eval { get; init; }
     public ColumnSpec Columns { get; init; } = new();
     public int Epochs { get; init; } = 3;
-    public float LearningRate { get; init; } = 1e-4f;
+    /// <summary>Peak learning rate; null picks <see cref="DefaultLearningRate"/> for the model's width.</summary>
+    public float? LearningRate { get; init; }
     public int BatchSize { get; init; } = 32;
     public int MaxLength { get; init; } = 128;
     public int Seed { get; init; } = 42;
@@ -49,6 +50,13 @@ public sealed record FineTuneOptions
     /// <summary>Layer-wise learning-rate decay ξ (Sun et al. 2019): the head gets lr, each layer below ξ times the one above.</summary>
     public float LayerLrDecay { get; init; } = 1f;
 
+    /// <summary>
+    /// The default peak learning rate for a model of hidden size H: 5e-5·(768/H)^1.5, which is
+    /// BERT's 5e-5 at base width and about 3e-5 at large, and grows for the narrow models of Turc
+    /// et al. (7e-4 for tiny), which barely move at base-model rates in a few epochs.
+    /// </summary>
+    public static float DefaultLearningRate(int hiddenSize) => (float)Math.Round(5e-5 * Math.Pow(768.0 / hiddenSize, 1.5), 6);
+
     public void Validate()
     {
         void Positive(string flag, double v) { if (!(v > 0)) throw new ArgumentException($"{flag} must be positive, got {v}"); }
@@ -58,7 +66,7 @@ public sealed record FineTuneOptions
             throw new ArgumentException($"the embedded default task is classification; a {TaskSpec.Name(Task)} run needs --train");
         if (Eval is not null && Train is null) throw new ArgumentException("--eval without --train: the default task has its own held-out set");
         Positive("--epochs", Epochs);
-        Positive("--lr", LearningRate);
+        if (LearningRate is { } lr) Positive("--lr", lr);
         Positive("--batch-size", BatchSize);
         if (MaxLength < 8 || MaxLength > 512) throw new ArgumentException($"--max-length must be in [8, 512], got {MaxLength}");
         if (!(WarmupRatio >= 0 && WarmupRatio < 1)) throw new ArgumentException("--warmup-ratio must be in [0, 1)");

@@ -64,13 +64,14 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
         int cut = trainFeatures.Count(f => f.AnswerTruncated);
         if (cut > 0) log.WriteLine($"note: {cut} training answers lie beyond --max-length {o.MaxLength}; they are trained to point at [CLS]");
 
+        float peak = o.LearningRate ?? FineTuneOptions.DefaultLearningRate(model.Config.HiddenSize);
         var setup = Setup(model, o);
         using var optimizer = new AdamWOptimizer(device, setup.Trainable, new AdamWSettings(WeightDecay: o.WeightDecay), setup.LrScales);
         using var mixout = new MixoutTargets(model, o.Mixout);
         int stepsPerEpoch = (trainFeatures.Count + o.BatchSize - 1) / o.BatchSize, total = stepsPerEpoch * o.Epochs;
         int warmup = (int)Math.Round(total * o.WarmupRatio);
         log.WriteLine($"fine-tuning {TaskSpec.Name(o.Task)} ({model.Task.Outputs} outputs, pooling {TaskSpec.Name(o.Pooling)}) on {trainFeatures.Count} examples: "
-            + $"{o.Epochs} epochs × {stepsPerEpoch} steps, {setup.Trainable.Count} of {model.Parameters.All.Count} tensors trained");
+            + $"{o.Epochs} epochs × {stepsPerEpoch} steps at peak lr {peak:G3}, {setup.Trainable.Count} of {model.Parameters.All.Count} tensors trained");
         Directory.CreateDirectory(outDir);
 
         var steps = new List<FineTuneStep>();
@@ -93,7 +94,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
                 if (!double.IsFinite(loss))
                     throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping. Try a lower --lr.");
                 float gradNorm = optimizer.GradNorm();
-                float lr = LinearSchedule.At(step, o.LearningRate, warmup, total);
+                float lr = LinearSchedule.At(step, peak, warmup, total);
                 optimizer.Update(lr);
                 var row = new FineTuneStep(step, epoch, loss, lr, gradNorm, chunk.Count / stepClock.Elapsed.TotalSeconds, clock.Elapsed.TotalSeconds);
                 steps.Add(row);
