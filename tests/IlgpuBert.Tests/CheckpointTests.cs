@@ -47,7 +47,7 @@ public class CheckpointTests
         var bytes1 = File.ReadAllBytes(path);
         SafeTensors.Write(path, back, new Dictionary<string, string> { ["format"] = "pt" });
         Assert.Equal(bytes1, File.ReadAllBytes(path));
-        Assert.Equal((8 + (long)BinaryPrimitives.ReadUInt64LittleEndian(bytes1)) % 8, 0);
+        Assert.Equal(0, (8 + (long)BinaryPrimitives.ReadUInt64LittleEndian(bytes1)) % 8);
         Assert.Single(Directory.GetFiles(dir.Path)); // no temporary file left behind
     }
 

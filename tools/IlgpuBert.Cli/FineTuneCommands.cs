@@ -12,8 +12,7 @@ namespace IlgpuBert.Cli;
 
 public static class FineTuneCommands
 {
-    private static Option<T> Opt<T>(string name, string description, T fallback) =>
-        new(name) { Description = description, DefaultValueFactory = _ => fallback };
+    private static Option<T> Opt<T>(string name, string description, T fallback) => Cli.Opt(name, description, fallback);
 
     private sealed record ColumnOptions(Option<string> Text, Option<string?> Pair, Option<string> Label, Option<bool> NoHeader)
     {

@@ -7,8 +7,7 @@ namespace IlgpuBert.Cli;
 
 public static class PretrainCommand
 {
-    private static Option<T> Opt<T>(string name, string description, T fallback) =>
-        new(name) { Description = description, DefaultValueFactory = _ => fallback };
+    private static Option<T> Opt<T>(string name, string description, T fallback) => Cli.Opt(name, description, fallback);
 
     public static Command Create(TextWriter stdout)
     {

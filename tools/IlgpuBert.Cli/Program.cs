@@ -51,6 +51,10 @@ namespace IlgpuBert.Cli
             }
         }
 
+        /// <summary>An option with a description and a default shown in --help.</summary>
+        public static Option<T> Opt<T>(string name, string description, T fallback) =>
+            new(name) { Description = description, DefaultValueFactory = _ => fallback };
+
         /// <summary>The device the user asked for (flag, then environment, then auto).</summary>
         public static BertDevice OpenDevice(ParseResult parse)
         {

@@ -42,38 +42,36 @@ public static partial class DefaultCorpus
         yield return "/usr/lib/dotnet";
     }
 
-    /// <summary>Every documented member with non-empty prose, file by file in name order.</summary>
-    public static IEnumerable<DocDocument> Documents()
+    /// <summary>Every &lt;member&gt; element of the reference docs, file by file in name order (unreadable files skipped).</summary>
+    private static IEnumerable<XElement> Members()
     {
         foreach (var file in Directory.GetFiles(Folder(), "*.xml").Order(StringComparer.Ordinal))
         {
             XDocument doc;
             try { doc = XDocument.Load(file); }
             catch (XmlException) { continue; }
-            foreach (var member in doc.Descendants("member"))
-            {
-                string name = (string?)member.Attribute("name") ?? "";
-                var parts = member.Elements().Where(e => e.Name.LocalName is "summary" or "remarks" or "param" or "returns" or "value")
-                    .Select(Prose).Where(t => t.Length > 0);
-                string text = string.Join(" ", parts);
-                if (text.Length > 0) yield return new DocDocument(name, text);
-            }
+            foreach (var member in doc.Descendants("member")) yield return member;
+        }
+    }
+
+    /// <summary>Every documented member with non-empty prose, file by file in name order.</summary>
+    public static IEnumerable<DocDocument> Documents()
+    {
+        foreach (var member in Members())
+        {
+            var parts = member.Elements().Where(e => e.Name.LocalName is "summary" or "remarks" or "param" or "returns" or "value")
+                .Select(Prose).Where(t => t.Length > 0);
+            string text = string.Join(" ", parts);
+            if (text.Length > 0) yield return new DocDocument((string?)member.Attribute("name") ?? "", text);
         }
     }
 
     /// <summary>Every documented member's summary (references reduced to names), file by file in name order.</summary>
-    public static IEnumerable<DocDocument> Summaries()
-    {
-        foreach (var file in Directory.GetFiles(Folder(), "*.xml").Order(StringComparer.Ordinal))
-        {
-            XDocument doc;
-            try { doc = XDocument.Load(file); }
-            catch (XmlException) { continue; }
-            foreach (var member in doc.Descendants("member"))
-                if (member.Element("summary") is { } summary && Prose(summary) is { Length: > 0 } text)
-                    yield return new DocDocument((string?)member.Attribute("name") ?? "", text);
-        }
-    }
+    public static IEnumerable<DocDocument> Summaries() =>
+        Members().Select(m => (Member: m, Summary: m.Element("summary")))
+            .Where(x => x.Summary is not null)
+            .Select(x => new DocDocument((string?)x.Member.Attribute("name") ?? "", Prose(x.Summary!)))
+            .Where(d => d.Text.Length > 0);
 
     /// <summary>
     /// The documentation of one type as one document: the type's own text, then its members' in
