@@ -244,14 +244,8 @@ public class TaskModelTests
         var e = Assert.Throws<Checkpoints.CheckpointException>(() => BertForTask.Load(device, dir.Path));
         Assert.Contains("not a fine-tuned model", e.Message);
         using var fresh = BertForTask.FromPretrained(device, dir.Path, Spec(TaskKind.Classification, Pooling.Cls), 3);
-        Assert.Equal(new BertParametersView(dir.File("model.safetensors")).Get("bert.embeddings.word_embeddings.weight"),
+        Assert.Equal(Checkpoints.SafeTensors.Read(dir.File("model.safetensors"))["bert.embeddings.word_embeddings.weight"].Data,
             fresh.Parameters.Get("bert.embeddings.word_embeddings.weight"));
-    }
-
-    /// <summary>Reads one tensor straight from a safetensors file.</summary>
-    private sealed class BertParametersView(string path)
-    {
-        public float[] Get(string name) => Checkpoints.SafeTensors.Read(path)[name].Data;
     }
 
     [Theory]

@@ -13,7 +13,7 @@ namespace IlgpuBert.Cli;
 
 public static class AnalyzeCommand
 {
-    private static Option<string> Req(string name, string description) => new(name) { Description = description, Required = true };
+    private static Option<string> Req(string name, string description) => Cli.Required(name, description);
 
     public static Command Create(TextWriter stdout)
     {

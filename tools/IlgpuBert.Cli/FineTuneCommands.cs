@@ -37,7 +37,7 @@ public static class FineTuneCommands
         var task = Opt("--task", "classification, pair-classification, regression, token-classification or qa", "classification");
         var train = new Option<string?>("--train") { Description = "training file: TSV/CSV/JSONL, CoNLL (token-classification) or SQuAD JSON (qa); default: the embedded default task" };
         var eval = new Option<string?>("--eval") { Description = "held-out file in the same format" };
-        var output = new Option<string>("--out") { Description = "output folder", Required = true };
+        var output = Cli.Required("--out", "output folder");
         var epochs = Opt("--epochs", "passes over the training data", d.Epochs);
         var lr = new Option<float?>("--lr") { Description = "peak learning rate (default: 5e-5·(768/hidden_size)^1.5, e.g. 5e-5 for base, 7e-4 for tiny)" };
         var batch = Opt("--batch-size", "examples per step", d.BatchSize);
@@ -97,8 +97,8 @@ public static class FineTuneCommands
 
     private static Command Evaluate(TextWriter stdout)
     {
-        var model = new Option<string>("--model") { Description = "fine-tuned model folder", Required = true };
-        var eval = new Option<string>("--eval") { Description = "labelled file in the training format", Required = true };
+        var model = Cli.Required("--model", "fine-tuned model folder");
+        var eval = Cli.Required("--eval", "labelled file in the training format");
         var batch = Opt("--batch-size", "examples per forward pass", 32);
         var maxLength = Opt("--max-length", "word pieces per example", 128);
         var output = new Option<string?>("--out") { Description = "also write the metrics to this JSON file" };
@@ -124,7 +124,7 @@ public static class FineTuneCommands
 
     private static Command Predict(TextWriter stdout)
     {
-        var model = new Option<string>("--model") { Description = "fine-tuned model folder", Required = true };
+        var model = Cli.Required("--model", "fine-tuned model folder");
         var input = new Option<string?>("--input") { Description = "a file of texts, one per line (pairs and QA: two texts separated by a tab); default: standard input" };
         var batch = Opt("--batch-size", "examples per forward pass", 32);
         var maxLength = Opt("--max-length", "word pieces per example", 128);

@@ -22,7 +22,7 @@ public static class ModelCommands
         yield return Tokenize(stdout);
     }
 
-    private static Option<string> Required(string name, string description) => new(name) { Description = description, Required = true };
+    private static Option<string> Required(string name, string description) => Cli.Required(name, description);
 
     private static Command Init(TextWriter stdout, TextWriter stderr)
     {

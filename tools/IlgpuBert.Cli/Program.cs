@@ -51,6 +51,9 @@ namespace IlgpuBert.Cli
             }
         }
 
+        /// <summary>A required string option.</summary>
+        public static Option<string> Required(string name, string description) => new(name) { Description = description, Required = true };
+
         /// <summary>An option with a description and a default shown in --help.</summary>
         public static Option<T> Opt<T>(string name, string description, T fallback) =>
             new(name) { Description = description, DefaultValueFactory = _ => fallback };

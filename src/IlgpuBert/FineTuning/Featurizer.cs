@@ -39,6 +39,8 @@ public sealed partial class Featurizer(BertTextEncoder encoder, TaskSpec task, i
 
     public TaskSpec Task { get; } = task;
 
+    private readonly Dictionary<string, int> labelIds = task.Labels.Select((l, i) => (l, i)).ToDictionary(x => x.l, x => x.i, StringComparer.Ordinal);
+
     public Feature Make(TaskExample e, bool labelled)
     {
         return Task.Kind switch
@@ -55,8 +57,8 @@ public sealed partial class Featurizer(BertTextEncoder encoder, TaskSpec task, i
         int label = -100;
         if (labelled && Task.Kind != TaskKind.Regression)
         {
-            label = Task.Labels.ToList().IndexOf(e.Label ?? throw new DataFormatException($"{e.Source}: no label"));
-            if (label < 0) throw new DataFormatException($"{e.Source}: label \"{e.Label}\" is not one of the model's labels ({string.Join(", ", Task.Labels)})");
+            if (!labelIds.TryGetValue(e.Label ?? throw new DataFormatException($"{e.Source}: no label"), out label))
+                throw new DataFormatException($"{e.Source}: label \"{e.Label}\" is not one of the model's labels ({string.Join(", ", Task.Labels)})");
         }
         if (labelled && Task.Kind == TaskKind.Regression && e.Target is null) throw new DataFormatException($"{e.Source}: no regression target");
         return new Feature { Example = e, Ids = ids, Types = types, Label = label, Target = e.Target ?? 0f };
@@ -80,8 +82,8 @@ public sealed partial class Featurizer(BertTextEncoder encoder, TaskSpec task, i
             int tag = -100;
             if (labelled)
             {
-                tag = Task.Labels.ToList().IndexOf(e.Tags![w]);
-                if (tag < 0) throw new DataFormatException($"{e.Source}: tag \"{e.Tags[w]}\" is not one of the model's tags ({string.Join(", ", Task.Labels)})");
+                if (!labelIds.TryGetValue(e.Tags![w], out tag))
+                    throw new DataFormatException($"{e.Source}: tag \"{e.Tags[w]}\" is not one of the model's tags ({string.Join(", ", Task.Labels)})");
             }
             ids.AddRange(pieces);
             labels.Add(tag);

@@ -252,12 +252,12 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
                     for (int i = b * per; i < (b + 1) * per; i++) delta[i] = (float)(delta[i] * o.FreeLbEps / dn);
             }
             d.Value.CopyFrom(delta);
-            LastFreeLbDelta = delta;
         }
+        LastFreeLbDelta = delta;
         return loss;
     }
 
-    /// <summary>The perturbation FreeLB reached in the last step (for tests and inspection).</summary>
+    /// <summary>The perturbation FreeLB used in its last pass of the last step (for tests and inspection).</summary>
     public float[]? LastFreeLbDelta { get; private set; }
 
     private static double Norm(float[] v, int offset, int count)

@@ -57,6 +57,7 @@ public static class Predictor
             case TaskKind.QuestionAnswering:
             {
                 int first = f.ContextOffset, last = f.ContextOffset + f.PieceWord!.Length - 1;
+                if (last < first) return p with { Answer = "", Score = double.NaN }; // no context piece fit the window
                 double best = double.NegativeInfinity;
                 int bi = first, bj = first;
                 for (int i = first; i <= last; i++)
@@ -65,7 +66,6 @@ public static class Predictor
                         double score = logits[(row * s + i) * 2] + logits[(row * s + j) * 2 + 1];
                         if (score > best) (best, bi, bj) = (score, i, j);
                     }
-                if (last < first) return p with { Answer = "", Score = double.NaN };
                 var spans = f.WordSpans!;
                 int w0 = f.PieceWord[bi - first], w1 = f.PieceWord[bj - first];
                 string context = f.Example.TextPair!;

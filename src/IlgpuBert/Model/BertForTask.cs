@@ -122,8 +122,7 @@ public sealed record TaskSpec(TaskKind Kind, IReadOnlyList<string> Labels, Pooli
                 else throw new CheckpointException($"{source}: id2label ids must be 0..{byId.Count - 1}");
             }
             var pooling = x["ilgpu_bert_pooling"]?.GetValue<string>() is { } p ? ParsePooling(p) : Pooling.Cls;
-            if (kind == TaskKind.Regression) labels = [];
-            if (kind == TaskKind.QuestionAnswering) labels = [];
+            if (kind is TaskKind.Regression or TaskKind.QuestionAnswering) labels = []; // HF's placeholder LABEL_i names
             return new TaskSpec(kind, labels, pooling).Validate();
         }
         catch (Exception e) when (e is FormatException or InvalidOperationException or ArgumentException)
