@@ -31,6 +31,7 @@ public sealed class KernelSet : IDisposable
     private readonly Lazy<AdamWKernels> adamW;
     private readonly Lazy<AttentionKernels> attention;
     private readonly Lazy<ElementwiseKernels> elementwise;
+    private readonly Lazy<QuantizationKernels> quantization;
     private MemoryBuffer1D<float, Stride1D.Dense>? floatScratch;
     private MemoryBuffer1D<int, Stride1D.Dense>? intScratch;
 
@@ -58,6 +59,7 @@ public sealed class KernelSet : IDisposable
         adamW = new(() => new AdamWKernels(this));
         attention = new(() => new AttentionKernels(this));
         elementwise = new(() => new ElementwiseKernels(this));
+        quantization = new(() => new QuantizationKernels(this));
     }
 
     public Accelerator Accelerator { get; }
@@ -75,6 +77,7 @@ public sealed class KernelSet : IDisposable
     public AdamWKernels AdamW => adamW.Value;
     public AttentionKernels Attention => attention.Value;
     public ElementwiseKernels Elementwise => elementwise.Value;
+    public QuantizationKernels Quantization => quantization.Value;
 
     /// <summary>Bytes the kernel set itself holds in scratch buffers (grow-only, reused).</summary>
     public long ScratchBytes => (floatScratch?.LengthInBytes ?? 0) + (intScratch?.LengthInBytes ?? 0);
@@ -144,7 +147,7 @@ public sealed class KernelSet : IDisposable
         [
             typeof(GemmKernels), typeof(BiasKernels), typeof(ActivationKernels), typeof(LayerNormKernels),
             typeof(SoftmaxKernels), typeof(CrossEntropyKernels), typeof(EmbeddingKernels), typeof(DropoutKernels),
-            typeof(AdamWKernels), typeof(AttentionKernels), typeof(ElementwiseKernels),
+            typeof(AdamWKernels), typeof(AttentionKernels), typeof(ElementwiseKernels), typeof(QuantizationKernels),
         ];
         Type[] activations = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu), typeof(TanhActivation)];
         foreach (var family in families)

@@ -93,7 +93,7 @@ public static class ModelCommands
                 for (int i = 0; i < o.HiddenStates.Count; i++) result[$"hidden_states.{i}"] = new([b, s, h], o.HiddenStates[i].Value.ToHost());
             if (wantAttentions)
                 for (int i = 0; i < o.Attentions!.Count; i++)
-                    result[$"attentions.{i}"] = new([b, bert.Config.NumAttentionHeads, s, s], o.Attentions[i].ToHost());
+                    result[$"attentions.{i}"] = new(o.Attentions[i].Shape, o.Attentions[i].ToHost());
             SafeTensors.Write(parse.GetValue(output)!, result);
             return 0;
         });

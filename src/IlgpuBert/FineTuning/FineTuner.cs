@@ -193,7 +193,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
         var dropouts = Dropouts.Training(model.Config, (ulong)o.Seed, (uint)step);
         BertHooks Hooks(Tape tape, Var? delta) => new()
         {
-            Weight = mixout is { Active: true } ? w => mixout.Apply(tape, w, (ulong)o.Seed, (uint)step) : null,
+            Linear = mixout is { Active: true } ? (t, x, w, b, act) => Ops.Linear(t, x, mixout.Apply(t, w, (ulong)o.Seed, (uint)step), b, act) : null,
             EmbeddingOutput = delta is null ? null : h => Ops.Add(tape, h, delta),
         };
         if (o.FreeLbSteps > 0) return FreeLb(model, batch, o, dropouts, Hooks, step);

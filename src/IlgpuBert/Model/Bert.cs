@@ -48,10 +48,12 @@ public sealed class BertLayer
     {
         this.index = index;
         int h = p.Config.HiddenSize, inter = p.Config.IntermediateSize;
+        Heads = p.Config.HeadsOf(index).Length;
+        int a = Heads * p.Config.HeadDim; // all_head_size: H, less the pruned heads
         string at = $"bert.encoder.layer.{index}.";
-        QkvWeight = p.AddFused(at + "attention.self.{0}.weight", ["query", "key", "value"], h, h);
-        QkvBias = p.AddFused(at + "attention.self.{0}.bias", ["query", "key", "value"], h);
-        AttentionOutputWeight = p.Add(at + "attention.output.dense.weight", true, h, h);
+        QkvWeight = p.AddFused(at + "attention.self.{0}.weight", ["query", "key", "value"], a, h);
+        QkvBias = p.AddFused(at + "attention.self.{0}.bias", ["query", "key", "value"], a);
+        AttentionOutputWeight = p.Add(at + "attention.output.dense.weight", true, h, a);
         AttentionOutputBias = p.Add(at + "attention.output.dense.bias", false, h);
         AttentionLayerNormWeight = p.Add(at + "attention.output.LayerNorm.weight", false, h);
         AttentionLayerNormBias = p.Add(at + "attention.output.LayerNorm.bias", false, h);
@@ -63,8 +65,12 @@ public sealed class BertLayer
         OutputLayerNormBias = p.Add(at + "output.LayerNorm.bias", false, h);
     }
 
-    public Var QkvWeight { get; }  // [3H, H]: query, key, value row blocks
-    public Var QkvBias { get; }    // [3H]
+    /// <summary>Attention heads of this layer: num_attention_heads less the pruned ones.</summary>
+    public int Heads { get; }
+
+    public int Index => index;
+    public Var QkvWeight { get; }  // [3A, H]: query, key, value row blocks, A = Heads·HD
+    public Var QkvBias { get; }    // [3A]
     public Var AttentionOutputWeight { get; }
     public Var AttentionOutputBias { get; }
     public Var AttentionLayerNormWeight { get; }
@@ -77,19 +83,21 @@ public sealed class BertLayer
     public Var OutputLayerNormBias { get; }
 
     /// <param name="probs">When given ([B, NH, S, S]), receives the attention probabilities.</param>
-    /// <param name="weight">Maps each Linear weight before use (Mixout); identity when null.</param>
+    /// <param name="hooks">Where fine-tuning and compression reach in (Linear layers, head masks, attention maps).</param>
     public Var Forward(Tape tape, BertConfig c, Var x, DeviceInts mask, int batch, int seqLen, Dropouts dropouts, Tensor? probs = null,
-        Func<Var, Var>? weight = null)
+        BertHooks? hooks = null, List<Var>? attentionMaps = null)
     {
-        weight ??= w => w;
-        var qkv = Ops.Linear(tape, x, weight(QkvWeight), QkvBias); // [B, S, 3H] = [B, S, 3, NH, HD]
-        var shape = AttentionShape.Create(batch, seqLen, c.NumAttentionHeads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * index));
+        var linear = hooks?.Linear ?? Ops.Linear;
+        var qkv = linear(tape, x, QkvWeight, QkvBias, null); // [B, S, 3A] = [B, S, 3, NH, HD]
+        var shape = AttentionShape.Create(batch, seqLen, Heads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * index));
         var context = Ops.Attention(tape, qkv, mask, shape, probs);
-        var attention = Ops.Linear(tape, context, weight(AttentionOutputWeight), AttentionOutputBias);
+        if (attentionMaps is not null) attentionMaps.Add(Ops.AttentionProbs(tape, qkv, mask, shape));
+        if (hooks?.HeadMasks?[index] is { } headMask) context = Ops.ScaleHeads(tape, context, headMask, c.HeadDim);
+        var attention = linear(tape, context, AttentionOutputWeight, AttentionOutputBias, null);
         attention = Ops.Dropout(tape, attention, dropouts.Hidden, dropouts.Key(2 + 3 * index));
         var h1 = Ops.LayerNorm(tape, attention, x, AttentionLayerNormWeight, AttentionLayerNormBias, c.LayerNormEps);
-        var intermediate = Ops.Linear(tape, h1, weight(IntermediateWeight), IntermediateBias, c.Activation);
-        var output = Ops.Linear(tape, intermediate, weight(OutputWeight), OutputBias);
+        var intermediate = linear(tape, h1, IntermediateWeight, IntermediateBias, c.Activation);
+        var output = linear(tape, intermediate, OutputWeight, OutputBias, null);
         output = Ops.Dropout(tape, output, dropouts.Hidden, dropouts.Key(3 + 3 * index));
         return Ops.LayerNorm(tape, output, h1, OutputLayerNormWeight, OutputLayerNormBias, c.LayerNormEps);
     }
@@ -98,15 +106,23 @@ public sealed class BertLayer
     public IEnumerable<Var> LinearWeights => [QkvWeight, AttentionOutputWeight, IntermediateWeight, OutputWeight];
 }
 
+/// <summary>A Linear layer y = act(x·Wᵀ + b): <see cref="Ops.Linear"/> or a replacement for it.</summary>
+public delegate Var LinearLayer(Tape tape, Var x, Var weight, Var? bias, ActivationKind? activation);
+
 /// <summary>
-/// Where fine-tuning methods reach into the encoder: <see cref="Weight"/> maps every pretrained
-/// Linear weight before it is used (Mixout), <see cref="EmbeddingOutput"/> maps the embedding
-/// layer's output before the first layer (FreeLB's and SMART's perturbations).
+/// Where fine-tuning and compression reach into the model: <see cref="Linear"/> runs every Linear
+/// layer of the encoder, pooler and task head (Mixout mixes weights there, quantization calibrates,
+/// fake-quantizes or runs int8), <see cref="EmbeddingOutput"/> maps the embedding layer's output
+/// before the first layer (FreeLB's and SMART's perturbations), <see cref="HeadMasks"/> scales each
+/// layer's heads ([heads of that layer] per layer, Michel et al. 2019), and
+/// <see cref="AttentionMaps"/> asks for differentiable attention probabilities (distillation).
 /// </summary>
 public sealed class BertHooks
 {
-    public Func<Var, Var>? Weight { get; init; }
+    public LinearLayer? Linear { get; init; }
     public Func<Var, Var>? EmbeddingOutput { get; init; }
+    public IReadOnlyList<Var?>? HeadMasks { get; init; }
+    public bool AttentionMaps { get; init; }
 }
 
 /// <summary>What <see cref="BertModel.Forward"/> returns; Vars live as long as the tape.</summary>
@@ -116,6 +132,7 @@ public sealed class BertEncoderOutputs
     public Var? PoolerOutput { get; init; }                        // [B, H], when the model has a pooler
     public required IReadOnlyList<Var> HiddenStates { get; init; } // L + 1 entries, 0 = embeddings output
     public IReadOnlyList<Tensor>? Attentions { get; init; }        // L entries [B, NH, S, S], on request
+    public IReadOnlyList<Var>? AttentionMaps { get; init; }        // L entries [B, NH, S, S] with gradients, on request (hooks)
 }
 
 /// <summary>HF's BertModel: embeddings, the encoder layers and (optionally) the pooler — the body every head sits on.</summary>
@@ -158,10 +175,13 @@ public sealed class BertModel
         if (hooks?.EmbeddingOutput is { } perturb) hidden = perturb(hidden);
         var states = new List<Var> { hidden };
         var attentions = outputAttentions ? new List<Tensor>() : null;
+        var maps = hooks?.AttentionMaps == true ? new List<Var>() : null;
+        if (hooks?.HeadMasks is { } masks && masks.Count != Layers.Length)
+            throw new ArgumentException($"{masks.Count} head masks for {Layers.Length} layers");
         foreach (var layer in Layers)
         {
-            var probs = outputAttentions ? tape.Own(new Tensor(Device, b, c.NumAttentionHeads, s, s)) : null;
-            hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs, hooks?.Weight);
+            var probs = outputAttentions ? tape.Own(new Tensor(Device, b, layer.Heads, s, s)) : null;
+            hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs, hooks, maps);
             states.Add(hidden);
             if (probs is not null) attentions!.Add(probs);
         }
@@ -170,10 +190,9 @@ public sealed class BertModel
         if (PoolerWeight is not null)
         {
             var cls = Ops.GatherRows(tape, hidden, Enumerable.Range(0, b).Select(i => i * s).ToArray());
-            var w = hooks?.Weight is { } map ? map(PoolerWeight) : PoolerWeight;
-            pooled = Ops.Linear(tape, cls, w, PoolerBias, ActivationKind.Tanh);
+            pooled = (hooks?.Linear ?? Ops.Linear)(tape, cls, PoolerWeight, PoolerBias, ActivationKind.Tanh);
         }
-        return new BertEncoderOutputs { LastHiddenState = hidden, PoolerOutput = pooled, HiddenStates = states, Attentions = attentions };
+        return new BertEncoderOutputs { LastHiddenState = hidden, PoolerOutput = pooled, HiddenStates = states, Attentions = attentions, AttentionMaps = maps };
     }
 }
 

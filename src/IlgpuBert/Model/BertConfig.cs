@@ -35,6 +35,45 @@ public sealed record BertConfig
     public JsonObject Extra { get; init; } = new();
 
     public int HeadDim => HiddenSize / NumAttentionHeads;
+
+    /// <summary>
+    /// HF's pruned_heads: per layer, the original indices of the attention heads removed
+    /// (PreTrainedModel.prune_heads). Empty for an unpruned model.
+    /// </summary>
+    public IReadOnlyDictionary<int, int[]> PrunedHeads
+    {
+        get
+        {
+            var result = new Dictionary<int, int[]>();
+            if (Extra["pruned_heads"] is not JsonObject heads) return result;
+            foreach (var (key, node) in heads)
+            {
+                if (!int.TryParse(key, out int layer) || node is not JsonArray list)
+                    throw new CheckpointException($"config: pruned_heads must map layer numbers to lists of heads, got \"{key}\": {node?.ToJsonString()}");
+                result[layer] = list.Select(h => h?.GetValue<int>() ?? -1).Distinct().Order().ToArray();
+            }
+            return result;
+        }
+    }
+
+    /// <summary>The heads layer <paramref name="layer"/> still has, by original index.</summary>
+    public int[] HeadsOf(int layer)
+    {
+        var pruned = PrunedHeads.GetValueOrDefault(layer) ?? [];
+        return Enumerable.Range(0, NumAttentionHeads).Except(pruned).ToArray();
+    }
+
+    /// <summary>A copy with <paramref name="pruned"/> (layer → original head indices) written as pruned_heads.</summary>
+    public BertConfig WithPrunedHeads(IReadOnlyDictionary<int, int[]> pruned)
+    {
+        var extra = (JsonObject)Extra.DeepClone();
+        var heads = new JsonObject();
+        foreach (var (layer, list) in pruned.Where(kv => kv.Value.Length > 0).OrderBy(kv => kv.Key))
+            heads[layer.ToString(System.Globalization.CultureInfo.InvariantCulture)] = new JsonArray(list.Distinct().Order().Select(h => (JsonNode)h).ToArray());
+        if (heads.Count > 0) extra["pruned_heads"] = heads;
+        else extra.Remove("pruned_heads");
+        return (this with { Extra = extra }).Validate();
+    }
     public ActivationKind Activation => ActivationKernels.Parse(HiddenAct);
 
     private static readonly string[] Known =
@@ -87,6 +126,19 @@ public sealed record BertConfig
             throw new CheckpointException("config: dropout probabilities must be in [0, 1)");
         try { _ = Activation; }
         catch (ArgumentException e) { throw new CheckpointException($"config: {e.Message}"); }
+        try
+        {
+            foreach (var (layer, heads) in PrunedHeads)
+            {
+                if (layer < 0 || layer >= NumHiddenLayers) throw new CheckpointException($"config: pruned_heads names layer {layer}; the model has {NumHiddenLayers}");
+                if (heads.Any(h => h < 0 || h >= NumAttentionHeads)) throw new CheckpointException($"config: pruned_heads of layer {layer} must be heads in [0, {NumAttentionHeads})");
+                if (heads.Length == NumAttentionHeads) throw new CheckpointException($"config: pruned_heads removes every head of layer {layer}; keep at least one (or drop the layer)");
+            }
+        }
+        catch (Exception e) when (e is FormatException or InvalidOperationException)
+        {
+            throw new CheckpointException($"config: pruned_heads must list integer head indices ({e.Message})");
+        }
         return this;
     }
 

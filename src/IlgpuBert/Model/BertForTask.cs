@@ -224,7 +224,7 @@ public sealed class BertForTask : IDisposable
         }
         if (Task.Kind != TaskKind.QuestionAnswering)
             features = Ops.Dropout(tape, features, dropouts.Hidden, dropouts.Key(HeadDropoutSite));
-        var logits = Ops.Linear(tape, features, HeadWeight, HeadBias);
+        var logits = (hooks?.Linear ?? Ops.Linear)(tape, features, HeadWeight, HeadBias, null);
 
         var losses = new List<(Loss, float)>();
         switch (Task.Kind)

@@ -1,0 +1,154 @@
+// Post-training int8 inference (Q8BERT, Zafrir et al. 2019; BERTology §6.2): symmetric linear
+// quantization, q = clamp(⌊x/s + ½⌋, −127, 127), with one scale per output channel for weights and
+// one per tensor for activations (calibrated offline). A Linear layer then runs as
+//   acc[m, n] = Σ_k qx[m, k]·qw[n, k]          int8 × int8, exact int32 accumulation
+//   y[m, n]   = acc[m, n]·(s_x·s_w[n]) (+ bias, activation by the float kernels)
+// −128 is never produced, so |q| ≤ 127 and |acc| ≤ 127²·K: exact in int32 for K < 133,000.
+// The rounding is written out (⌊v + ½⌋, halves away from −∞) so a host reference reproduces it bit
+// for bit; the multiply by 1/s is the same float operation on every backend.
+//
+// Layouts: qx [M, K] and qw [N, K] row-major (nn.Linear's weight [out, in], so C = A·Bᵀ), acc [M, N].
+// GEMM geometry: each thread owns a 4×4 tile of C in registers and walks K once (grid-stride over
+// tiles), the same fat-thread shape that runs tolerably on the CPU accelerator; no shared memory.
+using System.Runtime.CompilerServices;
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace IlgpuBert.Kernels;
+
+/// <summary>Arguments of the int8 kernels (plain struct: kernel parameter).</summary>
+public struct Int8Args
+{
+    public int M, N, K;
+    public float InvScale, InputScale;
+    public long Count;
+}
+
+public sealed class QuantizationKernels
+{
+    public const int Tile = 4;
+
+    private readonly KernelSet set;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<sbyte>, Int8Args> quantize;
+    private readonly Action<KernelConfig, ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args> gemm;
+    private readonly Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args> dequantize;
+
+    internal QuantizationKernels(KernelSet set)
+    {
+        this.set = set;
+        var acc = set.Accelerator;
+        quantize = acc.LoadStreamKernel<ArrayView<float>, ArrayView<sbyte>, Int8Args>(QuantizeKernel);
+        gemm = acc.LoadStreamKernel<ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args>(Int8GemmKernel);
+        dequantize = acc.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>(DequantizeKernel);
+    }
+
+    /// <summary>The host definition of one quantized value (what the kernel computes, bit for bit).</summary>
+    public static sbyte QuantizeValue(float x, float invScale)
+    {
+        float v = MathF.Floor(x * invScale + 0.5f);
+        return (sbyte)(v > 127f ? 127 : v < -127f ? -127 : (int)v);
+    }
+
+    /// <summary>q[i] = clamp(⌊x[i]/scale + ½⌋, −127, 127) over n elements; scale &gt; 0.</summary>
+    public void Quantize(ArrayView<float> x, ArrayView<sbyte> q, long n, float scale)
+    {
+        if (!(scale > 0f) || !float.IsFinite(scale)) throw new ArgumentOutOfRangeException(nameof(scale), $"quantization scale must be positive and finite, got {scale}");
+        Check.Vector("x", x, n);
+        Check.Vector("q", q, n);
+        if (n > 0) quantize(set.GridStride(n), x, q, new Int8Args { InvScale = 1f / scale, Count = n });
+    }
+
+    /// <summary>acc [M, N] = a [M, K] · bᵀ (b [N, K]), int8 inputs, exact int32 accumulation.</summary>
+    public void Gemm(ArrayView<sbyte> a, ArrayView<sbyte> b, ArrayView<int> acc, int m, int n, int k)
+    {
+        if (m < 0 || n < 0 || k < 0) throw new ArgumentException($"invalid int8 GEMM shape {m}×{n}×{k}");
+        if (k >= 133_000) throw new ArgumentException($"int8 GEMM: K = {k} could overflow the int32 accumulator (limit 133,000)");
+        Check.Vector("a", a, (long)m * k);
+        Check.Vector("b", b, (long)n * k);
+        Check.Vector("acc", acc, (long)m * n);
+        long tiles = (long)((m + Tile - 1) / Tile) * ((n + Tile - 1) / Tile);
+        if (tiles > 0) gemm(set.GridStride(tiles), a, b, acc, new Int8Args { M = m, N = n, K = k, Count = tiles });
+    }
+
+    /// <summary>y [M, N] = acc·(inputScale·wScale[n]).</summary>
+    public void Dequantize(ArrayView<int> acc, ArrayView<float> wScale, ArrayView<float> y, int m, int n, float inputScale)
+    {
+        Check.Vector("acc", acc, (long)m * n);
+        Check.Vector("weight scales", wScale, n);
+        Check.Vector("y", y, (long)m * n);
+        long count = (long)m * n;
+        if (count > 0) dequantize(set.GridStride(count), acc, wScale, y, new Int8Args { M = m, N = n, InputScale = inputScale, Count = count });
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void QuantizeKernel(ArrayView<float> x, ArrayView<sbyte> q, Int8Args a)
+    {
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < a.Count; i += step)
+        {
+            float v = MathF.Floor(x[i] * a.InvScale + 0.5f);
+            q[i] = (sbyte)(v > 127f ? 127 : v < -127f ? -127 : (int)v);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void Int8GemmKernel(ArrayView<sbyte> a, ArrayView<sbyte> b, ArrayView<int> c, Int8Args g)
+    {
+        long step = GridStride.Step;
+        int tilesN = (g.N + Tile - 1) / Tile;
+        for (long t = GridStride.Start; t < g.Count; t += step)
+        {
+            int i0 = (int)(t / tilesN) * Tile, j0 = (int)(t % tilesN) * Tile;
+            // Rows and columns past the edge read the last valid one (no branch in the loop) and are not written.
+            int a0 = i0 * g.K, a1 = Math.Min(i0 + 1, g.M - 1) * g.K, a2 = Math.Min(i0 + 2, g.M - 1) * g.K, a3 = Math.Min(i0 + 3, g.M - 1) * g.K;
+            int b0 = j0 * g.K, b1 = Math.Min(j0 + 1, g.N - 1) * g.K, b2 = Math.Min(j0 + 2, g.N - 1) * g.K, b3 = Math.Min(j0 + 3, g.N - 1) * g.K;
+            var acc = new IntTile();
+            for (int k = 0; k < g.K; k++)
+                acc.Fma(a[a0 + k], a[a1 + k], a[a2 + k], a[a3 + k], b[b0 + k], b[b1 + k], b[b2 + k], b[b3 + k]);
+            acc.Store(c, i0, j0, g.M, g.N);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void DequantizeKernel(ArrayView<int> acc, ArrayView<float> wScale, ArrayView<float> y, Int8Args a)
+    {
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < a.Count; i += step)
+            y[i] = acc[i] * (a.InputScale * wScale[(int)(i % a.N)]);
+    }
+
+    /// <summary>A 4×4 block of int32 accumulators (no loop unrolling in ILGPU 1.5.3: written out).</summary>
+    private struct IntTile
+    {
+        public int C00, C01, C02, C03, C10, C11, C12, C13, C20, C21, C22, C23, C30, C31, C32, C33;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Fma(int a0, int a1, int a2, int a3, int b0, int b1, int b2, int b3)
+        {
+            C00 += a0 * b0; C01 += a0 * b1; C02 += a0 * b2; C03 += a0 * b3;
+            C10 += a1 * b0; C11 += a1 * b1; C12 += a1 * b2; C13 += a1 * b3;
+            C20 += a2 * b0; C21 += a2 * b1; C22 += a2 * b2; C23 += a2 * b3;
+            C30 += a3 * b0; C31 += a3 * b1; C32 += a3 * b2; C33 += a3 * b3;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly void Store(ArrayView<int> c, int i0, int j0, int m, int n)
+        {
+            StoreRow(c, i0, j0, m, n, C00, C01, C02, C03);
+            StoreRow(c, i0 + 1, j0, m, n, C10, C11, C12, C13);
+            StoreRow(c, i0 + 2, j0, m, n, C20, C21, C22, C23);
+            StoreRow(c, i0 + 3, j0, m, n, C30, C31, C32, C33);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void StoreRow(ArrayView<int> c, int i, int j0, int m, int n, int v0, int v1, int v2, int v3)
+        {
+            if (i >= m) return;
+            int o = i * n + j0;
+            c[o] = v0;
+            if (j0 + 1 < n) c[o + 1] = v1;
+            if (j0 + 2 < n) c[o + 2] = v2;
+            if (j0 + 3 < n) c[o + 3] = v3;
+        }
+    }
+}

@@ -1,0 +1,48 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace IlgpuBert.Runtime;
+
+/// <summary>
+/// An int8 device tensor (quantized weights, quantized activations): a pooled float buffer of a
+/// quarter the length, viewed as bytes, so it comes from the same pool as every other buffer.
+/// </summary>
+public sealed class Int8Tensor : IDisposable
+{
+    private readonly PooledBuffer buffer;
+
+    public Int8Tensor(BertDevice device, params int[] shape)
+    {
+        Device = device;
+        Shape = (int[])shape.Clone();
+        Length = shape.Aggregate(1L, (n, d) => d >= 0 ? n * d : throw new ArgumentException($"negative dimension in shape [{string.Join(", ", shape)}]"));
+        buffer = device.Pool.Rent(Math.Max(1, (Length + 3) / 4));
+    }
+
+    public BertDevice Device { get; }
+    public int[] Shape { get; }
+    public long Length { get; }
+    public ArrayView<sbyte> View => buffer.View.Cast<sbyte>().SubView(0, Length);
+
+    public static Int8Tensor FromHost(BertDevice device, sbyte[] data, params int[] shape)
+    {
+        var t = new Int8Tensor(device, shape);
+        if (t.Length != data.Length)
+        {
+            t.Dispose();
+            throw new ArgumentException($"{data.Length} values do not fill shape [{string.Join(", ", shape)}]");
+        }
+        if (data.Length > 0) t.View.CopyFromCPU(device.Accelerator.DefaultStream, data);
+        return t;
+    }
+
+    public sbyte[] ToHost()
+    {
+        var result = new sbyte[Length];
+        if (Length > 0) View.CopyToCPU(Device.Accelerator.DefaultStream, result);
+        Device.Accelerator.DefaultStream.Synchronize();
+        return result;
+    }
+
+    public void Dispose() => buffer.Dispose();
+}

@@ -1,0 +1,147 @@
+using ILGPU.Runtime;
+using IlgpuBert.Kernels;
+
+namespace IlgpuBert.Tests;
+
+/// <summary>
+/// The int8 kernels against exact integer references (quantize, GEMM) and the float rescale and
+/// head-scaling kernels against double references, on awkward shapes.
+/// </summary>
+public class QuantizationKernelTests
+{
+    public static TheoryData<string, int, int, int> GemmShapes()
+    {
+        var data = new TheoryData<string, int, int, int>();
+        foreach (var dev in Devices.Names)
+            foreach (var (m, n, k) in new[] { (1, 1, 1), (7, 33, 5), (33, 7, 129), (129, 65, 33), (5, 3, 0) })
+                data.Add(dev, m, n, k);
+        return data;
+    }
+
+    private static sbyte[] RandomInt8(Random rng, int n)
+    {
+        var v = new sbyte[n];
+        for (int i = 0; i < n; i++) v[i] = (sbyte)rng.Next(-127, 128);
+        if (n > 1) { v[0] = 127; v[^1] = -127; } // the extremes always appear
+        return v;
+    }
+
+    [Theory]
+    [MemberData(nameof(GemmShapes))]
+    public void Int8_gemm_equals_the_integer_reference_exactly(string device, int m, int n, int k)
+    {
+        var d = Devices.Get(device);
+        var rng = new Random(m * 1000 + n * 10 + k);
+        var a = RandomInt8(rng, m * k);
+        var b = RandomInt8(rng, n * k);
+        using var ba = d.Accelerator.Allocate1D(a.Length == 0 ? new sbyte[1] : a);
+        using var bb = d.Accelerator.Allocate1D(b.Length == 0 ? new sbyte[1] : b);
+        var poison = Enumerable.Repeat(int.MinValue, m * n).ToArray();
+        using var bc = d.Accelerator.Allocate1D(poison);
+        d.Kernels.Quantization.Gemm(ba.View, bb.View, bc.View, m, n, k);
+        var got = bc.GetAsArray1D();
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                long expected = 0;
+                for (int t = 0; t < k; t++) expected += a[i * k + t] * b[j * k + t];
+                Assert.True(expected == got[i * n + j], $"acc[{i}, {j}] = {got[i * n + j]}, expected {expected}");
+            }
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void Int8_gemm_is_exact_at_the_largest_products(string device)
+    {
+        // Every product 127·127 or −127·127: the sums reach 127²·K without overflow or rounding.
+        var d = Devices.Get(device);
+        const int m = 5, n = 6, k = 2049;
+        var a = Enumerable.Range(0, m * k).Select(i => (sbyte)(i % 3 == 0 ? -127 : 127)).ToArray();
+        var b = Enumerable.Repeat((sbyte)127, n * k).ToArray();
+        using var ba = d.Accelerator.Allocate1D(a);
+        using var bb = d.Accelerator.Allocate1D(b);
+        using var bc = d.Accelerator.Allocate1D(new int[m * n]);
+        d.Kernels.Quantization.Gemm(ba.View, bb.View, bc.View, m, n, k);
+        var got = bc.GetAsArray1D();
+        for (int i = 0; i < m; i++)
+        {
+            long expected = 0;
+            for (int t = 0; t < k; t++) expected += a[i * k + t] * 127L;
+            for (int j = 0; j < n; j++) Assert.Equal(expected, got[i * n + j]);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void Quantize_rounds_and_clamps_exactly_as_the_host_definition(string device)
+    {
+        var d = Devices.Get(device);
+        var rng = new Random(3);
+        const float scale = 0.05f;
+        // Random values, values past the clamp, exact halves and their neighbours, zero and negative zero.
+        var x = Rand.Normal(rng, 257, 3.0).Concat([7f, -7f, 100f, -100f, 0.025f, -0.025f, 0.075f, -0.075f, 0f, -0f, 6.35f, -6.35f, 6.375f]).ToArray();
+        using var bx = d.Upload(x);
+        using var bq = d.Accelerator.Allocate1D(Enumerable.Repeat(sbyte.MinValue, x.Length).ToArray()); // −128 is never a result
+        d.Kernels.Quantization.Quantize(bx.View, bq.View, x.Length, scale);
+        var got = bq.GetAsArray1D();
+        for (int i = 0; i < x.Length; i++)
+        {
+            sbyte expected = QuantizationKernels.QuantizeValue(x[i], 1f / scale);
+            Assert.True(expected == got[i], $"q({x[i]}) = {got[i]}, expected {expected}");
+            double exact = Math.Clamp(Math.Floor(x[i] * (double)(1f / scale) + 0.5), -127, 127);
+            Assert.True(Math.Abs(exact - got[i]) <= 1, $"q({x[i]}) = {got[i]} is not the rounding of {x[i] / scale}");
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => d.Kernels.Quantization.Quantize(bx.View, bq.View, x.Length, 0f));
+        Assert.Throws<ArgumentOutOfRangeException>(() => d.Kernels.Quantization.Quantize(bx.View, bq.View, x.Length, float.NaN));
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void Dequantize_rescales_by_the_input_and_channel_scales(string device)
+    {
+        var d = Devices.Get(device);
+        var rng = new Random(5);
+        const int m = 9, n = 13;
+        var acc = Enumerable.Range(0, m * n).Select(_ => rng.Next(-2_000_000, 2_000_000)).ToArray();
+        var ws = Rand.Normal(rng, n).Select(v => MathF.Abs(v) * 0.01f + 1e-4f).ToArray();
+        const float sx = 0.037f;
+        using var bacc = d.Accelerator.Allocate1D(acc);
+        using var bws = d.Upload(ws);
+        using var by = d.Poisoned(m * n);
+        d.Kernels.Quantization.Dequantize(bacc.View, bws.View, by.View, m, n, sx);
+        var expected = new double[m * n];
+        for (int i = 0; i < m * n; i++) expected[i] = acc[i] * ((double)sx * ws[i % n]);
+        Tol.AssertClose(expected, d.Read(by, m * n), Tol.F32Elementwise, "y");
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void ScaleBlocks_and_BlockDot_match_the_double_reference(string device)
+    {
+        var d = Devices.Get(device);
+        var rng = new Random(7);
+        const int rows = 11, heads = 3, hd = 5, cols = heads * hd;
+        var x = Rand.Normal(rng, rows * cols);
+        var dy = Rand.Normal(rng, rows * cols);
+        var xi = Rand.Normal(rng, heads);
+        var d0 = Rand.Normal(rng, heads);
+        using var bx = d.Upload(x);
+        using var bdy = d.Upload(dy);
+        using var bxi = d.Upload(xi);
+        using var by = d.Poisoned(rows * cols);
+        using var bd = d.Upload(d0);
+        d.Kernels.Elementwise.ScaleBlocks(bx.View, bxi.View, by.View, rows, cols, hd);
+        d.Kernels.Elementwise.BlockDot(bdy.View, bx.View, bd.View, rows, cols, hd, accumulate: true);
+        var y = new double[rows * cols];
+        var dxi = Rand.ToDouble(d0);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+            {
+                y[r * cols + c] = (double)x[r * cols + c] * xi[c / hd];
+                dxi[c / hd] += (double)dy[r * cols + c] * x[r * cols + c];
+            }
+        Tol.AssertClose(y, d.Read(by, rows * cols), Tol.F32Elementwise, "y");
+        Tol.AssertClose(dxi, d.Read(bd, heads), Tol.F32Reduction, "dξ (accumulated)");
+        Assert.Throws<ArgumentException>(() => d.Kernels.Elementwise.ScaleBlocks(bx.View, bxi.View, by.View, rows, cols, 4));
+    }
+}
