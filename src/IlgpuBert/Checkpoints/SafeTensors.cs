@@ -1,7 +1,7 @@
 // The safetensors format (huggingface/safetensors): an 8-byte little-endian header length N, N
 // bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then
-// the raw little-endian data, offsets relative to its start. IlgpuBert writes F32 and reads F32,
-// F16 and BF16 (converted to F32). Every inconsistency is a CheckpointException naming the file
+// the raw little-endian data, offsets relative to its start. IlgpuBert writes F32 and I8 (int8
+// quantized weights) and reads F32, F16, BF16 and I8 (held as float: every int8 is exact). Every inconsistency is a CheckpointException naming the file
 // and the problem; nothing is read past the file or trusted before it is checked.
 using System.Buffers.Binary;
 using System.Text;
@@ -10,8 +10,8 @@ using System.Text.Json.Nodes;
 
 namespace IlgpuBert.Checkpoints;
 
-/// <summary>A host tensor: row-major shape and float32 data.</summary>
-public sealed record HostTensor(int[] Shape, float[] Data)
+/// <summary>A host tensor: row-major shape and float32 data; <paramref name="Dtype"/> is how it is stored (F32, or I8 for integers in [−128, 127]).</summary>
+public sealed record HostTensor(int[] Shape, float[] Data, string Dtype = "F32")
 {
     public long Length => Data.LongLength;
 
@@ -65,7 +65,8 @@ public static class SafeTensors
             {
                 "F32" => 4,
                 "F16" or "BF16" => 2,
-                _ => throw new CheckpointException($"{path}: tensor {name} has dtype {dtype}; supported: F32, F16, BF16"),
+                "I8" => 1,
+                _ => throw new CheckpointException($"{path}: tensor {name} has dtype {dtype}; supported: F32, F16, BF16, I8"),
             };
             long elements = HostTensor.Elements(shape);
             if (begin < 0 || end < begin || end > dataLength)
@@ -77,7 +78,7 @@ public static class SafeTensors
             var raw = new byte[end - begin];
             file.Position = dataStart + begin;
             file.ReadExactly(raw);
-            result[name] = new HostTensor(shape, Decode(raw, dtype, (int)elements));
+            result[name] = new HostTensor(shape, Decode(raw, dtype, (int)elements), dtype == "I8" ? "I8" : "F32");
         }
         return result;
     }
@@ -112,6 +113,9 @@ public static class SafeTensors
             case "F16":
                 for (int i = 0; i < elements; i++) data[i] = (float)BinaryPrimitives.ReadHalfLittleEndian(raw.AsSpan(2 * i));
                 break;
+            case "I8":
+                for (int i = 0; i < elements; i++) data[i] = (sbyte)raw[i];
+                break;
             default: // BF16: the top half of an F32
                 for (int i = 0; i < elements; i++)
                     data[i] = BitConverter.Int32BitsToSingle(BinaryPrimitives.ReadUInt16LittleEndian(raw.AsSpan(2 * i)) << 16);
@@ -121,7 +125,7 @@ public static class SafeTensors
     }
 
     /// <summary>
-    /// Writes F32 tensors, names sorted, header padded to 8 bytes, atomically: a temporary file in
+    /// Writes F32 (and I8) tensors, names sorted, header padded to 8 bytes, atomically: a temporary file in
     /// the same folder, then a rename, so a crash never leaves a half-written checkpoint.
     /// </summary>
     public static void Write(string path, IReadOnlyDictionary<string, HostTensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
@@ -136,10 +140,13 @@ public static class SafeTensors
             var t = tensors[name];
             if (HostTensor.Elements(t.Shape) != t.Data.LongLength)
                 throw new ArgumentException($"tensor {name}: {t.Data.LongLength} values do not fill shape {t.ShapeText}");
-            long bytes = t.Data.LongLength * 4;
+            if (t.Dtype is not ("F32" or "I8")) throw new ArgumentException($"tensor {name}: cannot write dtype {t.Dtype} (F32 or I8)");
+            if (t.Dtype == "I8" && t.Data.Any(v => v != MathF.Round(v) || v < -128 || v > 127))
+                throw new ArgumentException($"tensor {name}: I8 data must be integers in [-128, 127]");
+            long bytes = t.Data.LongLength * (t.Dtype == "I8" ? 1 : 4);
             header[name] = new JsonObject
             {
-                ["dtype"] = "F32",
+                ["dtype"] = t.Dtype,
                 ["shape"] = new JsonArray(t.Shape.Select(d => (JsonNode?)JsonValue.Create(d)).ToArray()),
                 ["data_offsets"] = new JsonArray(offset, offset + bytes),
             };
@@ -158,6 +165,13 @@ public static class SafeTensors
             foreach (var name in names)
             {
                 var data = tensors[name].Data;
+                if (tensors[name].Dtype == "I8")
+                {
+                    var bytes = new byte[data.Length];
+                    for (int i = 0; i < data.Length; i++) bytes[i] = (byte)(sbyte)data[i];
+                    stream.Write(bytes);
+                    continue;
+                }
                 for (int i = 0; i < data.Length;)
                 {
                     int n = Math.Min(data.Length - i, buffer.Length / 4);

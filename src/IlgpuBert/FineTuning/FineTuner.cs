@@ -18,6 +18,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
+using IlgpuBert.Compression;
 using IlgpuBert.Kernels;
 using IlgpuBert.Model;
 using IlgpuBert.Pretraining;
@@ -37,8 +38,15 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
     /// <summary>Set from another thread (Ctrl-C): the loop saves the model after the current step and returns.</summary>
     public volatile bool StopRequested;
 
+    /// <summary>
+    /// Another training objective on the same loop (distillation): the model to train, with its task
+    /// fixed; parameters trained beside it but not saved with it; and the step (forward and backward
+    /// of one batch, returning the loss), which replaces <see cref="TrainStep"/>.
+    /// </summary>
+    public sealed record CustomTraining(Func<BertForTask> Model, IReadOnlyList<Parameter> Extra, Func<BertForTask, TaskBatch, int, double> Step);
+
     /// <summary>Fine-tunes per <paramref name="o"/> into <paramref name="outDir"/>; returns the final evaluation (eval.json).</summary>
-    public JsonObject Run(FineTuneOptions o, string outDir)
+    public JsonObject Run(FineTuneOptions o, string outDir, CustomTraining? custom = null)
     {
         o.Validate();
         string source = o.InitFrom ?? o.Model!;
@@ -57,7 +65,9 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
             eval = o.Eval is null ? [] : TaskData.Read(o.Eval, o.Task, o.Columns);
         }
         var spec = new TaskSpec(o.Task, Labels(o.Task, train), o.Pooling);
-        using var model = BertForTask.FromPretrained(device, source, spec, o.Seed, log, bodyOnly: o.InitFrom is not null);
+        using var model = custom?.Model() ?? BertForTask.FromPretrained(device, source, spec, o.Seed, log, bodyOnly: o.InitFrom is not null);
+        var unknown = spec.Labels.Except(model.Task.Labels).ToList();
+        if (unknown.Count > 0) throw new ArgumentException($"the model's labels ({string.Join(", ", model.Task.Labels)}) do not include {string.Join(", ", unknown)} from the training data");
         var featurizer = new Featurizer(encoder, model.Task, Math.Min(o.MaxLength, model.Config.MaxPositionEmbeddings));
         var trainFeatures = train.Select(e => featurizer.Make(e, labelled: true)).ToList();
         var evalFeatures = eval.Select(e => featurizer.Make(e, labelled: true)).ToList();
@@ -66,8 +76,15 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
 
         float peak = o.LearningRate ?? FineTuneOptions.DefaultLearningRate(model.Config.HiddenSize);
         var setup = Setup(model, o);
+        foreach (var extra in custom?.Extra ?? [])
+        {
+            setup.Trainable.Add(extra);
+            setup.LrScales.Add(1f);
+        }
         using var optimizer = new AdamWOptimizer(device, setup.Trainable, new AdamWSettings(WeightDecay: o.WeightDecay), setup.LrScales);
         using var mixout = new MixoutTargets(model, o.Mixout);
+        using var sparsity = MagnitudeMasks.For(model.Bert, model.Config);
+        if (sparsity is not null) log.WriteLine($"magnitude-pruned model: {sparsity.Zeros} zero weights kept at zero through training");
         int stepsPerEpoch = (trainFeatures.Count + o.BatchSize - 1) / o.BatchSize, total = stepsPerEpoch * o.Epochs;
         int warmup = (int)Math.Round(total * o.WarmupRatio);
         log.WriteLine($"fine-tuning {TaskSpec.Name(o.Task)} ({model.Task.Outputs} outputs, pooling {TaskSpec.Name(o.Pooling)}) on {trainFeatures.Count} examples: "
@@ -90,12 +107,13 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
                 var stepClock = Stopwatch.StartNew();
                 var chunk = order.Skip(at).Take(o.BatchSize).Select(i => trainFeatures[i]).ToList();
                 var batch = featurizer.Collate(chunk, labelled: true);
-                double loss = TrainStep(model, batch, o, step, mixout);
+                double loss = custom is null ? TrainStep(model, batch, o, step, mixout) : custom.Step(model, batch, step);
                 if (!double.IsFinite(loss))
                     throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping. Try a lower --lr.");
                 float gradNorm = optimizer.GradNorm();
                 float lr = LinearSchedule.At(step, peak, warmup, total);
                 optimizer.Update(lr);
+                sparsity?.Apply();
                 var row = new FineTuneStep(step, epoch, loss, lr, gradNorm, chunk.Count / stepClock.Elapsed.TotalSeconds, clock.Elapsed.TotalSeconds);
                 steps.Add(row);
                 if (step % reportEvery == 0 || step == total)

@@ -24,7 +24,8 @@ public static class Predictor
 {
     public const int MaxAnswerPieces = 30;
 
-    public static List<Prediction> Predict(BertForTask model, Featurizer featurizer, IReadOnlyList<Feature> features, int batchSize)
+    /// <param name="hooks">How the model runs (an int8 model's Linear layers); plain float when null.</param>
+    public static List<Prediction> Predict(BertForTask model, Featurizer featurizer, IReadOnlyList<Feature> features, int batchSize, BertHooks? hooks = null)
     {
         var result = new List<Prediction>(features.Count);
         for (int at = 0; at < features.Count; at += batchSize)
@@ -32,7 +33,7 @@ public static class Predictor
             var chunk = features.Skip(at).Take(batchSize).ToList();
             var batch = featurizer.Collate(chunk, labelled: false);
             using var tape = new Tape(recording: false);
-            var logits = model.Forward(tape, batch, Dropouts.Off).Logits.Value.ToHost();
+            var logits = model.Forward(tape, batch, Dropouts.Off, hooks).Logits.Value.ToHost();
             int s = batch.Inputs.SeqLen, c = model.Task.Outputs;
             for (int r = 0; r < chunk.Count; r++)
                 result.Add(Read(model.Task, chunk[r], logits, r, s, c));

@@ -134,6 +134,14 @@ public sealed class BertParameters : IDisposable
     public (List<string> Initialized, List<string> Unused) Load(string path, int seedForMissingHeads = 0, Func<string, bool>? take = null)
     {
         var file = SafeTensors.Read(path);
+        if (file.FirstOrDefault(kv => kv.Value.Dtype == "I8") is { Key: { } int8 })
+            throw new CheckpointException($"{path}: tensor {int8} is int8 (a quantized model); quantized models run inference only (evaluate, predict, compare)");
+        return Load(file, path, seedForMissingHeads, take);
+    }
+
+    /// <summary>Loads tensors already read (<paramref name="path"/> names them in messages).</summary>
+    public (List<string> Initialized, List<string> Unused) Load(Dictionary<string, HostTensor> file, string path, int seedForMissingHeads = 0, Func<string, bool>? take = null)
+    {
         bool bare = !file.Keys.Any(k => k.StartsWith("bert.", StringComparison.Ordinal))
             && file.Keys.Any(k => k.StartsWith("embeddings.", StringComparison.Ordinal) || k.StartsWith("encoder.", StringComparison.Ordinal));
         var tensors = new Dictionary<string, HostTensor>(StringComparer.Ordinal);
