@@ -4,6 +4,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using IlgpuBert.Compression;
 using IlgpuBert.FineTuning;
 using IlgpuBert.Model;
 using IlgpuBert.Text;
@@ -14,7 +15,7 @@ public static class FineTuneCommands
 {
     private static Option<T> Opt<T>(string name, string description, T fallback) => Cli.Opt(name, description, fallback);
 
-    private sealed record ColumnOptions(Option<string> Text, Option<string?> Pair, Option<string> Label, Option<bool> NoHeader)
+    internal sealed record ColumnOptions(Option<string> Text, Option<string?> Pair, Option<string> Label, Option<bool> NoHeader)
     {
         public static ColumnOptions Create() => new(
             Opt("--text-column", "TSV/CSV column or JSONL key of the text (name, or 0-based index)", "text"),
@@ -109,11 +110,12 @@ public static class FineTuneCommands
         {
             using var device = Cli.OpenDevice(parse);
             string dir = parse.GetValue(model)!;
-            using var m = BertForTask.Load(device, dir);
+            using var loaded = LoadedModel.Load(device, dir); // float or int8
+            var m = loaded.Model;
             var examples = TaskData.Read(parse.GetValue(eval)!, m.Task.Kind, columns.Read(parse));
             var featurizer = new Featurizer(BertTextEncoder.Load(dir), m.Task, Math.Min(parse.GetValue(maxLength), m.Config.MaxPositionEmbeddings));
             var features = examples.Select(e => featurizer.Make(e, labelled: true)).ToList();
-            var metrics = Predictor.Metrics(m.Task, Predictor.Predict(m, featurizer, features, parse.GetValue(batch)));
+            var metrics = Predictor.Metrics(m.Task, loaded.Predict(featurizer, features, parse.GetValue(batch)));
             string json = metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
             stdout.WriteLine(json);
             if (parse.GetValue(output) is { } path) Checkpoints.AtomicFile.WriteText(path, json + "\n");
@@ -133,7 +135,8 @@ public static class FineTuneCommands
         {
             using var device = Cli.OpenDevice(parse);
             string dir = parse.GetValue(model)!;
-            using var m = BertForTask.Load(device, dir);
+            using var loaded = LoadedModel.Load(device, dir); // float or int8
+            var m = loaded.Model;
             string? path = parse.GetValue(input);
             if (path is not null && !File.Exists(path)) throw new IOException($"{path}: no such file");
             List<TaskExample> examples;
@@ -142,7 +145,7 @@ public static class FineTuneCommands
             if (examples.Count == 0) throw new ArgumentException("no texts to predict");
             var featurizer = new Featurizer(BertTextEncoder.Load(dir), m.Task, Math.Min(parse.GetValue(maxLength), m.Config.MaxPositionEmbeddings));
             var features = examples.Select(e => featurizer.Make(e, labelled: false)).ToList();
-            foreach (var p in Predictor.Predict(m, featurizer, features, parse.GetValue(batch)))
+            foreach (var p in loaded.Predict(featurizer, features, parse.GetValue(batch)))
                 stdout.WriteLine(Format(m.Task, p));
             return 0;
         });

@@ -31,6 +31,8 @@ namespace IlgpuBert.Cli
                 root.Subcommands.Add(command);
             foreach (var command in ModelCommands.Create(stdout, stderr))
                 root.Subcommands.Add(command);
+            foreach (var command in CompressCommands.Create(stdout))
+                root.Subcommands.Add(command);
             try
             {
                 var parse = root.Parse(args);
