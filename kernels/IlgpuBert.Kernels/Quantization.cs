@@ -9,7 +9,9 @@
 //
 // Layouts: qx [M, K] and qw [N, K] row-major (nn.Linear's weight [out, in], so C = A·Bᵀ), acc [M, N].
 // GEMM geometry: each thread owns a 4×4 tile of C in registers and walks K once (grid-stride over
-// tiles), the same fat-thread shape that runs tolerably on the CPU accelerator; no shared memory.
+// tiles); no shared memory. On the CPU accelerator the same product runs as host SIMD code
+// (HostInt8Gemm: sbyte → short → int widening dot products), as float GEMM does.
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
@@ -42,6 +44,9 @@ public sealed class QuantizationKernels
         dequantize = acc.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>(DequantizeKernel);
     }
 
+    /// <summary>When true on the CPU accelerator, run the ILGPU kernel instead of host SIMD code (tests).</summary>
+    public bool ForceDeviceKernel { get; set; }
+
     /// <summary>The host definition of one quantized value (what the kernel computes, bit for bit).</summary>
     public static sbyte QuantizeValue(float x, float invScale)
     {
@@ -67,6 +72,12 @@ public sealed class QuantizationKernels
         Check.Vector("b", b, (long)n * k);
         Check.Vector("acc", acc, (long)m * n);
         long tiles = (long)((m + Tile - 1) / Tile) * ((n + Tile - 1) / Tile);
+        if (tiles > 0 && set.IsCpu && !ForceDeviceKernel)
+        {
+            set.Accelerator.Synchronize();
+            HostInt8Gemm.Run(a, b, acc, m, n, k);
+            return;
+        }
         if (tiles > 0) gemm(set.GridStride(tiles), a, b, acc, new Int8Args { M = m, N = n, K = k, Count = tiles });
     }
 
@@ -150,5 +161,38 @@ public sealed class QuantizationKernels
             if (j0 + 2 < n) c[o + 2] = v2;
             if (j0 + 3 < n) c[o + 3] = v3;
         }
+    }
+}
+
+/// <summary>acc = a·bᵀ for int8 a [M, K], b [N, K] on the CPU accelerator's buffers: exact int32 dot products, rows in parallel.</summary>
+internal static unsafe class HostInt8Gemm
+{
+    public static void Run(ArrayView<sbyte> a, ArrayView<sbyte> b, ArrayView<int> c, int m, int n, int k)
+    {
+        nint pa = a.LoadEffectiveAddressAsPtr(), pb = b.LoadEffectiveAddressAsPtr(), pc = c.LoadEffectiveAddressAsPtr();
+        Parallel.For(0, m, i =>
+        {
+            sbyte* row = (sbyte*)pa + (long)i * k;
+            int* output = (int*)pc + (long)i * n;
+            for (int j = 0; j < n; j++) output[j] = Dot(row, (sbyte*)pb + (long)j * k, k);
+        });
+    }
+
+    private static int Dot(sbyte* x, sbyte* y, int k)
+    {
+        int width = Vector<sbyte>.Count, t = 0;
+        var sum = Vector<int>.Zero;
+        for (; t + width <= k; t += width)
+        {
+            Vector.Widen(Unsafe.ReadUnaligned<Vector<sbyte>>(x + t), out Vector<short> x0, out Vector<short> x1);
+            Vector.Widen(Unsafe.ReadUnaligned<Vector<sbyte>>(y + t), out Vector<short> y0, out Vector<short> y1);
+            // |x·y| ≤ 127² = 16129 fits a short; widen before adding.
+            Vector.Widen(x0 * y0, out Vector<int> p0, out Vector<int> p1);
+            Vector.Widen(x1 * y1, out Vector<int> p2, out Vector<int> p3);
+            sum += p0 + p1 + p2 + p3;
+        }
+        int result = Vector.Sum(sum);
+        for (; t < k; t++) result += x[t] * y[t];
+        return result;
     }
 }

@@ -24,6 +24,7 @@ public sealed class TestDevice : IDisposable
         Kernels = new KernelSet(accelerator, rowGroup);
         Kernels.Gemm.ForceDeviceKernel = forceDeviceKernels;
         Kernels.Attention.ForceDeviceKernel = forceDeviceKernels;
+        Kernels.Quantization.ForceDeviceKernel = forceDeviceKernels;
     }
 
     public string Name { get; }

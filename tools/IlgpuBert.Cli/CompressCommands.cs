@@ -40,11 +40,7 @@ public static class CompressCommands
     private static void CopyTokenizerFiles(string from, string to)
     {
         foreach (var name in new[] { BertFolder.VocabFile, "tokenizer_config.json" })
-        {
-            string source = Path.Combine(from, name), target = Path.Combine(to, name);
-            if (File.Exists(source) && Path.GetFullPath(source) != Path.GetFullPath(target))
-                AtomicFile.Write(target, s => { using var src = File.OpenRead(source); src.CopyTo(s); });
-        }
+            if (File.Exists(Path.Combine(from, name))) BertFolder.CopyInto(Path.Combine(from, name), to, name);
     }
 
     private static Command Distill(TextWriter stdout)
@@ -88,14 +84,7 @@ public static class CompressCommands
             };
             using var device = Cli.OpenDevice(parse);
             var distiller = new Distiller(device, stdout);
-            ConsoleCancelEventHandler onCancel = (_, e) =>
-            {
-                e.Cancel = true;
-                distiller.RequestStop();
-            };
-            Console.CancelKeyPress += onCancel;
-            try { distiller.Run(options, parse.GetValue(output)!); }
-            finally { Console.CancelKeyPress -= onCancel; }
+            Cli.Interruptible(() => distiller.Run(options, parse.GetValue(output)!), () => distiller.RequestStop());
             return 0;
         });
         return command;

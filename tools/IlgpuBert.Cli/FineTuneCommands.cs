@@ -83,14 +83,7 @@ public static class FineTuneCommands
             options.Validate();
             using var device = Cli.OpenDevice(parse);
             var tuner = new FineTuner(device, stdout);
-            ConsoleCancelEventHandler onCancel = (_, e) =>
-            {
-                e.Cancel = true;
-                tuner.StopRequested = true;
-            };
-            Console.CancelKeyPress += onCancel;
-            try { tuner.Run(options, parse.GetValue(output)!); }
-            finally { Console.CancelKeyPress -= onCancel; }
+            Cli.Interruptible(() => tuner.Run(options, parse.GetValue(output)!), () => tuner.StopRequested = true);
             return 0;
         });
         return command;

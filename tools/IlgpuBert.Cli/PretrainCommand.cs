@@ -68,20 +68,7 @@ public static class PretrainCommand
             if (parse.GetValue(resume) is null) options.Validate();
             using var device = Cli.OpenDevice(parse);
             var trainer = new Trainer(device, stdout);
-            ConsoleCancelEventHandler onCancel = (_, e) =>
-            {
-                e.Cancel = true;
-                trainer.StopRequested = true;
-            };
-            Console.CancelKeyPress += onCancel;
-            try
-            {
-                trainer.Run(options, parse.GetValue(output)!, parse.GetValue(resume));
-            }
-            finally
-            {
-                Console.CancelKeyPress -= onCancel;
-            }
+            Cli.Interruptible(() => trainer.Run(options, parse.GetValue(output)!, parse.GetValue(resume)), () => trainer.StopRequested = true);
             return 0;
         });
         return command;

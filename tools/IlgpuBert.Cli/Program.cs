@@ -60,6 +60,19 @@ namespace IlgpuBert.Cli
         public static Option<T> Opt<T>(string name, string description, T fallback) =>
             new(name) { Description = description, DefaultValueFactory = _ => fallback };
 
+        /// <summary>Runs a long job; Ctrl-C calls <paramref name="stop"/> (the job saves and returns) instead of killing the process.</summary>
+        public static void Interruptible(Action run, Action stop)
+        {
+            ConsoleCancelEventHandler onCancel = (_, e) =>
+            {
+                e.Cancel = true;
+                stop();
+            };
+            Console.CancelKeyPress += onCancel;
+            try { run(); }
+            finally { Console.CancelKeyPress -= onCancel; }
+        }
+
         /// <summary>The device the user asked for (flag, then environment, then auto).</summary>
         public static BertDevice OpenDevice(ParseResult parse)
         {

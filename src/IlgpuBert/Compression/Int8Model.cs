@@ -154,9 +154,7 @@ public sealed class Int8Model : IDisposable
         Directory.CreateDirectory(dir);
         (Model.Config with { Extra = extra }).Write(Path.Combine(dir, BertFolder.ConfigFile));
         SafeTensors.Write(Path.Combine(dir, BertFolder.WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt", ["quantization"] = Method });
-        string vocabTarget = Path.Combine(dir, BertFolder.VocabFile);
-        if (vocabSource is not null && Path.GetFullPath(vocabSource) != Path.GetFullPath(vocabTarget))
-            AtomicFile.Write(vocabTarget, s => { using var src = File.OpenRead(vocabSource); src.CopyTo(s); });
+        if (vocabSource is not null) BertFolder.CopyInto(vocabSource, dir, BertFolder.VocabFile);
     }
 
     /// <summary>Whether a model folder holds an int8 model written by <see cref="Save"/>.</summary>

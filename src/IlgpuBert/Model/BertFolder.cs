@@ -43,8 +43,14 @@ public static class BertFolder
         Directory.CreateDirectory(dir);
         config.Write(Path.Combine(dir, ConfigFile));
         parameters.Save(Path.Combine(dir, WeightsFile));
-        string vocabTarget = Path.Combine(dir, VocabFile);
-        if (vocabSource is not null && Path.GetFullPath(vocabSource) != Path.GetFullPath(vocabTarget))
-            AtomicFile.Write(vocabTarget, s => { using var src = File.OpenRead(vocabSource); src.CopyTo(s); });
+        if (vocabSource is not null) CopyInto(vocabSource, dir, VocabFile);
+    }
+
+    /// <summary>Copies a file into <paramref name="dir"/> as <paramref name="name"/> (atomically), unless it is already that file.</summary>
+    public static void CopyInto(string source, string dir, string name)
+    {
+        string target = Path.Combine(dir, name);
+        if (Path.GetFullPath(source) != Path.GetFullPath(target))
+            AtomicFile.Write(target, s => { using var src = File.OpenRead(source); src.CopyTo(s); });
     }
 }
