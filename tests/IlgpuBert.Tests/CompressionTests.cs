@@ -246,15 +246,19 @@ public class CompressionTests
         var least = Pruning.LeastImportant(scores, 3);
         Assert.Equal([0, 1], least[0]);
         Assert.Equal([0], least[1]);
-        var all = Pruning.LeastImportant(scores, 3 + 0);
-        Assert.Equal(3, all.Values.Sum(v => v.Length));
         Assert.Throws<ArgumentException>(() => Pruning.LeastImportant(scores, 4)); // 5 heads, 2 layers
+        var config = Config.WithPrunedHeads(new Dictionary<int, int[]> { [0] = [3], [1] = [2, 3] }); // 3 heads left, then 2
+        var draws = new HashSet<string>();
         for (int seed = 0; seed < 5; seed++)
         {
-            var random = Pruning.Random(scores, 3, seed);
+            var random = Pruning.RandomHeads(config, 3, seed);
+            draws.Add(string.Join(";", random.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}:{string.Join(",", kv.Value)}")));
             Assert.Equal(3, random.Values.Sum(v => v.Length));
+            Assert.True(random.All(kv => kv.Value.All(h => config.HeadsOf(kv.Key).Contains(h))), "only heads the model still has");
             Assert.True(random.GetValueOrDefault(0, []).Length < 3 && random.GetValueOrDefault(1, []).Length < 2);
         }
+        Assert.True(draws.Count > 1, "different seeds draw different heads");
+        Assert.Throws<ArgumentException>(() => Pruning.RandomHeads(config, 4, 0));
     }
 
     [Fact]

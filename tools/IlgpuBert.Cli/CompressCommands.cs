@@ -22,8 +22,8 @@ public static class CompressCommands
     private static List<TaskExample> Examples(string? path, TaskSpec task, ColumnSpec columns, bool heldOut, bool labelled, TextWriter log)
     {
         if (path is not null) return TaskData.Read(path, task.Kind, columns, labelled);
-        var defaultLabels = DefaultTask.Build();
-        var examples = heldOut ? defaultLabels.HeldOut : defaultLabels.Train;
+        var (train, held) = DefaultTask.Build();
+        var examples = heldOut ? held : train;
         if (task.Kind != TaskKind.Classification || examples.Select(e => e.Label!).Distinct().Any(l => !task.Labels.Contains(l)))
             throw new ArgumentException("the model was not fine-tuned on the embedded default task: give its data file");
         log.WriteLine($"using the embedded default task's {(heldOut ? "held-out" : "training")} split ({examples.Count} examples)");
@@ -193,24 +193,24 @@ public static class CompressCommands
             {
                 if (headCount is not null || fraction is not null)
                 {
-                    HeadImportance importance;
+                    int total = current.Bert.Layers.Sum(l => l.Heads);
+                    int n = headCount ?? (int)Math.Round(fraction!.Value * total);
+                    Dictionary<int, int[]> chosen;
                     if (how == "random")
-                        importance = new HeadImportance(Enumerable.Range(0, current.Config.NumHiddenLayers)
-                            .Select(l => (IReadOnlyDictionary<int, double>)current.Config.HeadsOf(l).ToDictionary(h => h, _ => double.NaN)).ToList());
+                        chosen = Pruning.RandomHeads(current.Config, n, parse.GetValue(seed));
                     else
                     {
                         var examples = Examples(parse.GetValue(data), current.Task, columns.Read(parse), heldOut: false, labelled: true, stdout).Take(parse.GetValue(count)).ToList();
-                        importance = Pruning.Importance(current, Batches(current, dir, examples, parse.GetValue(batch), parse.GetValue(maxLength), labelled: true));
+                        var importance = Pruning.Importance(current, Batches(current, dir, examples, parse.GetValue(batch), parse.GetValue(maxLength), labelled: true));
+                        chosen = Pruning.LeastImportant(importance, n);
+                        report["importance"] = importance.ToJson();
                     }
-                    int n = headCount ?? (int)Math.Round(fraction!.Value * importance.HeadCount);
-                    var chosen = how == "importance" ? Pruning.LeastImportant(importance, n) : Pruning.Random(importance, n, parse.GetValue(seed));
                     var next = Pruning.PruneHeads(current, chosen);
                     current.Dispose();
                     current = next;
-                    if (how == "importance") report["importance"] = importance.ToJson();
                     report["pruned_heads"] = new JsonObject(chosen.Select(kv => KeyValuePair.Create(kv.Key.ToString(), (JsonNode?)new JsonArray(kv.Value.Select(h => (JsonNode)h).ToArray()))));
                     report["method"] = how;
-                    stdout.WriteLine($"removed {n} of {importance.HeadCount} heads by {how}: {string.Join("; ", chosen.OrderBy(kv => kv.Key).Select(kv => $"layer {kv.Key}: {string.Join(",", kv.Value)}"))}");
+                    stdout.WriteLine($"removed {n} of {total} heads by {how}: {string.Join("; ", chosen.OrderBy(kv => kv.Key).Select(kv => $"layer {kv.Key}: {string.Join(",", kv.Value)}"))}");
                 }
                 if (layers is not null)
                 {

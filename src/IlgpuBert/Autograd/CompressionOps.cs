@@ -59,17 +59,12 @@ public static partial class Ops
         tape.Record(() =>
         {
             if (y.Grad is null) return;
-            x.Accumulate((g, accumulate) =>
+            if (x.RequiresGrad)
             {
-                if (!accumulate)
-                {
-                    k.Elementwise.ScaleBlocks(y.Grad.View, headScale.Value.View, g.View, rows, cols, headDim);
-                    return;
-                }
                 using var dx = new Tensor(x.Device, x.Shape);
                 k.Elementwise.ScaleBlocks(y.Grad.View, headScale.Value.View, dx.View, rows, cols, headDim);
-                k.Elementwise.Axpy(1f, dx.View, g.View, x.Length);
-            });
+                x.AddGrad(dx);
+            }
             headScale.Accumulate((g, accumulate) => k.Elementwise.BlockDot(y.Grad.View, x.Value.View, g.View, rows, cols, headDim, accumulate));
         });
         return y;

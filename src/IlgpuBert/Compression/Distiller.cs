@@ -99,7 +99,7 @@ public sealed class Distiller(BertDevice device, TextWriter log)
                         + $"β (hidden) = {d.HiddenWeight}, γ (attention) = {d.AttentionWeight}, layers {string.Join(" ", Enumerable.Range(1, map.Length - 1).Select(i => $"{i}←{map[i]}"))}");
                     return student;
                 },
-                Extra: new LazyParameters(projections),
+                Extra: () => projections.OfType<Var>().Select(v => new Parameter(v, true)),
                 Step: (student, batch, step) => Step(teacher, student, batch, step, d, o, map!, projections));
             return tuner.Run(o, outDir, custom);
         }
@@ -107,16 +107,6 @@ public sealed class Distiller(BertDevice device, TextWriter log)
         {
             foreach (var p in projections) p?.Dispose();
         }
-    }
-
-    /// <summary>The projections exist only once the student does; the optimizer reads them after.</summary>
-    private sealed class LazyParameters(List<Var?> vars) : IReadOnlyList<Parameter>
-    {
-        private List<Parameter> Items => vars.Where(v => v is not null).Select(v => new Parameter(v!, true)).ToList();
-        public Parameter this[int index] => Items[index];
-        public int Count => Items.Count;
-        public IEnumerator<Parameter> GetEnumerator() => Items.GetEnumerator();
-        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
     }
 
     private static string Describe(BertConfig c) => $"L={c.NumHiddenLayers} H={c.HiddenSize} A={c.NumAttentionHeads}";

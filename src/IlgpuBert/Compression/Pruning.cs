@@ -23,8 +23,6 @@ namespace IlgpuBert.Compression;
 /// <summary>Importance scores by layer and by original head index (heads already pruned have none).</summary>
 public sealed record HeadImportance(IReadOnlyList<IReadOnlyDictionary<int, double>> Scores)
 {
-    public int HeadCount => Scores.Sum(s => s.Count);
-
     public JsonObject ToJson() => new(Scores.Select((layer, l) => KeyValuePair.Create(l.ToString(CultureInfo.InvariantCulture),
         (JsonNode?)new JsonObject(layer.Select(kv => KeyValuePair.Create(kv.Key.ToString(CultureInfo.InvariantCulture), (JsonNode?)kv.Value))))));
 }
@@ -87,22 +85,24 @@ public static class Pruning
 
     /// <summary>The <paramref name="count"/> least important heads (ties by position), at least one head kept per layer.</summary>
     public static Dictionary<int, int[]> LeastImportant(HeadImportance importance, int count) =>
-        Choose(importance, count, importance.Scores.SelectMany((layer, l) => layer.Select(kv => (l, kv.Key, kv.Value))).OrderBy(t => t.Value).ThenBy(t => t.l).ThenBy(t => t.Key)
+        Choose(importance.Scores.Select(s => s.Count).ToArray(), count, importance.Scores.SelectMany((layer, l) => layer.Select(kv => (l, kv.Key, kv.Value))).OrderBy(t => t.Value).ThenBy(t => t.l).ThenBy(t => t.Key)
             .Select(t => (t.l, t.Key)).ToList());
 
-    /// <summary><paramref name="count"/> heads drawn at random (the baseline importance has to beat), at least one kept per layer.</summary>
-    public static Dictionary<int, int[]> Random(HeadImportance importance, int count, int seed)
+    /// <summary><paramref name="count"/> of the model's heads drawn at random (the baseline importance has to beat), at least one kept per layer.</summary>
+    public static Dictionary<int, int[]> RandomHeads(BertConfig config, int count, int seed)
     {
-        var all = importance.Scores.SelectMany((layer, l) => layer.Keys.Order().Select(h => (l, h))).ToArray();
-        new System.Random(seed).Shuffle(all);
-        return Choose(importance, count, all.ToList());
+        var heads = Enumerable.Range(0, config.NumHiddenLayers).Select(config.HeadsOf).ToArray();
+        var all = heads.SelectMany((layer, l) => layer.Select(h => (l, h))).ToArray();
+        new Random(seed).Shuffle(all);
+        return Choose(heads.Select(h => h.Length).ToArray(), count, all.ToList());
     }
 
-    private static Dictionary<int, int[]> Choose(HeadImportance importance, int count, List<(int Layer, int Head)> order)
+    /// <summary>The first <paramref name="count"/> heads of <paramref name="order"/> that leave every layer (of the given head counts) at least one.</summary>
+    private static Dictionary<int, int[]> Choose(int[] headsPerLayer, int count, List<(int Layer, int Head)> order)
     {
-        int prunable = importance.Scores.Sum(s => s.Count - 1);
+        int prunable = headsPerLayer.Sum(n => n - 1);
         if (count < 0 || count > prunable) throw new ArgumentException($"can prune 0..{prunable} heads (one stays in each layer), asked for {count}");
-        var left = importance.Scores.Select(s => s.Count).ToArray();
+        var left = headsPerLayer.ToArray();
         var chosen = new Dictionary<int, List<int>>();
         foreach (var (l, h) in order)
         {

@@ -43,7 +43,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
     /// fixed; parameters trained beside it but not saved with it; and the step (forward and backward
     /// of one batch, returning the loss), which replaces <see cref="TrainStep"/>.
     /// </summary>
-    public sealed record CustomTraining(Func<BertForTask> Model, IReadOnlyList<Parameter> Extra, Func<BertForTask, TaskBatch, int, double> Step);
+    public sealed record CustomTraining(Func<BertForTask> Model, Func<IEnumerable<Parameter>> Extra, Func<BertForTask, TaskBatch, int, double> Step);
 
     /// <summary>Fine-tunes per <paramref name="o"/> into <paramref name="outDir"/>; returns the final evaluation (eval.json).</summary>
     public JsonObject Run(FineTuneOptions o, string outDir, CustomTraining? custom = null)
@@ -76,7 +76,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
 
         float peak = o.LearningRate ?? FineTuneOptions.DefaultLearningRate(model.Config.HiddenSize);
         var setup = Setup(model, o);
-        foreach (var extra in custom?.Extra ?? [])
+        foreach (var extra in custom?.Extra() ?? [])
         {
             setup.Trainable.Add(extra);
             setup.LrScales.Add(1f);

@@ -42,11 +42,9 @@ public sealed class BertEmbeddings
 /// <summary>BertLayer: self-attention, BertSelfOutput (dense, dropout, Add &amp; Norm), BertIntermediate, BertOutput.</summary>
 public sealed class BertLayer
 {
-    private readonly int index;
-
     public BertLayer(BertParameters p, int index)
     {
-        this.index = index;
+        Index = index;
         int h = p.Config.HiddenSize, inter = p.Config.IntermediateSize;
         Heads = p.Config.HeadsOf(index).Length;
         int a = Heads * p.Config.HeadDim; // all_head_size: H, less the pruned heads
@@ -68,7 +66,7 @@ public sealed class BertLayer
     /// <summary>Attention heads of this layer: num_attention_heads less the pruned ones.</summary>
     public int Heads { get; }
 
-    public int Index => index;
+    public int Index { get; }
     public Var QkvWeight { get; }  // [3A, H]: query, key, value row blocks, A = Heads·HD
     public Var QkvBias { get; }    // [3A]
     public Var AttentionOutputWeight { get; }
@@ -89,16 +87,16 @@ public sealed class BertLayer
     {
         var linear = hooks?.Linear ?? Ops.Linear;
         var qkv = linear(tape, x, QkvWeight, QkvBias, null); // [B, S, 3A] = [B, S, 3, NH, HD]
-        var shape = AttentionShape.Create(batch, seqLen, Heads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * index));
+        var shape = AttentionShape.Create(batch, seqLen, Heads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * Index));
         var context = Ops.Attention(tape, qkv, mask, shape, probs);
         if (attentionMaps is not null) attentionMaps.Add(Ops.AttentionProbs(tape, qkv, mask, shape));
-        if (hooks?.HeadMasks?[index] is { } headMask) context = Ops.ScaleHeads(tape, context, headMask, c.HeadDim);
+        if (hooks?.HeadMasks?[Index] is { } headMask) context = Ops.ScaleHeads(tape, context, headMask, c.HeadDim);
         var attention = linear(tape, context, AttentionOutputWeight, AttentionOutputBias, null);
-        attention = Ops.Dropout(tape, attention, dropouts.Hidden, dropouts.Key(2 + 3 * index));
+        attention = Ops.Dropout(tape, attention, dropouts.Hidden, dropouts.Key(2 + 3 * Index));
         var h1 = Ops.LayerNorm(tape, attention, x, AttentionLayerNormWeight, AttentionLayerNormBias, c.LayerNormEps);
         var intermediate = linear(tape, h1, IntermediateWeight, IntermediateBias, c.Activation);
         var output = linear(tape, intermediate, OutputWeight, OutputBias, null);
-        output = Ops.Dropout(tape, output, dropouts.Hidden, dropouts.Key(3 + 3 * index));
+        output = Ops.Dropout(tape, output, dropouts.Hidden, dropouts.Key(3 + 3 * Index));
         return Ops.LayerNorm(tape, output, h1, OutputLayerNormWeight, OutputLayerNormBias, c.LayerNormEps);
     }
 
