@@ -135,6 +135,7 @@ public sealed class ActivationKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel<TAct>(ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int cols, int hasBias, long n)
         where TAct : struct, IActivation
@@ -147,6 +148,7 @@ public sealed class ActivationKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void BackwardKernel<TAct>(ArrayView<float> x, ArrayView<float> bias, ArrayView<float> dy, ArrayView<float> dx, int cols, int hasBias, long n)
         where TAct : struct, IActivation

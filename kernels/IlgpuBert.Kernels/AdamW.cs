@@ -31,8 +31,13 @@ public sealed class AdamWKernels
         this.set = set;
         var acc = set.Accelerator;
         update = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs>(UpdateKernel);
-        sumSquares = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel);
-        finishNorm = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel);
+        bool tree = set.RowReduction == RowReduction.Tree;
+        sumSquares = tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<WarpReduce>);
+        finishNorm = tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<WarpReduce>);
     }
 
     /// <summary>norm[0] ← √(Σ over all tensors of Σ g²).</summary>
@@ -40,11 +45,10 @@ public sealed class AdamWKernels
     {
         Check.Vector("norm", norm, 1);
         var partials = set.FloatScratch((long)Math.Max(grads.Count, 1) * PartialsPerTensor);
-        var rows = new KernelConfig(PartialsPerTensor, set.RowGroupSize, SharedMemoryConfig.RequestDynamic<float>(set.RowGroupSize));
+        var rows = set.Rows(PartialsPerTensor);
         for (int i = 0; i < grads.Count; i++)
             sumSquares(rows, grads[i], partials.SubView((long)i * PartialsPerTensor, PartialsPerTensor), grads[i].Length);
-        finishNorm(new KernelConfig(1, set.RowGroupSize, SharedMemoryConfig.RequestDynamic<float>(set.RowGroupSize)),
-            partials, norm, grads.Count * PartialsPerTensor);
+        finishNorm(set.Rows(1), partials, norm, grads.Count * PartialsPerTensor);
     }
 
     /// <summary>
@@ -69,6 +73,7 @@ public sealed class AdamWKernels
         if (n > 0) update(set.GridStride(n), param, grad, m, v, s.MaxGradNorm > 0f ? norm : param, n, args);
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void UpdateKernel(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v,
         ArrayView<float> norm, long n, AdamWArgs a)
@@ -89,28 +94,32 @@ public sealed class AdamWKernels
     }
 
     /// <summary>Group g of 32 sums squares of elements g·G + t, stepping by 32·G: fixed order.</summary>
+    [GpuGroup(KernelSet.GpuRowGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void SumSquaresKernel(ArrayView<float> x, ArrayView<float> partial, long n)
+    internal static void SumSquaresKernel<TReduce>(ArrayView<float> x, ArrayView<float> partial, long n)
+        where TReduce : struct, IGroupReduce
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
         float s = 0f;
         long step = GridStride.Step;
         for (long i = GridStride.Start; i < n; i += step)
             s += x[i] * x[i];
-        s = GroupReduce.Sum(shared, s);
+        s = default(TReduce).Sum(shared, s);
         if (Group.IdxX == 0)
             partial[Grid.IdxX] = s;
     }
 
+    [GpuGroup(KernelSet.GpuRowGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void FinishNormKernel(ArrayView<float> partial, ArrayView<float> norm, int count)
+    internal static void FinishNormKernel<TReduce>(ArrayView<float> partial, ArrayView<float> norm, int count)
+        where TReduce : struct, IGroupReduce
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
         float s = 0f;
         int g = Group.DimX;
         for (int i = Group.IdxX; i < count; i += g)
             s += partial[i];
-        s = GroupReduce.Sum(shared, s);
+        s = default(TReduce).Sum(shared, s);
         if (Group.IdxX == 0)
             norm[0] = MathF.Sqrt(s);
     }

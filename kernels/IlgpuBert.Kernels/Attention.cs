@@ -14,7 +14,7 @@
 // materialised path's dropout kernel draws for a [B, NH, S, S] buffer, regenerated in backward.
 //
 // GPU kernels: one group per (query tile, head, sequence); tiles of Q, K, V, the running output
-// and a score tile live in shared memory (≤ 42 KB at HD = 128); the online softmax rescales the
+// and a score tile live in static shared memory (≤ 42 KB, sized for HD = 128); the online softmax rescales the
 // running output by exp(m_old − m_new) per key tile. Backward is two deterministic kernels (dK, dV
 // per key tile looping over queries; dQ per query tile looping over keys) after a row-wise
 // D = rowsum(dO ⊙ O): no atomics. On the CPU accelerator the same math runs as host SIMD code
@@ -84,6 +84,13 @@ public sealed class AttentionKernels
     // Tile sizes (rows of queries / keys per shared-memory tile) of the three kernels.
     internal const int FwdQ = 16, FwdK = 16, DkvK = 16, DkvQ = 8, DqQ = 16, DqK = 16;
 
+    // Static shared memory of each kernel, sized for the largest head dim (≤ 42 KB at HD = 128, under
+    // the 48 KB a CUDA group gets without opting in). Static, not dynamic: see GroupReduce.cs.
+    private const int Hd = AttentionShape.MaxHeadDim;
+    internal const int FwdShared = 2 * FwdQ * Hd + 2 * FwdK * Hd + FwdQ * FwdK + 3 * FwdQ;
+    internal const int DkvShared = 4 * DkvK * Hd + 2 * DkvQ * Hd + 2 * DkvQ * DkvK + 2 * DkvQ;
+    internal const int DqShared = 3 * DqQ * Hd + 2 * DqK * Hd + DqQ * DqK + 2 * DqQ;
+
     private readonly KernelSet set;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> forward;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> rowDot;
@@ -107,7 +114,10 @@ public sealed class AttentionKernels
 
     private bool UseHost => set.IsCpu && !ForceDeviceKernel;
 
-    private int GroupSize => Math.Min(128, set.RowGroupSize);
+    /// <summary>Threads per group of the fused kernels on GPUs (fewer when the row group is smaller).</summary>
+    public const int GpuGroup = 128;
+
+    private int GroupSize => Math.Min(GpuGroup, set.RowGroupSize);
 
     /// <summary>
     /// context = softmax(QKᵀ/√HD + mask)·V per head, with dropout; lse saved for backward. mask may
@@ -127,9 +137,7 @@ public sealed class AttentionKernels
             HostAttention.Forward(qkv, mask, context, lse, probs, shape);
             return;
         }
-        int hd = shape.HeadDim;
-        int sharedFloats = 2 * FwdQ * hd + 2 * FwdK * hd + FwdQ * FwdK + 3 * FwdQ;
-        forward(Config((shape.SeqLen + FwdQ - 1) / FwdQ, shape, sharedFloats), qkv, shape.HasMask != 0 ? mask : Dummy(), context, lse,
+        forward(Config((shape.SeqLen + FwdQ - 1) / FwdQ, shape), qkv, shape.HasMask != 0 ? mask : Dummy(), context, lse,
             shape.WriteProbs != 0 ? probs : context, shape);
     }
 
@@ -155,11 +163,8 @@ public sealed class AttentionKernels
         var m = shape.HasMask != 0 ? mask : Dummy();
         var d = set.FloatScratch(shape.RowCount); // D = rowsum(dO ⊙ O), [B, NH, S]
         rowDot(set.GridStride(shape.RowCount), dContext, context, d, shape);
-        int hd = shape.HeadDim;
-        int kvShared = 4 * DkvK * hd + 2 * DkvQ * hd + 2 * DkvQ * DkvK + 2 * DkvQ;
-        dKdV(Config((shape.SeqLen + DkvK - 1) / DkvK, shape, kvShared), qkv, m, lse, d, dContext, dQkv, shape);
-        int qShared = 3 * DqQ * hd + 2 * DqK * hd + DqQ * DqK + 2 * DqQ;
-        dQ(Config((shape.SeqLen + DqQ - 1) / DqQ, shape, qShared), qkv, m, lse, d, dContext, dQkv, shape);
+        dKdV(Config((shape.SeqLen + DkvK - 1) / DkvK, shape), qkv, m, lse, d, dContext, dQkv, shape);
+        dQ(Config((shape.SeqLen + DqQ - 1) / DqQ, shape), qkv, m, lse, d, dContext, dQkv, shape);
     }
 
     /// <summary>
@@ -208,8 +213,8 @@ public sealed class AttentionKernels
         return shape;
     }
 
-    private KernelConfig Config(int tiles, AttentionShape shape, int sharedFloats) =>
-        new(new Index3D(tiles, shape.Heads, shape.Batch), new Index3D(GroupSize, 1, 1), SharedMemoryConfig.RequestDynamic<float>(sharedFloats));
+    private KernelConfig Config(int tiles, AttentionShape shape) =>
+        new(new Index3D(tiles, shape.Heads, shape.Batch), new Index3D(GroupSize, 1, 1));
 
     private ArrayView<int> Dummy() => set.IntScratch([0]);
 
@@ -236,11 +241,12 @@ public sealed class AttentionKernels
         }
     }
 
+    [GpuGroup(AttentionKernels.GpuGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> context, ArrayView<float> lse,
         ArrayView<float> probs, AttentionShape a)
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(FwdShared);
         int hd = a.HeadDim, s = a.SeqLen;
         var q = shared.SubView(0, FwdQ * hd);            // [FwdQ, HD]
         var o = shared.SubView(FwdQ * hd, FwdQ * hd);    // [FwdQ, HD] running, unnormalised output
@@ -348,6 +354,7 @@ public sealed class AttentionKernels
     }
 
     /// <summary>D[b, h, i] = Σ_d dO ⊙ O over head h of row i (FlashAttention-2's rowsum).</summary>
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void RowDotKernel(ArrayView<float> dContext, ArrayView<float> context, ArrayView<float> d, AttentionShape a)
     {
@@ -365,11 +372,12 @@ public sealed class AttentionKernels
     }
 
     /// <summary>dK and dV for one tile of keys, looping over every query tile.</summary>
+    [GpuGroup(AttentionKernels.GpuGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void DkDvKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dRow,
         ArrayView<float> dContext, ArrayView<float> dQkv, AttentionShape a)
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(DkvShared);
         int hd = a.HeadDim, s = a.SeqLen;
         var k = shared.SubView(0, DkvK * hd);
         var v = shared.SubView(DkvK * hd, DkvK * hd);
@@ -449,11 +457,12 @@ public sealed class AttentionKernels
     }
 
     /// <summary>dQ for one tile of queries, looping over every key tile.</summary>
+    [GpuGroup(AttentionKernels.GpuGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void DqKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dRow,
         ArrayView<float> dContext, ArrayView<float> dQkv, AttentionShape a)
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(DqShared);
         int hd = a.HeadDim, s = a.SeqLen;
         var q = shared.SubView(0, DqQ * hd);
         var dO = shared.SubView(DqQ * hd, DqQ * hd);
@@ -517,6 +526,7 @@ public sealed class AttentionKernels
     }
 
     /// <summary>Scores of masked keys → −∞ (the materialised path's mask, before softmax).</summary>
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void MaskScoresKernel(ArrayView<float> scores, ArrayView<int> mask, AttentionShape a)
     {

@@ -60,6 +60,7 @@ public sealed class BiasKernels
     internal void ReduceChunks(ArrayView<float> chunkSums, ArrayView<float> result, int chunks, int cols, bool accumulate) =>
         reduce(set.GridStride(cols), chunkSums, result, chunks, cols, accumulate ? 1 : 0);
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel(ArrayView<float> x, ArrayView<float> bias, ArrayView<float> y, int cols, long n)
     {
@@ -68,6 +69,7 @@ public sealed class BiasKernels
             y[i] = x[i] + bias[(int)(i % cols)];
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ChunkSumsKernel(ArrayView<float> x, ArrayView<float> partial, int rows, int cols)
     {
@@ -84,6 +86,7 @@ public sealed class BiasKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ReduceChunksKernel(ArrayView<float> partial, ArrayView<float> result, int chunks, int cols, int accumulate)
     {

@@ -27,8 +27,13 @@ public sealed class CrossEntropyKernels
     {
         this.set = set;
         var acc = set.Accelerator;
-        rowLoss = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel);
-        mean = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel);
+        bool tree = set.RowReduction == RowReduction.Tree;
+        rowLoss = tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<WarpReduce>);
+        mean = tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<WarpReduce>);
         backward = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(BackwardKernel);
     }
 
@@ -41,7 +46,7 @@ public sealed class CrossEntropyKernels
         CheckArgs(logits, labels, lse, loss, rows, vocab);
         var perRow = set.FloatScratch(2L * Math.Max(rows, 1)); // [rows] losses, then [rows] 0/1 counted
         if (rows > 0) rowLoss(set.Rows(rows), logits, labels, lse, perRow, rows, vocab);
-        mean(new KernelConfig(1, set.RowGroupSize, SharedMemoryConfig.RequestDynamic<float>(set.RowGroupSize)), perRow, loss, rows);
+        mean(set.Rows(1), perRow, loss, rows);
     }
 
     /// <summary>
@@ -66,11 +71,14 @@ public sealed class CrossEntropyKernels
         if (vocab < 1) throw new ArgumentException($"vocabulary size must be positive, got {vocab}");
     }
 
+    [GpuGroup(KernelSet.GpuRowGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void RowLossKernel(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse,
+    internal static void RowLossKernel<TReduce>(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse,
         ArrayView<float> perRow, int rows, int vocab)
+        where TReduce : struct, IGroupReduce
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        var reduce = default(TReduce);
         int row = Grid.IdxX;
         long off = (long)row * vocab;
         int t = Group.IdxX, g = Group.DimX;
@@ -78,11 +86,11 @@ public sealed class CrossEntropyKernels
         float m = float.NegativeInfinity;
         for (int j = t; j < vocab; j += g)
             m = MathF.Max(m, logits[off + j]);
-        m = GroupReduce.Max(shared, m);
+        m = reduce.Max(shared, m);
         float s = 0f;
         for (int j = t; j < vocab; j += g)
             s += MathF.Exp(logits[off + j] - m);
-        s = GroupReduce.Sum(shared, s);
+        s = reduce.Sum(shared, s);
         if (t != 0)
             return;
         float l = m + MathF.Log(s);
@@ -99,10 +107,13 @@ public sealed class CrossEntropyKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuRowGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void MeanKernel(ArrayView<float> perRow, ArrayView<float> loss, int rows)
+    internal static void MeanKernel<TReduce>(ArrayView<float> perRow, ArrayView<float> loss, int rows)
+        where TReduce : struct, IGroupReduce
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        var reduce = default(TReduce);
         int t = Group.IdxX, g = Group.DimX;
         float s = 0f, c = 0f;
         for (int i = t; i < rows; i += g)
@@ -110,8 +121,8 @@ public sealed class CrossEntropyKernels
             s += perRow[i];
             c += perRow[rows + i];
         }
-        s = GroupReduce.Sum(shared, s);
-        c = GroupReduce.Sum(shared, c);
+        s = reduce.Sum(shared, s);
+        c = reduce.Sum(shared, c);
         if (t == 0)
         {
             loss[0] = c > 0f ? s / c : 0f;
@@ -119,6 +130,7 @@ public sealed class CrossEntropyKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void BackwardKernel(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse, ArrayView<float> loss,
         ArrayView<float> dlogits, int rows, int vocab, float dLoss)

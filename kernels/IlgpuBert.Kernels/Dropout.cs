@@ -39,6 +39,7 @@ public sealed class DropoutKernels
     /// <summary>Whether element i survives: the definition both the kernel and host references use.</summary>
     public static bool Keeps(uint bits, float p) => Philox.Uniform(bits) >= p;
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ApplyKernel(ArrayView<float> src, ArrayView<float> dst, long n, float p, ulong seed, uint step, uint tensorId)
     {

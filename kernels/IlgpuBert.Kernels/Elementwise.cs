@@ -88,6 +88,7 @@ public sealed class ElementwiseKernels
         if (y.IsValid && y.Length > 0) y.MemSetToZero(set.Accelerator.DefaultStream);
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void CopyColumnsKernel(ArrayView<float> src, ArrayView<float> dst, ColumnBlock b)
     {
@@ -101,6 +102,7 @@ public sealed class ElementwiseKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ScaleBlocksKernel(ArrayView<float> x, ArrayView<float> scale, ArrayView<float> y, BlockScale b)
     {
@@ -109,6 +111,7 @@ public sealed class ElementwiseKernels
             y[i] = x[i] * scale[(int)(i % b.Cols) / b.BlockCols];
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void BlockDotKernel(ArrayView<float> dy, ArrayView<float> x, ArrayView<float> dScale, BlockScale b)
     {
@@ -126,6 +129,7 @@ public sealed class ElementwiseKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void AxpyKernel(ArrayView<float> x, ArrayView<float> y, float alpha, long n)
     {

@@ -129,6 +129,7 @@ public sealed class EmbeddingKernels
         return index;
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ForwardKernel(ArrayView<int> ids, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
         ArrayView<float> tokenType, ArrayView<float> output, EmbeddingShape s)
@@ -145,6 +146,7 @@ public sealed class EmbeddingKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void GatherKernel(ArrayView<float> table, ArrayView<int> rows, ArrayView<float> output, int count, int hidden, int tableRows)
     {
@@ -157,6 +159,7 @@ public sealed class EmbeddingKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ScatterAddKernel(ArrayView<float> dOut, ArrayView<int> index, ArrayView<float> table, int hidden, int tokens)
     {

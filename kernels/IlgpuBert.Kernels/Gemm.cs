@@ -167,6 +167,7 @@ public sealed class GemmKernels
         c[idx] = v;
     }
 
+    [GpuGroup(GemmKernels.Threads * GemmKernels.Threads)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void TiledKernel(ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, ArrayView<float> bias, GemmArgs p)
     {

@@ -9,8 +9,8 @@
 // launch: under tiered compilation that single long call would run unoptimised tier-0 code (every
 // ArrayView access a real call), ~10× slower. So every kernel entry point is marked
 // AggressiveOptimization, which JITs it fully optimised at once and means nothing to GPU backends.
-// Row kernels reduce through a fixed-order shared-memory tree, so a result depends only on the
-// group size, never on scheduling.
+// Row kernels reduce in a fixed order (GroupReduce.cs: a shared-memory tree, or warp shuffles on
+// CUDA), so a result depends only on the group and warp size, never on scheduling.
 using System.Reflection;
 using ILGPU;
 using ILGPU.Runtime;
@@ -38,16 +38,22 @@ public sealed class KernelSet : IDisposable
     /// <param name="accelerator">The accelerator every kernel is loaded for.</param>
     /// <param name="rowGroupSize">Threads per group of row kernels (power of two). Default: 1 on the
     /// CPU accelerator, 256 elsewhere. Tests pass a larger value on the CPU to exercise the GPU's
-    /// shared-memory reduction path.</param>
-    public KernelSet(Accelerator accelerator, int? rowGroupSize = null)
+    /// reduction paths.</param>
+    /// <param name="rowReduction">How row kernels reduce across a group. Default: warp shuffles on
+    /// CUDA, the shared-memory tree elsewhere (OpenCL sub-groups are optional and PoCL has none).</param>
+    public KernelSet(Accelerator accelerator, int? rowGroupSize = null, RowReduction? rowReduction = null)
     {
         Accelerator = accelerator;
         IsCpu = accelerator.AcceleratorType == AcceleratorType.CPU;
-        int group = rowGroupSize ?? (IsCpu ? 1 : 256);
-        if (group < 1 || (group & (group - 1)) != 0 || group > accelerator.MaxNumThreadsPerGroup)
+        int group = rowGroupSize ?? (IsCpu ? 1 : GpuRowGroup);
+        int max = Math.Min(accelerator.MaxNumThreadsPerGroup, GroupReduce.MaxGroupSize);
+        if (group < 1 || (group & (group - 1)) != 0 || group > max)
             throw new ArgumentOutOfRangeException(nameof(rowGroupSize),
-                $"row group size {group} must be a power of two no larger than {accelerator.MaxNumThreadsPerGroup}");
+                $"row group size {group} must be a power of two no larger than {max}");
         RowGroupSize = group;
+        RowReduction = rowReduction ?? (accelerator.AcceleratorType == AcceleratorType.Cuda ? RowReduction.WarpShuffle : RowReduction.Tree);
+        if (RowReduction == RowReduction.WarpShuffle && (accelerator.WarpSize < 2 || group % accelerator.WarpSize != 0))
+            throw new ArgumentException($"warp-shuffle reductions need a row group ({group}) that is a multiple of the warp size ({accelerator.WarpSize})");
         gemm = new(() => new GemmKernels(this));
         bias = new(() => new BiasKernels(this));
         activation = new(() => new ActivationKernels(this));
@@ -65,6 +71,13 @@ public sealed class KernelSet : IDisposable
     public Accelerator Accelerator { get; }
     public bool IsCpu { get; }
     public int RowGroupSize { get; }
+    public RowReduction RowReduction { get; }
+
+    /// <summary>Threads per group of row kernels on GPUs.</summary>
+    public const int GpuRowGroup = 256;
+
+    /// <summary>Threads per group of grid-stride (element-wise) kernels on GPUs.</summary>
+    public const int GpuStrideGroup = 256;
 
     public GemmKernels Gemm => gemm.Value;
     public BiasKernels Bias => bias.Value;
@@ -93,14 +106,12 @@ public sealed class KernelSet : IDisposable
             int threads = Math.Max(1, Accelerator.NumMultiprocessors);
             return new KernelConfig(threads, 1);
         }
-        const int group = 256;
-        long groups = Math.Clamp((n + group - 1) / group, 1, (long)Accelerator.NumMultiprocessors * 32);
-        return new KernelConfig((int)groups, group);
+        long groups = Math.Clamp((n + GpuStrideGroup - 1) / GpuStrideGroup, 1, (long)Accelerator.NumMultiprocessors * 32);
+        return new KernelConfig((int)groups, GpuStrideGroup);
     }
 
-    /// <summary>One group per row, <see cref="RowGroupSize"/> threads and as many floats of shared memory.</summary>
-    internal KernelConfig Rows(int rows) =>
-        new(Math.Max(rows, 1), RowGroupSize, SharedMemoryConfig.RequestDynamic<float>(RowGroupSize));
+    /// <summary>One group of <see cref="RowGroupSize"/> threads per row.</summary>
+    internal KernelConfig Rows(int rows) => new(Math.Max(rows, 1), RowGroupSize);
 
     /// <summary>A grow-only float workspace; valid until the next call that asks for one.</summary>
     internal ArrayView<float> FloatScratch(long length)
@@ -137,7 +148,8 @@ public sealed class KernelSet : IDisposable
 
     /// <summary>
     /// Every kernel entry point (all explicitly grouped), by family and name, with generic kernels
-    /// instantiated for each variant. Code-generation checks compile each for OpenCL and PTX.
+    /// instantiated for each variant their constraint admits (activations, reduction strategies).
+    /// Code-generation checks compile each for OpenCL and PTX.
     /// </summary>
     public static IReadOnlyList<(string Name, MethodInfo Method)> EntryPoints()
     {
@@ -149,15 +161,27 @@ public sealed class KernelSet : IDisposable
             typeof(SoftmaxKernels), typeof(CrossEntropyKernels), typeof(EmbeddingKernels), typeof(DropoutKernels),
             typeof(AdamWKernels), typeof(AttentionKernels), typeof(ElementwiseKernels), typeof(QuantizationKernels),
         ];
-        Type[] activations = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu), typeof(TanhActivation)];
+        var variants = new Dictionary<Type, Type[]>
+        {
+            [typeof(IActivation)] = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu), typeof(TanhActivation)],
+            [typeof(IGroupReduce)] = [typeof(TreeReduce), typeof(WarpReduce)],
+        };
         foreach (var family in families)
             foreach (var m in family.GetMethods(flags).Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal)))
             {
                 string name = $"{family.Name.Replace("Kernels", "")}.{m.Name}";
-                if (m.IsGenericMethodDefinition)
-                    list.AddRange(activations.Select(a => ($"{name}<{a.Name}>", m.MakeGenericMethod(a))));
-                else
+                if (!m.IsGenericMethodDefinition)
+                {
                     list.Add((name, m));
+                    continue;
+                }
+                IEnumerable<Type[]> combos = [[]];
+                foreach (var parameter in m.GetGenericArguments())
+                {
+                    var options = variants[parameter.GetGenericParameterConstraints().Single(c => c.IsInterface)];
+                    combos = combos.SelectMany(c => options.Select(o => c.Append(o).ToArray())).ToList();
+                }
+                list.AddRange(combos.Select(args => ($"{name}<{string.Join(",", args.Select(a => a.Name))}>", m.MakeGenericMethod(args))));
             }
         return list;
     }
@@ -168,43 +192,31 @@ public sealed class KernelSet : IDisposable
     /// launch is in effect a parallel-for over the cores.
     /// </summary>
     public static CPUDevice FatCpuDevice() => new(2, 1, Math.Max(1, Environment.ProcessorCount));
+
+    /// <summary>A CPU accelerator shaped like a GPU: 32-thread warps, 8 warps per group, one multiprocessor.</summary>
+    public static CPUDevice GpuShapedCpuDevice() => new(32, 8, 1);
+
+    /// <summary>
+    /// Kernels for a <see cref="GpuShapedCpuDevice"/> accelerator that take the GPU paths: 32-thread
+    /// row groups reducing by warp shuffles, and the tiled GEMM, attention and int8 kernels instead
+    /// of host SIMD code.
+    /// </summary>
+    public static KernelSet GpuShaped(Accelerator accelerator, RowReduction reduction = RowReduction.WarpShuffle)
+    {
+        var set = new KernelSet(accelerator, 32, reduction);
+        set.Gemm.ForceDeviceKernel = true;
+        set.Attention.ForceDeviceKernel = true;
+        set.Quantization.ForceDeviceKernel = true;
+        return set;
+    }
 }
 
 /// <summary>
-/// Fixed-order reductions across one group through dynamic shared memory. Each thread passes its
-/// partial value; all threads get the result. Works for any power-of-two group size, 1 included.
+/// The threads per group a kernel's launcher asks of a GPU. The PTX checks hold each kernel's
+/// registers and shared memory against it, and the SASS report computes occupancy from it.
 /// </summary>
-internal static class GroupReduce
+[AttributeUsage(AttributeTargets.Method)]
+public sealed class GpuGroupAttribute(int threads) : Attribute
 {
-    public static float Sum(ArrayView<float> shared, float value)
-    {
-        int t = Group.IdxX;
-        shared[t] = value;
-        Group.Barrier();
-        for (int s = Group.DimX / 2; s > 0; s >>= 1)
-        {
-            if (t < s)
-                shared[t] += shared[t + s];
-            Group.Barrier();
-        }
-        float result = shared[0];
-        Group.Barrier();
-        return result;
-    }
-
-    public static float Max(ArrayView<float> shared, float value)
-    {
-        int t = Group.IdxX;
-        shared[t] = value;
-        Group.Barrier();
-        for (int s = Group.DimX / 2; s > 0; s >>= 1)
-        {
-            if (t < s)
-                shared[t] = MathF.Max(shared[t], shared[t + s]);
-            Group.Barrier();
-        }
-        float result = shared[0];
-        Group.Barrier();
-        return result;
-    }
+    public int Threads { get; } = threads;
 }

@@ -24,8 +24,13 @@ public sealed class LayerNormKernels
     {
         this.set = set;
         var acc = set.Accelerator;
-        forward = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(ForwardKernel);
-        backward = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(BackwardKernel);
+        bool tree = set.RowReduction == RowReduction.Tree;
+        forward = tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(ForwardKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(ForwardKernel<WarpReduce>);
+        backward = tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(BackwardKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(BackwardKernel<WarpReduce>);
         paramPartials = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(ParamPartialsKernel);
     }
 
@@ -81,25 +86,28 @@ public sealed class LayerNormKernels
         return hasR;
     }
 
+    [GpuGroup(KernelSet.GpuRowGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void ForwardKernel(ArrayView<float> x, ArrayView<float> r, ArrayView<float> gamma, ArrayView<float> beta,
+    internal static void ForwardKernel<TReduce>(ArrayView<float> x, ArrayView<float> r, ArrayView<float> gamma, ArrayView<float> beta,
         ArrayView<float> y, ArrayView<float> mean, ArrayView<float> rstd, int cols, int hasR, float eps)
+        where TReduce : struct, IGroupReduce
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        var reduce = default(TReduce);
         long off = (long)Grid.IdxX * cols;
         int t = Group.IdxX, g = Group.DimX;
         float shift = hasR != 0 ? x[off] + r[off] : x[off];
         float s = 0f;
         for (int j = t; j < cols; j += g)
             s += (hasR != 0 ? x[off + j] + r[off + j] : x[off + j]) - shift;
-        float mu = shift + GroupReduce.Sum(shared, s) / cols;
+        float mu = shift + reduce.Sum(shared, s) / cols;
         float q = 0f;
         for (int j = t; j < cols; j += g)
         {
             float d = (hasR != 0 ? x[off + j] + r[off + j] : x[off + j]) - mu;
             q += d * d;
         }
-        float rs = 1f / MathF.Sqrt(GroupReduce.Sum(shared, q) / cols + eps);
+        float rs = 1f / MathF.Sqrt(reduce.Sum(shared, q) / cols + eps);
         for (int j = t; j < cols; j += g)
         {
             float v = hasR != 0 ? x[off + j] + r[off + j] : x[off + j];
@@ -112,11 +120,14 @@ public sealed class LayerNormKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuRowGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void BackwardKernel(ArrayView<float> x, ArrayView<float> r, ArrayView<float> gamma, ArrayView<float> mean,
+    internal static void BackwardKernel<TReduce>(ArrayView<float> x, ArrayView<float> r, ArrayView<float> gamma, ArrayView<float> mean,
         ArrayView<float> rstd, ArrayView<float> dy, ArrayView<float> dx, int cols, int hasR)
+        where TReduce : struct, IGroupReduce
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        var reduce = default(TReduce);
         int row = Grid.IdxX;
         long off = (long)row * cols;
         int t = Group.IdxX, g = Group.DimX;
@@ -129,8 +140,8 @@ public sealed class LayerNormKernels
             sumG += gj;
             sumGX += gj * xhat;
         }
-        float meanG = GroupReduce.Sum(shared, sumG) / cols;
-        float meanGX = GroupReduce.Sum(shared, sumGX) / cols;
+        float meanG = reduce.Sum(shared, sumG) / cols;
+        float meanGX = reduce.Sum(shared, sumGX) / cols;
         for (int j = t; j < cols; j += g)
         {
             float xhat = ((hasR != 0 ? x[off + j] + r[off + j] : x[off + j]) - mu) * rs;
@@ -139,6 +150,7 @@ public sealed class LayerNormKernels
     }
 
     /// <summary>Per 32-row chunk: Σ dy·x̂ into plane 0 and Σ dy into plane 1 of partial.</summary>
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ParamPartialsKernel(ArrayView<float> x, ArrayView<float> r, ArrayView<float> mean, ArrayView<float> rstd,
         ArrayView<float> dy, ArrayView<float> partial, int rows, int cols, int hasR)

@@ -91,6 +91,7 @@ public sealed class QuantizationKernels
         if (count > 0) dequantize(set.GridStride(count), acc, wScale, y, new Int8Args { M = m, N = n, InputScale = inputScale, Count = count });
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void QuantizeKernel(ArrayView<float> x, ArrayView<sbyte> q, Int8Args a)
     {
@@ -102,6 +103,7 @@ public sealed class QuantizationKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Int8GemmKernel(ArrayView<sbyte> a, ArrayView<sbyte> b, ArrayView<int> c, Int8Args g)
     {
@@ -120,6 +122,7 @@ public sealed class QuantizationKernels
         }
     }
 
+    [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void DequantizeKernel(ArrayView<int> acc, ArrayView<float> wScale, ArrayView<float> y, Int8Args a)
     {

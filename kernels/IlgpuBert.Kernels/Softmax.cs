@@ -16,8 +16,14 @@ public sealed class SoftmaxKernels
     internal SoftmaxKernels(KernelSet set)
     {
         this.set = set;
-        forward = set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel);
-        backward = set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel);
+        var acc = set.Accelerator;
+        bool tree = set.RowReduction == RowReduction.Tree;
+        forward = tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<WarpReduce>);
+        backward = tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<WarpReduce>);
     }
 
     /// <summary>y = softmax(x) row by row; x, y: [rows, cols]; y may alias x.</summary>
@@ -37,38 +43,44 @@ public sealed class SoftmaxKernels
         if (rows > 0 && cols > 0) backward(set.Rows(rows), y, dy, dx, cols);
     }
 
+    [GpuGroup(KernelSet.GpuRowGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void ForwardKernel(ArrayView<float> x, ArrayView<float> y, int cols)
+    internal static void ForwardKernel<TReduce>(ArrayView<float> x, ArrayView<float> y, int cols)
+        where TReduce : struct, IGroupReduce
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        var reduce = default(TReduce);
         long off = (long)Grid.IdxX * cols;
         int t = Group.IdxX, g = Group.DimX;
         float m = float.NegativeInfinity;
         for (int j = t; j < cols; j += g)
             m = MathF.Max(m, x[off + j]);
-        m = GroupReduce.Max(shared, m);
+        m = reduce.Max(shared, m);
         float s = 0f;
         if (m != float.NegativeInfinity)
         {
             for (int j = t; j < cols; j += g)
                 s += MathF.Exp(x[off + j] - m);
         }
-        s = GroupReduce.Sum(shared, s);
+        s = reduce.Sum(shared, s);
         float inv = s > 0f ? 1f / s : 0f;
         for (int j = t; j < cols; j += g)
             y[off + j] = m == float.NegativeInfinity ? 0f : MathF.Exp(x[off + j] - m) * inv;
     }
 
+    [GpuGroup(KernelSet.GpuRowGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void BackwardKernel(ArrayView<float> y, ArrayView<float> dy, ArrayView<float> dx, int cols)
+    internal static void BackwardKernel<TReduce>(ArrayView<float> y, ArrayView<float> dy, ArrayView<float> dx, int cols)
+        where TReduce : struct, IGroupReduce
     {
-        var shared = SharedMemory.GetDynamic<float>();
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        var reduce = default(TReduce);
         long off = (long)Grid.IdxX * cols;
         int t = Group.IdxX, g = Group.DimX;
         float dot = 0f;
         for (int j = t; j < cols; j += g)
             dot += dy[off + j] * y[off + j];
-        dot = GroupReduce.Sum(shared, dot);
+        dot = reduce.Sum(shared, dot);
         for (int j = t; j < cols; j += g)
             dx[off + j] = y[off + j] * (dy[off + j] - dot);
     }

@@ -10,7 +10,7 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
 {
     public Dictionary<string, double[]> P { get; } = p;
 
-    public sealed record Outputs(double[] LastHidden, double[] Pooled, double[] Logits, double[] Nsp, double Loss, List<double[]> Hidden);
+    public sealed record Outputs(double[] LastHidden, double[] Pooled, double[] Logits, double[] Nsp, double Loss, List<double[]> Hidden, List<double[]> Attentions);
 
     private double Act(double x) => c.HiddenAct switch
     {
@@ -50,6 +50,7 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
                 e[k * h + j] = word[x.InputIds[k] * h + j] + pos[k % s * h + j] + type[x.TokenTypeIds[k] * h + j];
         var hidden = LayerNorm(e, t, "bert.embeddings.LayerNorm");
         var states = new List<double[]> { hidden };
+        var attentions = new List<double[]>();
         for (int l = 0; l < c.NumHiddenLayers; l++)
         {
             string at = $"bert.encoder.layer.{l}.";
@@ -57,6 +58,7 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
             var kk = Linear(hidden, t, h, P[at + "attention.self.key.weight"], P[at + "attention.self.key.bias"], h);
             var v = Linear(hidden, t, h, P[at + "attention.self.value.weight"], P[at + "attention.self.value.bias"], h);
             var ctx = new double[t * h];
+            var probs = new double[b * nh * s * s]; // [B, NH, S, S]
             for (int bb = 0; bb < b; bb++)
                 for (int hh = 0; hh < nh; hh++)
                     for (int i = 0; i < s; i++)
@@ -70,10 +72,12 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
                             sc[j] = d / Math.Sqrt(hd);
                         }
                         var pr = Reference.Softmax(sc, 1, s);
+                        Array.Copy(pr, 0, probs, ((bb * nh + hh) * s + i) * s, s);
                         for (int j = 0; j < s; j++)
                             for (int z = 0; z < hd; z++)
                                 ctx[(bb * s + i) * h + hh * hd + z] += pr[j] * v[(bb * s + j) * h + hh * hd + z];
                     }
+            attentions.Add(probs);
             var attn = Linear(ctx, t, h, P[at + "attention.output.dense.weight"], P[at + "attention.output.dense.bias"], h);
             var h1 = LayerNorm(attn.Select((a, i) => a + hidden[i]).ToArray(), t, at + "attention.output.LayerNorm");
             var inter = Linear(h1, t, h, P[at + "intermediate.dense.weight"], P[at + "intermediate.dense.bias"], c.IntermediateSize).Select(Act).ToArray();
@@ -90,6 +94,6 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
         double loss = 0;
         if (x.Labels is not null) loss += CrossEntropy(logits, x.Labels, t, c.VocabSize);
         if (x.NextSentenceLabel is not null) loss += CrossEntropy(nsp, x.NextSentenceLabel, b, 2);
-        return new Outputs(hidden, pooled, logits, nsp, loss, states);
+        return new Outputs(hidden, pooled, logits, nsp, loss, states, attentions);
     }
 }

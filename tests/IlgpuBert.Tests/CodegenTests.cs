@@ -21,6 +21,23 @@ public class CodegenTests
     private static EntryPointDescription Entry(string name) =>
         EntryPointDescription.FromExplicitlyGroupedKernel(KernelSet.EntryPoints().Single(e => e.Name == name).Method);
 
+    /// <summary>
+    /// Every kernel an OpenCL device runs: all but the warp-shuffle variants, which ILGPU can emit
+    /// only for Intel's sub-group extension and KernelSet never selects on OpenCL (CUDA runs them;
+    /// the PTX checks cover them).
+    /// </summary>
+    public static TheoryData<string> OpenCLKernels() =>
+        new(KernelSet.EntryPoints().Select(e => e.Name).Where(n => !n.Contains(nameof(WarpReduce), StringComparison.Ordinal)));
+
+    /// <summary>OpenCL C 2.0 with the generic address space.</summary>
+    private static string OpenCLSource(string kernel)
+    {
+        using var context = Context.Create(b => b.EnableAlgorithms());
+        var capabilities = new CLCapabilityContext(false, false, true, false, false);
+        var backend = new CLBackend(context, capabilities, CLDeviceVendor.Other, CLCVersion.CL20);
+        return ((CLCompiledKernel)backend.Compile(Entry(kernel), default)).Source;
+    }
+
     [Fact]
     public void Every_kernel_family_has_entry_points()
     {
@@ -31,17 +48,10 @@ public class CodegenTests
     }
 
     [Theory]
-    [MemberData(nameof(Kernels))]
+    [MemberData(nameof(OpenCLKernels))]
     public void Kernel_compiles_to_valid_OpenCL_C(string kernel)
     {
-        string source;
-        using (var context = Context.Create(b => b.EnableAlgorithms()))
-        {
-            var capabilities = new CLCapabilityContext(false, false, true, false, false);
-            var backend = new CLBackend(context, capabilities, CLDeviceVendor.Other, CLCVersion.CL20);
-            var compiled = (CLCompiledKernel)backend.Compile(Entry(kernel), default);
-            source = compiled.Source;
-        }
+        string source = OpenCLSource(kernel);
         Assert.Contains("kernel void ", source);
         string? clang = FindClang();
         if (clang is null)
@@ -67,6 +77,22 @@ public class CodegenTests
         {
             Directory.Delete(dir, true);
         }
+    }
+
+    /// <summary>
+    /// ILGPU's OpenCL backend turns dynamic shared memory (and shared memory allocated in a
+    /// non-inlined helper) into a program-scope pointer every work-group writes: a race wherever
+    /// groups' local memory lives at different addresses (PoCL, CPU OpenCL runtimes). Regression
+    /// for the OpenCL attention bug: no kernel may declare local memory at program scope.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(OpenCLKernels))]
+    public void Kernel_declares_no_program_scope_local_memory(string kernel)
+    {
+        string source = OpenCLSource(kernel);
+        string programScope = source[..source.IndexOf("kernel void ", StringComparison.Ordinal)];
+        var declarations = programScope.Split('\n').Where(l => l.TrimStart().StartsWith("local ", StringComparison.Ordinal)).ToList();
+        Assert.True(declarations.Count == 0, $"{kernel} declares program-scope local memory: {string.Join("; ", declarations)}");
     }
 
     [Theory]

@@ -15,6 +15,7 @@ public class ElementwiseTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Shapes))]
     public void Bias_forward_and_column_sum_backward(string device, int rows, int cols)
     {
@@ -59,6 +60,7 @@ public class ElementwiseTests
     };
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Activations))]
     public void Activation_with_bias_forward_matches_reference(string device, ActivationKind kind)
     {
@@ -80,6 +82,7 @@ public class ElementwiseTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Activations))]
     public void Activation_backward_matches_finite_differences(string device, ActivationKind kind)
     {
@@ -115,6 +118,7 @@ public class ElementwiseTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Gather_and_axpy(string device)
     {

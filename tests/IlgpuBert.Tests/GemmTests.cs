@@ -16,6 +16,7 @@ public class GemmTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Cases))]
     public void Forward_matches_double_reference(string device, int m, int n, int k, bool ta, bool tb)
     {
@@ -48,6 +49,7 @@ public class GemmTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Strided_batches_match_reference(string device)
     {
@@ -72,6 +74,7 @@ public class GemmTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Cases))]
     public void Backward_matches_finite_differences(string device, int m, int n, int k, bool ta, bool tb)
     {

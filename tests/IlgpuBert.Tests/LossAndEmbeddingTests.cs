@@ -15,6 +15,7 @@ public class LossAndEmbeddingTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(CeShapes))]
     public void Cross_entropy_forward_and_backward(string device, int rows, int vocab)
     {
@@ -37,6 +38,7 @@ public class LossAndEmbeddingTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Cross_entropy_in_place_gradient_equals_separate_buffer(string device)
     {
@@ -59,6 +61,7 @@ public class LossAndEmbeddingTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Cross_entropy_with_every_row_ignored_is_zero_and_a_bad_label_is_nan(string device)
     {
@@ -86,6 +89,7 @@ public class LossAndEmbeddingTests
     };
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Embeddings_forward_and_backward_match_reference(string device)
     {
@@ -134,6 +138,7 @@ public class LossAndEmbeddingTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Embedding_backward_is_bitwise_deterministic_and_survives_nan(string device)
     {

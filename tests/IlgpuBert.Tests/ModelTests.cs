@@ -42,19 +42,31 @@ public class ModelTests
     private static Dictionary<string, double[]> HostParameters(BertForPreTraining model) =>
         model.Parameters.Names.ToDictionary(n => n, n => Rand.ToDouble(model.Parameters.Get(n)));
 
-    [Theory]
-    [InlineData("gelu")]
-    [InlineData("gelu_new")]
-    public void Forward_matches_the_double_reference(string act)
+    /// <summary>Every accelerator present × both GELU variants.</summary>
+    public static TheoryData<string, string> DevicesAndActivations()
     {
-        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var data = new TheoryData<string, string>();
+        foreach (var device in Devices.Names)
+            foreach (var act in new[] { "gelu", "gelu_new" })
+                data.Add(device, act);
+        return data;
+    }
+
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(DevicesAndActivations))]
+    public void Forward_matches_the_double_reference(string deviceName, string act)
+    {
+        using var device = Devices.OpenBert(deviceName);
         var config = TinyConfig(act);
         using var model = RandomModel(device, config, 3);
         var inputs = Batch();
         var expected = new BertReference(config, HostParameters(model)).Forward(inputs);
         using var tape = new Tape(recording: false);
-        var got = model.Forward(tape, inputs, Dropouts.Off);
+        var got = model.Forward(tape, inputs, Dropouts.Off, outputAttentions: true);
         var tol = new Tol(1e-5, 1e-4, "model outputs");
+        for (int i = 0; i < expected.Attentions.Count; i++)
+            Tol.AssertClose(expected.Attentions[i], got.Attentions![i].ToHost(), tol, $"attentions.{i}");
         Tol.AssertClose(expected.LastHidden, got.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
         Tol.AssertClose(expected.Pooled, got.PoolerOutput.Value.ToHost(), tol, "pooler_output");
         Tol.AssertClose(expected.Logits, got.PredictionLogits.Value.ToHost(), tol, "prediction_logits");
@@ -65,11 +77,11 @@ public class ModelTests
     }
 
     [Theory]
-    [InlineData("gelu")]
-    [InlineData("gelu_new")]
-    public void Every_parameter_gradient_matches_finite_differences_of_the_reference(string act)
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(DevicesAndActivations))]
+    public void Every_parameter_gradient_matches_finite_differences_of_the_reference(string deviceName, string act)
     {
-        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        using var device = Devices.OpenBert(deviceName);
         var config = TinyConfig(act);
         using var model = RandomModel(device, config, 5);
         var inputs = Batch();

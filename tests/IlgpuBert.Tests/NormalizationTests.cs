@@ -16,6 +16,7 @@ public class NormalizationTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(LayerNormCases))]
     public void LayerNorm_forward_matches_reference(string device, int rows, int cols, bool residual)
     {
@@ -45,6 +46,7 @@ public class NormalizationTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(LayerNormCases))]
     public void LayerNorm_backward_matches_finite_differences(string device, int rows, int cols, bool residual)
     {
@@ -96,6 +98,7 @@ public class NormalizationTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(SoftmaxShapes))]
     public void Softmax_forward_and_backward(string device, int rows, int cols)
     {
@@ -123,6 +126,7 @@ public class NormalizationTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Softmax_of_a_fully_masked_row_is_zero_not_nan(string device)
     {

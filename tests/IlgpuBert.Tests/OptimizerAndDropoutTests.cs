@@ -37,6 +37,7 @@ public class OptimizerAndDropoutTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Dropout_forward_and_backward_apply_the_same_regenerated_mask(string device)
     {
@@ -93,6 +94,7 @@ public class OptimizerAndDropoutTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void AdamW_steps_match_torch_formulas_with_global_norm_clipping(string device)
     {

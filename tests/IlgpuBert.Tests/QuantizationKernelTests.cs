@@ -27,6 +27,7 @@ public class QuantizationKernelTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(GemmShapes))]
     public void Int8_gemm_equals_the_integer_reference_exactly(string device, int m, int n, int k)
     {
@@ -50,6 +51,7 @@ public class QuantizationKernelTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Int8_gemm_is_exact_at_the_largest_products(string device)
     {
@@ -72,6 +74,7 @@ public class QuantizationKernelTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Quantize_rounds_and_clamps_exactly_as_the_host_definition(string device)
     {
@@ -96,6 +99,7 @@ public class QuantizationKernelTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Dequantize_rescales_by_the_input_and_channel_scales(string device)
     {
@@ -115,6 +119,7 @@ public class QuantizationKernelTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void ScaleBlocks_and_BlockDot_match_the_double_reference(string device)
     {

@@ -249,6 +249,7 @@ public class TaskModelTests
     }
 
     [Theory]
+    [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void CopyColumns_moves_a_column_block_and_accumulates(string deviceName)
     {

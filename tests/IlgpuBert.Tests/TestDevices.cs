@@ -1,14 +1,20 @@
 // The accelerators every kernel test runs on:
 // - "cpu": ILGPU's CPU accelerator shaped as the runtime uses it (fat single-thread groups, host SIMD GEMM);
-// - "cpu-gpu-shaped": a CPU accelerator with 256-thread groups, row kernels in 32-thread groups and
-//   the tiled GEMM and attention kernels forced, so the code paths CUDA and OpenCL run (shared memory, barriers,
-//   tree reductions, tile edges) are exercised without a GPU;
+// - "cpu-gpu-shaped": a CPU accelerator with 256-thread groups, row kernels in 32-thread groups reducing
+//   by warp shuffles, and the tiled GEMM and attention kernels forced, so the code paths CUDA runs
+//   (shared memory, barriers, shuffles, tile edges) are exercised without a GPU;
+// - "opencl": when an OpenCL device is present (CI runs this leg inside a PoCL root, tools/pocl-root.sh);
 // - "cuda": when a CUDA device is present.
+// ILGPU_BERT_TEST_DEVICES=a,b restricts the list (CI's OpenCL leg runs only "opencl");
+// ILGPU_BERT_REQUIRE_OPENCL=1 makes a missing OpenCL device fail every device test instead of
+// leaving it out, so that leg can never pass by silently running nothing.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
 using IlgpuBert.Kernels;
+using IlgpuBert.Runtime;
+using ILGPU.Runtime.OpenCL;
 
 [assembly: CollectionBehavior(DisableTestParallelization = true)]
 
@@ -16,15 +22,12 @@ namespace IlgpuBert.Tests;
 
 public sealed class TestDevice : IDisposable
 {
-    private TestDevice(string name, Context context, Accelerator accelerator, int? rowGroup, bool forceDeviceKernels)
+    private TestDevice(string name, Context context, Accelerator accelerator, int? rowGroup, bool gpuShaped)
     {
         Name = name;
         Context = context;
         Accelerator = accelerator;
-        Kernels = new KernelSet(accelerator, rowGroup);
-        Kernels.Gemm.ForceDeviceKernel = forceDeviceKernels;
-        Kernels.Attention.ForceDeviceKernel = forceDeviceKernels;
-        Kernels.Quantization.ForceDeviceKernel = forceDeviceKernels;
+        Kernels = gpuShaped ? KernelSet.GpuShaped(accelerator) : new KernelSet(accelerator, rowGroup);
     }
 
     public string Name { get; }
@@ -32,10 +35,10 @@ public sealed class TestDevice : IDisposable
     public Accelerator Accelerator { get; }
     public KernelSet Kernels { get; }
 
-    public static TestDevice Cpu(string name, CPUDevice device, int? rowGroup, bool forceDeviceKernels)
+    public static TestDevice Cpu(string name, CPUDevice device, int? rowGroup, bool gpuShaped)
     {
         var context = Context.Create(b => b.CPU(device).EnableAlgorithms());
-        return new TestDevice(name, context, context.CreateCPUAccelerator(0), rowGroup, forceDeviceKernels);
+        return new TestDevice(name, context, context.CreateCPUAccelerator(0), rowGroup, gpuShaped);
     }
 
     public static TestDevice? Cuda()
@@ -49,6 +52,24 @@ public sealed class TestDevice : IDisposable
                 return null;
             }
             return new TestDevice("cuda", context, context.CreateCudaAccelerator(0), null, false);
+        }
+        catch (Exception)
+        {
+            return null;
+        }
+    }
+
+    public static TestDevice? OpenCL()
+    {
+        try
+        {
+            var context = Context.Create(b => b.OpenCL().EnableAlgorithms());
+            if (context.GetCLDevices().Count == 0)
+            {
+                context.Dispose();
+                return null;
+            }
+            return new TestDevice("opencl", context, context.CreateCLAccelerator(0), null, false);
         }
         catch (Exception)
         {
@@ -99,12 +120,32 @@ public sealed class TestDevice : IDisposable
 public static class Devices
 {
     private static readonly Lazy<TestDevice> Fat = new(() => TestDevice.Cpu("cpu", KernelSet.FatCpuDevice(), null, false));
-    private static readonly Lazy<TestDevice> GpuShaped = new(() => TestDevice.Cpu("cpu-gpu-shaped", new CPUDevice(32, 8, 1), 32, true));
+    private static readonly Lazy<TestDevice> GpuShaped = new(() => TestDevice.Cpu("cpu-gpu-shaped", KernelSet.GpuShapedCpuDevice(), 32, true));
     private static readonly Lazy<TestDevice?> CudaDevice = new(TestDevice.Cuda);
+    private static readonly Lazy<TestDevice?> OpenCLDevice = new(TestDevice.OpenCL);
+    private static readonly Lazy<IReadOnlyList<string>> Present = new(FindPresent);
 
-    /// <summary>Both CPU shapes always, CUDA when present.</summary>
-    public static IReadOnlyList<string> Names =>
-        CudaDevice.Value is null ? ["cpu", "cpu-gpu-shaped"] : ["cpu", "cpu-gpu-shaped", "cuda"];
+    /// <summary>Both CPU shapes always, OpenCL and CUDA when present, filtered by ILGPU_BERT_TEST_DEVICES.</summary>
+    public static IReadOnlyList<string> Names => Present.Value;
+
+    private static IReadOnlyList<string> FindPresent()
+    {
+        var only = Environment.GetEnvironmentVariable("ILGPU_BERT_TEST_DEVICES")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        bool Wanted(string name) => only is null || only.Length == 0 || only.Contains(name);
+        var names = new List<string>();
+        if (Wanted("cpu")) names.Add("cpu");
+        if (Wanted("cpu-gpu-shaped")) names.Add("cpu-gpu-shaped");
+        if (Wanted("opencl"))
+        {
+            if (OpenCLDevice.Value is not null) names.Add("opencl");
+            else if (Environment.GetEnvironmentVariable("ILGPU_BERT_REQUIRE_OPENCL") == "1")
+                throw new InvalidOperationException("ILGPU_BERT_REQUIRE_OPENCL=1 but ILGPU finds no OpenCL device (run inside tools/pocl-root.sh)");
+        }
+        if (Wanted("cuda") && CudaDevice.Value is not null) names.Add("cuda");
+        if (names.Count == 0)
+            throw new InvalidOperationException($"ILGPU_BERT_TEST_DEVICES={string.Join(",", only ?? [])} names no device present here");
+        return names;
+    }
 
     /// <summary>Device names for [Theory] tests.</summary>
     public static TheoryData<string> All => new(Names);
@@ -113,7 +154,15 @@ public static class Devices
     {
         "cpu" => Fat.Value,
         "cpu-gpu-shaped" => GpuShaped.Value,
+        "opencl" => OpenCLDevice.Value ?? throw new InvalidOperationException("no OpenCL device"),
         "cuda" => CudaDevice.Value ?? throw new InvalidOperationException("no CUDA device"),
         _ => throw new ArgumentException(name),
+    };
+
+    /// <summary>A runtime device (model, tape, pool) on the accelerator a test device name stands for.</summary>
+    public static BertDevice OpenBert(string name) => name switch
+    {
+        "cpu-gpu-shaped" => BertDevice.OpenGpuShapedCpu(),
+        _ => BertDevice.Open(DeviceSpec.Parse(name)),
     };
 }

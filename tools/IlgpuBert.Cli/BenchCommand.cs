@@ -6,8 +6,10 @@ using IlgpuBert.Kernels;
 namespace IlgpuBert.Cli;
 
 /// <summary>
-/// <c>ilgpu-bert bench [gemm|gelu|layernorm|softmax-xent|adamw] [sizes] [--json]</c>: kernel timings
-/// as a table, or one JSON object per line. No op runs them all.
+/// <c>ilgpu-bert bench [gemm|gelu|layernorm|softmax-xent|adamw|attention|bert-step] [sizes] [--json]</c>:
+/// kernel timings as a table, or one JSON object per line. No op runs them all. <c>bench sass</c>
+/// needs no device: it assembles every kernel for a GPU architecture with NVIDIA's ptxas
+/// (tools/cuda/ptxas.sh) and reports registers, spills, shared memory, occupancy and FFMA share.
 /// </summary>
 public static class BenchCommand
 {
@@ -15,10 +17,13 @@ public static class BenchCommand
     {
         var op = new Argument<string?>("op")
         {
-            Description = "gemm, gelu, layernorm, softmax-xent, adamw, attention or bert-step (default: all)",
+            Description = "gemm, gelu, layernorm, softmax-xent, adamw, attention or bert-step (default: all); sass for the machine-code report",
             Arity = ArgumentArity.ZeroOrOne,
         };
-        op.AcceptOnlyFromAmong(KernelBench.Ops);
+        op.AcceptOnlyFromAmong([.. KernelBench.Ops, "sass"]);
+        var arch = new Option<string>("--arch") { Description = "sass: sm_80 or sm_90", DefaultValueFactory = _ => "sm_90" };
+        var kernel = new Option<string?>("--kernel") { Description = "sass: only kernels whose name contains this" };
+        var markdown = new Option<bool>("--markdown") { Description = "sass: a Markdown table (as in perf/RESULTS.md)" };
         var m = new Option<int>("--m") { Description = "GEMM rows of C", DefaultValueFactory = _ => 512 };
         var n = new Option<int>("--n") { Description = "GEMM columns of C", DefaultValueFactory = _ => 512 };
         var k = new Option<int>("--k") { Description = "GEMM inner dimension", DefaultValueFactory = _ => 512 };
@@ -34,9 +39,12 @@ public static class BenchCommand
         var modelSize = new Option<string>("--model-size") { Description = "bert-step: tiny, mini, small, medium, base or large", DefaultValueFactory = _ => "tiny" };
         var json = new Option<bool>("--json") { Description = "one JSON object per line instead of a table" };
 
-        var command = new Command("bench", "Time the kernels on a device.") { op, m, n, k, trans, batch, rows, cols, size, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, json };
+        var command = new Command("bench", "Time the kernels on a device, or report their machine code (sass).")
+            { op, m, n, k, trans, batch, rows, cols, size, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, json, arch, kernel, markdown };
         command.SetAction(parse =>
         {
+            if (parse.GetValue(op) == "sass")
+                return Sass(stdout, parse.GetValue(arch)!, parse.GetValue(kernel), parse.GetValue(markdown), parse.GetValue(json));
             string t = parse.GetValue(trans)!.ToUpperInvariant();
             if (t is not ("NN" or "NT" or "TN" or "TT"))
                 throw new ArgumentException($"--trans must be NN, NT, TN or TT, got {t}");
@@ -95,5 +103,26 @@ public static class BenchCommand
             return 0;
         });
         return command;
+    }
+
+    private static int Sass(TextWriter stdout, string arch, string? filter, bool markdown, bool json)
+    {
+        if (!SassReport.Architectures.Contains(arch))
+            throw new ArgumentException($"--arch must be one of {string.Join(", ", SassReport.Architectures)}, got {arch}");
+        string ptxas = SassReport.FindPtxas()
+            ?? throw new ArgumentException($"ptxas not found: run tools/cuda/ptxas.sh (no GPU needed) or set {SassReport.PtxasVariable}");
+        var rows = SassReport.All(arch, ptxas, filter is null ? null : name => name.Contains(filter, StringComparison.OrdinalIgnoreCase));
+        if (rows.Count == 0) throw new ArgumentException($"no kernel name contains \"{filter}\"");
+        if (markdown)
+            stdout.Write(SassReport.Markdown(rows));
+        else if (json)
+            foreach (var r in rows) stdout.WriteLine(JsonSerializer.Serialize(r with { }, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }));
+        else
+        {
+            stdout.WriteLine($"{"kernel",-44} {"arch",-5} {"threads",7} {"regs",5} {"spills",7} {"smem",6} {"occup.",7} {"SASS",6} {"FFMA",5} {"FFMA %",7}");
+            foreach (var r in rows)
+                stdout.WriteLine($"{r.Kernel,-44} {r.Arch,-5} {r.Threads,7} {r.Registers,5} {r.SpillStoreBytes + r.SpillLoadBytes,7} {r.SharedBytes,6} {r.Occupancy,7:P0} {r.Instructions,6} {r.Ffma,5} {r.FfmaShare,7:P1}");
+        }
+        return 0;
     }
 }

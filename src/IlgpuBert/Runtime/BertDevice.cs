@@ -1,7 +1,8 @@
 // The device runtime: one ILGPU context, one accelerator, its kernels and its buffer pool.
 //
 // Accelerators are tried in the order CUDA, OpenCL, CPU. The CPU accelerator is shaped for fat
-// threads (KernelSet.FatCpuDevice): one single-thread group per core.
+// threads (KernelSet.FatCpuDevice): one single-thread group per core. OpenGpuShapedCpu gives the
+// other shape the tests use: the CPU accelerator running the GPU kernels in GPU launch shapes.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
@@ -17,12 +18,12 @@ public sealed record DeviceInfo(string Spec, DeviceKind Kind, string Name, long 
 
 public sealed class BertDevice : IDisposable
 {
-    private BertDevice(Context context, Accelerator accelerator, string spec)
+    private BertDevice(Context context, Accelerator accelerator, string spec, KernelSet? kernels = null)
     {
         Context = context;
         Accelerator = accelerator;
         Spec = spec;
-        Kernels = new KernelSet(accelerator);
+        Kernels = kernels ?? new KernelSet(accelerator);
         Pool = new BufferPool(accelerator);
     }
 
@@ -54,6 +55,26 @@ public sealed class BertDevice : IDisposable
             var device = candidates[index];
             var accelerator = device.CreateAccelerator(context);
             return new BertDevice(context, accelerator, SpecOf(context, device));
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// ILGPU's CPU accelerator shaped like a GPU (32-thread warps, groups up to 256 threads) with
+    /// every op on its GPU kernel: tiled GEMM and attention, 32-thread row groups reducing by warp
+    /// shuffles. Slow; it exists so the GPU code paths can be checked on any machine.
+    /// </summary>
+    public static BertDevice OpenGpuShapedCpu()
+    {
+        var context = Context.Create(builder => builder.CPU(KernelSet.GpuShapedCpuDevice()).EnableAlgorithms());
+        try
+        {
+            var accelerator = context.CreateCPUAccelerator(0);
+            return new BertDevice(context, accelerator, "cpu-gpu-shaped", KernelSet.GpuShaped(accelerator));
         }
         catch
         {
