@@ -1,48 +1,109 @@
-// GEMM: C = α·op(A)·op(B) + β·C (+ bias[j]), op ∈ {N, T}, strided batches, float32, row-major.
+// GEMM: C = α·op(A)·op(B) + β·C (+ bias[j]), op ∈ {N, T}, strided batches, float32, row-major;
+// optionally fused with an activation for Linear layers: C = op(A)·op(B) (the pre-activation that
+// backward needs) and Y = act(C + bias) in the same pass.
 //
 // Shapes: op(A) is [M, K], op(B) is [K, N], C is [M, N]. A is stored [M, K] (N) or [K, M] (T) with
 // leading dimension lda; likewise B is [K, N] (N) or [N, K] (T). β = 0 never reads C (BLAS rule), so
 // an uninitialised C is fine. The optional bias is the fused epilogue of a Linear layer.
 //
-// Two paths, one contract:
-// - the ILGPU kernel (CUDA, OpenCL, and tested on the CPU accelerator): 64×64 block tiles, 16-deep
-//   K slices staged in shared memory (8 KB), 16×16 threads each holding a 4×4 register tile whose
-//   rows and columns are strided by 16 so shared-memory reads are conflict-free and C stores coalesce;
-// - on ILGPU's CPU accelerator, host SIMD code on the accelerator's own buffers (HostGemm), since the
-//   emulator runs one OS thread per GPU thread and would be ~100× slower.
+// Three paths, one contract:
+// - Tile128 (GPUs, large shapes): 128×128 block tiles, 8-deep K slices, 256 threads each holding
+//   an 8×8 register tile (rows ty·4+i and 64+ty·4+i, columns tx·4+j and 64+tx·4+j, so every shared
+//   read is a 128-bit load the warp mostly broadcasts). The next K slice is fetched into registers
+//   while the current one is multiplied (double-buffered shared memory, one barrier per slice);
+//   global loads are 128-bit where the operand's start, leading dimension and batch stride allow it
+//   (GemmArgs.Vec*), with per-element bounds only at the edges of the matrix.
+// - Tile64 (thin shapes, or too few 128-tiles to fill the GPU): 64×64 tiles, 16-deep slices,
+//   4×4 per thread, the same loading scheme.
+// - On ILGPU's CPU accelerator, host SIMD code on the accelerator's own buffers (HostGemm), since
+//   the emulator runs one OS thread per GPU thread and would be ~100× slower.
+// The inner loops are unrolled by hand (ILGPU 1.5.3 unrolls nothing) and index with 32-bit
+// integers inside one matrix; each batch's operands are sub-views taken once per group.
 // Backward of C = op(A)·op(B) is two more GEMMs (see Backward).
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
+using GemmLaunch = System.Action<ILGPU.KernelConfig, ILGPU.ArrayView<float>, ILGPU.ArrayView<float>, ILGPU.ArrayView<float>,
+    ILGPU.ArrayView<float>, ILGPU.ArrayView<float>, IlgpuBert.Kernels.GemmArgs>;
 
 namespace IlgpuBert.Kernels;
 
 public enum Transpose { N, T }
 
-/// <summary>Everything the tiled kernel needs besides the buffers.</summary>
+/// <summary>Which block tile a GEMM runs with on a GPU (null: chosen by shape).</summary>
+public enum GemmTile { Tile64, Tile128 }
+
+/// <summary>Everything the tiled kernels need besides the buffers.</summary>
 public struct GemmArgs
 {
     public int M, N, K, Lda, Ldb, Ldc;
     public int TransA, TransB, HasBias;
     public float Alpha, Beta;
     public long StrideA, StrideB, StrideC;
+
+    /// <summary>1 when 128-bit loads/stores of that operand are aligned: start, ld and stride multiples of 4 floats.</summary>
+    public int VecA, VecB, VecC;
+}
+
+/// <summary>Four floats: one 128-bit load or store.</summary>
+public struct Float4
+{
+    public float X, Y, Z, W;
+
+    public Float4(float x, float y, float z, float w)
+    {
+        X = x; Y = y; Z = z; W = w;
+    }
+
+    /// <summary>c + a·b, element-wise.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Float4 Fma(float a, Float4 b, Float4 c) => new(c.X + a * b.X, c.Y + a * b.Y, c.Z + a * b.Z, c.W + a * b.W);
+
+    public readonly float this[int i]
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => i == 0 ? X : i == 1 ? Y : i == 2 ? Z : W;
+    }
 }
 
 public sealed class GemmKernels
 {
-    public const int BM = 64, BN = 64, BK = 16, Threads = 16;
+    public const int Threads = 256;
+    public const int BigM = 128, BigN = 128, BigK = 8, ThinM = 64, ThinN = 64, ThinK = 16;
 
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs> tiled;
+    private readonly Lazy<GemmLaunch> big, thin;
+    private readonly Lazy<GemmLaunch>[] bigAct, thinAct;
 
     internal GemmKernels(KernelSet set)
     {
         this.set = set;
-        tiled = set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(TiledKernel);
+        var acc = set.Accelerator;
+        big = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<PlainOutput>));
+        thin = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<PlainOutput>));
+        bigAct =
+        [
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<GeluErf>>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<GeluTanh>>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<Relu>>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<TanhActivation>>)),
+        ];
+        thinAct =
+        [
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<GeluErf>>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<GeluTanh>>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<Relu>>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<TanhActivation>>)),
+        ];
     }
 
-    /// <summary>When true on the CPU accelerator, run the ILGPU kernel instead of host SIMD code (tests).</summary>
+    /// <summary>When true on the CPU accelerator, run the ILGPU kernels instead of host SIMD code (tests).</summary>
     public bool ForceDeviceKernel { get; set; }
+
+    /// <summary>Forces one block tile (tests, benchmarks); null lets the shape decide.</summary>
+    public GemmTile? ForceTile { get; set; }
+
+    private bool UseHost => set.IsCpu && !ForceDeviceKernel;
 
     /// <summary>
     /// C = α·op(A)·op(B) + β·C (+ bias), for <paramref name="batch"/> matrices whose starts are
@@ -53,6 +114,45 @@ public sealed class GemmKernels
         ArrayView<float> c, int ldc, ArrayView<float> bias = default,
         int batch = 1, long strideA = 0, long strideB = 0, long strideC = 0)
     {
+        var args = Args(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, batch, strideA, strideB, strideC);
+        if (m == 0 || n == 0 || batch == 0)
+            return;
+        if (UseHost)
+        {
+            set.Accelerator.Synchronize(); // kernels queued before us must have written A, B and C
+            HostGemm.Run(args, batch, a, b, c, bias);
+            return;
+        }
+        Launch(args, batch, a, b, c, bias, c, null);
+    }
+
+    /// <summary>
+    /// A Linear layer with its activation in one pass: pre = op(A)·op(B) ([M, N], what the
+    /// activation's backward needs) and y = act(pre + bias) (bias optional).
+    /// </summary>
+    public void ForwardActivation(Transpose ta, Transpose tb, int m, int n, int k, ArrayView<float> a, int lda,
+        ArrayView<float> b, int ldb, ArrayView<float> pre, int ldc, ArrayView<float> bias, ActivationKind act, ArrayView<float> y)
+    {
+        var args = Args(ta, tb, m, n, k, 1f, a, lda, b, ldb, 0f, pre, ldc, bias, 1, 0, 0, 0);
+        Check.Vector("y", y, (long)(m - 1) * ldc + n);
+        if (m == 0 || n == 0)
+            return;
+        if (UseHost)
+        {
+            set.Accelerator.Synchronize();
+            args.HasBias = 0;
+            HostGemm.Run(args, 1, a, b, pre, default);
+            if (ldc != n) throw new ArgumentException("a fused activation on the CPU needs ldc = N");
+            set.Activation.Forward(act, pre, bias, y, m, n);
+            return;
+        }
+        Launch(args, 1, a, b, pre, bias, y, act);
+    }
+
+    private GemmArgs Args(Transpose ta, Transpose tb, int m, int n, int k, float alpha, ArrayView<float> a, int lda,
+        ArrayView<float> b, int ldb, float beta, ArrayView<float> c, int ldc, ArrayView<float> bias,
+        int batch, long strideA, long strideB, long strideC)
+    {
         var args = new GemmArgs
         {
             M = m, N = n, K = k, Lda = lda, Ldb = ldb, Ldc = ldc,
@@ -61,17 +161,41 @@ public sealed class GemmKernels
             Alpha = alpha, Beta = beta, StrideA = strideA, StrideB = strideB, StrideC = strideC,
         };
         Validate(args, batch, a.Length, b.Length, c.Length, bias.IsValid ? bias.Length : 0);
-        if (m == 0 || n == 0 || batch == 0)
-            return;
-        if (set.IsCpu && !ForceDeviceKernel)
+        args.VecA = Vectorizable(a, lda, strideA);
+        args.VecB = Vectorizable(b, ldb, strideB);
+        args.VecC = Vectorizable(c, ldc, strideC);
+        return args;
+    }
+
+    /// <summary>1 when every 4-aligned chunk of a row of the operand starts on a 16-byte boundary.</summary>
+    private static int Vectorizable(ArrayView<float> view, int ld, long stride) =>
+        view.IsValid && ((IContiguousArrayView)view).Index % 4 == 0 && ld % 4 == 0 && stride % 4 == 0 ? 1 : 0;
+
+    private void Launch(GemmArgs args, int batch, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
+        ArrayView<float> bias, ArrayView<float> y, ActivationKind? act)
+    {
+        var tile = ForceTile ?? ChooseTile(args.M, args.N, batch);
+        var bias0 = args.HasBias != 0 ? bias : c;
+        if (tile == GemmTile.Tile128)
         {
-            set.Accelerator.Synchronize(); // kernels queued before us must have written A, B and C
-            HostGemm.Run(args, batch, a, b, c, bias);
-            return;
+            var kernel = act is { } k128 ? bigAct[(int)k128].Value : big.Value;
+            kernel(new KernelConfig(new Index3D((args.N + BigN - 1) / BigN, (args.M + BigM - 1) / BigM, batch), new Index3D(Threads, 1, 1)),
+                a, b, c, bias0, y, args);
         }
-        var grid = new Index3D((n + BN - 1) / BN, (m + BM - 1) / BM, batch);
-        tiled(new KernelConfig(grid, new Index3D(Threads, Threads, 1)), a, b, c,
-            args.HasBias != 0 ? bias : c, args);
+        else
+        {
+            var kernel = act is { } k64 ? thinAct[(int)k64].Value : thin.Value;
+            kernel(new KernelConfig(new Index3D((args.N + ThinN - 1) / ThinN, (args.M + ThinM - 1) / ThinM, batch), new Index3D(Threads, 1, 1)),
+                a, b, c, bias0, y, args);
+        }
+    }
+
+    /// <summary>128-tiles when both dimensions fill them and there are enough to occupy every multiprocessor.</summary>
+    private GemmTile ChooseTile(int m, int n, int batch)
+    {
+        if (m <= ThinM || n <= ThinN) return GemmTile.Tile64;
+        long tiles = (long)((m + BigM - 1) / BigM) * ((n + BigN - 1) / BigN) * batch;
+        return tiles >= set.Accelerator.NumMultiprocessors ? GemmTile.Tile128 : GemmTile.Tile64;
     }
 
     /// <summary>
@@ -130,85 +254,422 @@ public sealed class GemmKernels
             throw new ArgumentException($"GEMM operand {name} has {have} elements, needs {need}");
     }
 
-    /// <summary>Accumulators of one thread: rows ty+16·i, columns tx+16·j, i, j ∈ 0..3.</summary>
-    private struct Tile4x4
+    /// <summary>
+    /// Four consecutive elements [r, c..c+3] of a row-major operand with leading dimension ld and
+    /// bounds rows × cols; zero outside. One 128-bit load when vectorizable and wholly inside.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 LoadChunk(ArrayView<float> v, ArrayView<Float4> v4, int vec, int r, int rows, int c, int cols, int ld)
     {
-        public float C00, C01, C02, C03, C10, C11, C12, C13, C20, C21, C22, C23, C30, C31, C32, C33;
-
-        public void Fma(float a0, float a1, float a2, float a3, float b0, float b1, float b2, float b3)
-        {
-            C00 += a0 * b0; C01 += a0 * b1; C02 += a0 * b2; C03 += a0 * b3;
-            C10 += a1 * b0; C11 += a1 * b1; C12 += a1 * b2; C13 += a1 * b3;
-            C20 += a2 * b0; C21 += a2 * b1; C22 += a2 * b2; C23 += a2 * b3;
-            C30 += a3 * b0; C31 += a3 * b1; C32 += a3 * b2; C33 += a3 * b3;
-        }
+        if (r >= rows)
+            return default;
+        int off = r * ld + c;
+        if (vec != 0 && c + 3 < cols)
+            return v4[off >> 2];
+        return new Float4(c < cols ? v[off] : 0f, c + 1 < cols ? v[off + 1] : 0f,
+            c + 2 < cols ? v[off + 2] : 0f, c + 3 < cols ? v[off + 3] : 0f);
     }
 
-    private static float LoadA(ArrayView<float> a, long offset, GemmArgs p, int row, int kk) =>
-        row < p.M && kk < p.K
-            ? a[offset + (p.TransA == 0 ? (long)row * p.Lda + kk : (long)kk * p.Lda + row)]
-            : 0f;
-
-    private static float LoadB(ArrayView<float> b, long offset, GemmArgs p, int kk, int col) =>
-        kk < p.K && col < p.N
-            ? b[offset + (p.TransB == 0 ? (long)kk * p.Ldb + col : (long)col * p.Ldb + kk)]
-            : 0f;
-
-    private static void Store(ArrayView<float> c, ArrayView<float> bias, long offset, GemmArgs p, int row, int col, float acc)
+    /// <summary>
+    /// The operand of this batch as float4s, offset in float4 units so the 16-byte alignment ILGPU
+    /// assumes of kernel arguments carries over (an offset in floats would split every load into
+    /// four). Only used when <paramref name="vec"/> says starts, leading dimension and stride allow it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ArrayView<Float4> Batch4(ArrayView<float> v, long batch, long stride, int vec)
     {
-        if (row >= p.M || col >= p.N)
-            return;
-        long idx = offset + (long)row * p.Ldc + col;
-        float v = p.Alpha * acc;
-        if (p.Beta != 0f)
-            v += p.Beta * c[idx];
-        if (p.HasBias != 0)
-            v += bias[col];
-        c[idx] = v;
+        var v4 = v.Cast<Float4>();
+        long off = vec != 0 ? batch * (stride >> 2) : 0;
+        return v4.SubView(off, v4.Length - off);
     }
 
-    [GpuGroup(GemmKernels.Threads * GemmKernels.Threads)]
+    /// <summary>Stores a chunk as column j of four consecutive rows r..r+3 of a [rows][ld] shared tile.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreTransposed(ArrayView<float> tile, int r, int j, int ld, Float4 f)
+    {
+        tile[r * ld + j] = f.X;
+        tile[(r + 1) * ld + j] = f.Y;
+        tile[(r + 2) * ld + j] = f.Z;
+        tile[(r + 3) * ld + j] = f.W;
+    }
+
+    [GpuGroup(Threads)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void TiledKernel(ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, ArrayView<float> bias, GemmArgs p)
+    internal static void Tile128Kernel<TOut>(ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, ArrayView<float> bias,
+        ArrayView<float> y, GemmArgs p)
+        where TOut : struct, IGemmOutput
     {
-        var aTile = SharedMemory.Allocate<float>(BK * BM); // [BK, BM]
-        var bTile = SharedMemory.Allocate<float>(BK * BN); // [BK, BN]
-        int tx = Group.IdxX, ty = Group.IdxY, tid = ty * Threads + tx;
-        int n0 = Grid.IdxX * BN, m0 = Grid.IdxY * BM;
-        long aOff = Grid.IdxZ * p.StrideA, bOff = Grid.IdxZ * p.StrideB, cOff = Grid.IdxZ * p.StrideC;
-        var acc = new Tile4x4();
+        // Two K slices of each operand, k-major: aS[buf][k][m] and bS[buf][k][n], as float4s.
+        var aTile = SharedMemory.Allocate<float>(2 * BigK * BigM);
+        var bTile = SharedMemory.Allocate<float>(2 * BigK * BigN);
+        var aS = aTile.Cast<Float4>();
+        var bS = bTile.Cast<Float4>();
+        int tid = Group.IdxX, tx = tid & 15, ty = tid >> 4;
+        int n0 = Grid.IdxX * BigN, m0 = Grid.IdxY * BigM;
+        long batch = Grid.IdxZ;
+        var a4 = Batch4(a, batch, p.StrideA, p.VecA);
+        var b4 = Batch4(b, batch, p.StrideB, p.VecB);
+        a = a.SubView(batch * p.StrideA, a.Length - batch * p.StrideA);
+        b = b.SubView(batch * p.StrideB, b.Length - batch * p.StrideB);
 
-        for (int k0 = 0; k0 < p.K; k0 += BK)
+        // A slice holds 256 chunks of four consecutive elements of each operand, one per thread. Of a
+        // k-contiguous operand (A not transposed, B transposed) that is row tid/2 at k-quad tid%2,
+        // stored transposed; of an m- (n-) contiguous one, k-row tid/32 at quad tid%32, stored as is.
+        bool aK = p.TransA == 0, bK = p.TransB != 0;
+        int aR = aK ? m0 + (tid >> 1) : tid >> 5, aC = aK ? (tid & 1) * 4 : m0 + (tid & 31) * 4;
+        int bR = bK ? n0 + (tid >> 1) : tid >> 5, bC = bK ? (tid & 1) * 4 : n0 + (tid & 31) * 4;
+        int aRows = aK ? p.M : p.K, aCols = aK ? p.K : p.M;
+        int bRows = bK ? p.N : p.K, bCols = bK ? p.K : p.N;
+
+        var acc = new Acc8x8();
+        int slices = (p.K + BigK - 1) / BigK;
+        Float4 ra = default, rb = default;
+        // Iteration s stores slice s (fetched by the previous iteration), fetches slice s + 1 into
+        // registers, then multiplies slice s; iteration −1 only fetches. One barrier per slice: the
+        // buffer being written was last read two slices ago, before the previous barrier.
+        for (int s = -1; s < slices; s++)
         {
-            // Each of the 256 threads stages 4 elements of each tile, walking the operand's
-            // contiguous dimension with consecutive threads so global loads coalesce.
-            for (int r = 0; r < 4; r++)
+            int buf = s & 1;
+            if (s >= 0)
             {
-                int e = tid + r * Threads * Threads;
-                int am = p.TransA == 0 ? e / BK : e % BM, ak = p.TransA == 0 ? e % BK : e / BM;
-                aTile[ak * BM + am] = LoadA(a, aOff, p, m0 + am, k0 + ak);
-                int bn = p.TransB == 0 ? e % BN : e / BK, bk = p.TransB == 0 ? e / BN : e % BK;
-                bTile[bk * BN + bn] = LoadB(b, bOff, p, k0 + bk, n0 + bn);
+                StoreSlice(aTile, aS, aK, buf * BigK, BigM, tid, ra);
+                StoreSlice(bTile, bS, bK, buf * BigK, BigN, tid, rb);
+                Group.Barrier();
             }
-            Group.Barrier();
-            for (int kk = 0; kk < BK; kk++)
+            if (s + 1 < slices)
             {
-                int ar = kk * BM + ty, br = kk * BN + tx;
-                acc.Fma(aTile[ar], aTile[ar + 16], aTile[ar + 32], aTile[ar + 48],
-                    bTile[br], bTile[br + 16], bTile[br + 32], bTile[br + 48]);
+                int k1 = (s + 1) * BigK;
+                ra = LoadChunk(a, a4, p.VecA, aK ? aR : aR + k1, aRows, aK ? aC + k1 : aC, aCols, p.Lda);
+                rb = LoadChunk(b, b4, p.VecB, bK ? bR : bR + k1, bRows, bK ? bC + k1 : bC, bCols, p.Ldb);
             }
-            Group.Barrier();
+            if (s < 0)
+                continue;
+            // This slice's columns of the thread, so every unrolled step below reads at a constant offset.
+            var at = aS.SubView(buf * BigK * (BigM / 4) + ty, BigK * (BigM / 4) - 15);
+            var bt = bS.SubView(buf * BigK * (BigN / 4) + tx, BigK * (BigN / 4) - 15);
+            acc.Fma(at[0], at[16], bt[0], bt[16]);
+            acc.Fma(at[32], at[48], bt[32], bt[48]);
+            acc.Fma(at[64], at[80], bt[64], bt[80]);
+            acc.Fma(at[96], at[112], bt[96], bt[112]);
+            acc.Fma(at[128], at[144], bt[128], bt[144]);
+            acc.Fma(at[160], at[176], bt[160], bt[176]);
+            acc.Fma(at[192], at[208], bt[192], bt[208]);
+            acc.Fma(at[224], at[240], bt[224], bt[240]);
         }
 
-        int r0 = m0 + ty, c0 = n0 + tx;
-        Store(c, bias, cOff, p, r0, c0, acc.C00); Store(c, bias, cOff, p, r0, c0 + 16, acc.C01);
-        Store(c, bias, cOff, p, r0, c0 + 32, acc.C02); Store(c, bias, cOff, p, r0, c0 + 48, acc.C03);
-        Store(c, bias, cOff, p, r0 + 16, c0, acc.C10); Store(c, bias, cOff, p, r0 + 16, c0 + 16, acc.C11);
-        Store(c, bias, cOff, p, r0 + 16, c0 + 32, acc.C12); Store(c, bias, cOff, p, r0 + 16, c0 + 48, acc.C13);
-        Store(c, bias, cOff, p, r0 + 32, c0, acc.C20); Store(c, bias, cOff, p, r0 + 32, c0 + 16, acc.C21);
-        Store(c, bias, cOff, p, r0 + 32, c0 + 32, acc.C22); Store(c, bias, cOff, p, r0 + 32, c0 + 48, acc.C23);
-        Store(c, bias, cOff, p, r0 + 48, c0, acc.C30); Store(c, bias, cOff, p, r0 + 48, c0 + 16, acc.C31);
-        Store(c, bias, cOff, p, r0 + 48, c0 + 32, acc.C32); Store(c, bias, cOff, p, r0 + 48, c0 + 48, acc.C33);
+        int colLo = n0 + tx * 4, colHi = n0 + 64 + tx * 4;
+        Float4 biasLo = default, biasHi = default;
+        if (p.HasBias != 0)
+        {
+            biasLo = LoadChunk(bias, default, 0, 0, 1, colLo, p.N, 0);
+            biasHi = LoadChunk(bias, default, 0, 0, 1, colHi, p.N, 0);
+        }
+        var c4 = Batch4(c, batch, p.StrideC, p.VecC);
+        c = c.SubView(batch * p.StrideC, c.Length - batch * p.StrideC);
+        var output = default(TOut);
+        for (int i = 0; i < 8; i++)
+        {
+            // One copy of the store code for all eight rows; the switch picks the row's registers.
+            acc.Row(i, out var lo, out var hi);
+            output.Row(c, c4, y, p, m0 + (i >> 2) * 64 + ty * 4 + (i & 3), colLo, colHi, biasLo, biasHi, lo, hi);
+        }
+        if (output.HasFinish)
+            for (int i = 0; i < 8; i++)
+                output.Finish(c, c4, y, p, m0 + (i >> 2) * 64 + ty * 4 + (i & 3), colLo, colHi, biasLo, biasHi);
     }
 
+    /// <summary>
+    /// Puts this thread's chunk of a 128-wide slice into shared memory (k-major [k][m]): transposed
+    /// from a k-contiguous operand (row tid/2, k-quad tid%2), directly otherwise (k-row tid/32,
+    /// quad tid%32).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreSlice(ArrayView<float> tile, ArrayView<Float4> tile4, bool kContiguous, int k0, int width, int tid, Float4 chunk)
+    {
+        if (kContiguous)
+            StoreTransposed(tile, k0 + (tid & 1) * 4, tid >> 1, width, chunk);
+        else
+            tile4[(k0 + (tid >> 5)) * (width / 4) + (tid & 31)] = chunk;
+    }
+
+    [GpuGroup(Threads)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void Tile64Kernel<TOut>(ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, ArrayView<float> bias,
+        ArrayView<float> y, GemmArgs p)
+        where TOut : struct, IGemmOutput
+    {
+        // Two K slices of each operand, k-major: aS[buf][k][m] and bS[buf][k][n], as float4s.
+        var aTile = SharedMemory.Allocate<float>(2 * ThinK * ThinM);
+        var bTile = SharedMemory.Allocate<float>(2 * ThinK * ThinN);
+        var aS = aTile.Cast<Float4>();
+        var bS = bTile.Cast<Float4>();
+        int tid = Group.IdxX, tx = tid & 15, ty = tid >> 4;
+        int n0 = Grid.IdxX * ThinN, m0 = Grid.IdxY * ThinM;
+        long batch = Grid.IdxZ;
+        var a4 = Batch4(a, batch, p.StrideA, p.VecA);
+        var b4 = Batch4(b, batch, p.StrideB, p.VecB);
+        a = a.SubView(batch * p.StrideA, a.Length - batch * p.StrideA);
+        b = b.SubView(batch * p.StrideB, b.Length - batch * p.StrideB);
+
+        // One chunk of each operand per thread and slice: of a k-contiguous operand row tid/4 at
+        // k-quad tid%4 (stored transposed), of an m- (n-) contiguous one k-row tid/16 at quad tid%16.
+        bool aK = p.TransA == 0, bK = p.TransB != 0;
+        int aR = aK ? m0 + (tid >> 2) : tid >> 4, aC = aK ? (tid & 3) * 4 : m0 + (tid & 15) * 4;
+        int bR = bK ? n0 + (tid >> 2) : tid >> 4, bC = bK ? (tid & 3) * 4 : n0 + (tid & 15) * 4;
+        int aRows = aK ? p.M : p.K, aCols = aK ? p.K : p.M;
+        int bRows = bK ? p.N : p.K, bCols = bK ? p.K : p.N;
+
+        var acc = new Acc4x4();
+        int slices = (p.K + ThinK - 1) / ThinK;
+        Float4 ra = default, rb = default;
+        // The same schedule as Tile128Kernel: store slice s, fetch s + 1, multiply s.
+        for (int s = -1; s < slices; s++)
+        {
+            int buf = s & 1;
+            if (s >= 0)
+            {
+                if (aK) StoreTransposed(aTile, buf * ThinK + (tid & 3) * 4, tid >> 2, ThinM, ra);
+                else aS[(buf * ThinK + (tid >> 4)) * (ThinM / 4) + (tid & 15)] = ra;
+                if (bK) StoreTransposed(bTile, buf * ThinK + (tid & 3) * 4, tid >> 2, ThinN, rb);
+                else bS[(buf * ThinK + (tid >> 4)) * (ThinN / 4) + (tid & 15)] = rb;
+                Group.Barrier();
+            }
+            if (s + 1 < slices)
+            {
+                int k1 = (s + 1) * ThinK;
+                ra = LoadChunk(a, a4, p.VecA, aK ? aR : aR + k1, aRows, aK ? aC + k1 : aC, aCols, p.Lda);
+                rb = LoadChunk(b, b4, p.VecB, bK ? bR : bR + k1, bRows, bK ? bC + k1 : bC, bCols, p.Ldb);
+            }
+            if (s < 0)
+                continue;
+            var at = aS.SubView(buf * ThinK * (ThinM / 4) + ty, ThinK * (ThinM / 4) - 15);
+            var bt = bS.SubView(buf * ThinK * (ThinN / 4) + tx, ThinK * (ThinN / 4) - 15);
+            acc.Fma(at[0], bt[0]);
+            acc.Fma(at[16], bt[16]);
+            acc.Fma(at[32], bt[32]);
+            acc.Fma(at[48], bt[48]);
+            acc.Fma(at[64], bt[64]);
+            acc.Fma(at[80], bt[80]);
+            acc.Fma(at[96], bt[96]);
+            acc.Fma(at[112], bt[112]);
+            acc.Fma(at[128], bt[128]);
+            acc.Fma(at[144], bt[144]);
+            acc.Fma(at[160], bt[160]);
+            acc.Fma(at[176], bt[176]);
+            acc.Fma(at[192], bt[192]);
+            acc.Fma(at[208], bt[208]);
+            acc.Fma(at[224], bt[224]);
+            acc.Fma(at[240], bt[240]);
+        }
+
+        int col = n0 + tx * 4;
+        Float4 biasLo = default;
+        if (p.HasBias != 0)
+            biasLo = LoadChunk(bias, default, 0, 0, 1, col, p.N, 0);
+        var c4 = Batch4(c, batch, p.StrideC, p.VecC);
+        c = c.SubView(batch * p.StrideC, c.Length - batch * p.StrideC);
+        var output = default(TOut);
+        for (int i = 0; i < 4; i++)
+            output.Row(c, c4, y, p, m0 + ty * 4 + i, col, -1, biasLo, default, acc.Row(i), default);
+        if (output.HasFinish)
+            for (int i = 0; i < 4; i++)
+                output.Finish(c, c4, y, p, m0 + ty * 4 + i, col, -1, biasLo, default);
+    }
+}
+
+/// <summary>How a GEMM writes a row of its register tile: plain (α·acc + β·C + bias) or through an activation.</summary>
+public interface IGemmOutput
+{
+    /// <summary>Row r of the thread's tile: columns colLo..colLo+3 and colHi..colHi+3 (colHi &lt; 0: none).</summary>
+    void Row(ArrayView<float> c, ArrayView<Float4> c4, ArrayView<float> y, GemmArgs p, int r,
+        int colLo, int colHi, Float4 biasLo, Float4 biasHi, Float4 accLo, Float4 accHi);
+
+    /// <summary>
+    /// A second pass over the same rows after every accumulator is stored, so work that needs
+    /// registers of its own (an activation) does not run while all of them are still live.
+    /// </summary>
+    void Finish(ArrayView<float> c, ArrayView<Float4> c4, ArrayView<float> y, GemmArgs p, int r,
+        int colLo, int colHi, Float4 biasLo, Float4 biasHi);
+
+    /// <summary>Whether <see cref="Finish"/> does anything.</summary>
+    bool HasFinish { get; }
+}
+
+/// <summary>Four consecutive elements of a row of C: one 128-bit access when aligned and inside, else per element.</summary>
+internal static class Chunk
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool Whole(GemmArgs p, int col) => p.VecC != 0 && col + 3 < p.N;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Float4 Load(ArrayView<float> c, ArrayView<Float4> c4, GemmArgs p, int off, int col)
+    {
+        if (Whole(p, col)) return c4[off >> 2];
+        return new Float4(c[off], col + 1 < p.N ? c[off + 1] : 0f, col + 2 < p.N ? c[off + 2] : 0f, col + 3 < p.N ? c[off + 3] : 0f);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(ArrayView<float> c, ArrayView<Float4> c4, GemmArgs p, int off, int col, Float4 v)
+    {
+        if (Whole(p, col))
+        {
+            c4[off >> 2] = v;
+            return;
+        }
+        c[off] = v.X;
+        if (col + 1 < p.N) c[off + 1] = v.Y;
+        if (col + 2 < p.N) c[off + 2] = v.Z;
+        if (col + 3 < p.N) c[off + 3] = v.W;
+    }
+
+    /// <summary>α·acc + β·old (β = 0 never reads C).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Float4 Scale(ArrayView<float> c, ArrayView<Float4> c4, GemmArgs p, int off, int col, Float4 acc)
+    {
+        var v = new Float4(p.Alpha * acc.X, p.Alpha * acc.Y, p.Alpha * acc.Z, p.Alpha * acc.W);
+        if (p.Beta != 0f)
+        {
+            var old = Load(c, c4, p, off, col);
+            v = new Float4(v.X + p.Beta * old.X, v.Y + p.Beta * old.Y, v.Z + p.Beta * old.Z, v.W + p.Beta * old.W);
+        }
+        return v;
+    }
+}
+
+/// <summary>C = α·acc + β·C + bias.</summary>
+public readonly struct PlainOutput : IGemmOutput
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Row(ArrayView<float> c, ArrayView<Float4> c4, ArrayView<float> y, GemmArgs p, int r,
+        int colLo, int colHi, Float4 biasLo, Float4 biasHi, Float4 accLo, Float4 accHi)
+    {
+        if (r >= p.M) return;
+        int row = r * p.Ldc;
+        if (colLo < p.N) Store(c, c4, p, row + colLo, colLo, biasLo, accLo);
+        if (colHi >= 0 && colHi < p.N) Store(c, c4, p, row + colHi, colHi, biasHi, accHi);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(ArrayView<float> c, ArrayView<Float4> c4, GemmArgs p, int off, int col, Float4 bias, Float4 acc)
+    {
+        var v = Chunk.Scale(c, c4, p, off, col, acc);
+        Chunk.Store(c, c4, p, off, col, new Float4(v.X + bias.X, v.Y + bias.Y, v.Z + bias.Z, v.W + bias.W));
+    }
+
+    public void Finish(ArrayView<float> c, ArrayView<Float4> c4, ArrayView<float> y, GemmArgs p, int r,
+        int colLo, int colHi, Float4 biasLo, Float4 biasHi)
+    {
+    }
+
+    public bool HasFinish => false;
+}
+
+/// <summary>
+/// C = α·acc + β·C (the pre-activation), then, in the second pass, Y = act(C + bias) from the
+/// values this thread just stored (Y laid out like C; the launcher checks it).
+/// </summary>
+public readonly struct ActivatedOutput<TAct> : IGemmOutput
+    where TAct : struct, IActivation
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Row(ArrayView<float> c, ArrayView<Float4> c4, ArrayView<float> y, GemmArgs p, int r,
+        int colLo, int colHi, Float4 biasLo, Float4 biasHi, Float4 accLo, Float4 accHi)
+    {
+        if (r >= p.M) return;
+        int row = r * p.Ldc;
+        if (colLo < p.N) Chunk.Store(c, c4, p, row + colLo, colLo, Chunk.Scale(c, c4, p, row + colLo, colLo, accLo));
+        if (colHi >= 0 && colHi < p.N) Chunk.Store(c, c4, p, row + colHi, colHi, Chunk.Scale(c, c4, p, row + colHi, colHi, accHi));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Finish(ArrayView<float> c, ArrayView<Float4> c4, ArrayView<float> y, GemmArgs p, int r,
+        int colLo, int colHi, Float4 biasLo, Float4 biasHi)
+    {
+        if (r >= p.M) return;
+        int row = r * p.Ldc;
+        var y4 = y.Cast<Float4>();
+        if (colLo < p.N) Activate(c, c4, y, y4, p, row + colLo, colLo, biasLo);
+        if (colHi >= 0 && colHi < p.N) Activate(c, c4, y, y4, p, row + colHi, colHi, biasHi);
+    }
+
+    public bool HasFinish => true;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Activate(ArrayView<float> c, ArrayView<Float4> c4, ArrayView<float> y, ArrayView<Float4> y4, GemmArgs p, int off, int col, Float4 bias)
+    {
+        var pre = Chunk.Load(c, c4, p, off, col);
+        var act = default(TAct);
+        Chunk.Store(y, y4, p, off, col, new Float4(act.Apply(pre.X + bias.X, out _), act.Apply(pre.Y + bias.Y, out _),
+            act.Apply(pre.Z + bias.Z, out _), act.Apply(pre.W + bias.W, out _)));
+    }
+}
+
+/// <summary>An 8×8 register tile: rows i (0..7), columns 0-3 (Lo) and 4-7 (Hi).</summary>
+internal struct Acc8x8
+{
+    public Float4 R0Lo, R0Hi;
+    public Float4 R1Lo, R1Hi;
+    public Float4 R2Lo, R2Hi;
+    public Float4 R3Lo, R3Hi;
+    public Float4 R4Lo, R4Hi;
+    public Float4 R5Lo, R5Hi;
+    public Float4 R6Lo, R6Hi;
+    public Float4 R7Lo, R7Hi;
+
+    /// <summary>Row i's eight accumulators (a switch, so the registers are never indexed dynamically).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public readonly void Row(int i, out Float4 lo, out Float4 hi)
+    {
+        switch (i)
+        {
+            case 0: lo = R0Lo; hi = R0Hi; return;
+            case 1: lo = R1Lo; hi = R1Hi; return;
+            case 2: lo = R2Lo; hi = R2Hi; return;
+            case 3: lo = R3Lo; hi = R3Hi; return;
+            case 4: lo = R4Lo; hi = R4Hi; return;
+            case 5: lo = R5Lo; hi = R5Hi; return;
+            case 6: lo = R6Lo; hi = R6Hi; return;
+            default: lo = R7Lo; hi = R7Hi; return;
+        }
+    }
+
+    /// <summary>Rank-1 update: rows a0 (0-3) and a1 (4-7) times columns b0 (0-3) and b1 (4-7).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Fma(Float4 a0, Float4 a1, Float4 b0, Float4 b1)
+    {
+        R0Lo = Float4.Fma(a0.X, b0, R0Lo);
+        R0Hi = Float4.Fma(a0.X, b1, R0Hi);
+        R1Lo = Float4.Fma(a0.Y, b0, R1Lo);
+        R1Hi = Float4.Fma(a0.Y, b1, R1Hi);
+        R2Lo = Float4.Fma(a0.Z, b0, R2Lo);
+        R2Hi = Float4.Fma(a0.Z, b1, R2Hi);
+        R3Lo = Float4.Fma(a0.W, b0, R3Lo);
+        R3Hi = Float4.Fma(a0.W, b1, R3Hi);
+        R4Lo = Float4.Fma(a1.X, b0, R4Lo);
+        R4Hi = Float4.Fma(a1.X, b1, R4Hi);
+        R5Lo = Float4.Fma(a1.Y, b0, R5Lo);
+        R5Hi = Float4.Fma(a1.Y, b1, R5Hi);
+        R6Lo = Float4.Fma(a1.Z, b0, R6Lo);
+        R6Hi = Float4.Fma(a1.Z, b1, R6Hi);
+        R7Lo = Float4.Fma(a1.W, b0, R7Lo);
+        R7Hi = Float4.Fma(a1.W, b1, R7Hi);
+    }
+}
+
+/// <summary>A 4×4 register tile.</summary>
+internal struct Acc4x4
+{
+    public Float4 R0, R1, R2, R3;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public readonly Float4 Row(int i) => i == 0 ? R0 : i == 1 ? R1 : i == 2 ? R2 : R3;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Fma(Float4 a, Float4 b)
+    {
+        R0 = Float4.Fma(a.X, b, R0);
+        R1 = Float4.Fma(a.Y, b, R1);
+        R2 = Float4.Fma(a.Z, b, R2);
+        R3 = Float4.Fma(a.W, b, R3);
+    }
 }

@@ -161,11 +161,14 @@ public sealed class KernelSet : IDisposable
             typeof(SoftmaxKernels), typeof(CrossEntropyKernels), typeof(EmbeddingKernels), typeof(DropoutKernels),
             typeof(AdamWKernels), typeof(AttentionKernels), typeof(ElementwiseKernels), typeof(QuantizationKernels),
         ];
+        Type[] activations = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu), typeof(TanhActivation)];
         var variants = new Dictionary<Type, Type[]>
         {
-            [typeof(IActivation)] = [typeof(GeluErf), typeof(GeluTanh), typeof(Relu), typeof(TanhActivation)],
+            [typeof(IActivation)] = activations,
             [typeof(IGroupReduce)] = [typeof(TreeReduce), typeof(WarpReduce)],
+            [typeof(IGemmOutput)] = [typeof(PlainOutput), .. activations.Select(a => typeof(ActivatedOutput<>).MakeGenericType(a))],
         };
+        static string Pretty(Type t) => t.IsGenericType ? $"{t.Name[..t.Name.IndexOf('`')]}<{string.Join(",", t.GetGenericArguments().Select(Pretty))}>" : t.Name;
         foreach (var family in families)
             foreach (var m in family.GetMethods(flags).Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal)))
             {
@@ -181,7 +184,7 @@ public sealed class KernelSet : IDisposable
                     var options = variants[parameter.GetGenericParameterConstraints().Single(c => c.IsInterface)];
                     combos = combos.SelectMany(c => options.Select(o => c.Append(o).ToArray())).ToList();
                 }
-                list.AddRange(combos.Select(args => ($"{name}<{string.Join(",", args.Select(a => a.Name))}>", m.MakeGenericMethod(args))));
+                list.AddRange(combos.Select(args => ($"{name}<{string.Join(",", args.Select(Pretty))}>", m.MakeGenericMethod(args))));
             }
         return list;
     }

@@ -107,6 +107,110 @@ public class GemmTests
         Tol.AssertClose(gradB, d.Read(bdb, b.Length), Tol.F32Reduction, "dB");
     }
 
+    /// <summary>Devices running the GPU kernels × both block tiles × aligned (128-bit) or misaligned operands × transposes.</summary>
+    public static TheoryData<string, GemmTile, bool, bool, bool> TileCases()
+    {
+        var data = new TheoryData<string, GemmTile, bool, bool, bool>();
+        foreach (var dev in Devices.Names.Where(n => n != "cpu"))
+            foreach (var tile in new[] { GemmTile.Tile64, GemmTile.Tile128 })
+                foreach (bool aligned in new[] { true, false })
+                    foreach (bool ta in new[] { false, true })
+                        foreach (bool tb in new[] { false, true })
+                            data.Add(dev, tile, aligned, ta, tb);
+        return data;
+    }
+
+    /// <summary>
+    /// More than one block tile in each direction with ragged edges, K not a multiple of the slice,
+    /// two batches; aligned operands take the 128-bit loads and stores, misaligned ones (a start one
+    /// float in, odd leading dimensions) the per-element path.
+    /// </summary>
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(TileCases))]
+    public void Both_tiles_and_both_load_paths_match_the_reference(string device, GemmTile tile, bool aligned, bool ta, bool tb)
+    {
+        var d = Devices.Get(device);
+        const int m = 133, n = 130, k = 37, batch = 2;
+        int lda = (ta ? m : k) + (aligned ? 3 : 2), ldb = (tb ? k : n) + (aligned ? 2 : 1), ldc = n + (aligned ? 2 : 1);
+        if (aligned) (lda, ldb, ldc) = ((lda + 3) / 4 * 4, (ldb + 3) / 4 * 4, (ldc + 3) / 4 * 4);
+        long sa = (long)(ta ? k : m) * lda + (aligned ? 4 : 3), sb = (long)(tb ? n : k) * ldb + (aligned ? 8 : 5), sc = (long)m * ldc + (aligned ? 4 : 1);
+        int start = aligned ? 0 : 1;
+        var rng = new Random((int)tile * 16 + (aligned ? 8 : 0) + (ta ? 2 : 0) + (tb ? 1 : 0));
+        var a = Rand.Normal(rng, start + sa * batch);
+        var b = Rand.Normal(rng, start + sb * batch);
+        var c = Rand.Normal(rng, start + sc * batch);
+        var bias = Rand.Normal(rng, n);
+        using var ba = d.Upload(a);
+        using var bb = d.Upload(b);
+        using var bc = d.Upload(c);
+        using var bBias = d.Upload(bias);
+        var gemm = d.Kernels.Gemm;
+        gemm.ForceTile = tile;
+        try
+        {
+            gemm.Forward(ta ? Transpose.T : Transpose.N, tb ? Transpose.T : Transpose.N, m, n, k, 0.75f,
+                ba.View.SubView(start, sa * batch), lda, bb.View.SubView(start, sb * batch), ldb, -0.5f,
+                bc.View.SubView(start, sc * batch), ldc, bBias.View, batch, sa, sb, sc);
+        }
+        finally
+        {
+            gemm.ForceTile = null;
+        }
+        double[] ad = Rand.ToDouble(a[start..]), bd = Rand.ToDouble(b[start..]), cd = Rand.ToDouble(c[start..]), biasd = Rand.ToDouble(bias);
+        var expected = Reference.Gemm(ta, tb, m, n, k, 0.75, ad, lda, bd, ldb, -0.5, cd, ldc, biasd, batch, sa, sb, sc);
+        var scale = Reference.GemmErrorScale(ta, tb, m, n, k, 0.75, ad, lda, bd, ldb, -0.5, cd, ldc, biasd, batch, sa, sb, sc);
+        Tol.AssertClose(expected, d.Read(bc, c.Length)[start..], Tol.F32Dot, $"C ({tile}, {(aligned ? "aligned" : "misaligned")})", scale);
+    }
+
+    public static TheoryData<string, GemmTile, ActivationKind> ActivationCases()
+    {
+        var data = new TheoryData<string, GemmTile, ActivationKind>();
+        foreach (var dev in Devices.Names)
+            foreach (var tile in new[] { GemmTile.Tile64, GemmTile.Tile128 })
+                foreach (var act in new[] { ActivationKind.GeluErf, ActivationKind.GeluTanh, ActivationKind.Relu })
+                    if (dev != "cpu" || tile == GemmTile.Tile64) // the CPU's host path has no tiles
+                        data.Add(dev, tile, act);
+        return data;
+    }
+
+    /// <summary>The fused Linear + activation: pre = x·Wᵀ (what backward needs) and y = act(pre + bias).</summary>
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(ActivationCases))]
+    public void Fused_activation_epilogue_writes_the_pre_activation_and_the_activation(string device, GemmTile tile, ActivationKind act)
+    {
+        var d = Devices.Get(device);
+        const int m = 131, n = 132, k = 40; // Linear: x [M, K], W [N, K]
+        var rng = new Random(5 + (int)act);
+        var x = Rand.Normal(rng, m * k);
+        var w = Rand.Normal(rng, n * k, 0.3);
+        var bias = Rand.Normal(rng, n);
+        using var bx = d.Upload(x);
+        using var bw = d.Upload(w);
+        using var bBias = d.Upload(bias);
+        using var pre = d.Poisoned(m * n);
+        using var y = d.Poisoned(m * n);
+        d.Kernels.Gemm.ForceTile = tile;
+        try
+        {
+            d.Kernels.Gemm.ForwardActivation(Transpose.N, Transpose.T, m, n, k, bx.View, k, bw.View, k, pre.View, n, bBias.View, act, y.View);
+        }
+        finally
+        {
+            d.Kernels.Gemm.ForceTile = null;
+        }
+        double[] xd = Rand.ToDouble(x), wd = Rand.ToDouble(w);
+        var expected = Reference.Gemm(false, true, m, n, k, 1, xd, k, wd, k, 0, new double[m * n], n);
+        var scale = Reference.GemmErrorScale(false, true, m, n, k, 1, xd, k, wd, k, 0, new double[m * n], n);
+        var gotPre = d.Read(pre, m * n);
+        Tol.AssertClose(expected, gotPre, Tol.F32Dot, "pre-activation", scale);
+        Func<double, double> f = act switch { ActivationKind.GeluErf => Reference.GeluErf, ActivationKind.GeluTanh => Reference.GeluTanh, _ => Reference.Relu };
+        // y is act of the stored (rounded) pre-activation plus the bias, one float op each.
+        var expectedY = gotPre.Select((v, i) => f((double)(v + bias[i % n]))).ToArray();
+        Tol.AssertClose(expectedY, d.Read(y, m * n), Tol.F32Elementwise, "activation");
+    }
+
     [Theory]
     [InlineData(false, false)]
     [InlineData(true, true)]

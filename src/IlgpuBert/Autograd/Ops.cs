@@ -67,9 +67,10 @@ public static partial class Ops
             k.Gemm.Forward(Transpose.N, Transpose.T, n, outDim, inDim, 1f, x.Value.View, inDim, w.Value.View, inDim, 0f, y.Value.View, outDim, b?.Value.View ?? default);
         else
         {
+            // One pass on GPUs (the GEMM's epilogue applies the activation); pre is what backward needs.
             pre = new Tensor(x.Device, shape);
-            k.Gemm.Forward(Transpose.N, Transpose.T, n, outDim, inDim, 1f, x.Value.View, inDim, w.Value.View, inDim, 0f, pre.View, outDim);
-            k.Activation.Forward(act.Value, pre.View, b?.Value.View ?? default, y.Value.View, n, outDim);
+            k.Gemm.ForwardActivation(Transpose.N, Transpose.T, n, outDim, inDim, x.Value.View, inDim, w.Value.View, inDim, pre.View, outDim,
+                b?.Value.View ?? default, act.Value, y.Value.View);
         }
         if (!grad) { pre?.Dispose(); return y; }
         tape.Record(() =>
