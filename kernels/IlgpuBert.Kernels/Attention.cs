@@ -36,6 +36,9 @@ public struct AttentionShape
     public uint Step, TensorId;
     public int HasMask, WriteProbs;
 
+    /// <summary>1 when qkv and context can be read and written as float4s (aligned starts, HD a multiple of 4).</summary>
+    public int Vec;
+
     public static AttentionShape Create(int batch, int seqLen, int heads, int headDim, float dropoutP = 0f, DropoutKey key = default) => new()
     {
         Batch = batch, SeqLen = seqLen, Heads = heads, HeadDim = headDim, DropoutP = dropoutP,
@@ -92,7 +95,7 @@ public sealed class AttentionKernels
     internal const int DqShared = 3 * DqQ * Hd + 2 * DqK * Hd + DqQ * DqK + 2 * DqQ;
 
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> forward;
+    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> forward, flash;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> rowDot;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> dKdV;
     private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> dQ;
@@ -103,6 +106,7 @@ public sealed class AttentionKernels
         this.set = set;
         var acc = set.Accelerator;
         forward = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(ForwardKernel);
+        flash = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashForwardKernel);
         rowDot = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(RowDotKernel);
         dKdV = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DkDvKernel);
         dQ = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DqKernel);
@@ -137,8 +141,16 @@ public sealed class AttentionKernels
             HostAttention.Forward(qkv, mask, context, lse, probs, shape);
             return;
         }
-        forward(Config((shape.SeqLen + FwdQ - 1) / FwdQ, shape), qkv, shape.HasMask != 0 ? mask : Dummy(), context, lse,
-            shape.WriteProbs != 0 ? probs : context, shape);
+        var m = shape.HasMask != 0 ? mask : Dummy();
+        var p = shape.WriteProbs != 0 ? probs : context;
+        if (shape.HeadDim <= FlashHd)
+        {
+            if (((IContiguousArrayView)context).Index % 4 != 0) shape.Vec = 0;
+            flash(new KernelConfig(new Index3D((shape.SeqLen + FlashQ - 1) / FlashQ, shape.Heads, shape.Batch), new Index3D(FlashGroup, 1, 1)),
+                qkv, m, context, lse, p, shape);
+        }
+        else
+            forward(Config((shape.SeqLen + FwdQ - 1) / FwdQ, shape), qkv, m, context, lse, p, shape);
     }
 
     /// <summary>
@@ -210,6 +222,7 @@ public sealed class AttentionKernels
         if (shape.HasMask != 0) Check.Vector("attention_mask", mask, (long)shape.Batch * shape.SeqLen);
         shape.WriteProbs = probs.IsValid && probs.Length > 0 ? 1 : 0;
         if (shape.WriteProbs != 0) Check.Vector("probs", probs, shape.RowCount * shape.SeqLen);
+        shape.Vec = shape.HeadDim % 4 == 0 && ((IContiguousArrayView)qkv).Index % 4 == 0 ? 1 : 0;
         return shape;
     }
 
@@ -239,6 +252,276 @@ public sealed class AttentionKernels
             int i = row0 + e / hd;
             tile[e] = i < a.SeqLen ? qkv[a.Qkv(b, i, part, h, e % hd)] : 0f;
         }
+    }
+
+    // FlashAttention-2's forward for head dims ≤ 64 (every BERT size of Turc et al. and HF's base and
+    // large). A group of 128 threads owns 64 query rows of one head; K and V stream through shared
+    // memory 32 keys at a time. Thread t holds rows 4·(t/8)..+3: their scores against keys
+    // 4·(t%8)..+3 of the tile (a 4×4 register tile), their output in columns 4·(t%8)..+3 and
+    // 32 + 4·(t%8)..+3 (4×8 registers), and their running max and partial sum. A row's eight
+    // threads agree on its max through shared memory once per tile (fixed order, no shuffles, so
+    // OpenCL devices without sub-groups run it too); the partial sums are only combined at the end.
+    // Shared memory, 34 KB: Q [HD][64] (transposed), K [HD][32] (transposed; reused for the tile's
+    // probabilities [32][64]), V [32][HD], and the row partials [64][8].
+    internal const int FlashQ = 64, FlashK = 32, FlashHd = 64, FlashGroup = 128;
+    internal const int FlashShared4 = (FlashHd * FlashQ + FlashHd * FlashK + FlashK * FlashHd + FlashQ * 8) / 4;
+
+    /// <summary>
+    /// Four consecutive head elements d..d+3 of row i of one part, from the head's view (qkv from
+    /// (b, 0, 0, h, 0) on: 32-bit offsets inside it); zero past the sequence or the head.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 QkvChunk(ArrayView<float> head, ArrayView<Float4> head4, AttentionShape a, int i, int part, int d)
+    {
+        int hd = a.HeadDim;
+        if (i >= a.SeqLen || d >= hd)
+            return default;
+        int off = (i * 3 + part) * a.Hidden + d;
+        if (a.Vec != 0)
+            return head4[off >> 2];
+        return new Float4(head[off], d + 1 < hd ? head[off + 1] : 0f, d + 2 < hd ? head[off + 2] : 0f, d + 3 < hd ? head[off + 3] : 0f);
+    }
+
+    /// <summary>The group loads rows row0.. of one part transposed into tile [d][row] (width rows per d).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadTransposed(ArrayView<float> head, ArrayView<Float4> head4, ArrayView<float> tile, AttentionShape a,
+        int part, int row0, int rows, int t)
+    {
+        for (int e = t; e < rows * (FlashHd / 4); e += FlashGroup)
+        {
+            int r = e >> 4, d = (e & 15) * 4;
+            var c = QkvChunk(head, head4, a, row0 + r, part, d);
+            tile[d * rows + r] = c.X;
+            tile[(d + 1) * rows + r] = c.Y;
+            tile[(d + 2) * rows + r] = c.Z;
+            tile[(d + 3) * rows + r] = c.W;
+        }
+    }
+
+    /// <summary>Scores of this thread's 4 rows against its 4 keys: Σ_d Q[d][rows]·K[d][keys], d in steps of 8 (tiles are zero past the head).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Acc4x4 Scores(ArrayView<Float4> q4, ArrayView<Float4> k4, int hd, int rg, int cg)
+    {
+        var s = new Acc4x4();
+        for (int d = 0; d < hd; d += 8)
+        {
+            var q = q4.SubView(d * (FlashQ / 4) + rg, 7 * (FlashQ / 4) + 1);
+            var k = k4.SubView(d * (FlashK / 4) + cg, 7 * (FlashK / 4) + 1);
+            s.Fma(q[0], k[0]);
+            s.Fma(q[1 * (FlashQ / 4)], k[1 * (FlashK / 4)]);
+            s.Fma(q[2 * (FlashQ / 4)], k[2 * (FlashK / 4)]);
+            s.Fma(q[3 * (FlashQ / 4)], k[3 * (FlashK / 4)]);
+            s.Fma(q[4 * (FlashQ / 4)], k[4 * (FlashK / 4)]);
+            s.Fma(q[5 * (FlashQ / 4)], k[5 * (FlashK / 4)]);
+            s.Fma(q[6 * (FlashQ / 4)], k[6 * (FlashK / 4)]);
+            s.Fma(q[7 * (FlashQ / 4)], k[7 * (FlashK / 4)]);
+        }
+        return s;
+    }
+
+    /// <summary>Scaled scores with masked keys and keys past the sequence at −∞.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 MaskRow(Float4 s, float scale, Float4 keep) =>
+        new(keep.X != 0f ? s.X * scale : float.NegativeInfinity, keep.Y != 0f ? s.Y * scale : float.NegativeInfinity,
+            keep.Z != 0f ? s.Z * scale : float.NegativeInfinity, keep.W != 0f ? s.W * scale : float.NegativeInfinity);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Max4(Float4 v) => MathF.Max(MathF.Max(v.X, v.Y), MathF.Max(v.Z, v.W));
+
+    /// <summary>exp(v − m) element-wise, 0 for v = −∞ (and for every v when m = −∞).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 Exp(Float4 v, float m) => m == float.NegativeInfinity ? default
+        : new(MathF.Exp(v.X - m), MathF.Exp(v.Y - m), MathF.Exp(v.Z - m), MathF.Exp(v.W - m));
+
+    /// <summary>Dropout's keep factors of keys j..j+3 of query row i (a loop: one copy of Philox in the kernel).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 Keeps(AttentionShape a, int b, int h, int i, int j)
+    {
+        var keep = default(Float4);
+        for (int y = 0; y < 4; y++)
+            keep = keep.With(y, a.Keep(b, h, i, j + y));
+        return keep;
+    }
+
+    /// <summary>Σ of the row's eight partials in shared memory (fixed order).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float SumPartials(ArrayView<Float4> red4, int row)
+    {
+        var lo = red4[row * 2];
+        var hi = red4[row * 2 + 1];
+        return lo.X + lo.Y + lo.Z + lo.W + hi.X + hi.Y + hi.Z + hi.W;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float MaxPartials(ArrayView<Float4> red4, int row) => MathF.Max(Max4(red4[row * 2]), Max4(red4[row * 2 + 1]));
+
+    [GpuGroup(FlashGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void FlashForwardKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> context, ArrayView<float> lse,
+        ArrayView<float> probs, AttentionShape a)
+    {
+        var shared4 = SharedMemory.Allocate<Float4>(FlashShared4);
+        var q4 = shared4.SubView(0, FlashHd * FlashQ / 4);                                  // Q [d][row]
+        var k4 = shared4.SubView(FlashHd * FlashQ / 4, FlashHd * FlashK / 4);               // K [d][key], then P [key][row]
+        var v4 = shared4.SubView((FlashHd * FlashQ + FlashHd * FlashK) / 4, FlashK * FlashHd / 4); // V [key][d]
+        var red4 = shared4.SubView((FlashHd * FlashQ + 2 * FlashHd * FlashK) / 4, FlashQ * 8 / 4);  // [row][8] partials
+        var qs = q4.Cast<float>();
+        var ks = k4.Cast<float>();
+        var red = red4.Cast<float>();
+        int t = Group.IdxX, rg = t >> 3, cg = t & 7;
+        int i0 = Grid.IdxX * FlashQ, h = Grid.IdxY, b = Grid.IdxZ;
+        int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
+        // This head of this sequence: one 64-bit offset here, 32-bit ones inside (in float4s when aligned, see Vec).
+        long headOff = a.Qkv(b, 0, 0, h, 0);
+        var head = qkv.SubView(headOff, qkv.Length - headOff);
+        var qkv4 = qkv.Cast<Float4>();
+        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
+        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        int row = rg * 4, col = cg * 4; // the thread's first row in the block, first key in a tile
+
+        LoadTransposed(head, head4, qs, a, 0, i0, FlashQ, t);
+        var m = new Float4(float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity);
+        var l = default(Float4);
+        var o = new Acc4x8();
+
+        for (int j0 = 0; j0 < s; j0 += FlashK)
+        {
+            LoadTransposed(head, head4, ks, a, 1, j0, FlashK, t);
+            for (int e = t; e < FlashK * (FlashHd / 4); e += FlashGroup)
+                v4[e] = QkvChunk(head, head4, a, j0 + (e >> 4), 2, (e & 15) * 4);
+            Group.Barrier();
+
+            int j = j0 + col;
+            var attend = new Float4(j < s && a.Attends(mask, b, j) ? 1f : 0f, j + 1 < s && a.Attends(mask, b, j + 1) ? 1f : 0f,
+                j + 2 < s && a.Attends(mask, b, j + 2) ? 1f : 0f, j + 3 < s && a.Attends(mask, b, j + 3) ? 1f : 0f);
+            var sc = Scores(q4, k4, hd8, rg, cg);
+            for (int x = 0; x < 4; x++)
+                red[(row + x) * 8 + cg] = Max4(MaskRow(sc.Row(x), a.Scale, attend));
+            Group.Barrier();
+
+            // Online softmax, a row at a time: the new running max, the rescale of what was
+            // accumulated under the old one, and this tile's probabilities (before dropout for the
+            // normaliser, after it for V). K is no longer read (every thread passed the barrier
+            // after its scores), so the probabilities go there, [key][row].
+            var alpha = default(Float4);
+            for (int x = 0; x < 4; x++)
+            {
+                float mOld = m[x], mNew = MathF.Max(mOld, MaxPartials(red4, row + x));
+                float rescale = Rescale(mOld, mNew);
+                var p = Exp(MaskRow(sc.Row(x), a.Scale, attend), mNew);
+                l = l.With(x, l[x] * rescale + p.X + p.Y + p.Z + p.W);
+                m = m.With(x, mNew);
+                alpha = alpha.With(x, rescale);
+                if (a.DropoutP > 0f)
+                    p = Mul(p, Keeps(a, b, h, i0 + row + x, j));
+                ks[(col + 0) * FlashQ + row + x] = p.X;
+                ks[(col + 1) * FlashQ + row + x] = p.Y;
+                ks[(col + 2) * FlashQ + row + x] = p.Z;
+                ks[(col + 3) * FlashQ + row + x] = p.W;
+            }
+            o.ScaleRows(alpha);
+            Group.Barrier();
+
+            for (int jj = 0; jj < FlashK; jj += 16)
+            {
+                var p = k4.SubView(jj * (FlashQ / 4) + rg, 15 * (FlashQ / 4) + 1);
+                var v = v4.SubView(jj * (FlashHd / 4) + cg, 15 * (FlashHd / 4) + 9);
+                o.Fma(p[0 * (FlashQ / 4)], v[0 * (FlashHd / 4)], v[0 * (FlashHd / 4) + 8]);
+                o.Fma(p[1 * (FlashQ / 4)], v[1 * (FlashHd / 4)], v[1 * (FlashHd / 4) + 8]);
+                o.Fma(p[2 * (FlashQ / 4)], v[2 * (FlashHd / 4)], v[2 * (FlashHd / 4) + 8]);
+                o.Fma(p[3 * (FlashQ / 4)], v[3 * (FlashHd / 4)], v[3 * (FlashHd / 4) + 8]);
+                o.Fma(p[4 * (FlashQ / 4)], v[4 * (FlashHd / 4)], v[4 * (FlashHd / 4) + 8]);
+                o.Fma(p[5 * (FlashQ / 4)], v[5 * (FlashHd / 4)], v[5 * (FlashHd / 4) + 8]);
+                o.Fma(p[6 * (FlashQ / 4)], v[6 * (FlashHd / 4)], v[6 * (FlashHd / 4) + 8]);
+                o.Fma(p[7 * (FlashQ / 4)], v[7 * (FlashHd / 4)], v[7 * (FlashHd / 4) + 8]);
+                o.Fma(p[8 * (FlashQ / 4)], v[8 * (FlashHd / 4)], v[8 * (FlashHd / 4) + 8]);
+                o.Fma(p[9 * (FlashQ / 4)], v[9 * (FlashHd / 4)], v[9 * (FlashHd / 4) + 8]);
+                o.Fma(p[10 * (FlashQ / 4)], v[10 * (FlashHd / 4)], v[10 * (FlashHd / 4) + 8]);
+                o.Fma(p[11 * (FlashQ / 4)], v[11 * (FlashHd / 4)], v[11 * (FlashHd / 4) + 8]);
+                o.Fma(p[12 * (FlashQ / 4)], v[12 * (FlashHd / 4)], v[12 * (FlashHd / 4) + 8]);
+                o.Fma(p[13 * (FlashQ / 4)], v[13 * (FlashHd / 4)], v[13 * (FlashHd / 4) + 8]);
+                o.Fma(p[14 * (FlashQ / 4)], v[14 * (FlashHd / 4)], v[14 * (FlashHd / 4) + 8]);
+                o.Fma(p[15 * (FlashQ / 4)], v[15 * (FlashHd / 4)], v[15 * (FlashHd / 4) + 8]);
+            }
+            Group.Barrier();
+        }
+
+        // The rows' sums from their eight partials, then context = O / l and lse = m + log l.
+        red[(row + 0) * 8 + cg] = l.X;
+        red[(row + 1) * 8 + cg] = l.Y;
+        red[(row + 2) * 8 + cg] = l.Z;
+        red[(row + 3) * 8 + cg] = l.W;
+        Group.Barrier();
+        var rowLse = default(Float4);
+        var context4 = context.Cast<Float4>();
+        for (int x = 0; x < 4; x++)
+        {
+            float sum = SumPartials(red4, row + x);
+            rowLse = rowLse.With(x, Lse(m[x], sum));
+            int i = i0 + row + x;
+            if (i >= s) continue;
+            float inv = sum > 0f ? 1f / sum : 0f;
+            o.Row(x, out var lo, out var hi);
+            StoreContext(context, context4, a, b, i, h, col, lo.Times(inv));
+            StoreContext(context, context4, a, b, i, h, 32 + col, hi.Times(inv));
+            if (cg == 0)
+                lse[a.Row(b, h, i)] = rowLse[x];
+        }
+        if (a.WriteProbs == 0)
+            return;
+
+        // Probabilities on request: each key tile's scores again, normalised with the final lse.
+        for (int j0 = 0; j0 < s; j0 += FlashK)
+        {
+            Group.Barrier();
+            LoadTransposed(head, head4, ks, a, 1, j0, FlashK, t);
+            Group.Barrier();
+            int j = j0 + col;
+            var attend = new Float4(j < s && a.Attends(mask, b, j) ? 1f : 0f, j + 1 < s && a.Attends(mask, b, j + 1) ? 1f : 0f,
+                j + 2 < s && a.Attends(mask, b, j + 2) ? 1f : 0f, j + 3 < s && a.Attends(mask, b, j + 3) ? 1f : 0f);
+            var sc = Scores(q4, k4, hd8, rg, cg);
+            for (int x = 0; x < 4; x++)
+            {
+                int i = i0 + row + x;
+                if (i >= s) break;
+                var p = Exp(MaskRow(sc.Row(x), a.Scale, attend), rowLse[x]);
+                long off = a.Row(b, h, i) * s + j;
+                if (j < s) probs[off] = p.X;
+                if (j + 1 < s) probs[off + 1] = p.Y;
+                if (j + 2 < s) probs[off + 2] = p.Z;
+                if (j + 3 < s) probs[off + 3] = p.W;
+            }
+        }
+    }
+
+    /// <summary>exp(m_old − m_new): how much of what was accumulated under the old max survives (1 while nothing is attended).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Rescale(float mOld, float mNew) => mNew == float.NegativeInfinity ? 1f : MathF.Exp(mOld - mNew);
+
+    /// <summary>log Σ exp: m + log l, or +∞ for a row with nothing attended (every recomputed probability is then 0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Lse(float m, float l) => l > 0f ? m + MathF.Log(l) : float.PositiveInfinity;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 Mul(Float4 x, Float4 y) => new(x.X * y.X, x.Y * y.Y, x.Z * y.Z, x.W * y.W);
+
+    /// <summary>Head elements d..d+3 of row i's context (those inside the head).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreContext(ArrayView<float> context, ArrayView<Float4> context4, AttentionShape a, int b, int i, int h, int d, Float4 v)
+    {
+        int hd = a.HeadDim;
+        if (d >= hd)
+            return;
+        long off = a.Ctx(b, i, h, d);
+        if (a.Vec != 0)
+        {
+            context4[off >> 2] = v;
+            return;
+        }
+        context[off] = v.X;
+        if (d + 1 < hd) context[off + 1] = v.Y;
+        if (d + 2 < hd) context[off + 2] = v.Z;
+        if (d + 3 < hd) context[off + 3] = v.W;
     }
 
     [GpuGroup(AttentionKernels.GpuGroup)]
