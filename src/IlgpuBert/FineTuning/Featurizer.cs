@@ -8,7 +8,6 @@
 //   back to exact character offsets; an answer's span is the pieces of its words. A context longer
 //   than the window is truncated (no sliding window); an answer cut off that way points at [CLS],
 //   as in HF, and is counted so the caller can say so.
-using System.Text.RegularExpressions;
 using IlgpuBert.Model;
 using IlgpuBert.Text;
 
@@ -32,7 +31,7 @@ public sealed class Feature
     public bool AnswerTruncated { get; init; }
 }
 
-public sealed partial class Featurizer(BertTextEncoder encoder, TaskSpec task, int maxLength)
+public sealed class Featurizer(BertTextEncoder encoder, TaskSpec task, int maxLength)
 {
     /// <summary>Questions longer than this many pieces are cut (as run_qa's max_query_length).</summary>
     public const int MaxQuestionPieces = 64;
@@ -98,7 +97,8 @@ public sealed partial class Featurizer(BertTextEncoder encoder, TaskSpec task, i
     {
         string context = e.TextPair ?? throw new DataFormatException($"{e.Source}: no context");
         var question = encoder.Encode(e.Text).Take(MaxQuestionPieces).ToArray();
-        var spans = Words().Matches(context).Select(m => (m.Index, m.Index + m.Length)).ToArray();
+        var words = encoder.TokenizeWords(context);
+        var spans = words.Select(w => (w.Start, w.End)).ToArray();
         int offset = question.Length + 2, room = maxLength - offset - 1;
         if (room < 1) throw new ArgumentException($"max length {maxLength} leaves no room for a context");
         var ids = new List<int> { encoder.ClsId };
@@ -109,7 +109,7 @@ public sealed partial class Featurizer(BertTextEncoder encoder, TaskSpec task, i
         var wordLast = new int[spans.Length];
         for (int w = 0; w < spans.Length; w++)
         {
-            var pieces = encoder.Encode(context[spans[w].Item1..spans[w].Item2]);
+            var pieces = words[w].Pieces.Select(p => p.Id).ToArray();
             wordFirst[w] = wordLast[w] = -1;
             if (pieces.Length == 0 || pieceWord.Count + pieces.Length > room) continue;
             wordFirst[w] = ids.Count;
@@ -142,10 +142,6 @@ public sealed partial class Featurizer(BertTextEncoder encoder, TaskSpec task, i
             PieceWord = pieceWord.ToArray(), WordSpans = spans, AnswerTruncated = truncated,
         };
     }
-
-    /// <summary>BERT's basic-tokenizer split: runs of non-space, non-punctuation characters, or one punctuation/symbol.</summary>
-    [GeneratedRegex(@"[\p{P}\p{S}]|[^\s\p{P}\p{S}]+")]
-    private static partial Regex Words();
 
     /// <summary>Pads features into one batch with the labels the head's loss needs (none when unlabelled).</summary>
     public TaskBatch Collate(IReadOnlyList<Feature> features, bool labelled)

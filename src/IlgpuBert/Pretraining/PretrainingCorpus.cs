@@ -43,13 +43,12 @@ public static partial class PretrainingCorpus
         var ids = new List<int>();
         var starts = new List<bool>();
         var caps = new List<bool>();
-        foreach (var word in WordPieceTrainer.Words(sentence, lowerCase: false))
+        foreach (var word in encoder.TokenizeWords(sentence))
         {
-            var pieces = encoder.Encode(word);
-            bool cap = char.IsUpper(word[0]);
-            for (int i = 0; i < pieces.Length; i++)
+            bool cap = char.IsUpper(sentence[word.Start]);
+            for (int i = 0; i < word.Pieces.Count; i++)
             {
-                ids.Add(pieces[i]);
+                ids.Add(word.Pieces[i].Id);
                 starts.Add(i == 0);
                 caps.Add(cap);
             }

@@ -157,7 +157,8 @@ public sealed class PretrainingData
     /// <summary>Corpus files (path, size, time) or the default corpus folder, document limit, and the vocabulary's bytes.</summary>
     private static string CacheKey(PretrainingOptions o, string vocabPath)
     {
-        var sb = new StringBuilder("shard-v2\n"); // v2: default corpus grouped by type
+        // v2: default corpus grouped by type; then the tokenizer's version (HF-exact since 2).
+        var sb = new StringBuilder($"shard-v2-tokenizer{BertTextEncoder.Version}\n");
         if (o.Corpus.Length == 0) sb.Append("default:").Append(DefaultCorpus.Folder()).Append('\n');
         foreach (var f in o.Corpus)
         {

@@ -1,45 +1,26 @@
 // Builds a WordPiece vocabulary from raw text the way HF tokenizers' WordPieceTrainer does: BPE
 // merges over words, written in WordPiece form (a word's first piece bare, later pieces with
-// "##"). Text is lower-cased and split into words and single punctuation marks, as BERT's basic
-// tokenizer does. The special tokens come first: [PAD] [UNK] [CLS] [SEP] [MASK].
+// "##"). Text is normalised and split into words and single punctuation marks exactly as the
+// tokenizer will later split it (BertNormalizer). The special tokens come first: [PAD] [UNK] [CLS] [SEP] [MASK].
 //
 // Merges are counted incrementally: each merge updates only the pair counts of the words that
 // contain it, and a lazy max-heap finds the next most frequent pair.
-using System.Text;
-
 namespace IlgpuBert.Text;
 
 public static class WordPieceTrainer
 {
     public static readonly string[] SpecialTokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
-    /// <summary>Words and punctuation marks, as BERT's basic tokenizer splits them (lower-cased unless asked not to).</summary>
-    public static IEnumerable<string> Words(string text, bool lowerCase = true)
-    {
-        var sb = new StringBuilder();
-        foreach (char raw in text.Normalize(NormalizationForm.FormD))
-        {
-            if (System.Globalization.CharUnicodeInfo.GetUnicodeCategory(raw) == System.Globalization.UnicodeCategory.NonSpacingMark)
-                continue; // strip accents, as BERT uncased does
-            char c = lowerCase ? char.ToLowerInvariant(raw) : raw;
-            if (char.IsLetterOrDigit(c))
-            {
-                sb.Append(c);
-                continue;
-            }
-            if (sb.Length > 0) { yield return sb.ToString(); sb.Clear(); }
-            if (!char.IsWhiteSpace(c) && !char.IsControl(c)) yield return c.ToString();
-        }
-        if (sb.Length > 0) yield return sb.ToString();
-    }
+    /// <summary>Words and punctuation marks, as BERT's tokenizer splits them (lower-cased and accent-stripped unless asked not to).</summary>
+    public static IEnumerable<string> Words(string text, bool lowerCase = true) => new BertNormalizer(lowerCase).WordStrings(text);
 
     /// <summary>A vocabulary of at most <paramref name="size"/> tokens from the texts.</summary>
-    public static List<string> Train(IEnumerable<string> texts, int size, int minFrequency = 2, int maxWordLength = 50)
+    public static List<string> Train(IEnumerable<string> texts, int size, int minFrequency = 2, int maxWordLength = 50, bool lowerCase = true)
     {
         if (size < SpecialTokens.Length + 1) throw new ArgumentException($"vocabulary size {size} is too small");
         var counts = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var text in texts)
-            foreach (var w in Words(text))
+            foreach (var w in Words(text, lowerCase))
                 if (w.Length <= maxWordLength) counts[w] = counts.GetValueOrDefault(w) + 1;
 
         var symbols = new List<string>();
