@@ -1,5 +1,6 @@
 using IlgpuBert.Autograd;
 using IlgpuBert.Model;
+using IlgpuBert.Pipelines;
 using IlgpuBert.Runtime;
 using IlgpuBert.Text;
 
@@ -20,6 +21,19 @@ public class ReadmeExample
         float[] hidden = outputs.LastHiddenState.Value.ToHost();        // [B, S, H], row-major
         // readme-example-end
         return hidden;
+    }
+
+    /// <summary>The body between the markers is README.md's "Using a real pretrained model" example, verbatim.</summary>
+    public static (float Similarity, List<SearchHit> Hits) RunPipeline(string modelDir, IReadOnlyList<string> corpus)
+    {
+        // readme-pipeline-start
+        using var device = BertDevice.Open(DeviceSpec.Parse("auto"));
+        using var pipeline = BertPipeline.Load(device, modelDir);              // any model folder
+        var vectors = pipeline.Embed(["How do I read a file?", "Reads all lines of a text file."]);
+        float similarity = BertPipeline.Cosine(vectors[0], vectors[1]);      // mean-pooled, L2-normalised
+        var hits = pipeline.Search("read a file", corpus, topK: 3);           // corpus: a list of texts
+        // readme-pipeline-end
+        return (similarity, hits);
     }
 
     private static string RepoFile(string name)
@@ -53,5 +67,22 @@ public class ReadmeExample
         var hidden = Run(dir.Path);
         Assert.Equal(1 * 14 * 128, hidden.Length); // [CLS] 7 tokens [SEP] 4 tokens [SEP]
         Assert.All(hidden, v => Assert.True(float.IsFinite(v)));
+    }
+
+    [Fact]
+    public void The_readme_pipeline_example_is_this_code_and_runs_on_the_imported_MiniLM()
+    {
+        string readme = File.ReadAllText(RepoFile("README.md"));
+        string source = File.ReadAllText(RepoFile(Path.Combine("tests", "IlgpuBert.Tests", "ReadmeExample.cs")));
+        Assert.Equal(Between(source, "// readme-pipeline-start", "// readme-pipeline-end"),
+            Between(readme, "<!-- readme-pipeline-start -->", "<!-- readme-pipeline-end -->").Replace("```csharp", "").Replace("```", "").Trim());
+        using var dir = new TempDir();
+        Checkpoints.OnnxImport.WriteFolder(Checkpoints.OnnxImport.Read(MiniLm.Onnx), dir.Path, MiniLm.Vocab, null);
+        string[] corpus = ["Opens a text file, reads all lines of the file, and then closes the file.", "Gets the number of elements in the list.",
+            "Represents a point in two-dimensional space.", "Writes a string to the console."];
+        var (similarity, hits) = RunPipeline(dir.Path, corpus);
+        Assert.InRange(similarity, 0.5f, 1f);
+        Assert.Equal(0, hits[0].Index);
+        Assert.Equal(3, hits.Count);
     }
 }

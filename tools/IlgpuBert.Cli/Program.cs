@@ -33,6 +33,8 @@ namespace IlgpuBert.Cli
                 root.Subcommands.Add(command);
             foreach (var command in CompressCommands.Create(stdout))
                 root.Subcommands.Add(command);
+            foreach (var command in RealModelCommands.Create(stdout, stderr))
+                root.Subcommands.Add(command);
             try
             {
                 var parse = root.Parse(args);

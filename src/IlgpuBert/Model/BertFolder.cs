@@ -11,7 +11,10 @@ public static class BertFolder
     public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", VocabFile = "vocab.txt";
 
     /// <summary>Loads config and weights; messages about initialised or unused tensors go to <paramref name="log"/>.</summary>
-    public static BertForPreTraining Load(BertDevice device, string dir, TextWriter? log = null)
+    public static BertForPreTraining Load(BertDevice device, string dir, TextWriter? log = null) => Load(device, dir, log, out _);
+
+    /// <summary>As <see cref="Load(BertDevice, string, TextWriter?)"/>, also naming the parameters the file lacked (initialised instead).</summary>
+    public static BertForPreTraining Load(BertDevice device, string dir, TextWriter? log, out IReadOnlyList<string> initializedNames)
     {
         if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
         var config = BertConfig.Read(Path.Combine(dir, ConfigFile));
@@ -21,6 +24,7 @@ public static class BertFolder
         try
         {
             var (initialized, unused) = model.Parameters.Load(weights);
+            initializedNames = initialized;
             if (initialized.Count > 0)
                 log?.WriteLine($"note: {weights} has no {string.Join(", ", initialized)}; initialised them (a BertModel checkpoint has no pre-training heads)");
             if (unused.Count > 0)

@@ -1,8 +1,10 @@
 // Device memory for tensors comes from here, not from the accelerator directly: every ILGPU
 // allocation is a plain cuMemAlloc (ILGPU-NOTES.md), far too slow for a training step that needs
 // the same buffers every time. Returned buffers are kept by exact length and handed out again, so
-// a steady-state step allocates nothing. The pool also keeps the accounting that tests and
-// benchmarks read (how much was allocated, the peak, the largest request).
+// a steady-state step allocates nothing. Work whose shapes keep changing (inference over texts of
+// every length) would keep a buffer of every size ever used: once the idle buffers hold more than
+// the most ever rented at once (and at least IdleFloor), they are freed. The pool also keeps the
+// accounting that tests and benchmarks read (how much was allocated, the peak, the largest request).
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -55,6 +57,9 @@ public sealed class BufferPool : IDisposable
         return new PooledBuffer(this, buffer, length);
     }
 
+    /// <summary>Idle bytes always allowed before the pool frees what it keeps.</summary>
+    public const long IdleFloor = 256L << 20;
+
     internal void Return(MemoryBuffer1D<float, Stride1D.Dense> buffer, long length)
     {
         lock (gate)
@@ -63,6 +68,8 @@ public sealed class BufferPool : IDisposable
                 free[length] = stack = new Stack<MemoryBuffer1D<float, Stride1D.Dense>>();
             stack.Push(buffer);
             BytesInUse -= length * sizeof(float);
+            if (BytesAllocated - BytesInUse > Math.Max(IdleFloor, PeakBytesInUse))
+                Trim();
         }
     }
 

@@ -1,0 +1,171 @@
+// What a user does with a trained model, in three calls: Embed (sentence vectors with
+// sentence-transformers' semantics: mean of the last hidden states over the attention mask, then L2
+// normalisation), FillMask (HF's fill-mask pipeline: the softmax over the vocabulary at the [MASK]),
+// Classify (a fine-tuned head's label and probability). Any model folder embeds; fill-mask needs
+// the masked-language-model head of a pretraining folder, classify a fine-tuned classifier.
+// Inference only: nothing is recorded on the tape.
+using IlgpuBert.Autograd;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.FineTuning;
+using IlgpuBert.Model;
+using IlgpuBert.Runtime;
+using IlgpuBert.Text;
+
+namespace IlgpuBert.Pipelines;
+
+public enum EmbeddingPooling { Mean, Cls }
+
+/// <summary>A candidate for the [MASK]: the token, its probability and the text with it filled in.</summary>
+public sealed record FillMaskCandidate(int TokenId, string Token, float Probability, string Sequence);
+
+/// <summary>A corpus line by its index and cosine similarity to the query.</summary>
+public sealed record SearchHit(int Index, float Score);
+
+/// <summary>A fine-tuned classifier's answer for one text.</summary>
+public sealed record Classification(string Label, float Probability);
+
+public sealed class BertPipeline : IDisposable
+{
+    private readonly BertForPreTraining? pretraining;
+    private readonly BertForTask? task;
+    private readonly bool hasMlmHead;
+    private readonly string dir;
+
+    private BertPipeline(string dir, BertTextEncoder encoder, BertForPreTraining? pretraining, BertForTask? task, bool hasMlmHead)
+    {
+        this.dir = dir;
+        Encoder = encoder;
+        this.pretraining = pretraining;
+        this.task = task;
+        this.hasMlmHead = hasMlmHead;
+    }
+
+    public BertTextEncoder Encoder { get; }
+    public BertConfig Config => pretraining?.Config ?? task!.Config;
+    private BertModel Body => pretraining?.Bert ?? task!.Bert;
+
+    /// <summary>Loads a model folder: a fine-tuned one with its head, any other as encoder (and MLM head when it has one).</summary>
+    public static BertPipeline Load(BertDevice device, string dir)
+    {
+        if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
+        var config = BertConfig.Read(Path.Combine(dir, BertFolder.ConfigFile));
+        if (Compression.Int8Model.IsQuantized(config))
+            throw new CheckpointException($"{dir}: an int8 model; embed and fill-mask run float models (predict and evaluate run int8)");
+        var encoder = BertTextEncoder.Load(dir);
+        if (TaskSpec.FromConfig(config) is not null)
+            return new BertPipeline(dir, encoder, null, BertForTask.Load(device, dir), false);
+        var model = BertFolder.Load(device, dir, null, out var initialized);
+        bool mlm = !initialized.Any(n => n.StartsWith("cls.predictions.", StringComparison.Ordinal));
+        return new BertPipeline(dir, encoder, model, null, mlm);
+    }
+
+    /// <summary>
+    /// One vector per text: the mean of the last hidden states over the attention mask (or the
+    /// [CLS] state), optionally L2-normalised. <paramref name="maxLength"/> 0: the model's maximum.
+    /// </summary>
+    public List<float[]> Embed(IReadOnlyList<string> texts, EmbeddingPooling pooling = EmbeddingPooling.Mean, bool normalize = true,
+        int batchSize = 32, int maxLength = 0)
+    {
+        if (batchSize < 1) throw new ArgumentException($"batch size must be positive, got {batchSize}");
+        int limit = maxLength <= 0 ? Config.MaxPositionEmbeddings : Math.Min(maxLength, Config.MaxPositionEmbeddings);
+        int h = Config.HiddenSize;
+        // Batches of similar lengths (as sentence-transformers does), so little of each is padding.
+        var rows = texts.Select(t => Encoder.EncodeRow(t, null, limit)).ToList();
+        int[] order = Enumerable.Range(0, texts.Count).OrderBy(i => rows[i].Ids.Length).ToArray();
+        var result = new float[texts.Count][];
+        for (int at = 0; at < texts.Count; at += batchSize)
+        {
+            var chunk = order.Skip(at).Take(batchSize).ToList();
+            var inputs = Encoder.Pad(chunk.Select(i => rows[i]).ToList());
+            using var tape = new Tape(recording: false);
+            var hidden = Body.Forward(tape, inputs, Dropouts.Off).LastHiddenState.Value.ToHost(); // [B, S, H]
+            int s = inputs.SeqLen;
+            for (int b = 0; b < chunk.Count; b++)
+            {
+                var v = new double[h];
+                int count = 0;
+                for (int i = 0; i < s; i++)
+                {
+                    if (pooling == EmbeddingPooling.Cls ? i > 0 : inputs.AttentionMask[b * s + i] == 0) continue;
+                    count++;
+                    for (int d = 0; d < h; d++) v[d] += hidden[((long)b * s + i) * h + d];
+                }
+                double scale = 1.0 / Math.Max(count, 1);
+                if (normalize)
+                {
+                    double norm = Math.Sqrt(v.Sum(x => x * x)) * scale;
+                    scale /= Math.Max(norm, 1e-12); // sentence-transformers' F.normalize: x / max(‖x‖, ε)
+                }
+                result[chunk[b]] = v.Select(x => (float)(x * scale)).ToArray();
+            }
+        }
+        return [.. result];
+    }
+
+    public static float Cosine(float[] a, float[] b)
+    {
+        if (a.Length != b.Length) throw new ArgumentException($"vectors of {a.Length} and {b.Length} dimensions");
+        double dot = 0, na = 0, nb = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            dot += (double)a[i] * b[i];
+            na += (double)a[i] * a[i];
+            nb += (double)b[i] * b[i];
+        }
+        return (float)(dot / Math.Max(Math.Sqrt(na * nb), 1e-12));
+    }
+
+    /// <summary>The <paramref name="topK"/> corpus texts most similar to the query (cosine of embeddings).</summary>
+    public List<SearchHit> Search(string query, IReadOnlyList<string> corpus, int topK = 5, EmbeddingPooling pooling = EmbeddingPooling.Mean)
+    {
+        var q = Embed([query], pooling)[0];
+        var vectors = Embed(corpus, pooling);
+        return vectors.Select((v, i) => new SearchHit(i, Cosine(q, v))).OrderByDescending(h => h.Score).ThenBy(h => h.Index).Take(topK).ToList();
+    }
+
+    /// <summary>The <paramref name="topK"/> most probable tokens at the text's one [MASK].</summary>
+    public List<FillMaskCandidate> FillMask(string text, int topK = 5)
+    {
+        if (pretraining is null || !hasMlmHead)
+            throw new ArgumentException($"{dir} has no masked-language-model head (cls.predictions.*): fill-mask needs a pretraining model folder");
+        var (ids, types) = Encoder.EncodeRow(text, null, Config.MaxPositionEmbeddings);
+        int[] masks = ids.Select((id, i) => (id, i)).Where(p => p.id == Encoder.MaskId).Select(p => p.i).ToArray();
+        if (masks.Length != 1)
+            throw new ArgumentException(masks.Length == 0 ? "the text has no [MASK] (or it was cut at the model's maximum length)" : $"the text has {masks.Length} [MASK] tokens; fill-mask fills one");
+        var inputs = Encoder.Pad([(ids, types)]);
+        using var tape = new Tape(recording: false);
+        var logits = pretraining.Forward(tape, inputs, Dropouts.Off).PredictionLogits.Value.ToHost(); // [1, S, V]
+        int v = Config.VocabSize, at = masks[0];
+        double max = double.NegativeInfinity;
+        for (int j = 0; j < v; j++) max = Math.Max(max, logits[(long)at * v + j]);
+        double sum = 0;
+        for (int j = 0; j < v; j++) sum += Math.Exp(logits[(long)at * v + j] - max);
+        int k = Math.Min(topK, v);
+        int maskStart = text.IndexOf("[MASK]", StringComparison.Ordinal);
+        return Enumerable.Range(0, v).OrderByDescending(j => logits[(long)at * v + j]).ThenBy(j => j).Take(k).Select(j =>
+        {
+            string token = Encoder.Vocabulary[j];
+            string word = token.StartsWith(WordPiece.Prefix, StringComparison.Ordinal) ? token[WordPiece.Prefix.Length..] : token;
+            string sequence = maskStart >= 0 ? text[..maskStart] + word + text[(maskStart + "[MASK]".Length)..] : text;
+            return new FillMaskCandidate(j, token, (float)(Math.Exp(logits[(long)at * v + j] - max) / sum), sequence);
+        }).ToList();
+    }
+
+    /// <summary>A fine-tuned classifier's label and probability for each text (pairs: first TAB second).</summary>
+    public List<Classification> Classify(IReadOnlyList<string> texts, int batchSize = 32)
+    {
+        if (task is null || task.Task.Kind is not (TaskKind.Classification or TaskKind.PairClassification))
+            throw new ArgumentException($"{dir} is not a fine-tuned classifier (finetune --task classification)");
+        var examples = texts.Select(t => t.Split('\t', 2) is var parts && task.Task.Kind == TaskKind.PairClassification
+            ? new TaskExample { Text = parts[0], TextPair = parts.Length > 1 ? parts[1] : "" } : new TaskExample { Text = t }).ToList();
+        var featurizer = new Featurizer(Encoder, task.Task, Config.MaxPositionEmbeddings);
+        var features = examples.Select(e => featurizer.Make(e, labelled: false)).ToList();
+        return Predictor.Predict(task, featurizer, features, batchSize).Select(p => new Classification(task.Task.Labels[p.Label], p.Probability)).ToList();
+    }
+
+    public void Dispose()
+    {
+        pretraining?.Dispose();
+        task?.Dispose();
+    }
+}

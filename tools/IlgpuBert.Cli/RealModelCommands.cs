@@ -1,0 +1,190 @@
+// Verbs for using real pretrained models: import-onnx and export-onnx (in and out of the format
+// .NET deploys BERT in), embed, similarity and search (sentence embeddings with
+// sentence-transformers' semantics), fill-mask. The work is in the library (OnnxImport,
+// OnnxExport, BertPipeline); these parse, check and print.
+using System.CommandLine;
+using System.Text.Json;
+using IlgpuBert.Checkpoints;
+using IlgpuBert.Pipelines;
+using IlgpuBert.Text;
+
+namespace IlgpuBert.Cli;
+
+public static class RealModelCommands
+{
+    public static IEnumerable<Command> Create(TextWriter stdout, TextWriter stderr)
+    {
+        yield return ImportOnnx(stdout);
+        yield return ExportOnnx(stdout);
+        yield return Embed(stdout);
+        yield return Similarity(stdout);
+        yield return Search(stdout);
+        yield return FillMask(stdout);
+    }
+
+    private static Command ImportOnnx(TextWriter stdout)
+    {
+        var model = new Argument<string>("model") { Description = "the ONNX file (a BERT-family export: encoder, with or without pooler or heads)" };
+        var vocab = new Option<string?>("--vocab") { Description = "vocab.txt to put beside it (default: a vocab.txt next to the ONNX file, if any)" };
+        var lower = new Option<bool?>("--do-lower-case") { Description = "tokenizer casing (default: guessed from the vocabulary)" };
+        var output = Cli.Required("--out", "model folder to write (config.json, model.safetensors, vocab.txt, tokenizer_config.json)");
+        var command = new Command("import-onnx", "Turn a BERT ONNX export into an HF model folder.") { model, vocab, lower, output };
+        command.SetAction(parse =>
+        {
+            string path = parse.GetValue(model)!;
+            string? vocabPath = parse.GetValue(vocab);
+            if (vocabPath is null)
+            {
+                string beside = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "vocab.txt");
+                if (File.Exists(beside)) vocabPath = beside;
+            }
+            else if (!File.Exists(vocabPath)) throw new ArgumentException($"{vocabPath}: no such file");
+            var result = OnnxImport.Read(path);
+            string dir = parse.GetValue(output)!;
+            OnnxImport.WriteFolder(result, dir, vocabPath, parse.GetValue(lower));
+            var c = result.Config;
+            stdout.WriteLine($"wrote {dir}: {result.Architecture} L={c.NumHiddenLayers} H={c.HiddenSize} A={c.NumAttentionHeads} I={c.IntermediateSize} " +
+                $"vocab={c.VocabSize} act={c.HiddenAct} eps={c.LayerNormEps:G3}, {result.Tensors.Count} tensors" +
+                (vocabPath is null ? "; no vocab.txt given: add one before tokenizing" : ""));
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command ExportOnnx(TextWriter stdout)
+    {
+        var model = Cli.Required("--model", "model folder (pretraining, or fine-tuned with any head)");
+        var output = Cli.Required("--out", "the ONNX file to write");
+        var command = new Command("export-onnx", "Write a model folder as an ONNX graph (FP32, dynamic batch and sequence) that ONNX Runtime runs.") { model, output };
+        command.SetAction(parse =>
+        {
+            var export = OnnxExport.Write(parse.GetValue(model)!, parse.GetValue(output)!);
+            stdout.WriteLine($"wrote {parse.GetValue(output)}: {export.Architecture}, inputs {string.Join(", ", export.Inputs)}; outputs {string.Join(", ", export.Outputs)}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Option<string> PoolingOption() =>
+        new("--pooling") { Description = "mean (over the attention mask, as sentence-transformers) or cls", DefaultValueFactory = _ => "mean" };
+
+    private static EmbeddingPooling ParsePooling(string text) => text switch
+    {
+        "mean" => EmbeddingPooling.Mean,
+        "cls" => EmbeddingPooling.Cls,
+        _ => throw new ArgumentException($"--pooling must be mean or cls, got {text}"),
+    };
+
+    private static IReadOnlyList<string> ReadLines(string? path)
+    {
+        var lines = (path is null ? ReadAll(Console.In) : File.ReadAllLines(path)).ToList();
+        if (lines.Count == 0) throw new ArgumentException($"{path ?? "standard input"}: no lines to embed");
+        return lines;
+    }
+
+    private static IEnumerable<string> ReadAll(TextReader reader)
+    {
+        for (string? line = reader.ReadLine(); line is not null; line = reader.ReadLine()) yield return line;
+    }
+
+    private static Command Embed(TextWriter stdout)
+    {
+        var model = Cli.Required("--model", "model folder");
+        var input = new Option<string?>("--input") { Description = "one text per line (default: standard input)" };
+        var pooling = PoolingOption();
+        var normalize = new Option<bool>("--normalize") { Description = "L2-normalise each vector (sentence-transformers' models expect it)" };
+        var output = new Option<string?>("--out") { Description = "write .npy or .safetensors (key \"embeddings\") instead of JSON lines on standard output" };
+        var batch = Cli.Opt("--batch-size", "texts per forward pass", 32);
+        var maxLength = Cli.Opt("--max-length", "tokens per text, [CLS] and [SEP] included (default: the model's maximum)", 0);
+        var command = new Command("embed", "Sentence embeddings: one vector per input line.") { model, input, pooling, normalize, output, batch, maxLength };
+        command.SetAction(parse =>
+        {
+            string? path = parse.GetValue(input);
+            if (path is not null && !File.Exists(path)) throw new ArgumentException($"{path}: no such file");
+            string? outPath = parse.GetValue(output);
+            if (outPath is not null && !outPath.EndsWith(".npy", StringComparison.Ordinal) && !outPath.EndsWith(".safetensors", StringComparison.Ordinal))
+                throw new ArgumentException($"--out must end in .npy or .safetensors, got {outPath}");
+            var mode = ParsePooling(parse.GetValue(pooling)!);
+            var texts = ReadLines(path);
+            using var device = Cli.OpenDevice(parse);
+            using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
+            var vectors = pipeline.Embed(texts, mode, parse.GetValue(normalize), parse.GetValue(batch), parse.GetValue(maxLength));
+            if (outPath is null)
+            {
+                foreach (var v in vectors) stdout.WriteLine(JsonSerializer.Serialize(v));
+                return 0;
+            }
+            var flat = vectors.SelectMany(v => v).ToArray();
+            int[] shape = [vectors.Count, vectors[0].Length];
+            if (outPath.EndsWith(".npy", StringComparison.Ordinal)) Npy.Write(outPath, flat, shape);
+            else SafeTensors.Write(outPath, new Dictionary<string, HostTensor> { ["embeddings"] = new(shape, flat) });
+            stdout.WriteLine($"wrote {outPath}: {shape[0]} × {shape[1]}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Similarity(TextWriter stdout)
+    {
+        var model = Cli.Required("--model", "model folder");
+        var first = new Argument<string>("first") { Description = "a text" };
+        var second = new Argument<string>("second") { Description = "another text" };
+        var pooling = PoolingOption();
+        var command = new Command("similarity", "Cosine similarity of two texts' embeddings.") { model, first, second, pooling };
+        command.SetAction(parse =>
+        {
+            var mode = ParsePooling(parse.GetValue(pooling)!);
+            using var device = Cli.OpenDevice(parse);
+            using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
+            var v = pipeline.Embed([parse.GetValue(first)!, parse.GetValue(second)!], mode, normalize: true);
+            stdout.WriteLine(BertPipeline.Cosine(v[0], v[1]).ToString("F6", System.Globalization.CultureInfo.InvariantCulture));
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Search(TextWriter stdout)
+    {
+        var model = Cli.Required("--model", "model folder");
+        var corpus = Cli.Required("--corpus", "texts to search, one per line; \"default\": the first summary sentence of every documented .NET SDK type");
+        var query = new Argument<string>("query") { Description = "the query text" };
+        var topK = Cli.Opt("--top-k", "results to print", 5);
+        var pooling = PoolingOption();
+        var command = new Command("search", "The corpus lines nearest to a query by cosine similarity of embeddings.") { model, corpus, query, topK, pooling };
+        command.SetAction(parse =>
+        {
+            string path = parse.GetValue(corpus)!;
+            if (path != "default" && !File.Exists(path)) throw new ArgumentException($"{path}: no such file");
+            if (parse.GetValue(topK) < 1) throw new ArgumentException("--top-k must be positive");
+            var mode = ParsePooling(parse.GetValue(pooling)!);
+            var lines = (path == "default"
+                ? DefaultCorpus.Summaries().Where(d => d.Member.StartsWith("T:", StringComparison.Ordinal)).Select(d => FineTuning.DefaultTask.FirstSentence(d.Text)).Distinct()
+                : File.ReadAllLines(path)).Where(l => l.Trim().Length > 0).ToList();
+            if (lines.Count == 0) throw new ArgumentException($"{path}: no lines to search");
+            using var device = Cli.OpenDevice(parse);
+            using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
+            foreach (var hit in pipeline.Search(parse.GetValue(query)!, lines, parse.GetValue(topK), mode))
+                stdout.WriteLine($"{hit.Score:F4}\t{lines[hit.Index]}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command FillMask(TextWriter stdout)
+    {
+        var model = Cli.Required("--model", "model folder with a masked-language-model head (pretraining folders)");
+        var text = new Argument<string>("text") { Description = "a text with one [MASK]" };
+        var topK = Cli.Opt("--top-k", "candidates to print", 5);
+        var command = new Command("fill-mask", "The most probable tokens for the [MASK] in a text, with their probabilities.") { model, text, topK };
+        command.SetAction(parse =>
+        {
+            if (parse.GetValue(topK) < 1) throw new ArgumentException("--top-k must be positive");
+            using var device = Cli.OpenDevice(parse);
+            using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
+            foreach (var c in pipeline.FillMask(parse.GetValue(text)!, parse.GetValue(topK)))
+                stdout.WriteLine($"{c.Probability:F4}\t{c.Token}\t{c.Sequence}");
+            return 0;
+        });
+        return command;
+    }
+}
