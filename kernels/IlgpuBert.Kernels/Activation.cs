@@ -112,7 +112,18 @@ public sealed class ActivationKernels
         Check.Matrix("y", y, rows, cols);
         bool hasBias = bias.IsValid && bias.Length > 0;
         if (hasBias) Check.Vector("bias", bias, cols);
-        if (n > 0) forward[(int)kind](set.GridStride(n), x, hasBias ? bias : x, y, cols, hasBias ? 1 : 0, n);
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            switch (kind)
+            {
+                case ActivationKind.GeluErf: HostRows.ActivationForward<GeluErf>(x, bias, hasBias, y, rows, cols); break;
+                case ActivationKind.GeluTanh: HostRows.ActivationForward<GeluTanh>(x, bias, hasBias, y, rows, cols); break;
+                case ActivationKind.Relu: HostRows.ActivationForward<Relu>(x, bias, hasBias, y, rows, cols); break;
+                default: HostRows.ActivationForward<TanhActivation>(x, bias, hasBias, y, rows, cols); break;
+            }
+        }
+        else if (n > 0) forward[(int)kind](set.GridStride(n), x, hasBias ? bias : x, y, cols, hasBias ? 1 : 0, n);
     }
 
     /// <summary>
@@ -127,7 +138,18 @@ public sealed class ActivationKernels
         Check.Matrix("dx", dx, rows, cols);
         bool hasBias = bias.IsValid && bias.Length > 0;
         if (hasBias) Check.Vector("bias", bias, cols);
-        if (n > 0) backward[(int)kind](set.GridStride(n), x, hasBias ? bias : x, dy, dx, cols, hasBias ? 1 : 0, n);
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            switch (kind)
+            {
+                case ActivationKind.GeluErf: HostRows.ActivationBackward<GeluErf>(x, bias, hasBias, dy, dx, rows, cols); break;
+                case ActivationKind.GeluTanh: HostRows.ActivationBackward<GeluTanh>(x, bias, hasBias, dy, dx, rows, cols); break;
+                case ActivationKind.Relu: HostRows.ActivationBackward<Relu>(x, bias, hasBias, dy, dx, rows, cols); break;
+                default: HostRows.ActivationBackward<TanhActivation>(x, bias, hasBias, dy, dx, rows, cols); break;
+            }
+        }
+        else if (n > 0) backward[(int)kind](set.GridStride(n), x, hasBias ? bias : x, dy, dx, cols, hasBias ? 1 : 0, n);
         if (dBias.IsValid && dBias.Length > 0)
         {
             Check.Vector("dBias", dBias, cols);

@@ -44,6 +44,14 @@ public sealed class AdamWKernels
     public void GlobalNorm(IReadOnlyList<ArrayView<float>> grads, ArrayView<float> norm)
     {
         Check.Vector("norm", norm, 1);
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            float sum = 0f;
+            foreach (var g in grads) sum += HostRows.SumSquares(g, g.Length);
+            norm.SubView(0, 1).CopyFromCPU(set.Accelerator.DefaultStream, [MathF.Sqrt(sum)]);
+            return;
+        }
         var partials = set.FloatScratch((long)Math.Max(grads.Count, 1) * PartialsPerTensor);
         var rows = set.Rows(PartialsPerTensor);
         for (int i = 0; i < grads.Count; i++)
@@ -70,7 +78,15 @@ public sealed class AdamWKernels
             SqrtBiasCorrection2 = (float)Math.Sqrt(1 - Math.Pow(s.Beta2, s.Step)),
             MaxNorm = s.MaxGradNorm,
         };
-        if (n > 0) update(set.GridStride(n), param, grad, m, v, s.MaxGradNorm > 0f ? norm : param, n, args);
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            var clipNorm = new float[1];
+            if (s.MaxGradNorm > 0f) norm.SubView(0, 1).CopyToCPU(set.Accelerator.DefaultStream, clipNorm);
+            float clip = s.MaxGradNorm > 0f ? MathF.Min(1f, s.MaxGradNorm / (clipNorm[0] + 1e-6f)) : 1f;
+            if (n > 0) HostRows.AdamWUpdate(param, grad, m, v, clip, n, args);
+        }
+        else if (n > 0) update(set.GridStride(n), param, grad, m, v, s.MaxGradNorm > 0f ? norm : param, n, args);
     }
 
     [GpuGroup(KernelSet.GpuStrideGroup)]

@@ -51,14 +51,29 @@ public sealed class BiasKernels
         if (cols == 0) return;
         int chunks = (rows + RowsPerChunk - 1) / RowsPerChunk;
         var scratch = set.FloatScratch((long)Math.Max(chunks, 1) * cols);
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.ChunkSums(x, scratch, rows, cols);
+            HostRows.ReduceChunks(scratch, result, chunks, cols, accumulate);
+            return;
+        }
         if (chunks > 0)
             partials(set.GridStride((long)chunks * cols), x, scratch, rows, cols);
         ReduceChunks(scratch, result, chunks, cols, accumulate);
     }
 
     /// <summary>out[j] (+)= Σ_c partials[c, j], c in order.</summary>
-    internal void ReduceChunks(ArrayView<float> chunkSums, ArrayView<float> result, int chunks, int cols, bool accumulate) =>
-        reduce(set.GridStride(cols), chunkSums, result, chunks, cols, accumulate ? 1 : 0);
+    internal void ReduceChunks(ArrayView<float> chunkSums, ArrayView<float> result, int chunks, int cols, bool accumulate)
+    {
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.ReduceChunks(chunkSums, result, chunks, cols, accumulate);
+        }
+        else
+            reduce(set.GridStride(cols), chunkSums, result, chunks, cols, accumulate ? 1 : 0);
+    }
 
     [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

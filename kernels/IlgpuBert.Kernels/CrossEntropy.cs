@@ -45,6 +45,12 @@ public sealed class CrossEntropyKernels
     {
         CheckArgs(logits, labels, lse, loss, rows, vocab);
         var perRow = set.FloatScratch(2L * Math.Max(rows, 1)); // [rows] losses, then [rows] 0/1 counted
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.CrossEntropyForward(logits, labels, lse, loss, perRow, rows, vocab);
+            return;
+        }
         if (rows > 0) rowLoss(set.Rows(rows), logits, labels, lse, perRow, rows, vocab);
         mean(set.Rows(1), perRow, loss, rows);
     }
@@ -59,7 +65,12 @@ public sealed class CrossEntropyKernels
         CheckArgs(logits, labels, lse, loss, rows, vocab);
         Check.Matrix("dlogits", dlogits, rows, vocab);
         long n = (long)rows * vocab;
-        if (n > 0) backward(set.GridStride(n), logits, labels, lse, loss, dlogits, rows, vocab, dLoss);
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.CrossEntropyBackward(logits, labels, lse, loss, dlogits, rows, vocab, dLoss);
+        }
+        else if (n > 0) backward(set.GridStride(n), logits, labels, lse, loss, dlogits, rows, vocab, dLoss);
     }
 
     private static void CheckArgs(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse, ArrayView<float> loss, int rows, int vocab)

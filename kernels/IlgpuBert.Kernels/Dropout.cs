@@ -33,7 +33,12 @@ public sealed class DropoutKernels
         if (!(p >= 0f && p < 1f)) throw new ArgumentOutOfRangeException(nameof(p), $"dropout probability must be in [0, 1), got {p}");
         Check.Vector("input", src, n);
         Check.Vector("output", dst, n);
-        if (n > 0) apply(set.GridStride((n + 3) / 4), src, dst, n, p, key.Seed, key.Step, key.TensorId);
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.Dropout(src, dst, n, p, key);
+        }
+        else if (n > 0) apply(set.GridStride((n + 3) / 4), src, dst, n, p, key.Seed, key.Step, key.TensorId);
     }
 
     /// <summary>Whether element i survives: the definition both the kernel and host references use.</summary>

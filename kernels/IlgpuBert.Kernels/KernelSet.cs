@@ -73,6 +73,13 @@ public sealed class KernelSet : IDisposable
     public int RowGroupSize { get; }
     public RowReduction RowReduction { get; }
 
+    /// <summary>
+    /// Row and element-wise ops run as host code (HostRows.cs) instead of through the emulator: on
+    /// the CPU accelerator in its runtime shape (single-thread row groups). A GPU-shaped CPU set
+    /// keeps the kernels, so tests still run them there.
+    /// </summary>
+    internal bool UseHostRows => IsCpu && RowGroupSize == 1;
+
     /// <summary>Threads per group of row kernels on GPUs.</summary>
     public const int GpuRowGroup = 256;
 

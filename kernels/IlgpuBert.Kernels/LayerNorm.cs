@@ -47,6 +47,12 @@ public sealed class LayerNormKernels
         Check.Vector("mean", mean, rows);
         Check.Vector("rstd", rstd, rows);
         if (!(eps > 0f)) throw new ArgumentException($"layer_norm_eps must be positive, got {eps}");
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.LayerNormForward(x, r, hasR, gamma, beta, y, mean, rstd, rows, cols, eps);
+            return;
+        }
         if (rows > 0) forward(set.Rows(rows), x, hasR ? r : x, gamma, beta, y, mean, rstd, cols, hasR ? 1 : 0, eps);
     }
 
@@ -63,7 +69,12 @@ public sealed class LayerNormKernels
         Check.Matrix("dy", dy, rows, cols);
         Check.Matrix("dx", dx, rows, cols);
         var rr = hasR ? r : x;
-        if (rows > 0) backward(set.Rows(rows), x, rr, gamma, mean, rstd, dy, dx, cols, hasR ? 1 : 0);
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.LayerNormBackward(x, r, hasR, gamma, mean, rstd, dy, dx, rows, cols);
+        }
+        else if (rows > 0) backward(set.Rows(rows), x, rr, gamma, mean, rstd, dy, dx, cols, hasR ? 1 : 0);
         bool wantGamma = dGamma.IsValid && dGamma.Length > 0, wantBeta = dBeta.IsValid && dBeta.Length > 0;
         if (!wantGamma && !wantBeta) return;
         if (wantGamma) Check.Vector("dGamma", dGamma, cols);
@@ -71,7 +82,9 @@ public sealed class LayerNormKernels
         int chunks = (rows + BiasKernels.RowsPerChunk - 1) / BiasKernels.RowsPerChunk;
         long plane = (long)Math.Max(chunks, 1) * cols;
         var scratch = set.FloatScratch(2 * plane);
-        if (chunks > 0)
+        if (chunks > 0 && set.UseHostRows)
+            HostRows.LayerNormParamPartials(x, r, hasR, mean, rstd, dy, scratch, rows, cols);
+        else if (chunks > 0)
             paramPartials(set.GridStride((long)chunks * cols), x, rr, mean, rstd, dy, scratch, rows, cols, hasR ? 1 : 0);
         if (wantGamma) set.Bias.ReduceChunks(scratch.SubView(0, plane), dGamma, chunks, cols, accumulateParams);
         if (wantBeta) set.Bias.ReduceChunks(scratch.SubView(plane, plane), dBeta, chunks, cols, accumulateParams);

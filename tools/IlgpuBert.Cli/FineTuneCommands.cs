@@ -46,7 +46,7 @@ public static class FineTuneCommands
         var seed = Opt("--seed", "seed of the head's initialisation, data order and dropout", d.Seed);
         var warmup = Opt("--warmup-ratio", "share of the steps spent warming the learning rate up", d.WarmupRatio);
         var decay = Opt("--weight-decay", "AdamW weight decay", d.WeightDecay);
-        var pooling = Opt("--pooling", "cls, mean, concat-last4 or scalar-mix: which layers and positions the head reads", "cls");
+        var pooling = Opt("--pooling", "mean, cls, concat-last4 or scalar-mix: which layers and positions the head reads", "mean");
         var freelbSteps = Opt("--freelb-steps", "FreeLB adversarial ascent steps K (0: off)", d.FreeLbSteps);
         var freelbEps = Opt("--freelb-eps", "FreeLB: radius of the L2 ball around the embeddings (0: unbounded)", d.FreeLbEps);
         var freelbLr = Opt("--freelb-lr", "FreeLB: ascent step size", d.FreeLbLr);

@@ -1,0 +1,328 @@
+// Row and element-wise ops on ILGPU's CPU accelerator as host code over the accelerator's own
+// buffers, as HostGemm and HostAttention do for the heavy ops. The emulator pays for every
+// ArrayView access, every grid-index read and every group barrier (a LayerNorm over 2,048 rows of
+// 128 took 22 ms there, a tiny model's whole training step was half emulator overhead); these
+// loops do the same math directly.
+//
+// Same contracts and formulas as the kernels they stand in for (LayerNorm.cs, Activation.cs,
+// Bias.cs, CrossEntropy.cs, Dropout.cs, AdamW.cs): the per-element math is shared (IActivation,
+// Philox, Keeps), and sums that cross rows use the kernels' fixed chunks (32 rows, then the
+// chunks in order), so results do not depend on how the work is split over cores.
+using System.Runtime.CompilerServices;
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace IlgpuBert.Kernels;
+
+internal static unsafe class HostRows
+{
+    /// <summary>Below this many elements an op runs on the calling thread: a parallel loop costs more.</summary>
+    private const long SerialBelow = 1 << 15;
+
+    /// <summary>body(start, end) over [0, count) in one contiguous block per core (or inline when small).</summary>
+    private static void Blocks(int count, long work, Action<int, int> body)
+    {
+        int parts = work < SerialBelow ? 1 : Math.Min(count, Environment.ProcessorCount);
+        if (parts <= 1)
+        {
+            if (count > 0) body(0, count);
+            return;
+        }
+        Parallel.For(0, parts, p => body((int)((long)count * p / parts), (int)((long)count * (p + 1) / parts)));
+    }
+
+    /// <summary>The view's first element (null for an empty view, which no loop then reads).</summary>
+    private static float* P(ArrayView<float> v) => v.IsValid && v.Length > 0 ? (float*)v.LoadEffectiveAddressAsPtr() : null;
+    private static int* P(ArrayView<int> v) => v.IsValid && v.Length > 0 ? (int*)v.LoadEffectiveAddressAsPtr() : null;
+
+    // ---- LayerNorm ----
+
+    public static void LayerNormForward(ArrayView<float> x, ArrayView<float> r, bool hasR, ArrayView<float> gamma, ArrayView<float> beta,
+        ArrayView<float> y, ArrayView<float> mean, ArrayView<float> rstd, int rows, int cols, float eps)
+    {
+        nint px = (nint)P(x), pr = hasR ? (nint)P(r) : 0, pg = (nint)P(gamma), pb = (nint)P(beta), py = (nint)P(y), pm = (nint)P(mean), ps = (nint)P(rstd);
+        Blocks(rows, (long)rows * cols, (a, b) =>
+        {
+            for (int row = a; row < b; row++)
+                LayerNormRow(row, (float*)px, (float*)pr, (float*)pg, (float*)pb, (float*)py, (float*)pm, (float*)ps, cols, eps);
+        });
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void LayerNormRow(int row, float* x, float* r, float* gamma, float* beta, float* y, float* mean, float* rstd, int cols, float eps)
+    {
+        long off = (long)row * cols;
+        float* xr = x + off, rr = r is null ? null : r + off, yr = y + off;
+        float shift = rr is null ? xr[0] : xr[0] + rr[0];
+        float s = 0f;
+        for (int j = 0; j < cols; j++) s += (rr is null ? xr[j] : xr[j] + rr[j]) - shift;
+        float mu = shift + s / cols;
+        float q = 0f;
+        for (int j = 0; j < cols; j++)
+        {
+            float d = (rr is null ? xr[j] : xr[j] + rr[j]) - mu;
+            q += d * d;
+        }
+        float rs = 1f / MathF.Sqrt(q / cols + eps);
+        for (int j = 0; j < cols; j++)
+            yr[j] = ((rr is null ? xr[j] : xr[j] + rr[j]) - mu) * rs * gamma[j] + beta[j];
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+
+    public static void LayerNormBackward(ArrayView<float> x, ArrayView<float> r, bool hasR, ArrayView<float> gamma, ArrayView<float> mean,
+        ArrayView<float> rstd, ArrayView<float> dy, ArrayView<float> dx, int rows, int cols)
+    {
+        nint px = (nint)P(x), pr = hasR ? (nint)P(r) : 0, pg = (nint)P(gamma), pm = (nint)P(mean), ps = (nint)P(rstd), pdy = (nint)P(dy), pdx = (nint)P(dx);
+        Blocks(rows, (long)rows * cols, (a, b) =>
+        {
+            for (int row = a; row < b; row++)
+                LayerNormBackwardRow(row, (float*)px, (float*)pr, (float*)pg, (float*)pm, (float*)ps, (float*)pdy, (float*)pdx, cols);
+        });
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void LayerNormBackwardRow(int row, float* x, float* r, float* gamma, float* mean, float* rstd, float* dy, float* dx, int cols)
+    {
+        long off = (long)row * cols;
+        float* xr = x + off, rr = r is null ? null : r + off, dyr = dy + off, dxr = dx + off;
+        float mu = mean[row], rs = rstd[row];
+        float sumG = 0f, sumGX = 0f;
+        for (int j = 0; j < cols; j++)
+        {
+            float xhat = ((rr is null ? xr[j] : xr[j] + rr[j]) - mu) * rs;
+            float g = dyr[j] * gamma[j];
+            sumG += g;
+            sumGX += g * xhat;
+        }
+        float meanG = sumG / cols, meanGX = sumGX / cols;
+        for (int j = 0; j < cols; j++)
+        {
+            float xhat = ((rr is null ? xr[j] : xr[j] + rr[j]) - mu) * rs;
+            dxr[j] = rs * (dyr[j] * gamma[j] - meanG - xhat * meanGX);
+        }
+    }
+
+    /// <summary>Per 32-row chunk: Σ dy·x̂ into plane 0 and Σ dy into plane 1 of partial ([2, chunks, cols]).</summary>
+    public static void LayerNormParamPartials(ArrayView<float> x, ArrayView<float> r, bool hasR, ArrayView<float> mean, ArrayView<float> rstd,
+        ArrayView<float> dy, ArrayView<float> partial, int rows, int cols)
+    {
+        int chunks = (rows + BiasKernels.RowsPerChunk - 1) / BiasKernels.RowsPerChunk;
+        long plane = (long)chunks * cols;
+        nint px = (nint)P(x), pr = hasR ? (nint)P(r) : 0, pm = (nint)P(mean), ps = (nint)P(rstd), pdy = (nint)P(dy), pp = (nint)P(partial);
+        Blocks(chunks, (long)rows * cols, (a, b) =>
+        {
+            float* xs = (float*)px, rs = (float*)pr, dys = (float*)pdy, part = (float*)pp;
+            for (int c = a; c < b; c++)
+            {
+                float* sg = part + (long)c * cols, sb = part + plane + (long)c * cols;
+                new Span<float>(sg, cols).Clear();
+                new Span<float>(sb, cols).Clear();
+                int end = Math.Min(rows, (c + 1) * BiasKernels.RowsPerChunk);
+                for (int row = c * BiasKernels.RowsPerChunk; row < end; row++)
+                {
+                    long off = (long)row * cols;
+                    float mu = ((float*)pm)[row], rsd = ((float*)ps)[row];
+                    for (int j = 0; j < cols; j++)
+                    {
+                        float v = rs is null ? xs[off + j] : xs[off + j] + rs[off + j];
+                        float d = dys[off + j];
+                        sg[j] += d * ((v - mu) * rsd);
+                        sb[j] += d;
+                    }
+                }
+            }
+        });
+    }
+
+    // ---- Bias column sums ----
+
+    /// <summary>partial[c, j] = Σ over the rows of chunk c of x[r, j].</summary>
+    public static void ChunkSums(ArrayView<float> x, ArrayView<float> partial, int rows, int cols)
+    {
+        int chunks = (rows + BiasKernels.RowsPerChunk - 1) / BiasKernels.RowsPerChunk;
+        nint px = (nint)P(x), pp = (nint)P(partial);
+        Blocks(chunks, (long)rows * cols, (a, b) =>
+        {
+            for (int c = a; c < b; c++)
+            {
+                float* s = (float*)pp + (long)c * cols;
+                new Span<float>(s, cols).Clear();
+                int end = Math.Min(rows, (c + 1) * BiasKernels.RowsPerChunk);
+                for (int row = c * BiasKernels.RowsPerChunk; row < end; row++)
+                {
+                    float* xr = (float*)px + (long)row * cols;
+                    for (int j = 0; j < cols; j++) s[j] += xr[j];
+                }
+            }
+        });
+    }
+
+    /// <summary>result[j] (+)= Σ_c partial[c, j], c in order.</summary>
+    public static void ReduceChunks(ArrayView<float> partial, ArrayView<float> result, int chunks, int cols, bool accumulate)
+    {
+        float* p = P(partial), res = P(result);
+        for (int j = 0; j < cols; j++)
+        {
+            float s = 0f;
+            for (int c = 0; c < chunks; c++) s += p[(long)c * cols + j];
+            res[j] = accumulate ? res[j] + s : s;
+        }
+    }
+
+    // ---- Activations ----
+
+    public static void ActivationForward<TAct>(ArrayView<float> x, ArrayView<float> bias, bool hasBias, ArrayView<float> y, int rows, int cols)
+        where TAct : struct, IActivation
+    {
+        nint px = (nint)P(x), pb = hasBias ? (nint)P(bias) : 0, py = (nint)P(y);
+        Blocks(rows, (long)rows * cols * 8, (a, b) => ActivationRows<TAct>((float*)px, (float*)pb, null, (float*)py, a, b, cols));
+    }
+
+    public static void ActivationBackward<TAct>(ArrayView<float> x, ArrayView<float> bias, bool hasBias, ArrayView<float> dy, ArrayView<float> dx, int rows, int cols)
+        where TAct : struct, IActivation
+    {
+        nint px = (nint)P(x), pb = hasBias ? (nint)P(bias) : 0, pdy = (nint)P(dy), pdx = (nint)P(dx);
+        Blocks(rows, (long)rows * cols * 8, (a, b) => ActivationRows<TAct>((float*)px, (float*)pb, (float*)pdy, (float*)pdx, a, b, cols));
+    }
+
+    /// <summary>Forward (dy null): out = act(x + bias). Backward: out = dy·act'(x + bias).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ActivationRows<TAct>(float* x, float* bias, float* dy, float* output, int a, int b, int cols)
+        where TAct : struct, IActivation
+    {
+        for (long i = (long)a * cols, end = (long)b * cols; i < end; i += cols)
+            for (int j = 0; j < cols; j++)
+            {
+                float v = bias is null ? x[i + j] : x[i + j] + bias[j];
+                float value = default(TAct).Apply(v, out float derivative);
+                output[i + j] = dy is null ? value : dy[i + j] * derivative;
+            }
+    }
+
+    // ---- Cross-entropy ----
+
+    /// <summary>Per row: lse, the row loss and whether it counts; then loss = [mean, count] (rows in order).</summary>
+    public static void CrossEntropyForward(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse, ArrayView<float> loss,
+        ArrayView<float> perRow, int rows, int vocab)
+    {
+        nint pl = (nint)P(logits), plab = (nint)P(labels), plse = (nint)P(lse), pr = (nint)P(perRow);
+        Blocks(rows, (long)rows * vocab * 4, (a, b) =>
+        {
+            float* lg = (float*)pl, ls = (float*)plse, per = (float*)pr;
+            int* lab = (int*)plab;
+            for (int row = a; row < b; row++)
+            {
+                float* z = lg + (long)row * vocab;
+                float m = float.NegativeInfinity;
+                for (int j = 0; j < vocab; j++) m = MathF.Max(m, z[j]);
+                float s = 0f;
+                for (int j = 0; j < vocab; j++) s += MathF.Exp(z[j] - m);
+                float l = m + MathF.Log(s);
+                ls[row] = l;
+                int label = lab[row];
+                bool counted = label != CrossEntropyKernels.IgnoreIndex;
+                per[row] = !counted ? 0f : label >= 0 && label < vocab ? l - z[label] : float.NaN;
+                per[rows + row] = counted ? 1f : 0f;
+            }
+        });
+        float* pp = (float*)pr, result = P(loss);
+        float sum = 0f, count = 0f;
+        for (int i = 0; i < rows; i++)
+        {
+            sum += pp[i];
+            count += pp[rows + i];
+        }
+        result[0] = count > 0f ? sum / count : 0f;
+        result[1] = count;
+    }
+
+    public static void CrossEntropyBackward(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse, ArrayView<float> loss,
+        ArrayView<float> dlogits, int rows, int vocab, float dLoss)
+    {
+        float count = P(loss)[1];
+        float scale = count > 0f ? dLoss / count : 0f;
+        nint pl = (nint)P(logits), plab = (nint)P(labels), plse = (nint)P(lse), pd = (nint)P(dlogits);
+        Blocks(rows, (long)rows * vocab * 4, (a, b) =>
+        {
+            for (int row = a; row < b; row++)
+            {
+                float* z = (float*)pl + (long)row * vocab, d = (float*)pd + (long)row * vocab;
+                int label = ((int*)plab)[row];
+                if (label == CrossEntropyKernels.IgnoreIndex)
+                {
+                    new Span<float>(d, vocab).Clear();
+                    continue;
+                }
+                float l = ((float*)plse)[row];
+                for (int j = 0; j < vocab; j++)
+                {
+                    float p = MathF.Exp(z[j] - l);
+                    d[j] = (j == label ? p - 1f : p) * scale;
+                }
+            }
+        });
+    }
+
+    // ---- Dropout ----
+
+    public static void Dropout(ArrayView<float> src, ArrayView<float> dst, long n, float p, DropoutKey key)
+    {
+        float scale = 1f / (1f - p);
+        long groups = (n + 3) / 4;
+        nint ps = (nint)P(src), pd = (nint)P(dst);
+        int blocks = (int)Math.Min(groups, 1 << 20);
+        Blocks(blocks, n * 8, (a, b) =>
+        {
+            float* s = (float*)ps, d = (float*)pd;
+            long g0 = groups * a / blocks, g1 = groups * b / blocks;
+            for (long gi = g0; gi < g1; gi++)
+            {
+                Philox.Bits(key.Seed, key.Step, key.TensorId, gi, out uint r0, out uint r1, out uint r2, out uint r3);
+                long i = gi * 4;
+                d[i] = DropoutKernels.Keeps(r0, p) ? s[i] * scale : 0f;
+                if (i + 1 < n) d[i + 1] = DropoutKernels.Keeps(r1, p) ? s[i + 1] * scale : 0f;
+                if (i + 2 < n) d[i + 2] = DropoutKernels.Keeps(r2, p) ? s[i + 2] * scale : 0f;
+                if (i + 3 < n) d[i + 3] = DropoutKernels.Keeps(r3, p) ? s[i + 3] * scale : 0f;
+            }
+        });
+    }
+
+    // ---- AdamW ----
+
+    /// <summary>Σ g² of one tensor in the kernel's 32 fixed partials (element i goes to partial i mod 32), summed in order.</summary>
+    public static float SumSquares(ArrayView<float> x, long n)
+    {
+        float* p = P(x);
+        var partial = stackalloc float[AdamWKernels.PartialsPerTensor];
+        for (int t = 0; t < AdamWKernels.PartialsPerTensor; t++) partial[t] = 0f;
+        long i = 0;
+        for (; i + AdamWKernels.PartialsPerTensor <= n; i += AdamWKernels.PartialsPerTensor)
+            for (int t = 0; t < AdamWKernels.PartialsPerTensor; t++) partial[t] += p[i + t] * p[i + t];
+        for (int t = 0; i < n; i++, t++) partial[t] += p[i] * p[i];
+        float s = 0f;
+        for (int t = 0; t < AdamWKernels.PartialsPerTensor; t++) s += partial[t];
+        return s;
+    }
+
+    public static void AdamWUpdate(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v, float clip, long n, AdamWArgs a)
+    {
+        float stepSize = a.Lr / a.BiasCorrection1;
+        nint pp = (nint)P(param), pg = (nint)P(grad), pm = (nint)P(m), pv = (nint)P(v);
+        int blocks = (int)Math.Min(n, 1 << 20);
+        Blocks(blocks, n * 4, (b0, b1) =>
+        {
+            float* ps = (float*)pp, gs = (float*)pg, ms = (float*)pm, vs = (float*)pv;
+            for (long i = n * b0 / blocks, end = n * b1 / blocks; i < end; i++)
+            {
+                float g = gs[i] * clip;
+                float mi = a.Beta1 * ms[i] + (1f - a.Beta1) * g;
+                float vi = a.Beta2 * vs[i] + (1f - a.Beta2) * g * g;
+                ms[i] = mi;
+                vs[i] = vi;
+                float p = ps[i] * (1f - a.Lr * a.WeightDecay);
+                ps[i] = p - stepSize * mi / (MathF.Sqrt(vi) / a.SqrtBiasCorrection2 + a.Eps);
+            }
+        });
+    }
+}
