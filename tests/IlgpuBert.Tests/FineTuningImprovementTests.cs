@@ -175,7 +175,7 @@ public class FineTuningImprovementTests
         var o = new FineTuneOptions
         {
             Model = pretrained, Train = dir.File("train.tsv"), Epochs = 1, BatchSize = 16, MaxLength = 32, LearningRate = 1e-3f,
-            Columns = new ColumnSpec(Text: "sentence"), FreezeEmbeddings = true, FreezeLayers = 1,
+            Columns = new ColumnSpec(Text: "sentence"), FreezeEmbeddings = true, FreezeLayers = 1, Pooling = Pooling.Cls, // the pooler must train too
         };
         new FineTuner(device, TextWriter.Null).Run(o, dir.File("out"));
         var before = SafeTensors.Read(Path.Combine(pretrained, "model.safetensors"));

@@ -46,7 +46,7 @@ public static class FineTuneCommands
         var seed = Opt("--seed", "seed of the head's initialisation, data order and dropout", d.Seed);
         var warmup = Opt("--warmup-ratio", "share of the steps spent warming the learning rate up", d.WarmupRatio);
         var decay = Opt("--weight-decay", "AdamW weight decay", d.WeightDecay);
-        var pooling = Opt("--pooling", "mean, cls, concat-last4 or scalar-mix: which layers and positions the head reads", "mean");
+        var pooling = Opt("--pooling", "mean, cls, concat-last4 or scalar-mix: which layers and positions the head reads (default: mean; per-token tasks read each token)", "");
         var freelbSteps = Opt("--freelb-steps", "FreeLB adversarial ascent steps K (0: off)", d.FreeLbSteps);
         var freelbEps = Opt("--freelb-eps", "FreeLB: radius of the L2 ball around the embeddings (0: unbounded)", d.FreeLbEps);
         var freelbLr = Opt("--freelb-lr", "FreeLB: ascent step size", d.FreeLbLr);
@@ -74,7 +74,7 @@ public static class FineTuneCommands
                 Train = parse.GetValue(train), Eval = parse.GetValue(eval), Columns = columns.Read(parse),
                 Epochs = parse.GetValue(epochs), LearningRate = parse.GetValue(lr), BatchSize = parse.GetValue(batch),
                 MaxLength = parse.GetValue(maxLength), Seed = parse.GetValue(seed), WarmupRatio = parse.GetValue(warmup),
-                WeightDecay = parse.GetValue(decay), Pooling = TaskSpec.ParsePooling(parse.GetValue(pooling)!),
+                WeightDecay = parse.GetValue(decay), Pooling = parse.GetValue(pooling) is { Length: > 0 } p ? TaskSpec.ParsePooling(p) : null,
                 FreeLbSteps = parse.GetValue(freelbSteps), FreeLbEps = parse.GetValue(freelbEps), FreeLbLr = parse.GetValue(freelbLr),
                 SmartWeight = parse.GetValue(smartWeight), SmartEps = parse.GetValue(smartEps), SmartStep = parse.GetValue(smartStep),
                 SmartNoise = parse.GetValue(smartNoise), Mixout = parse.GetValue(mixout), FreezeEmbeddings = parse.GetValue(freezeEmbeddings),

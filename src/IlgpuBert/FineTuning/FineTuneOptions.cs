@@ -29,7 +29,12 @@ public sealed record FineTuneOptions
     public int Seed { get; init; } = 42;
     public double WarmupRatio { get; init; } = 0.1;
     public double WeightDecay { get; init; } = 0.01;
-    public Pooling Pooling { get; init; } = Pooling.Mean;
+    /// <summary>What the head reads; null: mean for sequence-level tasks, each token's last layer (cls) for per-token ones.</summary>
+    public Pooling? Pooling { get; init; }
+
+    /// <summary><see cref="Pooling"/> with its default resolved for the task.</summary>
+    public Pooling PoolingFor(TaskKind task) =>
+        Pooling ?? (task is TaskKind.TokenClassification or TaskKind.QuestionAnswering ? IlgpuBert.Model.Pooling.Cls : IlgpuBert.Model.Pooling.Mean);
 
     // FreeLB (Zhu et al. 2020): K ascent steps on the embedding output inside an L2 ball of radius ε.
     public int FreeLbSteps { get; init; }
