@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Text;
 using IlgpuBert.Checkpoints;
 using IlgpuBert.Model;
+using IlgpuBert.Runtime;
 
 namespace IlgpuBert.Tests;
 
@@ -75,7 +76,20 @@ public class CheckpointTests
         { "dtype I64", RawFile("{\"a\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}", new byte[8]) },
         { "malformed header entry", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,0]}}", []) },
         { "malformed header entry", RawFile("{\"a\":7}", []) },
+        { "header length right", OneShortHeaderLength() },
+        { "overlap those of a", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", new byte[12]) },
+        { "overlap", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", new byte[8]) },
+        { "4 unused bytes before tensor a", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", new byte[8]) },
+        { "not valid JSON", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", new byte[4]) },
     };
+
+    /// <summary>A file as we write it (header padded with spaces) whose header length is one less than written: every tensor would read one byte early.</summary>
+    private static byte[] OneShortHeaderLength()
+    {
+        var bytes = RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}  ", [0, 0, 128, 63]);
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, BinaryPrimitives.ReadUInt64LittleEndian(bytes) - 1);
+        return bytes;
+    }
 
     [Theory]
     [MemberData(nameof(BadFiles))]
@@ -129,6 +143,10 @@ public class CheckpointTests
     [InlineData("{\"vocab_size\":0}", "vocab_size must be positive")]
     [InlineData("[1,2]", "not a JSON object")]
     [InlineData("{\"vocab_size\":", "invalid JSON")]
+    [InlineData("{\"layer_norm_eps\":1e39}", "layer_norm_eps must be in (0, 1)")]
+    [InlineData("{\"vocab_size\":1000000000}", "would exceed")]
+    [InlineData("{\"num_hidden_layers\":2147483647}", "parameters")]
+    [InlineData("{\"initializer_range\":1e39}", "initializer_range")]
     public void Bad_configs_are_named_errors(string json, string expected) =>
         Assert.Contains(expected, Assert.Throws<CheckpointException>(() => BertConfig.Parse(json)).Message);
 
@@ -143,5 +161,61 @@ public class CheckpointTests
     {
         var c = BertConfig.ForSize(size).Validate();
         Assert.Equal((layers, hidden, heads, 4 * hidden), (c.NumHiddenLayers, c.HiddenSize, c.NumAttentionHeads, c.IntermediateSize));
+    }
+
+    [Fact]
+    public void Weights_the_config_does_not_describe_and_ambiguous_names_are_refused()
+    {
+        using var dir = new TempDir();
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = new BertConfig { VocabSize = 50, HiddenSize = 16, NumHiddenLayers = 2, NumAttentionHeads = 2, IntermediateSize = 32, MaxPositionEmbeddings = 32 };
+        using (var model = new BertForPreTraining(device, config))
+        {
+            model.Parameters.Initialize(1);
+            BertFolder.Save(model, dir.Path);
+        }
+        string weights = dir.File(BertFolder.WeightsFile);
+        File.WriteAllText(dir.File(BertFolder.ConfigFile), (config with { NumHiddenLayers = 1 }).ToJson());
+        Assert.Contains("encoder layer 1 but config.json says num_hidden_layers 1", Assert.Throws<CheckpointException>(() => BertFolder.Load(device, dir.Path)).Message);
+
+        File.WriteAllText(dir.File(BertFolder.ConfigFile), config.ToJson());
+        var tensors = SafeTensors.Read(weights);
+        tensors["bert.embeddings.LayerNorm.gamma"] = tensors["bert.embeddings.LayerNorm.weight"] with { Data = [.. tensors["bert.embeddings.LayerNorm.weight"].Data.Select(v => v + 1)] };
+        SafeTensors.Write(weights, tensors);
+        var e = Assert.Throws<CheckpointException>(() => BertFolder.Load(device, dir.Path));
+        Assert.Contains("two tensors are bert.embeddings.LayerNorm.weight", e.Message);
+    }
+
+    [Fact]
+    public void Non_finite_weights_are_neither_loaded_nor_written()
+    {
+        using var dir = new TempDir();
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = new BertConfig { VocabSize = 50, HiddenSize = 16, NumHiddenLayers = 1, NumAttentionHeads = 2, IntermediateSize = 32, MaxPositionEmbeddings = 32 };
+        using var model = new BertForPreTraining(device, config);
+        model.Parameters.Initialize(1);
+        BertFolder.Save(model, dir.Path);
+        string weights = dir.File(BertFolder.WeightsFile);
+        var good = File.ReadAllBytes(weights);
+        var tensors = SafeTensors.Read(weights);
+        tensors["bert.pooler.dense.bias"].Data[3] = float.NaN;
+        SafeTensors.Write(dir.File("nan.safetensors"), tensors);
+        var e = Assert.Throws<CheckpointException>(() => model.Parameters.Load(dir.File("nan.safetensors")));
+        Assert.Contains("tensor bert.pooler.dense.bias holds 1 NaN or infinite value", e.Message);
+
+        model.Parameters.Set("bert.pooler.dense.bias", [.. tensors["bert.pooler.dense.bias"].Data]);
+        e = Assert.Throws<CheckpointException>(() => BertFolder.Save(model, dir.Path));
+        Assert.Contains("not written: parameter bert.pooler.dense.bias", e.Message);
+        Assert.Equal(good, File.ReadAllBytes(weights));
+    }
+
+    [Fact]
+    public void Endless_or_huge_text_files_are_refused_at_once()
+    {
+        using var dir = new TempDir();
+        File.CreateSymbolicLink(dir.File(BertFolder.ConfigFile), "/dev/zero");
+        Assert.Contains("larger than", Assert.Throws<CheckpointException>(() => BertConfig.Read(dir.File(BertFolder.ConfigFile))).Message);
+        File.CreateSymbolicLink(dir.File("vocab.txt"), "/dev/urandom");
+        Assert.IsType<CheckpointException>(Record.Exception(() => Text.WordPiece.ReadVocabulary(dir.File("vocab.txt"))));
     }
 }

@@ -243,4 +243,38 @@ public class CliModelTests : IDisposable
         Assert.Equal([2, 11, 3, 5, 6, 12, 14, 3, 0], x.InputIds[9..]);
         Assert.Equal([1, 1, 1, 1, 1, 1, 1, 1, 0], x.AttentionMask[9..]);
     }
+
+    [Fact]
+    public void Papercuts_help_alone_devices_narrowed_infinite_rates_and_busy_folders()
+    {
+        var (code, stdout, _) = CliRunner.Run();
+        Assert.Equal(0, code);
+        Assert.Contains("pretrain", stdout); // the tool alone lists its commands
+
+        (code, stdout, _) = CliRunner.Run("devices", "--device", "cpu");
+        Assert.Equal(0, code);
+        Assert.Contains("cpu:0", stdout);
+        Assert.DoesNotContain("OpenCL ", stdout);
+        (code, _, var err) = CliRunner.Run("devices", "--device", "cpu:7");
+        Assert.Equal(2, code);
+        Assert.Contains("no device cpu:7", err);
+
+        (code, _, err) = CliRunner.Run("pretrain", "--lr", "Infinity", "--out", dir.File("p"), "--device", "cpu");
+        Assert.Equal(2, code);
+        Assert.Contains("--lr must be a positive number", err);
+
+        using (OutputLock.Acquire(dir.File("busy")))
+        {
+            (code, _, err) = CliRunner.Run("pretrain", "--steps", "1", "--out", dir.File("busy"), "--device", "cpu");
+            Assert.Equal(2, code);
+            Assert.Contains("in use by another ilgpu-bert run", err);
+        }
+        Assert.Empty(Directory.GetFiles(dir.File("busy"))); // the lock goes with its holder
+
+        Directory.CreateDirectory(dir.File("tuned"));
+        File.WriteAllText(dir.File("tuned/eval.json"), "{}");
+        (code, _, err) = CliRunner.Run("pretrain", "--steps", "1", "--out", dir.File("tuned"), "--device", "cpu");
+        Assert.Equal(2, code);
+        Assert.Contains("holds a fine-tuned model", err);
+    }
 }

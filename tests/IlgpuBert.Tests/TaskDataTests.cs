@@ -75,6 +75,11 @@ public class TaskDataTests
         var error = Assert.Throws<DataFormatException>(() => TaskData.Read(dir.File("bad.json"), TaskKind.QuestionAnswering, new ColumnSpec()));
         Assert.Contains("question q1", error.Message);
         Assert.Contains("not at character 4", error.Message);
+
+        // answer_start counts code points, as Python's str does: an emoji before the answer is one character, two UTF-16 units.
+        File.WriteAllText(dir.File("emoji.json"), File.ReadAllText(dir.File("qa.json")).Replace("The sky", "\U0001F600 The sky").Replace("\"answer_start\": 11", "\"answer_start\": 13"));
+        var answer = Assert.Single(TaskData.Read(dir.File("emoji.json"), TaskKind.QuestionAnswering, new ColumnSpec())).Answers![0];
+        Assert.Equal(new QaAnswer("blue", 14), answer); // held as a .NET string index
     }
 
     [Theory]

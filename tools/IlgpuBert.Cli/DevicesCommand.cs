@@ -12,6 +12,14 @@ public static class DevicesCommand
         command.SetAction(parse =>
         {
             var devices = BertDevice.List();
+            if (parse.GetValue(Cli.DeviceOption) is { } wanted && DeviceSpec.Parse(wanted) is { Kind: not DeviceKind.Auto } spec)
+            {
+                // --device narrows the list; one that names nothing present is an error, not an empty table.
+                bool Matches(DeviceInfo d) => d.Kind == spec.Kind && (spec.Index is null || d.Spec == spec.ToString());
+                devices = [.. devices.Where(Matches)];
+                if (devices.Count == 0)
+                    throw new DeviceException($"no device {spec}; present: {string.Join(", ", BertDevice.List().Select(d => d.Spec))}");
+            }
             stdout.WriteLine($"{"",1} {"device",-9} {"type",-6} {"name",-40} {"memory",10} {"warp",5} {"max group",9} {"SMs/cores",9} {"compute",7}");
             foreach (var d in devices)
             {

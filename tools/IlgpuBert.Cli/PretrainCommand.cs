@@ -36,11 +36,12 @@ public static class PretrainCommand
         var objective = Opt("--sentence-objective", "nsp, sop, prev-next or none", "nsp");
         var format = Opt("--input-format", "pairs or full-sentences", "pairs");
         var maxDocs = Opt("--max-documents", "use only the first N corpus documents (0: all)", d.MaxDocuments);
+        var outputBias = Opt("--output-bias", "a new model's MLM output bias: unigram (log word-piece frequencies of the corpus) or zero", "unigram");
 
         var command = new Command("pretrain", "Pretrain BERT (MLM + a sentence objective) from raw text.")
         {
             model, size, corpus, output, steps, batch, seqLen, seed, lr, warmup, accum, evalEvery, saveEvery, resume, vocabSize,
-            maskRate, maskMix, maskToken, masking, schedule, phrases, objective, format, maxDocs,
+            maskRate, maskMix, maskToken, masking, schedule, phrases, objective, format, maxDocs, outputBias,
         };
         command.SetAction(parse =>
         {
@@ -64,6 +65,7 @@ public static class PretrainCommand
                 SentenceObjective = Enum(objective, ("nsp", SentenceObjective.Nsp), ("sop", SentenceObjective.Sop), ("prev-next", SentenceObjective.PrevNext), ("none", SentenceObjective.None)),
                 InputFormat = Enum(format, ("pairs", InputFormat.Pairs), ("full-sentences", InputFormat.FullSentences)),
                 MaxDocuments = parse.GetValue(maxDocs),
+                UnigramOutputBias = Enum(outputBias, ("unigram", true), ("zero", false)),
             };
             if (parse.GetValue(resume) is null) options.Validate();
             using var device = Cli.OpenDevice(parse);

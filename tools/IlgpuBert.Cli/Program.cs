@@ -37,7 +37,7 @@ namespace IlgpuBert.Cli
                 root.Subcommands.Add(command);
             try
             {
-                var parse = root.Parse(args);
+                var parse = root.Parse(args.Length == 0 ? ["--help"] : args); // alone, the tool shows what it can do
                 if (parse.Errors.Count > 0)
                 {
                     foreach (var error in parse.Errors)

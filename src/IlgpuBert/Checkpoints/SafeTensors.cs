@@ -50,17 +50,19 @@ public static class SafeTensors
         try
         {
             header = JsonNode.Parse(headerBytes) as JsonObject ?? throw new CheckpointException($"{path}: header is not a JSON object");
+            _ = header.Count; // builds the key table now: a duplicate key throws here, inside the try
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or ArgumentException or InvalidOperationException or DecoderFallbackException)
         {
+            // ArgumentException: a duplicate key; the others: invalid UTF-8 or JSON.
             throw new CheckpointException($"{path}: header is not valid JSON ({e.Message})");
         }
         long dataStart = 8 + (long)headerLength, dataLength = fileLength - dataStart;
+        var entries = header.Where(kv => kv.Key != "__metadata__").Select(kv => (Name: kv.Key, Entry: ParseEntry(path, kv.Key, kv.Value))).ToList();
+        CheckTiling(path, entries.Select(e => (e.Name, e.Entry.Begin, e.Entry.End)).ToList(), dataLength);
         var result = new Dictionary<string, HostTensor>(StringComparer.Ordinal);
-        foreach (var (name, node) in header)
+        foreach (var (name, (dtype, shape, begin, end)) in entries)
         {
-            if (name == "__metadata__") continue;
-            var (dtype, shape, begin, end) = ParseEntry(path, name, node);
             int size = dtype switch
             {
                 "F32" => 4,
@@ -69,8 +71,6 @@ public static class SafeTensors
                 _ => throw new CheckpointException($"{path}: tensor {name} has dtype {dtype}; supported: F32, F16, BF16, I8"),
             };
             long elements = HostTensor.Elements(shape);
-            if (begin < 0 || end < begin || end > dataLength)
-                throw new CheckpointException($"{path}: tensor {name} data_offsets [{begin}, {end}] fall outside the {dataLength}-byte data section");
             if (end - begin != elements * size)
                 throw new CheckpointException($"{path}: tensor {name} of shape [{string.Join(", ", shape)}] and dtype {dtype} needs {elements * size} bytes, has {end - begin}");
             if (elements > Array.MaxLength)
@@ -81,6 +81,30 @@ public static class SafeTensors
             result[name] = new HostTensor(shape, Decode(raw, dtype, (int)elements), dtype == "I8" ? "I8" : "F32");
         }
         return result;
+    }
+
+    /// <summary>
+    /// The format requires the tensors' byte ranges to tile the data section exactly: in order,
+    /// no gap, no overlap, nothing after the last. Anything else is a header that does not
+    /// describe its data (e.g. a header length off by one shifts every tensor).
+    /// </summary>
+    private static void CheckTiling(string path, List<(string Name, long Begin, long End)> ranges, long dataLength)
+    {
+        long expected = 0;
+        string? previous = null;
+        foreach (var (name, begin, end) in ranges.OrderBy(r => r.Begin).ThenBy(r => r.End))
+        {
+            if (begin < 0 || end < begin || end > dataLength)
+                throw new CheckpointException($"{path}: tensor {name} data_offsets [{begin}, {end}] fall outside the {dataLength}-byte data section");
+            if (begin != expected)
+                throw new CheckpointException(begin < expected
+                    ? $"{path}: tensor {name} data_offsets [{begin}, {end}] overlap those of {previous}"
+                    : $"{path}: {begin - expected} unused bytes before tensor {name} (data_offsets must tile the data section)");
+            expected = end;
+            previous = name;
+        }
+        if (expected != dataLength)
+            throw new CheckpointException($"{path}: the tensors cover {expected} bytes but the data section has {dataLength} (is the header length right?)");
     }
 
     private static (string Dtype, int[] Shape, long Begin, long End) ParseEntry(string path, string name, JsonNode? node)
@@ -210,4 +234,70 @@ public static class AtomicFile
 
     public static void WriteText(string path, string text) =>
         Write(path, s => s.Write(Encoding.UTF8.GetBytes(text)));
+}
+
+/// <summary>
+/// Reads small text files (config.json, vocab.txt, tokenizer_config.json) with a size limit, so
+/// a path that is /dev/zero, /dev/urandom or a huge file fails at once instead of reading forever.
+/// </summary>
+public static class BoundedFile
+{
+    public const int ConfigBytes = 1 << 20, VocabularyBytes = 64 << 20;
+
+    public static string ReadAllText(string path, int maxBytes, string what)
+    {
+        using var stream = File.OpenRead(path);
+        var buffer = new byte[Math.Min(maxBytes + 1L, stream.CanSeek && stream.Length > 0 ? stream.Length + 1 : maxBytes + 1L)];
+        int total = 0, read;
+        while (total < buffer.Length && (read = stream.Read(buffer, total, buffer.Length - total)) > 0)
+            total += read;
+        if (total > maxBytes)
+            throw new CheckpointException($"{path}: larger than {maxBytes:N0} bytes; not a {what}");
+        try
+        {
+            string text = new UTF8Encoding(false, true).GetString(buffer, 0, total);
+            return text.Length > 0 && text[0] == '\uFEFF' ? text[1..] : text;
+        }
+        catch (DecoderFallbackException)
+        {
+            throw new CheckpointException($"{path}: not UTF-8 text; not a {what}");
+        }
+    }
+
+    /// <summary>Lines as File.ReadAllLines splits them (\n or \r\n; no empty last line for a final newline).</summary>
+    public static string[] ReadAllLines(string path, int maxBytes, string what)
+    {
+        var lines = ReadAllText(path, maxBytes, what).Split('\n').Select(l => l.TrimEnd('\r')).ToList();
+        if (lines[^1].Length == 0) lines.RemoveAt(lines.Count - 1);
+        return [.. lines];
+    }
+}
+
+/// <summary>
+/// An exclusive hold on an output folder for one run (an OS file lock, released when the process
+/// ends, however it ends): a second run writing into the same folder stops at once with a clear
+/// error instead of interleaving checkpoints with the first.
+/// </summary>
+public sealed class OutputLock : IDisposable
+{
+    public const string FileName = ".ilgpu-bert.lock";
+    private readonly FileStream stream;
+
+    private OutputLock(FileStream stream) => this.stream = stream;
+
+    public static OutputLock Acquire(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        string path = Path.Combine(dir, FileName);
+        try
+        {
+            return new OutputLock(new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1, FileOptions.DeleteOnClose));
+        }
+        catch (IOException)
+        {
+            throw new IOException($"{dir} is in use by another ilgpu-bert run (it holds {FileName}); wait for it or choose another --out");
+        }
+    }
+
+    public void Dispose() => stream.Dispose();
 }

@@ -66,7 +66,7 @@ public sealed record FineTuneOptions
 
     public void Validate()
     {
-        void Positive(string flag, double v) { if (!(v > 0)) throw new ArgumentException($"{flag} must be positive, got {v}"); }
+        void Positive(string flag, double v) { if (!(v > 0 && double.IsFinite(v))) throw new ArgumentException($"{flag} must be a positive number, got {v}"); }
         if (Model is null && InitFrom is null) throw new ArgumentException("give --model (a pretrained model) or --init-from (a fine-tuned one)");
         if (Model is not null && InitFrom is not null) throw new ArgumentException("--model and --init-from both name the starting encoder; give one");
         if (Train is null && Task != TaskKind.Classification)

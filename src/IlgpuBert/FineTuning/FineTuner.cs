@@ -49,6 +49,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
     public JsonObject Run(FineTuneOptions o, string outDir, CustomTraining? custom = null)
     {
         o.Validate();
+        using var outputLock = OutputLock.Acquire(outDir);
         string source = o.InitFrom ?? o.Model!;
         var encoder = BertTextEncoder.Load(source);
         string vocabPath = Path.Combine(source, BertFolder.VocabFile);
@@ -111,6 +112,8 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
                 if (!double.IsFinite(loss))
                     throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping. Try a lower --lr.");
                 float gradNorm = optimizer.GradNorm();
+                if (!float.IsFinite(gradNorm))
+                    throw new NonFiniteLossException($"the gradient norm became {gradNorm} at step {step}; stopping before it reaches the weights. Try a lower --lr.");
                 float lr = LinearSchedule.At(step, peak, warmup, total);
                 optimizer.Update(lr);
                 sparsity?.Apply();

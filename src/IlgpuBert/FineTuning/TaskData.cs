@@ -249,9 +249,11 @@ public static class TaskData
                         foreach (var a in qa!["answers"] as JsonArray ?? [])
                         {
                             string text = a?["text"]?.GetValue<string>() ?? throw new DataFormatException($"{where}: an answer has no \"text\"");
-                            int startChar = a["answer_start"]?.GetValue<int>() ?? throw new DataFormatException($"{where}: an answer has no \"answer_start\"");
+                            int startCodePoint = a["answer_start"]?.GetValue<int>() ?? throw new DataFormatException($"{where}: an answer has no \"answer_start\"");
+                            // SQuAD counts characters as Python does (code points); .NET strings count UTF-16 units.
+                            int startChar = Utf16Index(context, startCodePoint);
                             if (startChar < 0 || startChar + text.Length > context.Length || string.CompareOrdinal(context, startChar, text, 0, text.Length) != 0)
-                                throw new DataFormatException($"{where}: answer \"{text}\" is not at character {startChar} of its context");
+                                throw new DataFormatException($"{where}: answer \"{text}\" is not at character {startCodePoint} of its context");
                             answers.Add(new QaAnswer(text, startChar));
                         }
                         if (labelled && answers.Count == 0) throw new DataFormatException($"{where}: no answers (SQuAD v1.1 questions all have one)");
@@ -286,5 +288,18 @@ public static class TaskData
             result.Add(e);
         }
         return result;
+    }
+
+    /// <summary>The UTF-16 index of code point <paramref name="codePoints"/> of <paramref name="s"/> (−1 when out of range).</summary>
+    internal static int Utf16Index(string s, int codePoints)
+    {
+        if (codePoints < 0) return -1;
+        int i = 0;
+        for (int c = 0; c < codePoints; c++)
+        {
+            if (i >= s.Length) return -1;
+            i += char.IsHighSurrogate(s[i]) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1]) ? 2 : 1;
+        }
+        return i;
     }
 }

@@ -102,6 +102,19 @@ public sealed record BertConfig
         };
     }
 
+    /// <summary>Models larger than this are refused before anything is allocated (BERT-large has 0.34 billion).</summary>
+    public const long MaxParameters = 2_000_000_000;
+
+    /// <summary>Parameters of BertForPreTraining with this config (embeddings, encoder, pooler, both heads).</summary>
+    public long ParameterCount()
+    {
+        long v = VocabSize, h = HiddenSize, i = IntermediateSize;
+        long embeddings = (v + MaxPositionEmbeddings + TypeVocabSize) * h + 2 * h;
+        long layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
+        long heads = (h * h + h) + (h * h + h + 2 * h + v) + (h * SentenceClasses + SentenceClasses);
+        return embeddings + NumHiddenLayers * layer + heads;
+    }
+
     /// <summary>Throws a <see cref="CheckpointException"/> naming the first inconsistent field.</summary>
     public BertConfig Validate()
     {
@@ -120,7 +133,13 @@ public sealed record BertConfig
             throw new CheckpointException($"config: num_attention_heads ({NumAttentionHeads}) does not divide hidden_size ({HiddenSize})");
         if (HeadDim > AttentionShape.MaxHeadDim)
             throw new CheckpointException($"config: head size {HeadDim} exceeds the supported {AttentionShape.MaxHeadDim}");
-        if (!(LayerNormEps > 0)) throw new CheckpointException($"config: layer_norm_eps must be positive, got {LayerNormEps}");
+        if (!(LayerNormEps > 0 && LayerNormEps < 1)) throw new CheckpointException($"config: layer_norm_eps must be in (0, 1), got {LayerNormEps}");
+        if (!(InitializerRange >= 0 && float.IsFinite(InitializerRange))) throw new CheckpointException($"config: initializer_range must be a finite non-negative number, got {InitializerRange}");
+        if (Math.Max((long)VocabSize, Math.Max(MaxPositionEmbeddings, IntermediateSize)) * HiddenSize > Array.MaxLength)
+            throw new CheckpointException($"config: a weight matrix of this model would exceed {Array.MaxLength:N0} elements (vocab_size, max_position_embeddings or intermediate_size × hidden_size)");
+        long parameters = ParameterCount();
+        if (parameters > MaxParameters)
+            throw new CheckpointException($"config: this model would have {parameters:N0} parameters ({parameters * 4.0 / (1L << 30):F1} GiB in FP32); more than the {MaxParameters:N0} supported (check vocab_size, hidden_size, intermediate_size, num_hidden_layers, max_position_embeddings)");
         if (SentenceClasses < 2) throw new CheckpointException($"config: ilgpu_bert_sentence_classes must be at least 2, got {SentenceClasses}");
         if (HiddenDropoutProb is < 0 or >= 1 || AttentionProbsDropoutProb is < 0 or >= 1)
             throw new CheckpointException("config: dropout probabilities must be in [0, 1)");
@@ -189,7 +208,7 @@ public sealed record BertConfig
     public static BertConfig Read(string path)
     {
         if (!File.Exists(path)) throw new CheckpointException($"{path}: no such file (a model folder needs config.json)");
-        return Parse(File.ReadAllText(path), path);
+        return Parse(BoundedFile.ReadAllText(path, BoundedFile.ConfigBytes, "config.json"), path);
     }
 
     public string ToJson()

@@ -124,7 +124,14 @@ public sealed class BertParameters : IDisposable
     public Dictionary<string, HostTensor> ToHost() =>
         Names.ToDictionary(n => n, n => new HostTensor(byName[n].Shape, Get(n)), StringComparer.Ordinal);
 
-    public void Save(string path) => SafeTensors.Write(path, ToHost(), new Dictionary<string, string> { ["format"] = "pt" });
+    /// <summary>Writes every parameter (atomically); refuses, writing nothing, when any holds NaN or ∞ (a diverged run must not replace a good file).</summary>
+    public void Save(string path)
+    {
+        var tensors = ToHost();
+        if (tensors.FirstOrDefault(kv => kv.Value.Data.Any(v => !float.IsFinite(v))) is { Key: { } bad })
+            throw new CheckpointException($"{path}: not written: parameter {bad} holds NaN or infinite values (training diverged; try a lower --lr)");
+        SafeTensors.Write(path, tensors, new Dictionary<string, string> { ["format"] = "pt" });
+    }
 
     /// <summary>
     /// Loads a safetensors file; returns the names it initialised because the file lacked them
@@ -139,6 +146,24 @@ public sealed class BertParameters : IDisposable
         return Load(file, path, seedForMissingHeads, take);
     }
 
+    /// <summary>The encoder layer a tensor belongs to ("bert.encoder.layer.N."), or −1.</summary>
+    private static int LayerOf(string name)
+    {
+        const string prefix = "bert.encoder.layer.";
+        if (!name.StartsWith(prefix, StringComparison.Ordinal)) return -1;
+        int dot = name.IndexOf('.', prefix.Length);
+        return dot > prefix.Length && int.TryParse(name.AsSpan(prefix.Length, dot - prefix.Length), out int layer) ? layer : -1;
+    }
+
+    /// <summary>A file's tensor name as ours: "bert." added to a bare BertModel's names, TF-port LayerNorm.gamma/beta as weight/bias.</summary>
+    private static string Canonical(string key, bool bare)
+    {
+        string name = bare && !key.StartsWith("cls.", StringComparison.Ordinal) ? "bert." + key : key;
+        if (name.EndsWith("LayerNorm.gamma", StringComparison.Ordinal)) return name[..^"gamma".Length] + "weight";
+        if (name.EndsWith("LayerNorm.beta", StringComparison.Ordinal)) return name[..^"beta".Length] + "bias";
+        return name;
+    }
+
     /// <summary>Loads tensors already read (<paramref name="path"/> names them in messages).</summary>
     public (List<string> Initialized, List<string> Unused) Load(Dictionary<string, HostTensor> file, string path, int seedForMissingHeads = 0, Func<string, bool>? take = null)
     {
@@ -147,10 +172,9 @@ public sealed class BertParameters : IDisposable
         var tensors = new Dictionary<string, HostTensor>(StringComparer.Ordinal);
         foreach (var (key, t) in file)
         {
-            string name = bare && !key.StartsWith("cls.", StringComparison.Ordinal) ? "bert." + key : key;
-            if (name.EndsWith("LayerNorm.gamma", StringComparison.Ordinal)) name = name[..^"gamma".Length] + "weight";
-            else if (name.EndsWith("LayerNorm.beta", StringComparison.Ordinal)) name = name[..^"beta".Length] + "bias";
-            tensors[name] = t;
+            string name = Canonical(key, bare);
+            if (!tensors.TryAdd(name, t))
+                throw new CheckpointException($"{path}: two tensors are {name} ({string.Join(" and ", file.Keys.Where(k => Canonical(k, bare) == name))}); which one is meant is unclear");
         }
         if (!tensors.ContainsKey("cls.predictions.bias") && tensors.TryGetValue("cls.predictions.decoder.bias", out var decoderBias))
             tensors["cls.predictions.bias"] = decoderBias;
@@ -167,10 +191,19 @@ public sealed class BertParameters : IDisposable
             if (!tensors[name].Shape.SequenceEqual(expected))
                 throw new CheckpointException($"{path}: tensor {name} has shape {tensors[name].ShapeText}, the config needs [{string.Join(", ", expected)}]");
         }
+        var extraLayer = tensors.Keys.Select(LayerOf).Where(l => l >= Config.NumHiddenLayers).DefaultIfEmpty(-1).Max();
+        if (extraLayer >= 0)
+            throw new CheckpointException($"{path}: holds encoder layer {extraLayer} but config.json says num_hidden_layers {Config.NumHiddenLayers}; the config does not describe these weights");
         var tied = tensors.GetValueOrDefault("cls.predictions.decoder.weight");
         if (tied is not null && !tied.Shape.SequenceEqual(byName["bert.embeddings.word_embeddings.weight"].Shape))
             throw new CheckpointException($"{path}: tied decoder weight has shape {tied.ShapeText}, unlike the word embeddings");
 
+        foreach (var name in Names.Where(tensors.ContainsKey))
+        {
+            int bad = tensors[name].Data.Count(v => !float.IsFinite(v));
+            if (bad > 0)
+                throw new CheckpointException($"{path}: tensor {name} holds {bad} NaN or infinite value{(bad > 1 ? "s" : "")}; a model with them computes nothing useful");
+        }
         foreach (var name in Names.Where(tensors.ContainsKey))
             Set(name, tensors[name].Data);
         if (missing.Count > 0)

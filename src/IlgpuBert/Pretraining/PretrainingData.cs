@@ -54,6 +54,26 @@ public sealed class PretrainingData
     }
 
     public SpecialIds Special { get; }
+
+    /// <summary>
+    /// log p(piece) over the training examples' real word pieces (special tokens not counted), add-one
+    /// smoothed: what an MLM predicts knowing nothing else, as a starting output bias.
+    /// </summary>
+    public float[] LogUnigram(int vocabSize)
+    {
+        var counts = new long[vocabSize];
+        long total = 0;
+        foreach (var e in Train)
+            for (int i = 0; i < e.Ids.Length; i++)
+                if (!e.Special[i] && e.Ids[i] != Special.Pad && (uint)e.Ids[i] < (uint)vocabSize)
+                {
+                    counts[e.Ids[i]]++;
+                    total++;
+                }
+        double denominator = total + vocabSize;
+        return [.. counts.Select(c => (float)Math.Log((c + 1) / denominator))];
+    }
+
     public List<Example> Train { get; }
     public List<Example> Eval { get; }
 
@@ -126,7 +146,7 @@ public sealed class PretrainingData
                 log.WriteLine($"tokenized corpus from cache {cacheFile}");
                 return cached;
             }
-            catch (Exception e) when (e is IOException or InvalidDataException or EndOfStreamException)
+            catch (Exception e) when (e is IOException or InvalidDataException or EndOfStreamException or OverflowException or ArgumentException)
             {
                 log.WriteLine($"note: ignoring unreadable cache {cacheFile} ({e.Message})");
             }
@@ -197,14 +217,21 @@ public sealed class PretrainingData
     {
         using var r = new BinaryReader(File.OpenRead(path));
         if (r.ReadInt32() != 0x53484431) throw new InvalidDataException("not a shard");
-        int count = r.ReadInt32();
+        // Every count is bounded by the bytes left, so a corrupted file fails fast instead of allocating gigabytes.
+        int Count()
+        {
+            int n = r.ReadInt32();
+            if (n < 0 || n > (r.BaseStream.Length - r.BaseStream.Position) / 4 + 1) throw new InvalidDataException($"corrupted (a count of {n})");
+            return n;
+        }
+        int count = Count();
         var docs = new List<Document>(count);
         for (int d = 0; d < count; d++)
         {
-            var sentences = new Sentence[r.ReadInt32()];
+            var sentences = new Sentence[Count()];
             for (int j = 0; j < sentences.Length; j++)
             {
-                int n = r.ReadInt32();
+                int n = Count();
                 var ids = new int[n];
                 var starts = new bool[n];
                 var caps = new bool[n];

@@ -51,7 +51,9 @@ public sealed class Trainer
             log.WriteLine($"resuming {resume} at step {startStep} of {o.Steps}");
         }
         o.Validate();
-        Directory.CreateDirectory(outDir);
+        if (File.Exists(Path.Combine(outDir, "eval.json")))
+            throw new ArgumentException($"{outDir} holds a fine-tuned model (eval.json); pretraining would overwrite it: choose another --out");
+        using var outputLock = OutputLock.Acquire(outDir);
 
         // Model and vocabulary: a checkpoint to resume, a given model, or a new one of --size.
         string vocabPath;
@@ -90,6 +92,8 @@ public sealed class Trainer
             throw new ArgumentException($"--seq-len {o.SeqLen} exceeds the model's max_position_embeddings {model.Config.MaxPositionEmbeddings}");
         var encoder = BertTextEncoder.FromVocab(vocabPath);
         var data = new PretrainingData(o, encoder, vocabPath, model.Config.VocabSize, log);
+        if (resume is null && o.Model is null && o.UnigramOutputBias)
+            model.Parameters.Set("cls.predictions.bias", data.LogUnigram(model.Config.VocabSize));
         using var optimizer = new AdamWOptimizer(device, model.Parameters.All, new AdamWSettings());
         if (resume is not null) optimizer.Load(Path.Combine(resume, OptimizerFile), startStep);
 
@@ -119,6 +123,8 @@ public sealed class Trainer
             if (!double.IsFinite(loss))
                 throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr.");
             float gradNorm = optimizer.GradNorm();
+            if (!float.IsFinite(gradNorm))
+                throw new NonFiniteLossException($"the gradient norm became {gradNorm} at step {step}; stopping before it reaches the weights (the last good checkpoint is kept). Try a lower --lr.");
             float lr = LinearSchedule.At(step, o.LearningRate, o.WarmupSteps, o.Steps);
             optimizer.Update(lr);
             double seconds = stepClock.Elapsed.TotalSeconds;

@@ -55,7 +55,7 @@ public sealed class BertTextEncoder
         {
             try
             {
-                var json = JsonNode.Parse(File.ReadAllText(cfg));
+                var json = JsonNode.Parse(BoundedFile.ReadAllText(cfg, BoundedFile.ConfigBytes, "tokenizer_config.json"));
                 normalizer = new BertNormalizer(json?["do_lower_case"]?.GetValue<bool>() ?? true,
                     json?["strip_accents"]?.GetValue<bool?>(), json?["tokenize_chinese_chars"]?.GetValue<bool>() ?? true);
             }

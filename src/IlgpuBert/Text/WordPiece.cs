@@ -3,6 +3,8 @@
 // part no entry covers, or longer than 100 characters (code points), becomes a single [UNK]. This is
 // HF's WordPiece model; vocab.txt's line number is the id (a repeated line: the last one wins, and
 // trailing whitespace is trimmed, as HF reads the file).
+using IlgpuBert.Checkpoints;
+
 namespace IlgpuBert.Text;
 
 /// <summary>A token id and the UTF-16 span [Start, End) of the original text it covers.</summary>
@@ -34,7 +36,7 @@ public sealed class WordPiece
     public bool TryGetId(string token, out int id) => ids.TryGetValue(token, out id);
 
     /// <summary>Reads vocab.txt (one token per line).</summary>
-    public static string[] ReadVocabulary(string path) => File.ReadAllLines(path).Select(l => l.TrimEnd()).ToArray();
+    public static string[] ReadVocabulary(string path) => BoundedFile.ReadAllLines(path, BoundedFile.VocabularyBytes, "vocabulary").Select(l => l.TrimEnd()).ToArray();
 
     /// <summary>Appends the pieces of one word (normalised characters with their source spans).</summary>
     public void Tokenize(ReadOnlySpan<AlignedChar> word, List<TextToken> into)
