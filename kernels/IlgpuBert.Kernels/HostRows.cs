@@ -9,6 +9,7 @@
 // Philox, Keeps), and sums that cross rows use the kernels' fixed chunks (32 rows, then the
 // chunks in order), so results do not depend on how the work is split over cores.
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -191,13 +192,53 @@ internal static unsafe class HostRows
     private static void ActivationRows<TAct>(float* x, float* bias, float* dy, float* output, int a, int b, int cols)
         where TAct : struct, IActivation
     {
+        bool simd = typeof(TAct) == typeof(GeluErf) && Vector512.IsHardwareAccelerated;
         for (long i = (long)a * cols, end = (long)b * cols; i < end; i += cols)
-            for (int j = 0; j < cols; j++)
+        {
+            int j = 0;
+            if (simd)
+                for (; j + Vector512<float>.Count <= cols; j += Vector512<float>.Count)
+                {
+                    var v = Vector512.Load(x + i + j);
+                    if (bias is not null) v += Vector512.Load(bias + j);
+                    var value = GeluErf512(v, out var derivative);
+                    (dy is null ? value : Vector512.Load(dy + i + j) * derivative).Store(output + i + j);
+                }
+            for (; j < cols; j++)
             {
                 float v = bias is null ? x[i + j] : x[i + j] + bias[j];
                 float value = default(TAct).Apply(v, out float derivative);
                 output[i + j] = dy is null ? value : dy[i + j] * derivative;
             }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="GeluErf"/> on 16 lanes: the same formulas as KernelMath.NormalCdf/NormalPdf
+    /// (e^(−x²/2) from a split square, Numerical Recipes' erfc tail), with Vector512.Exp.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> GeluErf512(Vector512<float> x, out Vector512<float> derivative)
+    {
+        var ax = Vector512.Abs(x);
+        var h = Vector512.Floor(ax * 256f) * (1f / 256f);
+        var gauss = Vector512.Exp(-0.5f * (h * h)) * Vector512.Exp(-0.5f * ((ax - h) * (ax + h))); // e^(−x²/2)
+        var a = ax * 0.70710678118654752f;
+        var t = Vector512<float>.One / (Vector512<float>.One + 0.5f * a);
+        var poly = Vector512.Create(0.17087277f);
+        poly = poly * t + Vector512.Create(-0.82215223f);
+        poly = poly * t + Vector512.Create(1.48851587f);
+        poly = poly * t + Vector512.Create(-1.13520398f);
+        poly = poly * t + Vector512.Create(0.27886807f);
+        poly = poly * t + Vector512.Create(-0.18628806f);
+        poly = poly * t + Vector512.Create(0.09678418f);
+        poly = poly * t + Vector512.Create(0.37409196f);
+        poly = poly * t + Vector512.Create(1.00002368f);
+        poly = poly * t + Vector512.Create(-1.26551223f);
+        var half = 0.5f * (t * gauss * Vector512.Exp(poly));
+        var cdf = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
+        derivative = cdf + x * (0.39894228040143268f * gauss);
+        return x * cdf;
     }
 
     // ---- Cross-entropy ----
@@ -214,11 +255,7 @@ internal static unsafe class HostRows
             for (int row = a; row < b; row++)
             {
                 float* z = lg + (long)row * vocab;
-                float m = float.NegativeInfinity;
-                for (int j = 0; j < vocab; j++) m = MathF.Max(m, z[j]);
-                float s = 0f;
-                for (int j = 0; j < vocab; j++) s += MathF.Exp(z[j] - m);
-                float l = m + MathF.Log(s);
+                float l = LogSumExp(z, vocab);
                 ls[row] = l;
                 int label = lab[row];
                 bool counted = label != CrossEntropyKernels.IgnoreIndex;
@@ -235,6 +272,39 @@ internal static unsafe class HostRows
         }
         result[0] = count > 0f ? sum / count : 0f;
         result[1] = count;
+    }
+
+    /// <summary>max + log Σ exp(z − max) over one row (16 lanes at a time where the hardware has them).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float LogSumExp(float* z, int n)
+    {
+        float m = float.NegativeInfinity;
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated && n >= Vector512<float>.Count)
+        {
+            var vm = Vector512.Create(float.NegativeInfinity);
+            for (; j + Vector512<float>.Count <= n; j += Vector512<float>.Count) vm = Vector512.Max(vm, Vector512.Load(z + j));
+            m = MaxLanes(vm);
+        }
+        for (; j < n; j++) m = MathF.Max(m, z[j]);
+        float s = 0f;
+        j = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var vs = Vector512<float>.Zero;
+            var vmax = Vector512.Create(m);
+            for (; j + Vector512<float>.Count <= n; j += Vector512<float>.Count) vs += Vector512.Exp(Vector512.Load(z + j) - vmax);
+            s = Vector512.Sum(vs);
+        }
+        for (; j < n; j++) s += MathF.Exp(z[j] - m);
+        return m + MathF.Log(s);
+    }
+
+    private static float MaxLanes(Vector512<float> v)
+    {
+        float m = float.NegativeInfinity;
+        for (int i = 0; i < Vector512<float>.Count; i++) m = MathF.Max(m, v.GetElement(i));
+        return m;
     }
 
     public static void CrossEntropyBackward(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse, ArrayView<float> loss,
@@ -255,11 +325,13 @@ internal static unsafe class HostRows
                     continue;
                 }
                 float l = ((float*)plse)[row];
-                for (int j = 0; j < vocab; j++)
-                {
-                    float p = MathF.Exp(z[j] - l);
-                    d[j] = (j == label ? p - 1f : p) * scale;
-                }
+                float zLabel = (uint)label < (uint)vocab ? z[label] : 0f; // read before d, which may be z, is written
+                int j = 0;
+                if (Vector512.IsHardwareAccelerated)
+                    for (; j + Vector512<float>.Count <= vocab; j += Vector512<float>.Count)
+                        (Vector512.Exp(Vector512.Load(z + j) - Vector512.Create(l)) * scale).Store(d + j);
+                for (; j < vocab; j++) d[j] = MathF.Exp(z[j] - l) * scale;
+                if ((uint)label < (uint)vocab) d[label] = (MathF.Exp(zLabel - l) - 1f) * scale;
             }
         });
     }
