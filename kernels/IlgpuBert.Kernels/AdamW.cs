@@ -95,17 +95,12 @@ public sealed class AdamWKernels
         ArrayView<float> norm, long n, AdamWArgs a)
     {
         float clip = a.MaxNorm > 0f ? MathF.Min(1f, a.MaxNorm / (norm[0] + 1e-6f)) : 1f;
-        float stepSize = a.Lr / a.BiasCorrection1;
         long step = GridStride.Step;
         for (long i = GridStride.Start; i < n; i += step)
         {
-            float g = grad[i] * clip;
-            float mi = a.Beta1 * m[i] + (1f - a.Beta1) * g;
-            float vi = a.Beta2 * v[i] + (1f - a.Beta2) * g * g;
+            param[i] = a.Step(param[i], grad[i] * clip, m[i], v[i], out float mi, out float vi);
             m[i] = mi;
             v[i] = vi;
-            float p = param[i] * (1f - a.Lr * a.WeightDecay);
-            param[i] = p - stepSize * mi / (MathF.Sqrt(vi) / a.SqrtBiasCorrection2 + a.Eps);
         }
     }
 
@@ -144,4 +139,13 @@ public sealed class AdamWKernels
 public struct AdamWArgs
 {
     public float Lr, Beta1, Beta2, Eps, WeightDecay, BiasCorrection1, SqrtBiasCorrection2, MaxNorm;
+
+    /// <summary>One element's update (the kernel and the CPU host path share it): the new parameter, and the new moments.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public readonly float Step(float param, float g, float m, float v, out float mNew, out float vNew)
+    {
+        mNew = Beta1 * m + (1f - Beta1) * g;
+        vNew = Beta2 * v + (1f - Beta2) * g * g;
+        return param * (1f - Lr * WeightDecay) - Lr / BiasCorrection1 * mNew / (MathF.Sqrt(vNew) / SqrtBiasCorrection2 + Eps);
+    }
 }

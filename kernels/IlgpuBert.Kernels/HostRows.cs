@@ -379,7 +379,6 @@ internal static unsafe class HostRows
 
     public static void AdamWUpdate(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v, float clip, long n, AdamWArgs a)
     {
-        float stepSize = a.Lr / a.BiasCorrection1;
         nint pp = (nint)P(param), pg = (nint)P(grad), pm = (nint)P(m), pv = (nint)P(v);
         int blocks = (int)Math.Min(n, 1 << 20);
         Blocks(blocks, n * 4, (b0, b1) =>
@@ -387,13 +386,9 @@ internal static unsafe class HostRows
             float* ps = (float*)pp, gs = (float*)pg, ms = (float*)pm, vs = (float*)pv;
             for (long i = n * b0 / blocks, end = n * b1 / blocks; i < end; i++)
             {
-                float g = gs[i] * clip;
-                float mi = a.Beta1 * ms[i] + (1f - a.Beta1) * g;
-                float vi = a.Beta2 * vs[i] + (1f - a.Beta2) * g * g;
+                ps[i] = a.Step(ps[i], gs[i] * clip, ms[i], vs[i], out float mi, out float vi);
                 ms[i] = mi;
                 vs[i] = vi;
-                float p = ps[i] * (1f - a.Lr * a.WeightDecay);
-                ps[i] = p - stepSize * mi / (MathF.Sqrt(vi) / a.SqrtBiasCorrection2 + a.Eps);
             }
         });
     }

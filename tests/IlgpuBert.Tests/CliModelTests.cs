@@ -259,6 +259,11 @@ public class CliModelTests : IDisposable
         Assert.Equal(2, code);
         Assert.Contains("no device cpu:7", err);
 
+        (code, _, err) = CliRunner.Run("pretrain", "--size", "tinyy", "--out", dir.File("typo"), "--device", "cpu");
+        Assert.Equal(2, code);
+        Assert.Contains("unknown size \"tinyy\"", err);
+        Assert.False(Directory.Exists(dir.File("typo"))); // refused before any work or any file
+
         (code, _, err) = CliRunner.Run("pretrain", "--lr", "Infinity", "--out", dir.File("p"), "--device", "cpu");
         Assert.Equal(2, code);
         Assert.Contains("--lr must be a positive number", err);

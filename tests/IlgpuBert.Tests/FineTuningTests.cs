@@ -264,7 +264,10 @@ public class FineTuningTests
         File.WriteAllText(dir.File("texts.txt"), "it was very good\n\nthe door is so sad\n");
         (code, stdout, err) = CliRunner.Run("predict", "--model", dir.File("out"), "--input", dir.File("texts.txt"), "--device", "cpu");
         Assert.True(code == 0, err);
-        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var answered = stdout.TrimEnd('\n').Split('\n');
+        Assert.Equal(3, answered.Length); // one output line per input line, the blank one kept blank
+        Assert.Equal("", answered[1]);
+        var lines = answered.Where(l => l.Length > 0).ToArray();
         Assert.Equal(2, lines.Length);
         Assert.All(lines, l =>
         {

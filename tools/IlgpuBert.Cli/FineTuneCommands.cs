@@ -138,8 +138,13 @@ public static class FineTuneCommands
             if (examples.Count == 0) throw new ArgumentException("no texts to predict");
             var featurizer = new Featurizer(BertTextEncoder.Load(dir), m.Task, Math.Min(parse.GetValue(maxLength), m.Config.MaxPositionEmbeddings));
             var features = examples.Select(e => featurizer.Make(e, labelled: false)).ToList();
+            int printed = 0; // input lines answered so far: a blank input line gets a blank output line
             foreach (var p in loaded.Predict(featurizer, features, parse.GetValue(batch)))
+            {
+                int line = int.Parse(p.Example.Source[(p.Example.Source.LastIndexOf(':') + 1)..], CultureInfo.InvariantCulture);
+                for (printed++; printed < line; printed++) stdout.WriteLine();
                 stdout.WriteLine(Format(m.Task, p));
+            }
             return 0;
         });
         return command;

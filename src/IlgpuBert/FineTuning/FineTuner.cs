@@ -50,6 +50,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
     {
         o.Validate();
         using var outputLock = OutputLock.Acquire(outDir);
+        log.WriteLine($"device: {device.Spec} ({device.Name})");
         string source = o.InitFrom ?? o.Model!;
         var encoder = BertTextEncoder.Load(source);
         string vocabPath = Path.Combine(source, BertFolder.VocabFile);

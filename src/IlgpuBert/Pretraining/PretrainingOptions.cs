@@ -54,6 +54,7 @@ public sealed record PretrainingOptions
         Positive("--seq-len", SeqLen);
         Positive("--lr", LearningRate);
         Positive("--grad-accum", GradAccum);
+        if (Model is null) _ = IlgpuBert.Model.BertConfig.ForSize(Size); // an unknown --size fails before any work
         if (SeqLen < 8) throw new ArgumentException($"--seq-len {SeqLen} is too short (at least 8)");
         if (!(MaskRate > 0 && MaskRate < 1)) throw new ArgumentException($"--mask-rate must be in (0, 1), got {MaskRate}");
         if (Warmup is < 0) throw new ArgumentException("--warmup must not be negative");

@@ -54,6 +54,7 @@ public sealed class Trainer
         if (File.Exists(Path.Combine(outDir, "eval.json")))
             throw new ArgumentException($"{outDir} holds a fine-tuned model (eval.json); pretraining would overwrite it: choose another --out");
         using var outputLock = OutputLock.Acquire(outDir);
+        log.WriteLine($"device: {device.Spec} ({device.Name})");
 
         // Model and vocabulary: a checkpoint to resume, a given model, or a new one of --size.
         string vocabPath;
