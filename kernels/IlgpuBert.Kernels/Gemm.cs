@@ -82,6 +82,12 @@ public sealed class GemmKernels
     /// <summary>Forces one block tile (tests, benchmarks); null lets the shape decide.</summary>
     public GemmTile? ForceTile { get; set; }
 
+    /// <summary>
+    /// The CPU host path's micro-kernel: 12×32 of Vector512 when true (the default where AVX-512
+    /// is accelerated), else four 6×16 quarters of Vector256. Tests set false to run the other.
+    /// </summary>
+    public bool HostVector512 { get; set; } = System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated;
+
     private bool UseHost => set.IsCpu && !ForceDeviceKernel;
 
     /// <summary>
@@ -99,7 +105,7 @@ public sealed class GemmKernels
         if (UseHost)
         {
             set.Accelerator.Synchronize(); // kernels queued before us must have written A, B and C
-            HostGemm.Run(args, batch, a, b, c, bias);
+            HostGemm.Run(args, batch, a, b, c, bias, HostVector512);
             return;
         }
         Launch(args, batch, a, b, c, bias, c, null);
@@ -120,7 +126,7 @@ public sealed class GemmKernels
         {
             set.Accelerator.Synchronize();
             args.HasBias = 0;
-            HostGemm.Run(args, 1, a, b, pre, default);
+            HostGemm.Run(args, 1, a, b, pre, default, HostVector512);
             if (ldc != n) throw new ArgumentException("a fused activation on the CPU needs ldc = N");
             set.Activation.Forward(act, pre, bias, y, m, n);
             return;

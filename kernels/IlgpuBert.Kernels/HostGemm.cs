@@ -3,9 +3,10 @@
 // ILGPU's CPU accelerator keeps its buffers in host memory, so the launcher can hand their
 // addresses to plain C# (ILGPU-NOTES.md: ~0.1 GFLOP/s for a thin-thread kernel there, ~46 for
 // host SIMD code). This is the classic Goto/BLIS loop nest: C is cut into MC×NC tasks spread over
-// the cores; each task packs K-slices of op(A) into 6-row panels and of op(B) into 16-column
-// panels (so transposes cost nothing extra), then a 6×16 register-blocked micro-kernel of
-// Vector256 fused multiply-adds (12 accumulators) runs over the panels.
+// the cores; each task packs K-slices of op(A) into 12-row panels and of op(B) into 32-column
+// panels (so transposes cost nothing extra), then a 12×32 register-blocked micro-kernel runs over
+// the panels: 24 Vector512 fused multiply-add accumulators where the hardware has AVX-512, else
+// the same tile as four 6×16 quarters of Vector256 (12 accumulators each, within AVX2's 16 registers).
 using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -16,14 +17,14 @@ namespace IlgpuBert.Kernels;
 
 internal static unsafe class HostGemm
 {
-    private const int MR = 6, NR = 16, MC = 96, NC = 256, KC = 256;
+    private const int MR = 12, NR = 32, MC = 96, NC = 256, KC = 256;
 
     // Packing buffers, shared by whichever threads run tasks: thread-static ones were reallocated
     // (megabytes, pinned) each time the thread pool brought in a new worker.
     private static readonly ConcurrentBag<float[]> APacks = new(), BPacks = new();
 
     public static void Run(GemmArgs p, int batch, ArrayView<float> a, ArrayView<float> b,
-        ArrayView<float> c, ArrayView<float> bias)
+        ArrayView<float> c, ArrayView<float> bias, bool wide)
     {
         float* pa = (float*)a.LoadEffectiveAddressAsPtr();
         float* pb = (float*)b.LoadEffectiveAddressAsPtr();
@@ -37,18 +38,18 @@ internal static unsafe class HostGemm
         if (tasks == 1 || flops < 2e6)
         {
             for (int t = 0; t < tasks; t++)
-                RunTask(args, t, mBlocks, nBlocks, pa, pb, pc, pbias);
+                RunTask(args, t, mBlocks, nBlocks, pa, pb, pc, pbias, wide);
             return;
         }
         // Pointers cannot be captured by a lambda; pass them as integers.
         nint ia = (nint)pa, ib = (nint)pb, ic = (nint)pc, ibias = (nint)pbias;
         Parallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks,
-            (float*)ia, (float*)ib, (float*)ic, (float*)ibias));
+            (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunTask(GemmArgs p, int task, int mBlocks, int nBlocks,
-        float* a, float* b, float* c, float* bias)
+        float* a, float* b, float* c, float* bias, bool wide)
     {
         int perBatch = mBlocks * nBlocks;
         int batchIdx = task / perBatch, rest = task % perBatch;
@@ -63,7 +64,7 @@ internal static unsafe class HostGemm
         try
         {
             fixed (float* ap = aPack, bp = bPack)
-                Block(p, a, b, c, bias, i0, mc, j0, nc, ap, bp);
+                Block(p, a, b, c, bias, i0, mc, j0, nc, ap, bp, wide);
         }
         finally
         {
@@ -74,7 +75,7 @@ internal static unsafe class HostGemm
 
     /// <summary>C[i0.., j0..] (mc × nc) over all K slices, packing into ap and bp.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* ap, float* bp)
+    private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* ap, float* bp, bool wide)
     {
         float* tile = stackalloc float[MR * NR];
         int kTotal = Math.Max(p.K, 1);
@@ -88,14 +89,19 @@ internal static unsafe class HostGemm
             {
                 for (int ir = 0; ir < mc; ir += MR)
                 {
-                    Micro6x16(kc, ap + ir * kc, bp + jr * kc, tile);
+                    float* aPanel = ap + ir * kc, bPanel = bp + jr * kc;
+                    if (wide)
+                        Micro12x32(kc, aPanel, bPanel, tile);
+                    else
+                        for (int half = 0; half < 4; half++) // rows 0–5 / 6–11 × columns 0–15 / 16–31
+                            Micro6x16(kc, aPanel + half / 2 * 6, bPanel + half % 2 * 16, tile + half / 2 * 6 * NR + half % 2 * 16);
                     Merge(p, c, bias, tile, i0 + ir, Math.Min(MR, mc - ir), j0 + jr, Math.Min(NR, nc - jr), first);
                 }
             }
         }
     }
 
-    /// <summary>op(A)[i0.., k0..] into 6-row panels: panel r holds element (i, k) at k·6 + i.</summary>
+    /// <summary>op(A)[i0.., k0..] into 12-row panels: panel r holds element (i, k) at k·12 + i.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackA(GemmArgs p, float* a, int i0, int mc, int k0, int kc, float* dst)
     {
@@ -125,7 +131,7 @@ internal static unsafe class HostGemm
         }
     }
 
-    /// <summary>op(B)[k0.., j0..] into 16-column panels: panel holds element (k, j) at k·16 + j.</summary>
+    /// <summary>op(B)[k0.., j0..] into 32-column panels: panel holds element (k, j) at k·32 + j.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackB(GemmArgs p, float* b, int j0, int nc, int k0, int kc, float* dst)
     {
@@ -140,10 +146,7 @@ internal static unsafe class HostGemm
                     float* src = b + (long)(k0 + k) * p.Ldb + j0 + jr;
                     float* d = panel + k * NR;
                     if (cols == NR)
-                    {
-                        Vector256.Store(Vector256.Load(src), d);
-                        Vector256.Store(Vector256.Load(src + 8), d + 8);
-                    }
+                        for (int j = 0; j < NR; j += 8) Vector256.Store(Vector256.Load(src + j), d + j);
                     else
                     {
                         for (int j = 0; j < NR; j++) d[j] = j < cols ? src[j] : 0f;
@@ -166,6 +169,57 @@ internal static unsafe class HostGemm
         }
     }
 
+    /// <summary>tile (12 × 32, row stride 32) = Σ_k a[k·12 + i]·b[k·32 + j]: 24 Vector512 accumulators of AVX-512's 32 registers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Micro12x32(int kc, float* a, float* b, float* tile)
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default, c60 = default, c61 = default, c70 = default, c71 = default, c80 = default, c81 = default, c90 = default, c91 = default, c100 = default, c101 = default, c110 = default, c111 = default;
+        for (int k = 0; k < kc; k++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var x = Vector512.Create(a[0]);
+            c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            x = Vector512.Create(a[1]);
+            c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            x = Vector512.Create(a[2]);
+            c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            x = Vector512.Create(a[3]);
+            c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+            x = Vector512.Create(a[4]);
+            c40 = Vector512.FusedMultiplyAdd(x, b0, c40); c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
+            x = Vector512.Create(a[5]);
+            c50 = Vector512.FusedMultiplyAdd(x, b0, c50); c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
+            x = Vector512.Create(a[6]);
+            c60 = Vector512.FusedMultiplyAdd(x, b0, c60); c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
+            x = Vector512.Create(a[7]);
+            c70 = Vector512.FusedMultiplyAdd(x, b0, c70); c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
+            x = Vector512.Create(a[8]);
+            c80 = Vector512.FusedMultiplyAdd(x, b0, c80); c81 = Vector512.FusedMultiplyAdd(x, b1, c81);
+            x = Vector512.Create(a[9]);
+            c90 = Vector512.FusedMultiplyAdd(x, b0, c90); c91 = Vector512.FusedMultiplyAdd(x, b1, c91);
+            x = Vector512.Create(a[10]);
+            c100 = Vector512.FusedMultiplyAdd(x, b0, c100); c101 = Vector512.FusedMultiplyAdd(x, b1, c101);
+            x = Vector512.Create(a[11]);
+            c110 = Vector512.FusedMultiplyAdd(x, b0, c110); c111 = Vector512.FusedMultiplyAdd(x, b1, c111);
+            a += MR;
+            b += NR;
+        }
+        c00.Store(tile + 0); c01.Store(tile + 16);
+        c10.Store(tile + 32); c11.Store(tile + 48);
+        c20.Store(tile + 64); c21.Store(tile + 80);
+        c30.Store(tile + 96); c31.Store(tile + 112);
+        c40.Store(tile + 128); c41.Store(tile + 144);
+        c50.Store(tile + 160); c51.Store(tile + 176);
+        c60.Store(tile + 192); c61.Store(tile + 208);
+        c70.Store(tile + 224); c71.Store(tile + 240);
+        c80.Store(tile + 256); c81.Store(tile + 272);
+        c90.Store(tile + 288); c91.Store(tile + 304);
+        c100.Store(tile + 320); c101.Store(tile + 336);
+        c110.Store(tile + 352); c111.Store(tile + 368);
+    }
+
+    /// <summary>A 6 × 16 quarter of a 12 × 32 tile on Vector256: six rows of a (row stride 12), sixteen columns of b (row stride 32), into tile (row stride 32).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Micro6x16(int kc, float* a, float* b, float* tile)
     {
@@ -190,9 +244,9 @@ internal static unsafe class HostGemm
             a += MR;
             b += NR;
         }
-        c00.Store(tile); c01.Store(tile + 8); c10.Store(tile + 16); c11.Store(tile + 24);
-        c20.Store(tile + 32); c21.Store(tile + 40); c30.Store(tile + 48); c31.Store(tile + 56);
-        c40.Store(tile + 64); c41.Store(tile + 72); c50.Store(tile + 80); c51.Store(tile + 88);
+        c00.Store(tile); c01.Store(tile + 8); c10.Store(tile + NR); c11.Store(tile + NR + 8);
+        c20.Store(tile + 2 * NR); c21.Store(tile + 2 * NR + 8); c30.Store(tile + 3 * NR); c31.Store(tile + 3 * NR + 8);
+        c40.Store(tile + 4 * NR); c41.Store(tile + 4 * NR + 8); c50.Store(tile + 5 * NR); c51.Store(tile + 5 * NR + 8);
     }
 
     /// <summary>C = α·tile + β·C + bias on the first K-slice; C += α·tile on later ones.</summary>

@@ -212,14 +212,24 @@ public class GemmTests
     }
 
     [Theory]
-    [InlineData(false, false)]
-    [InlineData(true, true)]
-    [InlineData(false, true)]
-    public void Cpu_path_is_right_across_blocks_and_k_slices(bool ta, bool tb)
+    [InlineData(false, false, true)]
+    [InlineData(true, true, true)]
+    [InlineData(false, true, true)]
+    [InlineData(false, false, false)]
+    [InlineData(true, false, false)]
+    public void Cpu_path_is_right_across_blocks_and_k_slices(bool ta, bool tb, bool vector512)
     {
         // Larger than one MC×NC block and one KC slice of the host GEMM, with ragged edges,
-        // so every loop of the blocked nest and the parallel split runs.
+        // so every loop of the blocked nest and the parallel split runs; both micro-kernels.
         var d = Devices.Get("cpu");
+        bool before = d.Kernels.Gemm.HostVector512;
+        d.Kernels.Gemm.HostVector512 = vector512;
+        try { CpuPathCase(d, ta, tb); }
+        finally { d.Kernels.Gemm.HostVector512 = before; }
+    }
+
+    private static void CpuPathCase(TestDevice d, bool ta, bool tb)
+    {
         int m = 203, n = 301, k = 530;
         var rng = new Random(99);
         int lda = ta ? m : k, ldb = tb ? k : n;
