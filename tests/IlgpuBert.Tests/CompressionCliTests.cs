@@ -39,6 +39,10 @@ public class CompressionCliTests
         Cli("compare", "--models", teacher.Dir, T("student"), T("int8"), T("importance"), T("random"), "--out", T("compare.md"), "--latency-examples", "3");
 
         Assert.Contains("| examples/s |", File.ReadAllText(T("compare.md")));
+        var (code, printed, err) = CliRunner.Run("compare", "--models", teacher.Dir, T("int8"), "--latency-examples", "1", "--device", "cpu");
+        Assert.True(code == 0, err);
+        Assert.Contains("| examples/s |", printed); // without --out the table is printed, and no file lands in the current folder
+        Assert.False(File.Exists("compare.md") || File.Exists("compare.csv"));
         var rows = File.ReadAllLines(T("compare.csv")).Skip(1).Select(Row).ToList();
         Assert.Equal(5, rows.Count);
         double original = rows[0].Value["value"], student = rows[1].Value["value"], int8 = rows[2].Value["value"], importance = rows[3].Value["value"];

@@ -76,6 +76,12 @@ public class TaskDataTests
         Assert.Contains("question q1", error.Message);
         Assert.Contains("not at character 4", error.Message);
 
+        // A hostile id (a whole object) and a huge answer never flood the message.
+        File.WriteAllText(dir.File("hostile.json"), File.ReadAllText(dir.File("bad.json")).Replace("\"id\": \"q1\"", "\"id\": {\"x\": \"" + new string('y', 100_000) + "\"}")
+            .Replace("\"text\": \"blue\"", "\"text\": \"" + new string('z', 100_000) + "\""));
+        error = Assert.Throws<DataFormatException>(() => TaskData.Read(dir.File("hostile.json"), TaskKind.QuestionAnswering, new ColumnSpec()));
+        Assert.True(error.Message.Length < 400, error.Message[..Math.Min(400, error.Message.Length)]);
+
         // answer_start counts code points, as Python's str does: an emoji before the answer is one character, two UTF-16 units.
         File.WriteAllText(dir.File("emoji.json"), File.ReadAllText(dir.File("qa.json")).Replace("The sky", "\U0001F600 The sky").Replace("\"answer_start\": 11", "\"answer_start\": 13"));
         var answer = Assert.Single(TaskData.Read(dir.File("emoji.json"), TaskKind.QuestionAnswering, new ColumnSpec())).Answers![0];
@@ -87,6 +93,9 @@ public class TaskDataTests
     [InlineData("t.tsv", "sentence\tlabel\nfine\tpos\n", "t.tsv", "no text column \"text\"")]
     [InlineData("r.tsv", "text\tlabel\nfine\tlots\n", "r.tsv:2", "not a finite number")]
     [InlineData("c.csv", "text,label\n\"open,pos\n", "c.csv:2", "unterminated quoted field")]
+    [InlineData("c.csv", "text,label\nfine,pos\nab\"cd,neg\n", "c.csv:3", "a quote inside unquoted field 1")]
+    [InlineData("c.csv", "text,label\n\"ab\"cd,neg\n", "c.csv:2", "text after the closing quote of field 1")]
+    [InlineData("c.csv", "text,label\nfine,\"pos\" \n", "c.csv:2", "text after the closing quote of field 2")]
     [InlineData("j.jsonl", "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\"\n", "j.jsonl:2", "invalid JSON")]
     [InlineData("j.jsonl", "{\"text\": \"a\"}\n", "j.jsonl:1", "no \"label\" field")]
     [InlineData("n.conll", "Alice B-PER\nlives\n", "n.conll:2", "has no tag")]

@@ -132,7 +132,7 @@ public static class AnalyzeCommand
             var csv = new StringBuilder("layer,accuracy,random_model_accuracy\n");
             for (int l = 0; l < real.Length; l++) csv.Append($"{(l == 0 ? "embeddings" : l.ToString())},{F(real[l])},{F(control[l])}\n");
             AtomicFile.WriteText(Path.Combine(outDir, "probe.csv"), csv.ToString());
-            AnalysisPlots.PerLayer(Path.Combine(outDir, "probe.png"), $"linear probe accuracy ({labels.Count} classes)", "accuracy",
+            AnalysisPlots.PerLayer(Path.Combine(outDir, "probe.png"), $"linear probe accuracy ({labels.Count} classes)", "accuracy", (0, 1),
                 ("model", real), ("random model (control)", control));
             stdout.Write(csv.ToString());
             return 0;
@@ -159,7 +159,7 @@ public static class AnalyzeCommand
             for (int l = 0; l < aniso.Length; l++) csv.Append($"{(l == 0 ? "embeddings" : l.ToString())},{F(aniso[l])},{F(intra[l])},{F(self[l])}\n");
             AtomicFile.WriteText(Path.Combine(dir, "similarity.csv"), csv.ToString());
             AnalysisPlots.PerLayer(Path.Combine(dir, "similarity.png"), "contextuality of token representations", "mean cosine similarity",
-                ("anisotropy", aniso), ("intra-sentence", intra), ("self-similarity", self));
+                (Math.Min(0, new[] { aniso, intra, self }.SelectMany(v => v).Min()), 1), ("anisotropy", aniso), ("intra-sentence", intra), ("self-similarity", self));
             stdout.Write(csv.ToString());
             return 0;
         });

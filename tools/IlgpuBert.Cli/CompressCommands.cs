@@ -245,7 +245,7 @@ public static class CompressCommands
     {
         var models = new Option<string[]>("--models") { Description = "model folders to compare (the first is the reference)", Required = true, AllowMultipleArgumentsPerToken = true };
         var eval = new Option<string?>("--eval") { Description = "labelled evaluation file in the models' task format (default: the embedded default task's held-out split)" };
-        var output = Opt("--out", "Markdown table to write (a .csv with the same name is written beside it)", "compare.md");
+        var output = new Option<string?>("--out") { Description = "Markdown file to write the table to, a .csv with the same name beside it (default: the table is printed only)" };
         var batch = Opt("--batch-size", "batch size of the throughput measurement", 32);
         var latency = Opt("--latency-examples", "single examples the latency median is taken over", 50);
         var maxLength = Opt("--max-length", "word pieces per example", 128);
@@ -267,7 +267,7 @@ public static class CompressCommands
             string table = Comparison.Markdown(rows, $"{device.Spec} ({device.Name}, {Environment.ProcessorCount} cores)", parse.GetValue(batch), examples.Count);
             stdout.WriteLine();
             stdout.Write(table);
-            string path = parse.GetValue(output)!;
+            if (parse.GetValue(output) is not { } path) return 0; // nothing written unless asked: no stray files in the current folder
             string? folder = Path.GetDirectoryName(Path.GetFullPath(path));
             if (folder is not null) Directory.CreateDirectory(folder);
             AtomicFile.WriteText(path, table);

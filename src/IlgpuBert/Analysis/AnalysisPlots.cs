@@ -82,15 +82,27 @@ public static class AnalysisPlots
         Save(plot, path, Math.Clamp(160 + heads * 70, 500, 1600), Math.Clamp(120 + layers * 50, 350, 1400));
     }
 
-    /// <summary>One line per series over layers 0 (embeddings) … L.</summary>
-    public static void PerLayer(string path, string title, string yLabel, params (string Name, double[] Values)[] series)
+    /// <summary>
+    /// One line per series over layers 0 (embeddings) … L, each with its own marker and dash
+    /// pattern so that equal series stay visible; <paramref name="yRange"/> fixes the y axis
+    /// (accuracies and cosines live in [0, 1]).
+    /// </summary>
+    public static void PerLayer(string path, string title, string yLabel, (double Min, double Max) yRange, params (string Name, double[] Values)[] series)
     {
         var plot = new Plot();
-        foreach (var (name, values) in series)
+        MarkerShape[] markers = [MarkerShape.FilledCircle, MarkerShape.OpenSquare, MarkerShape.FilledTriangleUp, MarkerShape.OpenDiamond];
+        LinePattern[] patterns = [LinePattern.Solid, LinePattern.Dashed, LinePattern.Dotted, LinePattern.DenselyDashed];
+        for (int k = 0; k < series.Length; k++)
         {
+            var (name, values) = series[k];
             var line = plot.Add.Scatter(Enumerable.Range(0, values.Length).Select(i => (double)i).ToArray(), values);
             line.LegendText = name;
+            line.MarkerShape = markers[k % markers.Length];
+            line.MarkerSize = 9 - 2 * (k % 3);
+            line.LinePattern = patterns[k % patterns.Length];
         }
+        double pad = 0.03 * (yRange.Max - yRange.Min);
+        plot.Axes.SetLimitsY(yRange.Min - pad, yRange.Max + pad);
         int layers = series.Max(s => s.Values.Length);
         plot.Axes.Bottom.SetTicks(Enumerable.Range(0, layers).Select(i => (double)i).ToArray(),
             Enumerable.Range(0, layers).Select(i => i == 0 ? "emb" : i.ToString()).ToArray());

@@ -133,7 +133,7 @@ public static class TaskData
             int start = line;
             var cells = new List<string>();
             var cell = new StringBuilder();
-            bool quoted = false;
+            bool quoted = false, closed = false; // closed: this field's quotes have ended, only a comma may follow
             for (int i = 0; ; i++)
             {
                 if (i == text.Length)
@@ -150,11 +150,14 @@ public static class TaskData
                 {
                     if (c != '"') cell.Append(c);
                     else if (i + 1 < text.Length && text[i + 1] == '"') { cell.Append('"'); i++; }
-                    else quoted = false;
+                    else (quoted, closed) = (false, true);
                 }
+                else if (c == ',') { cells.Add(cell.ToString()); cell.Clear(); closed = false; }
+                else if (c == '\r') { }
+                else if (closed) throw new DataFormatException($"{path}:{line}: text after the closing quote of field {cells.Count + 1} (RFC 4180: a quoted field ends at a comma or the line's end)");
                 else if (c == '"' && cell.Length == 0) quoted = true;
-                else if (c == ',') { cells.Add(cell.ToString()); cell.Clear(); }
-                else if (c != '\r') cell.Append(c);
+                else if (c == '"') throw new DataFormatException($"{path}:{line}: a quote inside unquoted field {cells.Count + 1} (quote the whole field and double its quotes: \"ab\"\"cd\")");
+                else cell.Append(c);
             }
             cells.Add(cell.ToString());
             yield return (start, cells.ToArray());
@@ -242,7 +245,7 @@ public static class TaskData
                     string context = paragraph?["context"]?.GetValue<string>() ?? throw new DataFormatException($"{path}: a paragraph has no \"context\"");
                     foreach (var qa in paragraph["qas"] as JsonArray ?? [])
                     {
-                        string id = qa?["id"]?.ToString() ?? $"#{result.Count}";
+                        string id = qa?["id"] is JsonValue idValue ? Short(idValue.ToString()) : $"#{result.Count}"; // never a whole nested object in a message
                         string where = $"{path}: question {id}";
                         string question = qa?["question"]?.GetValue<string>() ?? throw new DataFormatException($"{where}: no \"question\"");
                         var answers = new List<QaAnswer>();
@@ -253,7 +256,7 @@ public static class TaskData
                             // SQuAD counts characters as Python does (code points); .NET strings count UTF-16 units.
                             int startChar = Utf16Index(context, startCodePoint);
                             if (startChar < 0 || startChar + text.Length > context.Length || string.CompareOrdinal(context, startChar, text, 0, text.Length) != 0)
-                                throw new DataFormatException($"{where}: answer \"{text}\" is not at character {startCodePoint} of its context");
+                                throw new DataFormatException($"{where}: answer \"{Short(text)}\" is not at character {startCodePoint} of its context");
                             answers.Add(new QaAnswer(text, startChar));
                         }
                         if (labelled && answers.Count == 0) throw new DataFormatException($"{where}: no answers (SQuAD v1.1 questions all have one)");
@@ -289,6 +292,9 @@ public static class TaskData
         }
         return result;
     }
+
+    /// <summary>Text for an error message: at most 80 characters.</summary>
+    private static string Short(string s) => s.Length <= 80 ? s : s[..77] + "...";
 
     /// <summary>The UTF-16 index of code point <paramref name="codePoints"/> of <paramref name="s"/> (−1 when out of range).</summary>
     internal static int Utf16Index(string s, int codePoints)
