@@ -259,6 +259,12 @@ public class CliModelTests : IDisposable
         Assert.Equal(2, code);
         Assert.Contains("no device cpu:7", err);
 
+        File.WriteAllLines(dir.File("nocls.txt"), ["[PAD]", "[UNK]", "[SEP]", "[MASK]", "word"]);
+        (code, _, err) = CliRunner.Run("init", "--vocab", dir.File("nocls.txt"), "--out", dir.File("nocls"), "--device", "cpu");
+        Assert.Equal(2, code);
+        Assert.Contains("nocls.txt: the vocabulary has no [CLS] token", err); // what every later verb would say, said at once
+        Assert.False(Directory.Exists(dir.File("nocls")));
+
         (code, _, err) = CliRunner.Run("pretrain", "--size", "tinyy", "--out", dir.File("typo"), "--device", "cpu");
         Assert.Equal(2, code);
         Assert.Contains("unknown size \"tinyy\"", err);

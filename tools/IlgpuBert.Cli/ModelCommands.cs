@@ -48,6 +48,7 @@ public static class ModelCommands
             {
                 int vocabCount = ReadVocab(vocabPath).Length;
                 var config = BertConfig.ForSize(parse.GetValue(size)!, vocabCount);
+                _ = BertTextEncoder.FromVocab(vocabPath); // a vocabulary every later verb would refuse is refused now, before anything is written
                 using var device = Cli.OpenDevice(parse);
                 using var model = new BertForPreTraining(device, config);
                 model.Parameters.Initialize(parse.GetValue(seed));

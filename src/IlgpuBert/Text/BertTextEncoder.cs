@@ -71,11 +71,12 @@ public sealed class BertTextEncoder
 
     public static BertTextEncoder FromVocab(string vocabPath, BertNormalizer normalizer)
     {
+        var vocabulary = WordPiece.ReadVocabulary(vocabPath); // its own errors name the file
         try
         {
-            return new BertTextEncoder(new WordPiece(WordPiece.ReadVocabulary(vocabPath)), normalizer);
+            return new BertTextEncoder(new WordPiece(vocabulary), normalizer);
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is ArgumentException or CheckpointException)
         {
             throw new CheckpointException($"{vocabPath}: {e.Message}");
         }
