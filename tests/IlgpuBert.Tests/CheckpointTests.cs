@@ -207,6 +207,12 @@ public class CheckpointTests
         e = Assert.Throws<CheckpointException>(() => BertFolder.Save(model, dir.Path));
         Assert.Contains("not written: parameter bert.pooler.dense.bias", e.Message);
         Assert.Equal(good, File.ReadAllBytes(weights));
+        Assert.Throws<CheckpointException>(() => BertFolder.Save(model, dir.File("new")));
+        Assert.False(Directory.Exists(dir.File("new"))); // a folder the failed save created is not left half-written
+
+        Directory.CreateDirectory(dir.File("checkpoint-5.tmp"));
+        foreach (var f in Directory.GetFiles(dir.Path)) File.Copy(f, System.IO.Path.Combine(dir.File("checkpoint-5.tmp"), System.IO.Path.GetFileName(f)));
+        Assert.Contains("unfinished checkpoint", Assert.Throws<CheckpointException>(() => BertFolder.Load(device, dir.File("checkpoint-5.tmp"))).Message);
     }
 
     [Fact]

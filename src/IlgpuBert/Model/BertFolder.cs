@@ -17,6 +17,8 @@ public static class BertFolder
     public static BertForPreTraining Load(BertDevice device, string dir, TextWriter? log, out IReadOnlyList<string> initializedNames)
     {
         if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
+        if (Path.TrimEndingDirectorySeparator(dir).EndsWith(".tmp", StringComparison.Ordinal))
+            throw new CheckpointException($"{dir}: an unfinished checkpoint (a run stopped while writing it); use the folder without .tmp");
         var config = BertConfig.Read(Path.Combine(dir, ConfigFile));
         string weights = Path.Combine(dir, WeightsFile);
         if (!File.Exists(weights)) throw new CheckpointException($"{weights}: no such file (a model folder needs model.safetensors)");
@@ -44,10 +46,20 @@ public static class BertFolder
     /// <summary>Writes config.json and model.safetensors (each atomically), and copies the vocabulary if given.</summary>
     public static void Save(BertConfig config, BertParameters parameters, string dir, string? vocabSource = null)
     {
+        bool existed = Directory.Exists(dir);
         Directory.CreateDirectory(dir);
-        config.Write(Path.Combine(dir, ConfigFile));
-        parameters.Save(Path.Combine(dir, WeightsFile));
-        if (vocabSource is not null) CopyInto(vocabSource, dir, VocabFile);
+        try
+        {
+            parameters.Save(Path.Combine(dir, WeightsFile)); // the large file first: a full disk fails here, before the config says "model"
+            config.Write(Path.Combine(dir, ConfigFile));
+            if (vocabSource is not null) CopyInto(vocabSource, dir, VocabFile);
+        }
+        catch when (!existed)
+        {
+            // A folder this call created holds nothing usable: remove it rather than leave half a model.
+            try { Directory.Delete(dir, true); } catch (IOException) { }
+            throw;
+        }
     }
 
     /// <summary>Copies a file into <paramref name="dir"/> as <paramref name="name"/> (atomically), unless it is already that file.</summary>

@@ -209,11 +209,19 @@ public sealed class Trainer
         // Written into a temporary folder and renamed, so a crash never leaves half a checkpoint.
         string temp = dir + ".tmp";
         if (Directory.Exists(temp)) Directory.Delete(temp, true);
-        BertFolder.Save(model, temp, vocabPath);
-        optimizer.Save(Path.Combine(temp, OptimizerFile));
-        WriteMetrics(Path.Combine(temp, MetricsFile), metrics);
-        var state = new TrainerState(step, o);
-        AtomicFile.WriteText(Path.Combine(temp, StateFile), JsonSerializer.Serialize(state, PretrainingOptions.Json));
+        try
+        {
+            BertFolder.Save(model, temp, vocabPath);
+            optimizer.Save(Path.Combine(temp, OptimizerFile));
+            WriteMetrics(Path.Combine(temp, MetricsFile), metrics);
+            var state = new TrainerState(step, o);
+            AtomicFile.WriteText(Path.Combine(temp, StateFile), JsonSerializer.Serialize(state, PretrainingOptions.Json));
+        }
+        catch
+        {
+            try { Directory.Delete(temp, true); } catch (IOException) { } // no half checkpoint left behind (e.g. a full disk)
+            throw;
+        }
         if (Directory.Exists(dir)) Directory.Delete(dir, true);
         Directory.Move(temp, dir);
     }
