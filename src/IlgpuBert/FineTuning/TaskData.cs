@@ -175,8 +175,12 @@ public static class TaskData
             if (raw.Trim().Length == 0) continue;
             string where = $"{path}:{line}";
             JsonObject obj;
-            try { obj = JsonNode.Parse(raw) as JsonObject ?? throw new DataFormatException($"{where}: not a JSON object"); }
-            catch (JsonException e) { throw new DataFormatException($"{where}: invalid JSON ({e.Message})"); }
+            try
+            {
+                obj = JsonNode.Parse(raw) as JsonObject ?? throw new DataFormatException($"{where}: not a JSON object");
+                _ = obj.Count; // builds the key table: a duplicate key throws here
+            }
+            catch (Exception e) when (e is JsonException or ArgumentException) { throw new DataFormatException($"{where}: invalid JSON ({e.Message})"); }
             string? Field(string key, bool required)
             {
                 if (!obj.TryGetPropertyValue(key, out var node) || node is null)
@@ -188,8 +192,15 @@ public static class TaskData
                     _ => throw new DataFormatException($"{where}: \"{key}\" must be a string or a number"),
                 };
             }
-            result.Add(Example(kind, where, Field(columns.Text, true)!, pair ? Field(columns.TextPair ?? "text_pair", true) : null,
-                Field(columns.Label, labelled), labelled));
+            try
+            {
+                result.Add(Example(kind, where, Field(columns.Text, true)!, pair ? Field(columns.TextPair ?? "text_pair", true) : null,
+                    Field(columns.Label, labelled), labelled));
+            }
+            catch (InvalidOperationException e) // e.g. a lone surrogate (\ud800) that is no UTF-16 text
+            {
+                throw new DataFormatException($"{where}: unreadable string ({e.Message})");
+            }
         }
         return result;
     }
