@@ -47,9 +47,7 @@ public sealed class AdamWKernels
         if (set.UseHostRows)
         {
             set.Accelerator.Synchronize();
-            float sum = 0f;
-            foreach (var g in grads) sum += HostRows.SumSquares(g, g.Length);
-            norm.SubView(0, 1).CopyFromCPU(set.Accelerator.DefaultStream, [MathF.Sqrt(sum)]);
+            HostRows.GlobalNorm(grads, norm);
             return;
         }
         var partials = set.FloatScratch((long)Math.Max(grads.Count, 1) * PartialsPerTensor);
@@ -81,10 +79,7 @@ public sealed class AdamWKernels
         if (set.UseHostRows)
         {
             set.Accelerator.Synchronize();
-            var clipNorm = new float[1];
-            if (s.MaxGradNorm > 0f) norm.SubView(0, 1).CopyToCPU(set.Accelerator.DefaultStream, clipNorm);
-            float clip = s.MaxGradNorm > 0f ? MathF.Min(1f, s.MaxGradNorm / (clipNorm[0] + 1e-6f)) : 1f;
-            if (n > 0) HostRows.AdamWUpdate(param, grad, m, v, clip, n, args);
+            if (n > 0) HostRows.AdamWUpdate(param, grad, m, v, norm, n, args);
         }
         else if (n > 0) update(set.GridStride(n), param, grad, m, v, s.MaxGradNorm > 0f ? norm : param, n, args);
     }
@@ -94,7 +89,7 @@ public sealed class AdamWKernels
     internal static void UpdateKernel(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v,
         ArrayView<float> norm, long n, AdamWArgs a)
     {
-        float clip = a.MaxNorm > 0f ? MathF.Min(1f, a.MaxNorm / (norm[0] + 1e-6f)) : 1f;
+        float clip = a.Clip(a.MaxNorm > 0f ? norm[0] : 0f);
         long step = GridStride.Step;
         for (long i = GridStride.Start; i < n; i += step)
         {
@@ -139,6 +134,10 @@ public sealed class AdamWKernels
 public struct AdamWArgs
 {
     public float Lr, Beta1, Beta2, Eps, WeightDecay, BiasCorrection1, SqrtBiasCorrection2, MaxNorm;
+
+    /// <summary>The gradient's scale from the global norm, as clip_grad_norm_ (1 when MaxNorm is 0: no clipping).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public readonly float Clip(float norm) => MaxNorm > 0f ? MathF.Min(1f, MaxNorm / (norm + 1e-6f)) : 1f;
 
     /// <summary>One element's update (the kernel and the CPU host path share it): the new parameter, and the new moments.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

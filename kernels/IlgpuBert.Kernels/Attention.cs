@@ -80,6 +80,12 @@ public struct AttentionShape
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal readonly bool Attends(ArrayView<int> mask, int b, int j) => HasMask == 0 || mask[(long)b * SeqLen + j] != 0;
+
+    /// <summary>1 or 0 for keys j … j + 3 of sequence b: attended and inside the sequence.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal readonly Float4 Attends4(ArrayView<int> mask, int b, int j) => new(
+        j < SeqLen && Attends(mask, b, j) ? 1f : 0f, j + 1 < SeqLen && Attends(mask, b, j + 1) ? 1f : 0f,
+        j + 2 < SeqLen && Attends(mask, b, j + 2) ? 1f : 0f, j + 3 < SeqLen && Attends(mask, b, j + 3) ? 1f : 0f);
 }
 
 public sealed class AttentionKernels
@@ -392,8 +398,7 @@ public sealed class AttentionKernels
             Group.Barrier();
 
             int j = j0 + col;
-            var attend = new Float4(j < s && a.Attends(mask, b, j) ? 1f : 0f, j + 1 < s && a.Attends(mask, b, j + 1) ? 1f : 0f,
-                j + 2 < s && a.Attends(mask, b, j + 2) ? 1f : 0f, j + 3 < s && a.Attends(mask, b, j + 3) ? 1f : 0f);
+            var attend = a.Attends4(mask, b, j);
             var sc = Scores(q4, k4, hd8, rg, cg);
             for (int x = 0; x < 4; x++)
                 red[(row + x) * 8 + cg] = Max4(MaskRow(sc.Row(x), a.Scale, attend));
@@ -477,8 +482,7 @@ public sealed class AttentionKernels
             LoadTransposed(head, head4, ks, a, 1, j0, FlashK, t);
             Group.Barrier();
             int j = j0 + col;
-            var attend = new Float4(j < s && a.Attends(mask, b, j) ? 1f : 0f, j + 1 < s && a.Attends(mask, b, j + 1) ? 1f : 0f,
-                j + 2 < s && a.Attends(mask, b, j + 2) ? 1f : 0f, j + 3 < s && a.Attends(mask, b, j + 3) ? 1f : 0f);
+            var attend = a.Attends4(mask, b, j);
             var sc = Scores(q4, k4, hd8, rg, cg);
             for (int x = 0; x < 4; x++)
             {

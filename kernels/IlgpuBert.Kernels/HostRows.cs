@@ -225,16 +225,16 @@ internal static unsafe class HostRows
         var gauss = Vector512.Exp(-0.5f * (h * h)) * Vector512.Exp(-0.5f * ((ax - h) * (ax + h))); // e^(−x²/2)
         var a = ax * 0.70710678118654752f;
         var t = Vector512<float>.One / (Vector512<float>.One + 0.5f * a);
-        var poly = Vector512.Create(0.17087277f);
-        poly = poly * t + Vector512.Create(-0.82215223f);
-        poly = poly * t + Vector512.Create(1.48851587f);
-        poly = poly * t + Vector512.Create(-1.13520398f);
-        poly = poly * t + Vector512.Create(0.27886807f);
-        poly = poly * t + Vector512.Create(-0.18628806f);
-        poly = poly * t + Vector512.Create(0.09678418f);
-        poly = poly * t + Vector512.Create(0.37409196f);
-        poly = poly * t + Vector512.Create(1.00002368f);
-        poly = poly * t + Vector512.Create(-1.26551223f);
+        var poly = Vector512.Create(KernelMath.ErfcC9);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC8);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC7);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC6);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC5);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC4);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC3);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC2);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC1);
+        poly = poly * t + Vector512.Create(KernelMath.ErfcC0);
         var half = 0.5f * (t * gauss * Vector512.Exp(poly));
         var cdf = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
         derivative = cdf + x * (0.39894228040143268f * gauss);
@@ -362,8 +362,16 @@ internal static unsafe class HostRows
 
     // ---- AdamW ----
 
+    /// <summary>norm[0] ← √(Σ over the tensors, in order, of Σ g²), written where the update reads it.</summary>
+    public static void GlobalNorm(IReadOnlyList<ArrayView<float>> grads, ArrayView<float> norm)
+    {
+        float sum = 0f;
+        foreach (var g in grads) sum += SumSquares(g, g.Length);
+        P(norm)[0] = MathF.Sqrt(sum);
+    }
+
     /// <summary>Σ g² of one tensor in the kernel's 32 fixed partials (element i goes to partial i mod 32), summed in order.</summary>
-    public static float SumSquares(ArrayView<float> x, long n)
+    private static float SumSquares(ArrayView<float> x, long n)
     {
         float* p = P(x);
         var partial = stackalloc float[AdamWKernels.PartialsPerTensor];
@@ -377,8 +385,9 @@ internal static unsafe class HostRows
         return s;
     }
 
-    public static void AdamWUpdate(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v, float clip, long n, AdamWArgs a)
+    public static void AdamWUpdate(ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v, ArrayView<float> norm, long n, AdamWArgs a)
     {
+        float clip = a.Clip(a.MaxNorm > 0f ? P(norm)[0] : 0f); // read in place: no copy per tensor and step
         nint pp = (nint)P(param), pg = (nint)P(grad), pm = (nint)P(m), pv = (nint)P(v);
         int blocks = (int)Math.Min(n, 1 << 20);
         Blocks(blocks, n * 4, (b0, b1) =>

@@ -141,8 +141,7 @@ public static class FineTuneCommands
             int printed = 0; // input lines answered so far: a blank input line gets a blank output line
             foreach (var p in loaded.Predict(featurizer, features, parse.GetValue(batch)))
             {
-                int line = int.Parse(p.Example.Source[(p.Example.Source.LastIndexOf(':') + 1)..], CultureInfo.InvariantCulture);
-                for (printed++; printed < line; printed++) stdout.WriteLine();
+                for (printed++; printed < p.Example.Line; printed++) stdout.WriteLine();
                 stdout.WriteLine(Format(m.Task, p));
             }
             return 0;

@@ -32,9 +32,8 @@ public sealed record FineTuneOptions
     /// <summary>What the head reads; null: mean for sequence-level tasks, each token's last layer (cls) for per-token ones.</summary>
     public Pooling? Pooling { get; init; }
 
-    /// <summary><see cref="Pooling"/> with its default resolved for the task.</summary>
-    public Pooling PoolingFor(TaskKind task) =>
-        Pooling ?? (task is TaskKind.TokenClassification or TaskKind.QuestionAnswering ? IlgpuBert.Model.Pooling.Cls : IlgpuBert.Model.Pooling.Mean);
+    /// <summary><see cref="Pooling"/> with its default resolved for <see cref="Task"/>.</summary>
+    public Pooling HeadPooling => Pooling ?? (TaskSpec.SequenceLevel(Task) ? IlgpuBert.Model.Pooling.Mean : IlgpuBert.Model.Pooling.Cls);
 
     // FreeLB (Zhu et al. 2020): K ascent steps on the embedding output inside an L2 ball of radius ε.
     public int FreeLbSteps { get; init; }

@@ -66,7 +66,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
             train = TaskData.Read(o.Train, o.Task, o.Columns);
             eval = o.Eval is null ? [] : TaskData.Read(o.Eval, o.Task, o.Columns);
         }
-        var spec = new TaskSpec(o.Task, Labels(o.Task, train), o.PoolingFor(o.Task));
+        var spec = new TaskSpec(o.Task, Labels(o.Task, train), o.HeadPooling);
         using var model = custom?.Model() ?? BertForTask.FromPretrained(device, source, spec, o.Seed, log, bodyOnly: o.InitFrom is not null);
         var unknown = spec.Labels.Except(model.Task.Labels).ToList();
         if (unknown.Count > 0) throw new ArgumentException($"the model's labels ({string.Join(", ", model.Task.Labels)}) do not include {string.Join(", ", unknown)} from the training data");
@@ -89,7 +89,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
         if (sparsity is not null) log.WriteLine($"magnitude-pruned model: {sparsity.Zeros} zero weights kept at zero through training");
         int stepsPerEpoch = (trainFeatures.Count + o.BatchSize - 1) / o.BatchSize, total = stepsPerEpoch * o.Epochs;
         int warmup = (int)Math.Round(total * o.WarmupRatio);
-        log.WriteLine($"fine-tuning {TaskSpec.Name(o.Task)} ({model.Task.Outputs} outputs, pooling {TaskSpec.Name(o.PoolingFor(o.Task))}) on {trainFeatures.Count} examples: "
+        log.WriteLine($"fine-tuning {TaskSpec.Name(o.Task)} ({model.Task.Outputs} outputs, pooling {TaskSpec.Name(o.HeadPooling)}) on {trainFeatures.Count} examples: "
             + $"{o.Epochs} epochs × {stepsPerEpoch} steps at peak lr {peak:G3}, {setup.Trainable.Count} of {model.Parameters.All.Count} tensors trained");
         Directory.CreateDirectory(outDir);
 

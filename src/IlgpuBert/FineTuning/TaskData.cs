@@ -35,6 +35,8 @@ public sealed record TaskExample
     public IReadOnlyList<QaAnswer>? Answers { get; init; }
     public string? Id { get; init; }
     public string Source { get; init; } = "";
+    /// <summary>The input line it was read from (plain text read by <see cref="TaskData.ReadPlain"/>), so outputs can line up with inputs.</summary>
+    public int Line { get; init; }
 }
 
 /// <summary>Which columns (names, or 0-based indices) hold the text, the second text and the label; whether the file has a header row.</summary>
@@ -297,7 +299,7 @@ public static class TaskData
             bool pair = kind is TaskKind.PairClassification or TaskKind.QuestionAnswering;
             if (pair && parts.Length != 2) throw new DataFormatException($"{where}: expected two tab-separated texts{(kind == TaskKind.QuestionAnswering ? " (question, context)" : "")}");
             if (!pair && parts.Length != 1 && kind != TaskKind.Regression) throw new DataFormatException($"{where}: a tab in a single text (this task takes one text per line)");
-            var e = new TaskExample { Text = parts[0], TextPair = parts.Length > 1 ? parts[1] : null, Source = where };
+            var e = new TaskExample { Text = parts[0], TextPair = parts.Length > 1 ? parts[1] : null, Source = where, Line = line };
             if (kind == TaskKind.TokenClassification) e = e with { Words = text.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries) };
             result.Add(e);
         }

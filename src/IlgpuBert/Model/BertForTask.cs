@@ -25,7 +25,10 @@ public enum Pooling { Cls, Mean, ConcatLast4, ScalarMix }
 /// <summary>What a fine-tuned model predicts: the task, its label names (index = id) and the pooling.</summary>
 public sealed record TaskSpec(TaskKind Kind, IReadOnlyList<string> Labels, Pooling Pooling = Pooling.Cls)
 {
-    public bool IsSequenceLevel => Kind is TaskKind.Classification or TaskKind.PairClassification or TaskKind.Regression;
+    public bool IsSequenceLevel => SequenceLevel(Kind);
+
+    /// <summary>Whether a task predicts once per example (classification, pairs, regression) rather than per token.</summary>
+    public static bool SequenceLevel(TaskKind kind) => kind is TaskKind.Classification or TaskKind.PairClassification or TaskKind.Regression;
 
     /// <summary>Outputs per example (sequence tasks) or per token: label count, 1 for regression, 2 for QA.</summary>
     public int Outputs => Kind switch { TaskKind.Regression => 1, TaskKind.QuestionAnswering => 2, _ => Labels.Count };

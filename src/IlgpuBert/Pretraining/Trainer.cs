@@ -51,7 +51,7 @@ public sealed class Trainer
             log.WriteLine($"resuming {resume} at step {startStep} of {o.Steps}");
         }
         o.Validate();
-        if (File.Exists(Path.Combine(outDir, "eval.json")))
+        if (File.Exists(Path.Combine(outDir, FineTuning.FineTuner.EvalFile)))
             throw new ArgumentException($"{outDir} holds a fine-tuned model (eval.json); pretraining would overwrite it: choose another --out");
         using var outputLock = OutputLock.Acquire(outDir);
         log.WriteLine($"device: {device.Spec} ({device.Name})");

@@ -1,0 +1,99 @@
+// Writing and reading the small files around a model safely: atomic writes (temporary file, then
+// rename), bounded reads of text files, and a lock that keeps two runs out of one output folder.
+using System.Text;
+
+namespace IlgpuBert.Checkpoints;
+
+/// <summary>Write to a temporary file beside the target, then rename over it.</summary>
+public static class AtomicFile
+{
+    public static void Write(string path, Action<Stream> write)
+    {
+        string full = Path.GetFullPath(path);
+        string dir = Path.GetDirectoryName(full)!;
+        Directory.CreateDirectory(dir);
+        string temp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+            {
+                write(stream);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, full, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+        }
+    }
+
+    public static void WriteText(string path, string text) =>
+        Write(path, s => s.Write(Encoding.UTF8.GetBytes(text)));
+}
+
+/// <summary>
+/// Reads small text files (config.json, vocab.txt, tokenizer_config.json) with a size limit, so
+/// a path that is /dev/zero, /dev/urandom or a huge file fails at once instead of reading forever.
+/// </summary>
+public static class BoundedFile
+{
+    public const int ConfigBytes = 1 << 20, VocabularyBytes = 64 << 20;
+
+    public static string ReadAllText(string path, int maxBytes, string what)
+    {
+        using var stream = File.OpenRead(path);
+        var buffer = new byte[Math.Min(maxBytes + 1L, stream.CanSeek && stream.Length > 0 ? stream.Length + 1 : maxBytes + 1L)];
+        int total = 0, read;
+        while (total < buffer.Length && (read = stream.Read(buffer, total, buffer.Length - total)) > 0)
+            total += read;
+        if (total > maxBytes)
+            throw new CheckpointException($"{path}: larger than {maxBytes:N0} bytes; not a {what}");
+        try
+        {
+            string text = new UTF8Encoding(false, true).GetString(buffer, 0, total);
+            return text.Length > 0 && text[0] == '\uFEFF' ? text[1..] : text;
+        }
+        catch (DecoderFallbackException)
+        {
+            throw new CheckpointException($"{path}: not UTF-8 text; not a {what}");
+        }
+    }
+
+    /// <summary>Lines as File.ReadAllLines splits them (\n or \r\n; no empty last line for a final newline).</summary>
+    public static string[] ReadAllLines(string path, int maxBytes, string what)
+    {
+        var lines = ReadAllText(path, maxBytes, what).Split('\n').Select(l => l.TrimEnd('\r')).ToList();
+        if (lines[^1].Length == 0) lines.RemoveAt(lines.Count - 1);
+        return [.. lines];
+    }
+}
+
+/// <summary>
+/// An exclusive hold on an output folder for one run (an OS file lock, released when the process
+/// ends, however it ends): a second run writing into the same folder stops at once with a clear
+/// error instead of interleaving checkpoints with the first.
+/// </summary>
+public sealed class OutputLock : IDisposable
+{
+    public const string FileName = ".ilgpu-bert.lock";
+    private readonly FileStream stream;
+
+    private OutputLock(FileStream stream) => this.stream = stream;
+
+    public static OutputLock Acquire(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        string path = Path.Combine(dir, FileName);
+        try
+        {
+            return new OutputLock(new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1, FileOptions.DeleteOnClose));
+        }
+        catch (IOException)
+        {
+            throw new IOException($"{dir} is in use by another ilgpu-bert run (it holds {FileName}); wait for it or choose another --out");
+        }
+    }
+
+    public void Dispose() => stream.Dispose();
+}
