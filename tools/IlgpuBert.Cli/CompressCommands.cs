@@ -60,13 +60,14 @@ public static class CompressCommands
         var eval = new Option<string?>("--eval") { Description = "held-out file" };
         var epochs = Opt("--epochs", "passes over the training data", f.Epochs);
         var lr = new Option<float?>("--lr") { Description = "peak learning rate (default: by the student's width, as finetune)" };
-        var batch = Opt("--batch-size", "examples per step", f.BatchSize);
+        var batch = Opt("--batch-size", "examples per step (split between the ranks with --distributed)", f.BatchSize);
         var maxLength = Opt("--max-length", "word pieces per example", f.MaxLength);
+        var distributed = Cli.DistributedOption();
         var seed = Opt("--seed", "seed of initialisation, data order and dropout", f.Seed);
         var columns = FineTuneCommands.ColumnOptions.Create();
         var command = new Command("distill", "Distil a fine-tuned teacher into a smaller student (soft targets, optional hidden-state and attention losses).")
         {
-            teacher, studentSize, student, output, temperature, alpha, hidden, attention, layerMap, train, eval, epochs, lr, batch, maxLength, seed,
+            teacher, studentSize, student, output, temperature, alpha, hidden, attention, layerMap, train, eval, epochs, lr, batch, maxLength, seed, distributed,
         };
         foreach (var o in columns.All) command.Options.Add(o);
         command.SetAction(parse =>
@@ -82,8 +83,9 @@ public static class CompressCommands
                     LearningRate = parse.GetValue(lr), BatchSize = parse.GetValue(batch), MaxLength = parse.GetValue(maxLength), Seed = parse.GetValue(seed),
                 },
             };
+            var (group, log) = Cli.OpenGroup(parse, distributed, stdout);
             using var device = Cli.OpenDevice(parse);
-            var distiller = new Distiller(device, stdout);
+            var distiller = new Distiller(device, log, group);
             Cli.Interruptible(() => distiller.Run(options, parse.GetValue(output)!), () => distiller.RequestStop());
             return 0;
         });

@@ -41,7 +41,8 @@ public static class FineTuneCommands
         var output = Cli.Required("--out", "output folder");
         var epochs = Opt("--epochs", "passes over the training data", d.Epochs);
         var lr = new Option<float?>("--lr") { Description = "peak learning rate (default: 5e-5·(768/hidden_size)^1.5, e.g. 5e-5 for base, 7e-4 for tiny)" };
-        var batch = Opt("--batch-size", "examples per step", d.BatchSize);
+        var batch = Opt("--batch-size", "examples per step (split between the ranks with --distributed)", d.BatchSize);
+        var distributed = Cli.DistributedOption();
         var maxLength = Opt("--max-length", "word pieces per example, special tokens included", d.MaxLength);
         var seed = Opt("--seed", "seed of the head's initialisation, data order and dropout", d.Seed);
         var warmup = Opt("--warmup-ratio", "share of the steps spent warming the learning rate up", d.WarmupRatio);
@@ -63,7 +64,7 @@ public static class FineTuneCommands
         var command = new Command("finetune", "Fine-tune a pretrained model on a classification, regression, tagging or QA task.")
         {
             model, initFrom, task, train, eval, output, epochs, lr, batch, maxLength, seed, warmup, decay, pooling,
-            freelbSteps, freelbEps, freelbLr, smartWeight, smartEps, smartStep, smartNoise, mixout, freezeEmbeddings, freezeLayers, layerDecay,
+            freelbSteps, freelbEps, freelbLr, smartWeight, smartEps, smartStep, smartNoise, mixout, freezeEmbeddings, freezeLayers, layerDecay, distributed,
         };
         foreach (var o in columns.All) command.Options.Add(o);
         command.SetAction(parse =>
@@ -81,8 +82,9 @@ public static class FineTuneCommands
                 FreezeLayers = parse.GetValue(freezeLayers), LayerLrDecay = parse.GetValue(layerDecay),
             };
             options.Validate();
+            var (group, log) = Cli.OpenGroup(parse, distributed, stdout);
             using var device = Cli.OpenDevice(parse);
-            var tuner = new FineTuner(device, stdout);
+            var tuner = new FineTuner(device, log, group);
             Cli.Interruptible(() => tuner.Run(options, parse.GetValue(output)!), () => tuner.StopRequested = true);
             return 0;
         });

@@ -22,7 +22,7 @@ public static class PretrainCommand
         var seed = Opt("--seed", "seed of initialisation, data order, masking and dropout", d.Seed);
         var lr = Opt("--lr", "peak learning rate", d.LearningRate);
         var warmup = new Option<int?>("--warmup") { Description = "linear warmup steps (default: 10% of --steps)" };
-        var accum = Opt("--grad-accum", "micro-batches per optimizer step", d.GradAccum);
+        var accum = new Option<int?>("--grad-accum") { Description = "micro-batches per optimizer step, over all ranks (default: 1, or one per rank with --distributed)" };
         var evalEvery = Opt("--eval-every", "held-out evaluation every N steps (0: never)", d.EvalEvery);
         var saveEvery = Opt("--save-every", "write checkpoint-N every N steps (0: never)", d.SaveEvery);
         var resume = new Option<string?>("--resume") { Description = "continue the run saved in this checkpoint folder" };
@@ -36,12 +36,13 @@ public static class PretrainCommand
         var objective = Opt("--sentence-objective", "nsp, sop, prev-next or none", "nsp");
         var format = Opt("--input-format", "pairs or full-sentences", "pairs");
         var maxDocs = Opt("--max-documents", "use only the first N corpus documents (0: all)", d.MaxDocuments);
+        var distributed = Cli.DistributedOption();
         var outputBias = Opt("--output-bias", "a new model's MLM output bias: unigram (log word-piece frequencies of the corpus) or zero", "unigram");
 
         var command = new Command("pretrain", "Pretrain BERT (MLM + a sentence objective) from raw text.")
         {
             model, size, corpus, output, steps, batch, seqLen, seed, lr, warmup, accum, evalEvery, saveEvery, resume, vocabSize,
-            maskRate, maskMix, maskToken, masking, schedule, phrases, objective, format, maxDocs, outputBias,
+            maskRate, maskMix, maskToken, masking, schedule, phrases, objective, format, maxDocs, outputBias, distributed,
         };
         command.SetAction(parse =>
         {
@@ -51,11 +52,12 @@ public static class PretrainCommand
                 foreach (var (name, value) in values) if (name == v) return value;
                 throw new ArgumentException($"{o.Name} must be one of {string.Join(", ", values.Select(x => x.Name))}, got \"{v}\"");
             }
+            var (group, log) = Cli.OpenGroup(parse, distributed, stdout);
             var options = new PretrainingOptions
             {
                 Model = parse.GetValue(model), Size = parse.GetValue(size)!, Corpus = parse.GetValue(corpus) ?? [],
                 Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batch), SeqLen = parse.GetValue(seqLen), Seed = parse.GetValue(seed),
-                LearningRate = parse.GetValue(lr), Warmup = parse.GetValue(warmup), GradAccum = parse.GetValue(accum),
+                LearningRate = parse.GetValue(lr), Warmup = parse.GetValue(warmup), GradAccum = parse.GetValue(accum) ?? group.Size,
                 EvalEvery = parse.GetValue(evalEvery), SaveEvery = parse.GetValue(saveEvery), VocabSize = parse.GetValue(vocabSize),
                 MaskRate = parse.GetValue(maskRate), MaskMix = parse.GetValue(maskMix)!,
                 MaskWithUnk = Enum(maskToken, ("mask", false), ("unk", true)),
@@ -69,7 +71,7 @@ public static class PretrainCommand
             };
             if (parse.GetValue(resume) is null) options.Validate();
             using var device = Cli.OpenDevice(parse);
-            var trainer = new Trainer(device, stdout);
+            var trainer = new Trainer(device, log, group);
             Cli.Interruptible(() => trainer.Run(options, parse.GetValue(output)!, parse.GetValue(resume)), () => trainer.StopRequested = true);
             return 0;
         });

@@ -8,6 +8,7 @@ return Cli.Run(args, Console.Out, Console.Error);
 
 namespace IlgpuBert.Cli
 {
+    using IlgpuBert.Distributed;
     using IlgpuBert.Runtime;
 
     public static class Cli
@@ -46,13 +47,60 @@ namespace IlgpuBert.Cli
                 }
                 return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
             }
-            catch (Exception e) when (e is DeviceException or ArgumentException or IOException or InvalidOperationException
-                or Checkpoints.CheckpointException or System.Text.Json.JsonException or UnauthorizedAccessException
-                or Pretraining.NonFiniteLossException or FineTuning.DataFormatException)
+            catch (Exception e) when (group is { Size: > 1 } g)
+            {
+                // One rank failed: it names itself, and MPI_Abort ends every rank now (the others may
+                // be waiting in a collective that would never complete).
+                stderr.WriteLine($"error: {g.Describe()}: {(Expected(e) ? e.Message : e.ToString())}");
+                stderr.Flush();
+                g.Abort(2);
+                return 2;
+            }
+            catch (Exception e) when (Expected(e))
             {
                 stderr.WriteLine($"error: {e.Message}");
                 return 2;
             }
+            finally
+            {
+                group?.Dispose();
+                group = null;
+            }
+        }
+
+        /// <summary>Failures the user can act on: one line, no stack trace.</summary>
+        private static bool Expected(Exception e) => e is DeviceException or ArgumentException or IOException or InvalidOperationException
+            or Checkpoints.CheckpointException or System.Text.Json.JsonException or UnauthorizedAccessException
+            or Pretraining.NonFiniteLossException or FineTuning.DataFormatException;
+
+        [ThreadStatic] private static ProcessGroup? group; // per thread: the tests run verbs in parallel in one process
+        private static System.Runtime.InteropServices.PosixSignalRegistration? terminated;
+
+        /// <summary>--distributed on the training verbs: single (default), mpi or nccl.</summary>
+        public static Option<string> DistributedOption() => Opt("--distributed",
+            "single, or data-parallel across the processes mpirun starts: mpi (any device) or nccl (CUDA devices; MPI starts them)", "single");
+
+        /// <summary>
+        /// The ranks this process trains with (per --distributed), and where it writes: rank 0 to
+        /// <paramref name="stdout"/>, the others nowhere (their errors still reach stderr).
+        /// </summary>
+        public static (ProcessGroup Group, TextWriter Log) OpenGroup(ParseResult parse, Option<string> option, TextWriter stdout)
+        {
+            group?.Dispose();
+            group = parse.GetValue(option) switch
+            {
+                "single" => ProcessGroup.Single(),
+                "mpi" => new MpiProcessGroup(),
+                "nccl" => new NcclProcessGroup(new MpiProcessGroup()),
+                var other => throw new ArgumentException($"--distributed must be single, mpi or nccl, got \"{other}\""),
+            };
+            if (group.Size > 1)
+            {
+                var g = group;
+                terminated ??= System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, _ =>
+                    Console.Error.WriteLine($"error: {g.Describe()}: stopped by the launcher (another rank failed: mpirun's message names it)"));
+            }
+            return (group, group.IsRoot ? stdout : TextWriter.Null);
         }
 
         /// <summary>A required string option.</summary>
@@ -80,7 +128,7 @@ namespace IlgpuBert.Cli
         {
             string? text = parse.GetValue(DeviceOption);
             var spec = text is null ? DeviceSpec.FromEnvironment() : DeviceSpec.Parse(text);
-            return BertDevice.Open(spec);
+            return BertDevice.Open(spec, group is { Size: > 1 } ? ProcessGroup.LocalRank() : 0);
         }
     }
 }

@@ -97,3 +97,15 @@ public sealed class OutputLock : IDisposable
 
     public void Dispose() => stream.Dispose();
 }
+
+/// <summary>A private temporary folder, deleted with everything in it on dispose.</summary>
+public sealed class ScratchFolder : IDisposable
+{
+    public string Path { get; } = Directory.CreateTempSubdirectory("ilgpu-bert-").FullName;
+
+    public void Dispose()
+    {
+        try { Directory.Delete(Path, true); }
+        catch (IOException) { } // a file still open elsewhere: the OS's temp cleaning takes it
+    }
+}

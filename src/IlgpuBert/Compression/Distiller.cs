@@ -12,6 +12,7 @@
 // folder starts from that (pretrained) encoder with a new head.
 using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
+using IlgpuBert.Distributed;
 using IlgpuBert.FineTuning;
 using IlgpuBert.Model;
 using IlgpuBert.Runtime;
@@ -69,9 +70,10 @@ public sealed record DistillOptions
     }
 }
 
-public sealed class Distiller(BertDevice device, TextWriter log)
+/// <param name="group">The ranks training together (default: this process alone); see FineTuner.</param>
+public sealed class Distiller(BertDevice device, TextWriter log, ProcessGroup? group = null)
 {
-    private readonly FineTuner tuner = new(device, log);
+    private readonly FineTuner tuner = new(device, log, group);
 
     /// <summary>From another thread (Ctrl-C): save the student after the current step and return.</summary>
     public void RequestStop() => tuner.StopRequested = true;
@@ -157,7 +159,7 @@ public sealed class Distiller(BertDevice device, TextWriter log)
     }
 
     /// <summary>One distillation step's forward and backward passes; returns the total loss.</summary>
-    public static double Step(BertForTask teacher, BertForTask student, TaskBatch batch, int step, DistillOptions d, FineTuneOptions o,
+    private double Step(BertForTask teacher, BertForTask student, TaskBatch batch, int step, DistillOptions d, FineTuneOptions o,
         int[] map, IReadOnlyList<Var?> projections)
     {
         bool attention = d.AttentionWeight > 0;
@@ -178,7 +180,7 @@ public sealed class Distiller(BertDevice device, TextWriter log)
         student.ZeroGrad();
         foreach (var p in projections) p?.ZeroGrad();
         using var studentTape = new Tape();
-        var s = student.Forward(studentTape, batch, Dropouts.Training(student.Config, (ulong)o.Seed, (uint)step), new BertHooks { AttentionMaps = attention });
+        var s = student.Forward(studentTape, batch, Dropouts.Training(student.Config, tuner.DropoutSeed(o.Seed), (uint)step), new BertHooks { AttentionMaps = attention });
         double total = 0;
         foreach (var (loss, scale) in s.Losses)
         {

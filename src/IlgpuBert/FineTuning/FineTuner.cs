@@ -11,6 +11,10 @@
 // - SMART adds λ·symKL(f(x + δ), f(x)) with δ from one ∞-norm ascent step from small noise, the
 //   clean predictions held fixed and the parameters frozen while δ is found.
 // Dropout masks are the same in every pass of one step, so the perturbation is the only difference.
+// Data-parallel over a ProcessGroup: each rank takes its share of every batch (contiguous, sizes
+// differing by at most one), its gradient weighted by share / batch before the group sums them, so
+// the step follows the whole batch's mean loss; dropout and perturbations differ by rank, Mixout's
+// weight mask does not. Rank 0 evaluates and writes.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -19,6 +23,7 @@ using System.Text.Json.Nodes;
 using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
 using IlgpuBert.Compression;
+using IlgpuBert.Distributed;
 using IlgpuBert.Kernels;
 using IlgpuBert.Model;
 using IlgpuBert.Pretraining;
@@ -31,8 +36,11 @@ namespace IlgpuBert.FineTuning;
 /// <summary>One row of a fine-tuning run's metrics.csv.</summary>
 public sealed record FineTuneStep(int Step, int Epoch, double Loss, double Lr, double GradNorm, double ExamplesPerSecond, double ElapsedSeconds);
 
-public sealed class FineTuner(BertDevice device, TextWriter log)
+/// <param name="group">The ranks training together (default: this process alone).</param>
+public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? group = null)
 {
+    private readonly ProcessGroup group = group ?? ProcessGroup.Single();
+
     public const string EvalFile = "eval.json", MetricsFile = "metrics.csv";
 
     /// <summary>Set from another thread (Ctrl-C): the loop saves the model after the current step and returns.</summary>
@@ -49,7 +57,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
     public JsonObject Run(FineTuneOptions o, string outDir, CustomTraining? custom = null)
     {
         o.Validate();
-        using var outputLock = OutputLock.Acquire(outDir);
+        using var outputLock = group.IsRoot ? OutputLock.Acquire(outDir) : null;
         log.WriteLine($"device: {device.Spec} ({device.Name})");
         string source = o.InitFrom ?? o.Model!;
         var encoder = BertTextEncoder.Load(source);
@@ -91,7 +99,9 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
         int warmup = (int)Math.Round(total * o.WarmupRatio);
         log.WriteLine($"fine-tuning {TaskSpec.Name(o.Task)} ({model.Task.Outputs} outputs, pooling {TaskSpec.Name(o.HeadPooling)}) on {trainFeatures.Count} examples: "
             + $"{o.Epochs} epochs × {stepsPerEpoch} steps at peak lr {peak:G3}, {setup.Trainable.Count} of {model.Parameters.All.Count} tensors trained");
-        Directory.CreateDirectory(outDir);
+        if (group.Size > 1) log.WriteLine($"data-parallel over {group.Size} ranks ({group.Backend}): about {o.BatchSize / group.Size} examples per rank and step");
+        group.Broadcast(setup.Trainable); // every rank starts from rank 0's weights (a new head, the projections)
+        if (group.IsRoot) Directory.CreateDirectory(outDir);
 
         var steps = new List<FineTuneStep>();
         var epochs = new JsonArray();
@@ -108,8 +118,20 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
                 step++;
                 var stepClock = Stopwatch.StartNew();
                 var chunk = order.Skip(at).Take(o.BatchSize).Select(i => trainFeatures[i]).ToList();
-                var batch = featurizer.Collate(chunk, labelled: true);
-                double loss = custom is null ? TrainStep(model, batch, o, step, mixout) : custom.Step(model, batch, step);
+                int from = chunk.Count * group.Rank / group.Size, to = chunk.Count * (group.Rank + 1) / group.Size;
+                double share = (to - from) / (double)chunk.Count, loss = 0;
+                if (to > from)
+                {
+                    var batch = featurizer.Collate(chunk.GetRange(from, to - from), labelled: true);
+                    loss = custom is null ? TrainStep(model, batch, o, step, mixout) : custom.Step(model, batch, step);
+                }
+                else
+                    foreach (var p in setup.Trainable) device.Kernels.Elementwise.Zero(p.Var.EnsureGrad().View); // a batch smaller than the group
+                group.AllReduceGradients(setup.Trainable, (float)share);
+                Span<double> sums = [share * loss, StopRequested ? 1 : 0];
+                group.AllReduceSum(sums);
+                loss = sums[0];
+                if (sums[1] > 0) StopRequested = true; // any rank interrupted: all stop after this step
                 if (!double.IsFinite(loss))
                     throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping. Try a lower --lr.");
                 float gradNorm = optimizer.GradNorm();
@@ -127,7 +149,8 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
                 }
                 if (StopRequested) break;
             }
-            if (evalFeatures.Count > 0)
+            group.VerifyIdentical(setup.Trainable, $"epoch {epoch}");
+            if (evalFeatures.Count > 0 && group.IsRoot)
             {
                 last = Predictor.Metrics(model.Task, Predictor.Predict(model, featurizer, evalFeatures, o.BatchSize), baselineLabels);
                 var summary = new JsonObject { ["epoch"] = epoch, ["train_loss"] = steps.Where(s => s.Epoch == epoch).Average(s => s.Loss) };
@@ -135,7 +158,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
                 epochs.Add(summary);
                 log.WriteLine($"epoch {epoch}: {Describe(last)}");
             }
-            Save(model, outDir, vocabPath, steps, last, epochs, o);
+            if (group.IsRoot) Save(model, outDir, vocabPath, steps, last, epochs, o);
             if (StopRequested)
             {
                 log.WriteLine($"interrupted after step {step}: saved the model so far in {outDir}");
@@ -145,6 +168,15 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
         log.WriteLine($"wrote {outDir}: model, {MetricsFile}{(last is null ? "" : $", {EvalFile}")}");
         return last ?? new JsonObject();
     }
+
+    /// <summary>The dropout seed of this rank: --seed on rank 0 (one process trains as before), another stream on each other rank.</summary>
+    public ulong DropoutSeed(int seed) => (ulong)seed ^ ((ulong)group.Rank * 0x9E3779B97F4A7C15UL);
+
+    /// <summary>
+    /// A seed for FreeLB's and SMART's noise, fixed by --seed, step, purpose and rank (not
+    /// HashCode.Combine, which is seeded anew in every process and made them unrepeatable).
+    /// </summary>
+    private int NoiseSeed(int seed, int step, int purpose) => (int)((DropoutSeed(seed) * 1000003UL + (ulong)step * 7919UL + (ulong)purpose) % int.MaxValue);
 
     /// <summary>One sentence of the metrics that matter for the task.</summary>
     public static string Describe(JsonObject m)
@@ -212,7 +244,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
     public double TrainStep(BertForTask model, TaskBatch batch, FineTuneOptions o, int step, MixoutTargets? mixout = null)
     {
         model.ZeroGrad();
-        var dropouts = Dropouts.Training(model.Config, (ulong)o.Seed, (uint)step);
+        var dropouts = Dropouts.Training(model.Config, DropoutSeed(o.Seed), (uint)step);
         BertHooks Hooks(Tape tape, Var? delta) => new()
         {
             Linear = mixout is { Active: true } ? (t, x, w, b, act) => Ops.Linear(t, x, mixout.Apply(t, w, (ulong)o.Seed, (uint)step), b, act) : null,
@@ -238,7 +270,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
         var inputs = batch.Inputs;
         int h = model.Config.HiddenSize;
         // δ₀ ~ U(−ε, ε)/√(tokens·H) on the real tokens of each example (Zhu et al. 2020, Alg. 1).
-        var rng = new Random(HashCode.Combine(o.Seed, step, 0xF4EE));
+        var rng = new Random(NoiseSeed(o.Seed, step, 0xF4EE));
         var delta = new float[inputs.Batch * inputs.SeqLen * h];
         float init = o.FreeLbEps > 0 ? o.FreeLbEps : o.FreeLbLr;
         for (int b = 0; b < inputs.Batch; b++)
@@ -293,7 +325,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log)
     {
         var inputs = batch.Inputs;
         int h = model.Config.HiddenSize, per = inputs.SeqLen * h;
-        var rng = new Random(HashCode.Combine(o.Seed, step, 0x5A27));
+        var rng = new Random(NoiseSeed(o.Seed, step, 0x5A27));
         var delta = new float[inputs.Batch * per];
         for (int i = 0; i < delta.Length; i++)
         {

@@ -1,13 +1,17 @@
 // The pretraining loop: MLM (logits only at masked positions) plus the chosen sentence objective,
 // AdamW with warmup and linear decay, global-norm clipping, gradient accumulation, evaluation on
 // the held-out split, metrics.csv, a loss-curve PNG, checkpoints that resume bit for bit, a clean
-// stop on Ctrl-C and a loud stop on a NaN or infinite loss.
+// stop on Ctrl-C and a loud stop on a NaN or infinite loss. Data-parallel over a ProcessGroup:
+// each of N ranks runs --grad-accum / N of a step's micro-batches, the same ones (data, masks,
+// dropout) a single process would run, and the group sums the gradients; so N ranks train exactly
+// the model one process trains with the same --grad-accum, up to the order of float sums.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
+using IlgpuBert.Distributed;
 using IlgpuBert.Model;
 using IlgpuBert.Runtime;
 using IlgpuBert.Text;
@@ -27,11 +31,14 @@ public sealed class Trainer
 
     private readonly BertDevice device;
     private readonly TextWriter log;
+    private readonly ProcessGroup group;
 
-    public Trainer(BertDevice device, TextWriter log)
+    /// <param name="group">The ranks training together (default: this process alone). Only rank 0 writes files.</param>
+    public Trainer(BertDevice device, TextWriter log, ProcessGroup? group = null)
     {
         this.device = device;
         this.log = log;
+        this.group = group ?? ProcessGroup.Single();
     }
 
     /// <summary>Set from another thread (Ctrl-C): the loop saves a checkpoint after the current step and returns.</summary>
@@ -51,10 +58,15 @@ public sealed class Trainer
             log.WriteLine($"resuming {resume} at step {startStep} of {o.Steps}");
         }
         o.Validate();
+        if (o.GradAccum % group.Size != 0)
+            throw new ArgumentException($"--grad-accum {o.GradAccum} is not a multiple of the {group.Size} ranks (each rank runs grad-accum / ranks micro-batches per step)");
         if (File.Exists(Path.Combine(outDir, FineTuning.FineTuner.EvalFile)))
             throw new ArgumentException($"{outDir} holds a fine-tuned model (eval.json); pretraining would overwrite it: choose another --out");
-        using var outputLock = OutputLock.Acquire(outDir);
+        using var outputLock = group.IsRoot ? OutputLock.Acquire(outDir) : null;
+        using var scratch = group.IsRoot ? null : new ScratchFolder();
         log.WriteLine($"device: {device.Spec} ({device.Name})");
+        if (group.Size > 1)
+            log.WriteLine($"data-parallel over {group.Size} ranks ({group.Backend}): {o.GradAccum / group.Size} micro-batch(es) of {o.BatchSize} per rank and step");
 
         // Model and vocabulary: a checkpoint to resume, a given model, or a new one of --size.
         string vocabPath;
@@ -75,7 +87,8 @@ public sealed class Trainer
         else
         {
             // Always rebuilt (deterministic, seconds): a vocab.txt left in --out by another run may not match this corpus.
-            vocabPath = Path.Combine(outDir, BertFolder.VocabFile);
+            // Every rank builds it (the others into a private folder: --out need not be shared between machines).
+            vocabPath = Path.Combine(scratch?.Path ?? outDir, BertFolder.VocabFile);
             log.WriteLine($"building a {o.VocabSize}-token vocabulary from the corpus...");
             var vocab = WordPieceTrainer.Train(PretrainingData.RawDocuments(o).SelectMany(d => d), o.VocabSize);
             AtomicFile.WriteText(vocabPath, string.Join("\n", vocab) + "\n");
@@ -95,6 +108,7 @@ public sealed class Trainer
         var data = new PretrainingData(o, encoder, vocabPath, model.Config.VocabSize, log);
         if (resume is null && o.Model is null && o.UnigramOutputBias)
             model.Parameters.Set("cls.predictions.bias", data.LogUnigram(model.Config.VocabSize));
+        group.Broadcast(model.Parameters.All); // every rank starts from rank 0's weights
         using var optimizer = new AdamWOptimizer(device, model.Parameters.All, new AdamWSettings());
         if (resume is not null) optimizer.Load(Path.Combine(resume, OptimizerFile), startStep);
 
@@ -108,7 +122,8 @@ public sealed class Trainer
             model.ZeroGrad();
             double mlm = 0, sentence = 0;
             long tokens = 0;
-            for (int micro = 0; micro < o.GradAccum; micro++)
+            int share = o.GradAccum / group.Size;
+            for (int micro = group.Rank * share; micro < (group.Rank + 1) * share; micro++)
             {
                 var batch = data.Batch((long)(step - 1) * o.GradAccum + micro, o.BatchSize);
                 tokens += batch.AttentionMask.Sum();
@@ -120,6 +135,11 @@ public sealed class Trainer
                 sentence += (outputs.NspLoss?.Read() ?? 0) / o.GradAccum;
                 tape.Backward();
             }
+            group.AllReduceGradients(model.Parameters.All);
+            Span<double> sums = [mlm, sentence, tokens, StopRequested ? 1 : 0];
+            group.AllReduceSum(sums);
+            (mlm, sentence, tokens) = (sums[0], sums[1], (long)sums[2]);
+            bool stop = sums[3] > 0; // any rank interrupted: all stop after this step
             double loss = mlm + sentence;
             if (!double.IsFinite(loss))
                 throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr.");
@@ -130,7 +150,7 @@ public sealed class Trainer
             optimizer.Update(lr);
             double seconds = stepClock.Elapsed.TotalSeconds;
             var row = new StepMetrics(step, loss, mlm, sentence, lr, gradNorm, tokens / seconds, elapsedBefore + clock.Elapsed.TotalSeconds);
-            if (o.EvalEvery > 0 && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
+            if (group.IsRoot && o.EvalEvery > 0 && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
             {
                 var (accuracy, perplexity) = Evaluate(model, data, o.BatchSize);
                 row = row with { EvalMlmAccuracy = accuracy, EvalPerplexity = perplexity };
@@ -138,19 +158,22 @@ public sealed class Trainer
             metrics.Add(row);
             Progress(row, o.Steps, interactive, step % reportEvery == 0 || step == o.Steps || row.EvalPerplexity is not null);
 
-            bool stop = StopRequested;
             if ((o.SaveEvery > 0 && step % o.SaveEvery == 0) || stop)
-                SaveCheckpoint(Path.Combine(outDir, $"checkpoint-{step}"), model, optimizer, o, step, vocabPath, metrics);
+            {
+                group.VerifyIdentical(model.Parameters.All, $"step {step}");
+                if (group.IsRoot) SaveCheckpoint(Path.Combine(outDir, $"checkpoint-{step}"), model, optimizer, o, step, vocabPath, metrics);
+            }
             if (stop)
             {
                 if (interactive) log.WriteLine();
                 log.WriteLine($"interrupted: saved {Path.Combine(outDir, $"checkpoint-{step}")}; continue with --resume");
-                WriteOutputs(outDir, model, vocabPath, metrics);
+                if (group.IsRoot) WriteOutputs(outDir, model, vocabPath, metrics);
                 return metrics;
             }
         }
         if (interactive) log.WriteLine();
-        WriteOutputs(outDir, model, vocabPath, metrics);
+        group.VerifyIdentical(model.Parameters.All, "the end of training");
+        if (group.IsRoot) WriteOutputs(outDir, model, vocabPath, metrics);
         log.WriteLine($"wrote {outDir}: model, {MetricsFile}, {PlotFile}");
         return metrics;
     }

@@ -40,13 +40,23 @@ public sealed class BertDevice : IDisposable
     public string Name => Accelerator.Name;
 
     /// <summary>Opens the device the spec names; throws <see cref="DeviceException"/> when it is absent.</summary>
-    public static BertDevice Open(DeviceSpec spec)
+    /// <param name="localRank">
+    /// With no index in <paramref name="spec"/>, the device is the local rank's turn among the
+    /// devices of the first candidate's kind (rank 0 cuda:0, rank 1 cuda:1, …, wrapping around):
+    /// data-parallel ranks on one machine spread over its GPUs. 0 for one process.
+    /// </param>
+    public static BertDevice Open(DeviceSpec spec, int localRank = 0)
     {
         var context = CreateContext();
         try
         {
             var candidates = Candidates(context, spec.Kind);
             int index = spec.Index ?? 0;
+            if (spec.Index is null && localRank > 0 && candidates.Count > 0)
+            {
+                var first = candidates[0].AcceleratorType;
+                index = localRank % candidates.Count(d => d.AcceleratorType == first);
+            }
             if (index >= candidates.Count)
             {
                 string have = candidates.Count == 0 ? "none is present" : $"only {candidates.Count} present";
