@@ -119,6 +119,15 @@ public class DistributedTests : IDisposable
                 Assert.True(Math.Sqrt(diff) <= 1e-5 * Math.Sqrt(norm), $"{file} {name}: ‖Δ‖ {Math.Sqrt(diff):E2} vs ‖w‖ {Math.Sqrt(norm):E2}");
             }
         }
+
+        // Fine-tuning the result on 2 ranks: each takes half of every batch of 16; rank 0 writes.
+        var tune = StartMpi(2, Guid.NewGuid().ToString(), ["finetune", "--model", dir.File("two"), "--out", dir.File("tuned"), "--epochs", "1",
+            "--batch-size", "16", "--device", "cpu", "--distributed", "mpi"]);
+        (code, output) = Finish(tune, TimeSpan.FromMinutes(4));
+        Assert.True(code == 0, output);
+        Assert.Contains("data-parallel over 2 ranks (mpi): about 8 examples per rank and step", output);
+        Assert.True(File.Exists(Path.Combine(dir.File("tuned"), FineTuning.FineTuner.EvalFile)), output);
+        Assert.Equal(1, output.Split("wrote ").Length - 1); // rank 0 alone reports (and writes)
     }
 
     [Fact]

@@ -42,6 +42,7 @@ public sealed class NcclProcessGroup(ProcessGroup bootstrap, INccl? nccl = null)
     public override void AllReduceGradients(IReadOnlyList<Parameter> parameters, float scale = 1f)
     {
         if (parameters.Count == 0) return;
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         var stream = parameters[0].Var.Device.Accelerator.DefaultStream;
         nint native = nccl.StreamOf(stream);
         if (comm == 0) comm = Connect();
@@ -54,6 +55,7 @@ public sealed class NcclProcessGroup(ProcessGroup bootstrap, INccl? nccl = null)
         }
         nccl.GroupEnd();
         stream.Synchronize();
+        GradientTime += System.Diagnostics.Stopwatch.GetElapsedTime(start);
     }
 
     /// <summary>Rank 0's id reaches every rank through the bootstrap's sum (the others add zeros).</summary>

@@ -36,6 +36,9 @@ public abstract class ProcessGroup : IDisposable
     /// <summary>Ends every rank's process now with <paramref name="exitCode"/> (a failure on one rank).</summary>
     public abstract void Abort(int exitCode);
 
+    /// <summary>Wall time spent in <see cref="AllReduceGradients"/> so far, waiting for slower ranks included.</summary>
+    public TimeSpan GradientTime { get; protected set; }
+
     /// <summary>"rank 1 of 2", for messages; empty for one process.</summary>
     public string Describe() => Size == 1 ? "" : $"rank {Rank} of {Size}";
 
@@ -134,12 +137,16 @@ public sealed unsafe class MpiProcessGroup : ProcessGroup
         fixed (double* p = values) mpi.AllReduceSum(p, values.Length, mpi.Double);
     }
 
-    public override void AllReduceGradients(IReadOnlyList<Parameter> parameters, float scale = 1f) =>
+    public override void AllReduceGradients(IReadOnlyList<Parameter> parameters, float scale = 1f)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         ThroughBuckets(parameters.Select(p => p.Var.EnsureGrad()), (data, n) =>
         {
             if (scale != 1f) for (int i = 0; i < n; i++) data[i] *= scale;
             mpi.AllReduceSum(data, n, mpi.Float);
         });
+        GradientTime += System.Diagnostics.Stopwatch.GetElapsedTime(start);
+    }
 
     public override void Broadcast(IReadOnlyList<Parameter> parameters) =>
         ThroughBuckets(parameters.Select(p => p.Var.Value), (data, n) => mpi.Broadcast(data, n, mpi.Float, 0));

@@ -172,6 +172,8 @@ public sealed class Trainer
             }
         }
         if (interactive) log.WriteLine();
+        if (group.Size > 1)
+            log.WriteLine($"gradient all-reduce: {group.GradientTime.TotalSeconds:F1} s of {clock.Elapsed.TotalSeconds:F1} s on rank 0 (waiting for the other ranks included)");
         group.VerifyIdentical(model.Parameters.All, "the end of training");
         if (group.IsRoot) WriteOutputs(outDir, model, vocabPath, metrics);
         log.WriteLine($"wrote {outDir}: model, {MetricsFile}, {PlotFile}");
