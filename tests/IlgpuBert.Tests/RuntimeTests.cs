@@ -1,5 +1,6 @@
 using System.Text.Json;
 using IlgpuBert.Cli;
+using IlgpuBert.Model;
 using IlgpuBert.Runtime;
 
 namespace IlgpuBert.Tests;
@@ -66,6 +67,37 @@ public class RuntimeTests
         Assert.Equal(1000, pool.LargestRequest);
         pool.Trim();
         Assert.Equal(0, pool.BytesAllocated);
+    }
+
+    [Fact]
+    public void Pool_refuses_what_the_budget_cannot_hold_after_freeing_idle_buffers_and_stays_usable()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var pool = device.Pool;
+        Assert.InRange(pool.Budget, 1L << 30, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes); // this machine: 75% of its memory
+        pool.Budget = 4000 * sizeof(float);
+        using (pool.Rent(3000)) { }                  // idle now, still held
+        using (var a = pool.Rent(2000)) { }          // fits only once the idle 3000 are freed
+        Assert.Equal(2000 * sizeof(float), pool.BytesAllocated);
+        using var held = pool.Rent(2000);
+        var e = Assert.Throws<DeviceException>(() => pool.Rent(2001));
+        Assert.Equal($"out of memory on {device.Name}: 0.00 GiB more are needed with 0.00 GiB in use, and 0.00 GiB are usable; use a smaller batch, sequence length or model", e.Message);
+        Assert.Equal(2000 * sizeof(float), pool.BytesInUse);
+        using var fits = pool.Rent(2000);            // the failure left the accounting intact
+    }
+
+    [Fact]
+    public void A_batch_too_big_for_the_device_is_a_clear_error_before_any_work()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = BertConfig.ForSize("tiny", 100);
+        using var model = new BertForPreTraining(device, config);
+        device.Pool.Budget = device.Pool.BytesAllocated + (64L << 20); // the weights and 64 MiB
+        var rows = Enumerable.Range(0, 4096).Select(_ => Enumerable.Repeat(5, 128).ToArray()).ToArray();
+        var inputs = BertInputs.FromRows(rows, rows.Select(r => new int[r.Length]).ToArray(), rows.Select(r => r.Select(_ => 1).ToArray()).ToArray());
+        using var tape = new Autograd.Tape(recording: false);
+        var e = Assert.Throws<DeviceException>(() => model.Forward(tape, inputs, Dropouts.Off));
+        Assert.StartsWith($"out of memory on {device.Name}: ", e.Message);
     }
 
     [Fact]

@@ -98,7 +98,7 @@ namespace IlgpuBert.Cli
             {
                 var g = group;
                 terminated ??= System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, _ =>
-                    Console.Error.WriteLine($"error: {g.Describe()}: stopped by the launcher (another rank failed: mpirun's message names it)"));
+                    Console.Error.WriteLine($"error: {g.Describe()}: stopped by the launcher (another rank failed, and mpirun names it; or mpirun was interrupted)"));
             }
             return (group, group.IsRoot ? stdout : TextWriter.Null);
         }

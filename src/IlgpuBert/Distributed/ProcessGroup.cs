@@ -36,6 +36,15 @@ public abstract class ProcessGroup : IDisposable
     /// <summary>Ends every rank's process now with <paramref name="exitCode"/> (a failure on one rank).</summary>
     public abstract void Abort(int exitCode);
 
+    /// <summary>True on every rank when <paramref name="flag"/> is true on any (a stop request, say).</summary>
+    public bool Any(bool flag)
+    {
+        if (Size == 1) return flag;
+        Span<double> f = [flag ? 1 : 0];
+        AllReduceSum(f);
+        return f[0] > 0;
+    }
+
     /// <summary>Wall time spent in <see cref="AllReduceGradients"/> so far, waiting for slower ranks included.</summary>
     public TimeSpan GradientTime { get; protected set; }
 

@@ -107,6 +107,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
         var epochs = new JsonArray();
         JsonObject? last = null;
         var clock = Stopwatch.StartNew();
+        bool stopped = false;
         int step = 0, reportEvery = Math.Max(1, total / 20);
         var baselineLabels = BaselineLabels(o.Task, train);
         for (int epoch = 1; epoch <= o.Epochs; epoch++)
@@ -128,10 +129,9 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
                 else
                     foreach (var p in setup.Trainable) device.Kernels.Elementwise.Zero(p.Var.EnsureGrad().View); // a batch smaller than the group
                 group.AllReduceGradients(setup.Trainable, (float)share);
-                Span<double> sums = [share * loss, StopRequested ? 1 : 0];
+                Span<double> sums = [share * loss];
                 group.AllReduceSum(sums);
                 loss = sums[0];
-                if (sums[1] > 0) StopRequested = true; // any rank interrupted: all stop after this step
                 if (!double.IsFinite(loss))
                     throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping. Try a lower --lr.");
                 float gradNorm = optimizer.GradNorm();
@@ -147,7 +147,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
                     double remaining = row.ElapsedSeconds / step * (total - step);
                     log.WriteLine($"epoch {epoch}/{o.Epochs} step {step}/{total}  loss {loss:F4}  lr {lr:E2}  {row.ExamplesPerSecond:F0} examples/s  ETA {TimeSpan.FromSeconds(remaining):mm\\:ss}");
                 }
-                if (StopRequested) break;
+                if (stopped = group.Any(StopRequested)) break; // any rank interrupted: all stop after this step
             }
             group.VerifyIdentical(setup.Trainable, $"epoch {epoch}");
             if (evalFeatures.Count > 0 && group.IsRoot)
@@ -159,7 +159,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
                 log.WriteLine($"epoch {epoch}: {Describe(last)}");
             }
             if (group.IsRoot) Save(model, outDir, vocabPath, steps, last, epochs, o);
-            if (StopRequested)
+            if (stopped || (stopped = group.Any(StopRequested)))
             {
                 log.WriteLine($"interrupted after step {step}: saved the model so far in {outDir}");
                 break;

@@ -136,10 +136,9 @@ public sealed class Trainer
                 tape.Backward();
             }
             group.AllReduceGradients(model.Parameters.All);
-            Span<double> sums = [mlm, sentence, tokens, StopRequested ? 1 : 0];
+            Span<double> sums = [mlm, sentence, tokens];
             group.AllReduceSum(sums);
             (mlm, sentence, tokens) = (sums[0], sums[1], (long)sums[2]);
-            bool stop = sums[3] > 0; // any rank interrupted: all stop after this step
             double loss = mlm + sentence;
             if (!double.IsFinite(loss))
                 throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr.");
@@ -158,6 +157,7 @@ public sealed class Trainer
             metrics.Add(row);
             Progress(row, o.Steps, interactive, step % reportEvery == 0 || step == o.Steps || row.EvalPerplexity is not null);
 
+            bool stop = group.Any(StopRequested); // any rank interrupted: all stop after this step
             if ((o.SaveEvery > 0 && step % o.SaveEvery == 0) || stop)
             {
                 group.VerifyIdentical(model.Parameters.All, $"step {step}");

@@ -5,6 +5,9 @@
 // every length) would keep a buffer of every size ever used: once the idle buffers hold more than
 // the most ever rented at once (and at least IdleFloor), they are freed. The pool also keeps the
 // accounting that tests and benchmarks read (how much was allocated, the peak, the largest request).
+// It also keeps a budget: an allocation that would take the pool past what the device can hold
+// (after freeing idle buffers) fails with a DeviceException naming the sizes, instead of the
+// process dying out of memory (exit 134) or the OS paging for minutes.
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -17,7 +20,21 @@ public sealed class BufferPool : IDisposable
     private readonly List<MemoryBuffer1D<float, Stride1D.Dense>> all = new();
     private readonly object gate = new();
 
-    internal BufferPool(Accelerator accelerator) => this.accelerator = accelerator;
+    internal BufferPool(Accelerator accelerator)
+    {
+        this.accelerator = accelerator;
+        Budget = DefaultBudget(accelerator);
+    }
+
+    /// <summary>
+    /// The most bytes the pool may hold: 95% of a GPU's memory; on the CPU accelerator 75% of the
+    /// memory this process may use (physical or its container's limit), leaving room for host arrays.
+    /// </summary>
+    public long Budget { get; set; }
+
+    public static long DefaultBudget(Accelerator accelerator) => accelerator.AcceleratorType == AcceleratorType.CPU
+        ? (long)(GC.GetGCMemoryInfo().TotalAvailableMemoryBytes * 0.75)
+        : (long)(accelerator.MemorySize * 0.95);
 
     /// <summary>Device allocations made so far (a steady state adds none).</summary>
     public long Allocations { get; private set; }
@@ -45,6 +62,11 @@ public sealed class BufferPool : IDisposable
                 buffer = stack.Pop();
             else
             {
+                long bytes = Math.Max(length, 1) * sizeof(float);
+                if (BytesAllocated + bytes > Budget) Trim();
+                if (BytesAllocated + bytes > Budget)
+                    throw new DeviceException($"out of memory on {accelerator.Name}: {GiB(bytes)} more are needed with {GiB(BytesInUse)} in use, "
+                        + $"and {GiB(Budget)} are usable; use a smaller batch, sequence length or model");
                 buffer = accelerator.Allocate1D<float>(Math.Max(length, 1));
                 all.Add(buffer);
                 Allocations++;
@@ -56,6 +78,8 @@ public sealed class BufferPool : IDisposable
         }
         return new PooledBuffer(this, buffer, length);
     }
+
+    private static string GiB(long bytes) => $"{bytes / (double)(1L << 30):F2} GiB";
 
     /// <summary>Idle bytes always allowed before the pool frees what it keeps.</summary>
     public const long IdleFloor = 256L << 20;
