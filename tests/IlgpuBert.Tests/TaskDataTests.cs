@@ -118,6 +118,19 @@ public class TaskDataTests
     }
 
     [Fact]
+    public void A_tag_the_model_lacks_is_reported_at_its_own_line_not_its_sentences_first()
+    {
+        using var dir = new TempDir();
+        File.WriteAllLines(dir.File("vocab.txt"), ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "alice", "lives", "in", "paris", "bob"]);
+        File.WriteAllText(dir.File("n.conll"), "Bob B-PER\n\nAlice B-PER\nlives O\nin O\nParis B-LOC\n");
+        var examples = TaskData.Read(dir.File("n.conll"), TaskKind.TokenClassification, new ColumnSpec());
+        var featurizer = new Featurizer(Text.BertTextEncoder.FromVocab(dir.File("vocab.txt")), new TaskSpec(TaskKind.TokenClassification, ["B-PER", "O"]), 32);
+        featurizer.Make(examples[0], labelled: true);
+        var e = Assert.Throws<DataFormatException>(() => featurizer.Make(examples[1], labelled: true));
+        Assert.Equal($"{dir.File("n.conll")}:6: tag \"B-LOC\" is not one of the model's tags (B-PER, O)", e.Message);
+    }
+
+    [Fact]
     public void Classification_metrics_match_hand_computed_values()
     {
         int[] gold = [0, 0, 1, 1, 2, 2, 2, 0];

@@ -82,7 +82,7 @@ public sealed class Featurizer(BertTextEncoder encoder, TaskSpec task, int maxLe
             if (labelled)
             {
                 if (!labelIds.TryGetValue(e.Tags![w], out tag))
-                    throw new DataFormatException($"{e.Source}: tag \"{e.Tags[w]}\" is not one of the model's tags ({string.Join(", ", Task.Labels)})");
+                    throw new DataFormatException($"{e.WordSource(w)}: tag \"{e.Tags[w]}\" is not one of the model's tags ({string.Join(", ", Task.Labels)})");
             }
             ids.AddRange(pieces);
             labels.Add(tag);

@@ -37,6 +37,11 @@ public sealed record TaskExample
     public string Source { get; init; } = "";
     /// <summary>The input line it was read from (plain text read by <see cref="TaskData.ReadPlain"/>), so outputs can line up with inputs.</summary>
     public int Line { get; init; }
+    /// <summary>CoNLL: the line of each word, so an error about one tag names its own line.</summary>
+    public IReadOnlyList<int>? WordLines { get; init; }
+
+    /// <summary>Where word <paramref name="w"/> came from: its own line for CoNLL, else <see cref="Source"/>.</summary>
+    public string WordSource(int w) => WordLines is { } lines && Source.LastIndexOf(':') is > 0 and var colon ? $"{Source[..colon]}:{lines[w]}" : Source;
 }
 
 /// <summary>Which columns (names, or 0-based indices) hold the text, the second text and the label; whether the file has a header row.</summary>
@@ -212,13 +217,15 @@ public static class TaskData
         var result = new List<TaskExample>();
         var words = new List<string>();
         var tags = new List<string>();
+        var lines = new List<int>();
         int line = 0, start = 1;
         void Flush()
         {
             if (words.Count > 0)
-                result.Add(new TaskExample { Text = string.Join(" ", words), Words = words.ToList(), Tags = labelled ? tags.ToList() : null, Source = $"{path}:{start}" });
+                result.Add(new TaskExample { Text = string.Join(" ", words), Words = words.ToList(), Tags = labelled ? tags.ToList() : null, Source = $"{path}:{start}", WordLines = lines.ToList() });
             words.Clear();
             tags.Clear();
+            lines.Clear();
         }
         foreach (var raw in File.ReadLines(path))
         {
@@ -238,6 +245,7 @@ public static class TaskData
             if (words.Count == 0) start = line;
             words.Add(cells[0]);
             tags.Add(tag);
+            lines.Add(line);
         }
         Flush();
         return result;
