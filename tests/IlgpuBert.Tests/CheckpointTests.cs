@@ -216,12 +216,25 @@ public class CheckpointTests
     }
 
     [Fact]
-    public void Endless_or_huge_text_files_are_refused_at_once()
+    public void Endless_blocking_or_huge_files_are_refused_at_once()
     {
         using var dir = new TempDir();
         File.CreateSymbolicLink(dir.File(BertFolder.ConfigFile), "/dev/zero");
-        Assert.Contains("larger than", Assert.Throws<CheckpointException>(() => BertConfig.Read(dir.File(BertFolder.ConfigFile))).Message);
+        Assert.Equal($"{dir.File(BertFolder.ConfigFile)}: a device, not a config.json file",
+            Assert.Throws<CheckpointException>(() => BertConfig.Read(dir.File(BertFolder.ConfigFile))).Message);
         File.CreateSymbolicLink(dir.File("vocab.txt"), "/dev/urandom");
-        Assert.IsType<CheckpointException>(Record.Exception(() => Text.WordPiece.ReadVocabulary(dir.File("vocab.txt"))));
+        Assert.Contains("a device", Assert.Throws<CheckpointException>(() => Text.WordPiece.ReadVocabulary(dir.File("vocab.txt"))).Message);
+        using (var big = File.Create(dir.File("big.json"))) big.SetLength(BoundedFile.ConfigBytes + 1L);
+        Assert.Contains("larger than", Assert.Throws<CheckpointException>(() => BertConfig.Read(dir.File("big.json"))).Message);
+
+        // A FIFO would block the open until something writes to it: refused before opening. The
+        // reads run on a task so that a regression fails the test instead of hanging the suite.
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", dir.File("fifo"))) mkfifo.WaitForExit();
+        foreach (var read in new Action[] { () => BertConfig.Read(dir.File("fifo")), () => SafeTensors.Read(dir.File("fifo")), () => Text.WordPiece.ReadVocabulary(dir.File("fifo")) })
+        {
+            var task = Task.Run(() => Record.Exception(read));
+            Assert.True(task.Wait(TimeSpan.FromSeconds(10)), "reading a FIFO blocked");
+            Assert.Contains("a FIFO (named pipe), not a", Assert.IsType<CheckpointException>(task.Result).Message);
+        }
     }
 }

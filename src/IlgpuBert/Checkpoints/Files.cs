@@ -42,6 +42,7 @@ public static class BoundedFile
 
     public static string ReadAllText(string path, int maxBytes, string what)
     {
+        RegularFile.Require(path, what);
         using var stream = File.OpenRead(path);
         var buffer = new byte[Math.Min(maxBytes + 1L, stream.CanSeek && stream.Length > 0 ? stream.Length + 1 : maxBytes + 1L)];
         int total = 0, read;
@@ -96,6 +97,41 @@ public sealed class OutputLock : IDisposable
     }
 
     public void Dispose() => stream.Dispose();
+}
+
+/// <summary>
+/// Model files must be regular files: opening a FIFO blocks until something writes to it, and a
+/// device such as /dev/zero or /dev/urandom never ends. .NET reports no file type on Unix, so the
+/// type comes from statx(2) (glibc ≥ 2.28; its struct is the same on every architecture). Where
+/// statx is missing (other systems) the size caps of the readers still apply.
+/// </summary>
+public static unsafe class RegularFile
+{
+    private const int AtFdCwd = -100, StatxType = 1, ModeOffset = 28;
+    private const int TypeMask = 0xF000, Regular = 0x8000, Directory = 0x4000, Fifo = 0x1000, CharacterDevice = 0x2000, BlockDevice = 0x6000, Socket = 0xC000;
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "statx", SetLastError = true)]
+    private static extern int Statx(int dirfd, string path, int flags, uint mask, byte* buffer);
+
+    public static void Require(string path, string what)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        byte* buffer = stackalloc byte[256];
+        int result;
+        try { result = Statx(AtFdCwd, path, 0, StatxType, buffer); }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { return; }
+        if (result != 0) return; // missing or unreadable: the open that follows reports it in its own words
+        string? kind = (*(ushort*)(buffer + ModeOffset) & TypeMask) switch
+        {
+            Regular => null,
+            Directory => "a directory",
+            Fifo => "a FIFO (named pipe)",
+            CharacterDevice or BlockDevice => "a device",
+            Socket => "a socket",
+            _ => "not a regular file",
+        };
+        if (kind is not null) throw new CheckpointException($"{path}: {kind}, not a {what} file");
+    }
 }
 
 /// <summary>A private temporary folder, deleted with everything in it on dispose.</summary>

@@ -36,6 +36,7 @@ public static class SafeTensors
     public static Dictionary<string, HostTensor> Read(string path)
     {
         if (!File.Exists(path)) throw new CheckpointException($"{path}: no such file");
+        RegularFile.Require(path, "safetensors");
         using var file = File.OpenRead(path);
         long fileLength = file.Length;
         if (fileLength < 8) throw new CheckpointException($"{path}: truncated safetensors file ({fileLength} bytes, no header length)");
