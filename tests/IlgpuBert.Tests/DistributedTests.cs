@@ -145,10 +145,8 @@ public class DistributedTests : IDisposable
         var ranks = RanksOf(marker);
         Assert.Equal([0, 1], ranks.Keys.Order());
         Process.GetProcessById(ranks[1]).Kill();
-        clock.Restart();
-        var (code, output) = Finish(mpi, TimeSpan.FromSeconds(30));
+        var (code, output) = Finish(mpi, TimeSpan.FromSeconds(30)); // fails the test past 30 s
         Assert.NotEqual(0, code);
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30));
         Assert.Matches(@"rank 1 .*(signal 9|Killed)", output.Replace('\n', ' ')); // mpirun's line naming the dead rank
         Assert.All(ranks.Values, pid => Assert.True(!Alive(pid), $"rank process {pid} outlived mpirun"));
 

@@ -55,7 +55,6 @@ public sealed class ThreadRanks(int size)
             for (int i = 0; i < parameters.Count; i++) parameters[i].Var.Value.CopyFrom(all[0][i]);
         }
 
-        public override void Barrier() => world.Exchange(rank, 0);
         public override void Abort(int exitCode) => throw new InvalidOperationException($"abort {exitCode}");
     }
 }

@@ -110,7 +110,7 @@ public static unsafe class RegularFile
     private const int AtFdCwd = -100, StatxType = 1, ModeOffset = 28;
     private const int TypeMask = 0xF000, Regular = 0x8000, Directory = 0x4000, Fifo = 0x1000, CharacterDevice = 0x2000, BlockDevice = 0x6000, Socket = 0xC000;
 
-    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "statx", SetLastError = true)]
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "statx")]
     private static extern int Statx(int dirfd, string path, int flags, uint mask, byte* buffer);
 
     public static void Require(string path, string what)

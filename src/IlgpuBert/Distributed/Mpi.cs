@@ -22,7 +22,6 @@ internal sealed unsafe class MpiLibrary
     private readonly delegate* unmanaged<nint, int*, int> commRank, commSize;
     private readonly delegate* unmanaged<void*, void*, int, nint, nint, nint, int> allreduce;
     private readonly delegate* unmanaged<void*, int, nint, int, nint, int> bcast;
-    private readonly delegate* unmanaged<nint, int> barrier;
     private readonly delegate* unmanaged<nint, int, int> abort;
 
     private MpiLibrary(nint lib)
@@ -41,7 +40,6 @@ internal sealed unsafe class MpiLibrary
         commSize = (delegate* unmanaged<nint, int*, int>)Get("MPI_Comm_size");
         allreduce = (delegate* unmanaged<void*, void*, int, nint, nint, nint, int>)Get("MPI_Allreduce");
         bcast = (delegate* unmanaged<void*, int, nint, int, nint, int>)Get("MPI_Bcast");
-        barrier = (delegate* unmanaged<nint, int>)Get("MPI_Barrier");
         abort = (delegate* unmanaged<nint, int, int>)Get("MPI_Abort");
     }
 
@@ -91,8 +89,6 @@ internal sealed unsafe class MpiLibrary
     public void AllReduceSum(void* data, int count, nint type) => Check(allreduce((void*)InPlace, data, count, type, Sum, CommWorld), "MPI_Allreduce");
 
     public void Broadcast(void* data, int count, nint type, int root) => Check(bcast(data, count, type, root, CommWorld), "MPI_Bcast");
-
-    public void Barrier() => Check(barrier(CommWorld), "MPI_Barrier");
 
     public void Abort(int code) => abort(CommWorld, code);
 

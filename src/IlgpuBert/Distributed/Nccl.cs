@@ -36,7 +36,6 @@ public sealed class NcclProcessGroup(ProcessGroup bootstrap, INccl? nccl = null)
 
     public override void AllReduceSum(Span<double> values) => bootstrap.AllReduceSum(values);
     public override void Broadcast(IReadOnlyList<Parameter> parameters) => bootstrap.Broadcast(parameters);
-    public override void Barrier() => bootstrap.Barrier();
     public override void Abort(int exitCode) => bootstrap.Abort(exitCode);
 
     public override void AllReduceGradients(IReadOnlyList<Parameter> parameters, float scale = 1f)

@@ -30,9 +30,6 @@ public abstract class ProcessGroup : IDisposable
     /// <summary>Every parameter takes rank 0's values (a new model's initialisation, a loaded checkpoint).</summary>
     public abstract void Broadcast(IReadOnlyList<Parameter> parameters);
 
-    /// <summary>Waits until every rank has arrived.</summary>
-    public abstract void Barrier();
-
     /// <summary>Ends every rank's process now with <paramref name="exitCode"/> (a failure on one rank).</summary>
     public abstract void Abort(int exitCode);
 
@@ -112,7 +109,6 @@ public abstract class ProcessGroup : IDisposable
         public override void AllReduceSum(Span<double> values) { }
         public override void AllReduceGradients(IReadOnlyList<Parameter> parameters, float scale = 1f) => ScaleOnDevice(parameters, scale);
         public override void Broadcast(IReadOnlyList<Parameter> parameters) { }
-        public override void Barrier() { }
         public override void Abort(int exitCode) => Environment.Exit(exitCode);
     }
 }
@@ -159,8 +155,6 @@ public sealed unsafe class MpiProcessGroup : ProcessGroup
 
     public override void Broadcast(IReadOnlyList<Parameter> parameters) =>
         ThroughBuckets(parameters.Select(p => p.Var.Value), (data, n) => mpi.Broadcast(data, n, mpi.Float, 0));
-
-    public override void Barrier() => mpi.Barrier();
 
     public override void Abort(int exitCode) => mpi.Abort(exitCode);
 

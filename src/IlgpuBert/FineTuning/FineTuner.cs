@@ -159,7 +159,8 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
                 log.WriteLine($"epoch {epoch}: {Describe(last)}");
             }
             if (group.IsRoot) Save(model, outDir, vocabPath, steps, last, epochs, o);
-            if (stopped || (stopped = group.Any(StopRequested)))
+            stopped = stopped || group.Any(StopRequested); // decided together: a rank that stopped alone would wait forever
+            if (stopped)
             {
                 log.WriteLine($"interrupted after step {step}: saved the model so far in {outDir}");
                 break;

@@ -37,11 +37,11 @@ public sealed record TaskExample
     public string Source { get; init; } = "";
     /// <summary>The input line it was read from (plain text read by <see cref="TaskData.ReadPlain"/>), so outputs can line up with inputs.</summary>
     public int Line { get; init; }
-    /// <summary>CoNLL: the line of each word, so an error about one tag names its own line.</summary>
-    public IReadOnlyList<int>? WordLines { get; init; }
+    /// <summary>CoNLL: the file and the line of each word, so an error about one tag names its own line.</summary>
+    public (string File, IReadOnlyList<int> Lines)? WordLines { get; init; }
 
     /// <summary>Where word <paramref name="w"/> came from: its own line for CoNLL, else <see cref="Source"/>.</summary>
-    public string WordSource(int w) => WordLines is { } lines && Source.LastIndexOf(':') is > 0 and var colon ? $"{Source[..colon]}:{lines[w]}" : Source;
+    public string WordSource(int w) => WordLines is var (file, lines) ? $"{file}:{lines[w]}" : Source;
 }
 
 /// <summary>Which columns (names, or 0-based indices) hold the text, the second text and the label; whether the file has a header row.</summary>
@@ -222,7 +222,7 @@ public static class TaskData
         void Flush()
         {
             if (words.Count > 0)
-                result.Add(new TaskExample { Text = string.Join(" ", words), Words = words.ToList(), Tags = labelled ? tags.ToList() : null, Source = $"{path}:{start}", WordLines = lines.ToList() });
+                result.Add(new TaskExample { Text = string.Join(" ", words), Words = words.ToList(), Tags = labelled ? tags.ToList() : null, Source = $"{path}:{start}", WordLines = (path, lines.ToList()) });
             words.Clear();
             tags.Clear();
             lines.Clear();
