@@ -70,7 +70,7 @@ public class CheckpointTests
     {
         { "truncated", new byte[] { 1, 2, 3 } },
         { "impossible", BitConverter.GetBytes(ulong.MaxValue / 2) },
-        { "not valid JSON", RawFile("{\"a\":", []) },
+        { "header: invalid JSON at line 1", RawFile("{\"a\":", []) },
         { "outside", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", new byte[4]) },
         { "needs 8 bytes", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", new byte[4]) },
         { "dtype I64", RawFile("{\"a\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}", new byte[8]) },
@@ -80,7 +80,7 @@ public class CheckpointTests
         { "overlap those of a", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", new byte[12]) },
         { "overlap", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", new byte[8]) },
         { "4 unused bytes before tensor a", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", new byte[8]) },
-        { "not valid JSON", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", new byte[4]) },
+        { "key \"a\" appears twice", RawFile("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", new byte[4]) },
     };
 
     /// <summary>A file as we write it (header padded with spaces) whose header length is one less than written: every tensor would read one byte early.</summary>
@@ -236,5 +236,33 @@ public class CheckpointTests
             Assert.True(task.Wait(TimeSpan.FromSeconds(10)), "reading a FIFO blocked");
             Assert.Contains("a FIFO (named pipe), not a", Assert.IsType<CheckpointException>(task.Result).Message);
         }
+    }
+
+    [Fact]
+    public void A_vocabulary_longer_than_the_embedding_table_is_refused_naming_the_file()
+    {
+        using var dir = new TempDir();
+        var tokens = Text.WordPieceTrainer.SpecialTokens.Concat(["the", "a"]).ToList();
+        new BertConfig { VocabSize = tokens.Count, HiddenSize = 16, NumHiddenLayers = 1, NumAttentionHeads = 2, IntermediateSize = 32 }.Write(dir.File(BertFolder.ConfigFile));
+        File.WriteAllLines(dir.File(BertFolder.VocabFile), tokens);
+        Assert.Equal(tokens.Count, Text.BertTextEncoder.Load(dir.Path).VocabSize);
+        File.WriteAllLines(dir.File(BertFolder.VocabFile), tokens.Append("of"));
+        Assert.Equal($"{dir.File(BertFolder.VocabFile)}: 8 tokens, more than config.json's vocab_size 7 (ids from 7 on have no embedding)",
+            Assert.Throws<CheckpointException>(() => Text.BertTextEncoder.Load(dir.Path)).Message);
+    }
+
+    [Fact]
+    public void Json_inputs_are_strict_and_their_errors_one_line_naming_the_file_and_place()
+    {
+        string Error(string json) => Assert.Throws<CheckpointException>(() => StrictJson.Parse(json, "f.json")).Message;
+        Assert.Equal("f.json: key \"hidden_size\" appears twice in the top level", Error("{\"hidden_size\": 1, \"hidden_size\": 2}"));
+        Assert.Equal("f.json: key \"x\" appears twice in \"a\"[1]", Error("{\"a\": [{}, {\"x\": 1, \"x\": 1}]}"));
+        Assert.Contains("lone UTF-16 surrogate", Error("{\"a\": \"\\udc00\"}"));
+        // The parser's own message quotes the rest of the document for a bad literal: cut to one short line.
+        string literal = Error("{\"a\": tru\n" + new string('x', 500) + "\n}");
+        Assert.StartsWith("f.json: invalid JSON at line 1, byte ", literal);
+        Assert.DoesNotContain("\n", literal);
+        Assert.True(literal.Length < 200, literal);
+        Assert.Equal(2, StrictJson.Parse("{\"a\": [1, 2]}", "f.json")!["a"]!.AsArray().Count);
     }
 }

@@ -36,7 +36,7 @@ public class ReadmeExample
         return (similarity, hits);
     }
 
-    private static string RepoFile(string name)
+    internal static string RepoFile(string name)
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
             if (File.Exists(Path.Combine(d.FullName, name)) && File.Exists(Path.Combine(d.FullName, "IlgpuBert.sln")))

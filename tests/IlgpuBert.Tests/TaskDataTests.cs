@@ -98,8 +98,8 @@ public class TaskDataTests
     [InlineData("c.csv", "text,label\nfine,\"pos\" \n", "c.csv:2", "text after the closing quote of field 2")]
     [InlineData("j.jsonl", "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\"\n", "j.jsonl:2", "invalid JSON")]
     [InlineData("j.jsonl", "{\"text\": \"a\"}\n", "j.jsonl:1", "no \"label\" field")]
-    [InlineData("j.jsonl", "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"text\": \"c\", \"label\": \"y\"}\n", "j.jsonl:2", "invalid JSON")]
-    [InlineData("j.jsonl", "{\"text\": \"\\ud800 lone\", \"label\": \"x\"}\n", "j.jsonl:1", "unreadable string")]
+    [InlineData("j.jsonl", "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"text\": \"c\", \"label\": \"y\"}\n", "j.jsonl:2", "key \"text\" appears twice")]
+    [InlineData("j.jsonl", "{\"text\": \"\\ud800 lone\", \"label\": \"x\"}\n", "j.jsonl:1", "lone UTF-16 surrogate")]
     [InlineData("n.conll", "Alice B-PER\nlives\n", "n.conll:2", "has no tag")]
     [InlineData("n.conll", "Alice PERSON\n", "n.conll:1", "is not O, B-TYPE or I-TYPE")]
     public void Bad_rows_are_reported_with_file_and_line(string name, string content, string where, string message)

@@ -77,7 +77,7 @@ public static class ModelCommands
             var inputs = ReadBatch(parse.GetValue(input)!);
             using var device = Cli.OpenDevice(parse);
             using var bert = BertFolder.Load(device, parse.GetValue(model)!, stderr);
-            inputs.Validate(bert.Config);
+            CheckBatch(inputs, bert.Config, parse.GetValue(input)!);
             using var tape = new Tape(recording: false);
             bool wantAttentions = parse.GetValue(attentions);
             var o = bert.Forward(tape, inputs, Dropouts.Off, outputAttentions: wantAttentions);
@@ -112,7 +112,7 @@ public static class ModelCommands
             var inputs = ReadBatch(parse.GetValue(input)!);
             using var device = Cli.OpenDevice(parse);
             using var bert = BertFolder.Load(device, parse.GetValue(model)!, stderr);
-            inputs.Validate(bert.Config);
+            CheckBatch(inputs, bert.Config, parse.GetValue(input)!);
             if (inputs.Labels is null && inputs.NextSentenceLabel is null)
                 throw new ArgumentException("grad needs labels and/or next_sentence_label in the batch");
             var result = new Dictionary<string, HostTensor>();
@@ -184,18 +184,17 @@ public static class ModelCommands
         AtomicFile.WriteText(path, string.Join("\n", tokens) + "\n");
 
     /// <summary>BATCH.json: HF's keys, each a list of equal-length rows (next_sentence_label a flat list).</summary>
+    /// <summary>The batch against the model (ids in the vocabulary, lengths within the positions), errors naming the batch file.</summary>
+    private static void CheckBatch(BertInputs inputs, BertConfig config, string path)
+    {
+        try { inputs.Validate(config); }
+        catch (ArgumentException e) { throw new ArgumentException($"{path}: {e.Message}"); }
+    }
+
     public static BertInputs ReadBatch(string path)
     {
         if (!File.Exists(path)) throw new ArgumentException($"{path}: no such batch file");
-        JsonObject obj;
-        try
-        {
-            obj = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ArgumentException($"{path}: not a JSON object");
-        }
-        catch (JsonException e)
-        {
-            throw new ArgumentException($"{path}: invalid JSON ({e.Message})");
-        }
+        var obj = StrictJson.Parse(BoundedFile.ReadAllText(path, BoundedFile.DataBytes, "batch JSON"), path, m => new ArgumentException(m)) as JsonObject ?? throw new ArgumentException($"{path}: not a JSON object");
         int[][]? Rows(string key)
         {
             if (!obj.TryGetPropertyValue(key, out var node) || node is null) return null;
@@ -215,9 +214,10 @@ public static class ModelCommands
                 throw new ArgumentException($"{path}: next_sentence_label must be a list of integers");
             }
         }
+        var (types, mask, labels) = (Rows("token_type_ids"), Rows("attention_mask"), Rows("labels"));
         try
         {
-            return BertInputs.FromRows(ids, Rows("token_type_ids"), Rows("attention_mask"), Rows("labels"), nsp);
+            return BertInputs.FromRows(ids, types, mask, labels, nsp);
         }
         catch (ArgumentException e)
         {

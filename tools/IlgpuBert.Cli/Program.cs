@@ -51,14 +51,14 @@ namespace IlgpuBert.Cli
             {
                 // One rank failed: it names itself, and MPI_Abort ends every rank now (the others may
                 // be waiting in a collective that would never complete).
-                stderr.WriteLine($"error: {g.Describe()}: {(Expected(e) ? e.Message : e.ToString())}");
+                stderr.WriteLine($"error: {g.Describe()}: {(Expected(e) ? OneLine(e.Message) : e.ToString())}");
                 stderr.Flush();
                 g.Abort(2);
                 return 2;
             }
             catch (Exception e) when (Expected(e))
             {
-                stderr.WriteLine($"error: {e.Message}");
+                stderr.WriteLine($"error: {OneLine(e.Message)}");
                 return 2;
             }
             finally
@@ -66,6 +66,13 @@ namespace IlgpuBert.Cli
                 group?.Dispose();
                 group = null;
             }
+        }
+
+        /// <summary>A message as one line (a line break inside some text it quotes would split it), at most 1,000 characters.</summary>
+        private static string OneLine(string message)
+        {
+            string line = string.Join(' ', message.Split((char[])['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+            return line.Length <= 1000 ? line : line[..1000] + "…";
         }
 
         /// <summary>Failures the user can act on: one line, no stack trace.</summary>

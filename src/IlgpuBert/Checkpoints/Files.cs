@@ -1,6 +1,8 @@
 // Writing and reading the small files around a model safely: atomic writes (temporary file, then
-// rename), bounded reads of text files, and a lock that keeps two runs out of one output folder.
+// rename), bounded reads of text files, strict JSON, and a lock that keeps two runs out of one output folder.
 using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
 
 namespace IlgpuBert.Checkpoints;
 
@@ -22,6 +24,10 @@ public static class AtomicFile
             }
             File.Move(temp, full, overwrite: true);
         }
+        catch (Exception e) when (e is IOException or ArgumentOutOfRangeException) // a full disk is an IOException; a file-size limit (EFBIG) an ArgumentOutOfRangeException
+        {
+            throw new IOException($"{full}: could not be written ({e.Message}){(File.Exists(full) ? "; the previous file is unchanged" : "")}", e);
+        }
         finally
         {
             if (File.Exists(temp)) File.Delete(temp);
@@ -38,7 +44,7 @@ public static class AtomicFile
 /// </summary>
 public static class BoundedFile
 {
-    public const int ConfigBytes = 1 << 20, VocabularyBytes = 64 << 20;
+    public const int ConfigBytes = 1 << 20, VocabularyBytes = 64 << 20, DataBytes = 1 << 30;
 
     public static string ReadAllText(string path, int maxBytes, string what)
     {
@@ -86,14 +92,40 @@ public sealed class OutputLock : IDisposable
     {
         Directory.CreateDirectory(dir);
         string path = Path.Combine(dir, FileName);
+        OutputLock held;
         try
         {
-            return new OutputLock(new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1, FileOptions.DeleteOnClose));
+            held = new OutputLock(new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1, FileOptions.DeleteOnClose));
         }
         catch (IOException)
         {
             throw new IOException($"{dir} is in use by another ilgpu-bert run (it holds {FileName}); wait for it or choose another --out");
         }
+        held.Leftovers = RemoveLeftovers(dir);
+        return held;
+    }
+
+    /// <summary>Unfinished writes a killed run left in the folder (removed when the lock was taken).</summary>
+    public IReadOnlyList<string> Leftovers { get; private set; } = [];
+
+    /// <summary>
+    /// With the lock held nobody else writes here, so every temporary this tool writes (AtomicFile's
+    /// ".NAME.PID.GUID.tmp" files, a checkpoint's "checkpoint-N.tmp" folder) is a killed run's unfinished write.
+    /// </summary>
+    private static List<string> RemoveLeftovers(string dir)
+    {
+        var removed = new List<string>();
+        foreach (var file in Directory.EnumerateFiles(dir, ".*.tmp"))
+        {
+            File.Delete(file);
+            removed.Add(Path.GetFileName(file));
+        }
+        foreach (var folder in Directory.EnumerateDirectories(dir, "checkpoint-*.tmp"))
+        {
+            Directory.Delete(folder, true);
+            removed.Add(Path.GetFileName(folder));
+        }
+        return removed;
     }
 
     public void Dispose() => stream.Dispose();
@@ -132,6 +164,77 @@ public static unsafe class RegularFile
         };
         if (kind is not null) throw new CheckpointException($"{path}: {kind}, not a {what} file");
     }
+}
+
+/// <summary>
+/// JSON as every input file must be: valid UTF-8 and syntax, no key twice in one object (System.Text.Json
+/// would keep one or throw later, far from the file), no string with a lone surrogate; each failure is
+/// one line naming the file and the place in it. <paramref name="error"/> makes the exception a
+/// caller's users expect (a checkpoint, data or argument error).
+/// </summary>
+public static class StrictJson
+{
+    public static JsonNode? Parse(string text, string source, Func<string, Exception>? error = null) =>
+        Parse(Encoding.UTF8.GetBytes(text), source, error);
+
+    public static JsonNode? Parse(byte[] utf8, string source, Func<string, Exception>? error = null)
+    {
+        error ??= message => new CheckpointException(message);
+        try
+        {
+            using (var document = JsonDocument.Parse(utf8))
+                Check(document.RootElement, "the top level");
+            return JsonNode.Parse(utf8);
+        }
+        catch (JsonException e)
+        {
+            throw error($"{source}: invalid JSON at line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1} ({Reason(e)})");
+        }
+        catch (InvalidDataException e)
+        {
+            throw error($"{source}: {e.Message}");
+        }
+    }
+
+    private static void Check(JsonElement element, string where)
+    {
+        switch (element.ValueKind)
+        {
+            case JsonValueKind.Object:
+                var keys = new HashSet<string>(StringComparer.Ordinal);
+                foreach (var property in element.EnumerateObject())
+                {
+                    string key = Text(() => property.Name, where);
+                    if (!keys.Add(key)) throw new InvalidDataException($"key \"{Short(key)}\" appears twice in {where}");
+                    Check(property.Value, $"\"{Short(key)}\"");
+                }
+                break;
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var item in element.EnumerateArray()) Check(item, $"{where}[{i++}]");
+                break;
+            case JsonValueKind.String:
+                Text(element.GetString, where);
+                break;
+        }
+    }
+
+    private static string Text(Func<string?> read, string where)
+    {
+        try { return read() ?? ""; }
+        catch (InvalidOperationException) { throw new InvalidDataException($"a string in {where} holds a lone UTF-16 surrogate (\\ud800–\\udfff without its pair)"); }
+    }
+
+    /// <summary>The parser's reason without its position suffix and without quoting the rest of the file.</summary>
+    private static string Reason(JsonException e)
+    {
+        string m = e.Message;
+        int at = m.IndexOf(" LineNumber:", StringComparison.Ordinal);
+        if (at >= 0) m = m[..at];
+        return Short(string.Join(' ', m.Split((char[])['\r', '\n', '\t'], StringSplitOptions.RemoveEmptyEntries)).TrimEnd('.'));
+    }
+
+    private static string Short(string s) => s.Length <= 80 ? s : s[..80] + "…";
 }
 
 /// <summary>A private temporary folder, deleted with everything in it on dispose.</summary>

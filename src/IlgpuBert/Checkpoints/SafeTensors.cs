@@ -47,17 +47,7 @@ public static class SafeTensors
             throw new CheckpointException($"{path}: header length {headerLength} is impossible for a {fileLength}-byte file");
         var headerBytes = new byte[headerLength];
         file.ReadExactly(headerBytes);
-        JsonObject header;
-        try
-        {
-            header = JsonNode.Parse(headerBytes) as JsonObject ?? throw new CheckpointException($"{path}: header is not a JSON object");
-            _ = header.Count; // builds the key table now: a duplicate key throws here, inside the try
-        }
-        catch (Exception e) when (e is JsonException or ArgumentException or InvalidOperationException or DecoderFallbackException)
-        {
-            // ArgumentException: a duplicate key; the others: invalid UTF-8 or JSON.
-            throw new CheckpointException($"{path}: header is not valid JSON ({e.Message})");
-        }
+        var header = StrictJson.Parse(headerBytes, $"{path}: header") as JsonObject ?? throw new CheckpointException($"{path}: header is not a JSON object");
         long dataStart = 8 + (long)headerLength, dataLength = fileLength - dataStart;
         var entries = header.Where(kv => kv.Key != "__metadata__").Select(kv => (Name: kv.Key, Entry: ParseEntry(path, kv.Key, kv.Value))).ToList();
         CheckTiling(path, entries.Select(e => (e.Name, e.Entry.Begin, e.Entry.End)).ToList(), dataLength);

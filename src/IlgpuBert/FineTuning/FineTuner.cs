@@ -58,6 +58,8 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
     {
         o.Validate();
         using var outputLock = group.IsRoot ? OutputLock.Acquire(outDir) : null;
+        if (outputLock is { Leftovers.Count: > 0 } held)
+            log.WriteLine($"removed the unfinished writes of an interrupted run: {string.Join(", ", held.Leftovers)}");
         log.WriteLine($"device: {device.Spec} ({device.Name})");
         string source = o.InitFrom ?? o.Model!;
         var encoder = BertTextEncoder.Load(source);

@@ -10,6 +10,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using IlgpuBert.Checkpoints;
 using IlgpuBert.Model;
 
 namespace IlgpuBert.FineTuning;
@@ -71,9 +72,26 @@ public static class TaskData
         return examples;
     }
 
+    private static DataFormatException Error(string message) => new(message);
+
+    /// <summary>The lines of a data file, read as strict UTF-8 (a bad byte is an error naming the line, not a silent U+FFFD); regular files only.</summary>
+    private static IEnumerable<string> Lines(string path)
+    {
+        RegularFile.Require(path, "data");
+        using var reader = new StreamReader(path, new UTF8Encoding(false, throwOnInvalidBytes: true));
+        for (int line = 1; ; line++)
+        {
+            string? text;
+            try { text = reader.ReadLine(); }
+            catch (DecoderFallbackException) { throw new DataFormatException($"{path}:{line}: not UTF-8 text"); }
+            if (text is null) yield break;
+            yield return text;
+        }
+    }
+
     private static List<TaskExample> ReadTable(string path, TaskKind kind, ColumnSpec columns, char separator, bool labelled)
     {
-        var rows = separator == ',' ? CsvRows(path) : File.ReadLines(path).Select((l, i) => (Line: i + 1, Cells: l.TrimEnd('\r').Split('\t')));
+        var rows = separator == ',' ? CsvRows(path) : Lines(path).Select((l, i) => (Line: i + 1, Cells: l.TrimEnd('\r').Split('\t')));
         var result = new List<TaskExample>();
         int textAt = -1, pairAt = -1, labelAt = -1, width = -1;
         bool pair = kind == TaskKind.PairClassification || (kind == TaskKind.Regression && columns.TextPair is not null);
@@ -110,7 +128,7 @@ public static class TaskData
         }
         throw new DataFormatException(header is null
             ? $"{path}: without a header row the {what} column must be a 0-based index, got \"{name}\""
-            : $"{path}: no {what} column \"{name}\" (the header has {string.Join(", ", header.Select(h => $"\"{h}\""))}); choose one with --{what}-column");
+            : $"{path}: no {what} column \"{name}\" (the header has {string.Join(", ", header.Take(8).Select(h => $"\"{Short(h.ReplaceLineEndings(" "))}\""))}{(header.Length > 8 ? $" and {header.Length - 8} more" : "")}); choose one with --{what}-column");
     }
 
     private static TaskExample Example(TaskKind kind, string where, string text, string? pair, string? label, bool labelled)
@@ -131,11 +149,11 @@ public static class TaskData
     /// <summary>RFC 4180 rows: quoted fields may hold commas, doubled quotes and line breaks. Yields the line each row starts on.</summary>
     private static IEnumerable<(int Line, string[] Cells)> CsvRows(string path)
     {
-        using var reader = new StreamReader(path);
+        using var lines = Lines(path).GetEnumerator();
         int line = 0;
-        string? text;
-        while ((text = reader.ReadLine()) is not null)
+        while (lines.MoveNext())
         {
+            string text = lines.Current;
             line++;
             int start = line;
             var cells = new List<string>();
@@ -146,7 +164,7 @@ public static class TaskData
                 if (i == text.Length)
                 {
                     if (!quoted) break;
-                    text = reader.ReadLine() ?? throw new DataFormatException($"{path}:{start}: unterminated quoted field");
+                    text = lines.MoveNext() ? lines.Current : throw new DataFormatException($"{path}:{start}: unterminated quoted field");
                     line++;
                     cell.Append('\n');
                     i = -1;
@@ -176,18 +194,12 @@ public static class TaskData
         var result = new List<TaskExample>();
         int line = 0;
         bool pair = kind == TaskKind.PairClassification || (kind == TaskKind.Regression && columns.TextPair is not null);
-        foreach (var raw in File.ReadLines(path))
+        foreach (var raw in Lines(path))
         {
             line++;
             if (raw.Trim().Length == 0) continue;
             string where = $"{path}:{line}";
-            JsonObject obj;
-            try
-            {
-                obj = JsonNode.Parse(raw) as JsonObject ?? throw new DataFormatException($"{where}: not a JSON object");
-                _ = obj.Count; // builds the key table: a duplicate key throws here
-            }
-            catch (Exception e) when (e is JsonException or ArgumentException) { throw new DataFormatException($"{where}: invalid JSON ({e.Message})"); }
+            var obj = StrictJson.Parse(raw, where, Error) as JsonObject ?? throw new DataFormatException($"{where}: not a JSON object");
             string? Field(string key, bool required)
             {
                 if (!obj.TryGetPropertyValue(key, out var node) || node is null)
@@ -227,7 +239,7 @@ public static class TaskData
             tags.Clear();
             lines.Clear();
         }
-        foreach (var raw in File.ReadLines(path))
+        foreach (var raw in Lines(path))
         {
             line++;
             string text = raw.Trim();
@@ -253,10 +265,8 @@ public static class TaskData
 
     private static List<TaskExample> ReadSquad(string path, bool labelled)
     {
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new DataFormatException($"{path}: invalid JSON ({e.Message})"); }
-        if (root?["data"] is not JsonArray data) throw new DataFormatException($"{path}: not SQuAD JSON (no \"data\" array)");
+        var root = StrictJson.Parse(BoundedFile.ReadAllText(path, BoundedFile.DataBytes, "SQuAD JSON"), path, Error);
+        if ((root as JsonObject)?["data"] is not JsonArray data) throw new DataFormatException($"{path}: not SQuAD JSON (no \"data\" array)");
         var result = new List<TaskExample>();
         try
         {

@@ -49,7 +49,7 @@ public sealed record BertConfig
             foreach (var (key, node) in heads)
             {
                 if (!int.TryParse(key, out int layer) || node is not JsonArray list)
-                    throw new CheckpointException($"config: pruned_heads must map layer numbers to lists of heads, got \"{key}\": {node?.ToJsonString()}");
+                    throw new FormatException($"layer numbers must map to lists of heads, got \"{key}\": {node?.ToJsonString()}"); // Validate names the file
                 result[layer] = list.Select(h => h?.GetValue<int>() ?? -1).Distinct().Order().ToArray();
             }
             return result;
@@ -116,11 +116,12 @@ public sealed record BertConfig
     }
 
     /// <summary>Throws a <see cref="CheckpointException"/> naming the first inconsistent field.</summary>
-    public BertConfig Validate()
+    /// <summary>Checks every field; errors start with <paramref name="source"/> (the file, when read from one).</summary>
+    public BertConfig Validate(string source = "config")
     {
         void Positive(string name, long v)
         {
-            if (v < 1) throw new CheckpointException($"config: {name} must be positive, got {v}");
+            if (v < 1) throw new CheckpointException($"{source}: {name} must be positive, got {v}");
         }
         Positive("vocab_size", VocabSize);
         Positive("hidden_size", HiddenSize);
@@ -130,48 +131,40 @@ public sealed record BertConfig
         Positive("max_position_embeddings", MaxPositionEmbeddings);
         Positive("type_vocab_size", TypeVocabSize);
         if (HiddenSize % NumAttentionHeads != 0)
-            throw new CheckpointException($"config: num_attention_heads ({NumAttentionHeads}) does not divide hidden_size ({HiddenSize})");
+            throw new CheckpointException($"{source}: num_attention_heads ({NumAttentionHeads}) does not divide hidden_size ({HiddenSize})");
         if (HeadDim > AttentionShape.MaxHeadDim)
-            throw new CheckpointException($"config: head size {HeadDim} exceeds the supported {AttentionShape.MaxHeadDim}");
-        if (!(LayerNormEps > 0 && LayerNormEps < 1)) throw new CheckpointException($"config: layer_norm_eps must be in (0, 1), got {LayerNormEps}");
-        if (!(InitializerRange >= 0 && float.IsFinite(InitializerRange))) throw new CheckpointException($"config: initializer_range must be a finite non-negative number, got {InitializerRange}");
+            throw new CheckpointException($"{source}: head size {HeadDim} exceeds the supported {AttentionShape.MaxHeadDim}");
+        if (!(LayerNormEps > 0 && LayerNormEps < 1)) throw new CheckpointException($"{source}: layer_norm_eps must be in (0, 1), got {LayerNormEps}");
+        if (!(InitializerRange >= 0 && float.IsFinite(InitializerRange))) throw new CheckpointException($"{source}: initializer_range must be a finite non-negative number, got {InitializerRange}");
         if (Math.Max((long)VocabSize, Math.Max(MaxPositionEmbeddings, IntermediateSize)) * HiddenSize > Array.MaxLength)
-            throw new CheckpointException($"config: a weight matrix of this model would exceed {Array.MaxLength:N0} elements (vocab_size, max_position_embeddings or intermediate_size × hidden_size)");
+            throw new CheckpointException($"{source}: a weight matrix of this model would exceed {Array.MaxLength:N0} elements (vocab_size, max_position_embeddings or intermediate_size × hidden_size)");
         long parameters = ParameterCount();
         if (parameters > MaxParameters)
-            throw new CheckpointException($"config: this model would have {parameters:N0} parameters ({parameters * 4.0 / (1L << 30):F1} GiB in FP32); more than the {MaxParameters:N0} supported (check vocab_size, hidden_size, intermediate_size, num_hidden_layers, max_position_embeddings)");
-        if (SentenceClasses < 2) throw new CheckpointException($"config: ilgpu_bert_sentence_classes must be at least 2, got {SentenceClasses}");
+            throw new CheckpointException($"{source}: this model would have {parameters:N0} parameters ({parameters * 4.0 / (1L << 30):F1} GiB in FP32); more than the {MaxParameters:N0} supported (check vocab_size, hidden_size, intermediate_size, num_hidden_layers, max_position_embeddings)");
+        if (SentenceClasses < 2) throw new CheckpointException($"{source}: ilgpu_bert_sentence_classes must be at least 2, got {SentenceClasses}");
         if (HiddenDropoutProb is < 0 or >= 1 || AttentionProbsDropoutProb is < 0 or >= 1)
-            throw new CheckpointException("config: dropout probabilities must be in [0, 1)");
+            throw new CheckpointException($"{source}: dropout probabilities must be in [0, 1)");
         try { _ = Activation; }
-        catch (ArgumentException e) { throw new CheckpointException($"config: {e.Message}"); }
+        catch (ArgumentException e) { throw new CheckpointException($"{source}: {e.Message}"); }
         try
         {
             foreach (var (layer, heads) in PrunedHeads)
             {
-                if (layer < 0 || layer >= NumHiddenLayers) throw new CheckpointException($"config: pruned_heads names layer {layer}; the model has {NumHiddenLayers}");
-                if (heads.Any(h => h < 0 || h >= NumAttentionHeads)) throw new CheckpointException($"config: pruned_heads of layer {layer} must be heads in [0, {NumAttentionHeads})");
-                if (heads.Length == NumAttentionHeads) throw new CheckpointException($"config: pruned_heads removes every head of layer {layer}; keep at least one (or drop the layer)");
+                if (layer < 0 || layer >= NumHiddenLayers) throw new CheckpointException($"{source}: pruned_heads names layer {layer}; the model has {NumHiddenLayers}");
+                if (heads.Any(h => h < 0 || h >= NumAttentionHeads)) throw new CheckpointException($"{source}: pruned_heads of layer {layer} must be heads in [0, {NumAttentionHeads})");
+                if (heads.Length == NumAttentionHeads) throw new CheckpointException($"{source}: pruned_heads removes every head of layer {layer}; keep at least one (or drop the layer)");
             }
         }
         catch (Exception e) when (e is FormatException or InvalidOperationException)
         {
-            throw new CheckpointException($"config: pruned_heads must list integer head indices ({e.Message})");
+            throw new CheckpointException($"{source}: pruned_heads must map layer numbers to lists of integer head indices ({e.Message})");
         }
         return this;
     }
 
     public static BertConfig Parse(string json, string source = "config.json")
     {
-        JsonObject obj;
-        try
-        {
-            obj = JsonNode.Parse(json) as JsonObject ?? throw new CheckpointException($"{source}: not a JSON object");
-        }
-        catch (JsonException e)
-        {
-            throw new CheckpointException($"{source}: invalid JSON ({e.Message})");
-        }
+        var obj = StrictJson.Parse(json, source) as JsonObject ?? throw new CheckpointException($"{source}: not a JSON object");
         var defaults = new BertConfig();
         T Get<T>(string key, T fallback)
         {
@@ -179,7 +172,8 @@ public sealed record BertConfig
             try { return node.GetValue<T>(); }
             catch (Exception e) when (e is FormatException or InvalidOperationException)
             {
-                throw new CheckpointException($"{source}: {key} has the wrong type ({node.ToJsonString()})");
+                string value = node.ToJsonString();
+                throw new CheckpointException($"{source}: {key} has the wrong type ({(value.Length <= 60 ? value : value[..57] + "...")})");
             }
         }
         var extra = new JsonObject();
@@ -202,7 +196,7 @@ public sealed record BertConfig
             PadTokenId = Get("pad_token_id", defaults.PadTokenId),
             SentenceClasses = Get("ilgpu_bert_sentence_classes", defaults.SentenceClasses),
             Extra = extra,
-        }.Validate();
+        }.Validate(source);
     }
 
     public static BertConfig Read(string path)

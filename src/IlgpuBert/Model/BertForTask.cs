@@ -75,6 +75,9 @@ public sealed record TaskSpec(TaskKind Kind, IReadOnlyList<string> Labels, Pooli
         if (Kind is TaskKind.Classification or TaskKind.PairClassification or TaskKind.TokenClassification && Labels.Count < 2)
             throw new ArgumentException($"a {Name(Kind)} task needs at least two labels, the data has {Labels.Count} ({string.Join(", ", Labels)})");
         if (Labels.Distinct().Count() != Labels.Count) throw new ArgumentException("label names must be distinct");
+        if (Labels.Any(l => l.Length == 0)) throw new ArgumentException("label names must not be empty");
+        if (Kind == TaskKind.TokenClassification && Labels.FirstOrDefault(l => l.Any(char.IsWhiteSpace)) is { } spaced)
+            throw new ArgumentException($"tag \"{spaced}\" holds whitespace, which no CoNLL line can carry (it splits columns)");
         if (!IsSequenceLevel && Pooling == Pooling.Mean)
             throw new ArgumentException($"--pooling mean averages a sequence into one vector; a {Name(Kind)} task predicts per token (use cls, concat-last4 or scalar-mix)");
         return this;
@@ -106,10 +109,10 @@ public sealed record TaskSpec(TaskKind Kind, IReadOnlyList<string> Labels, Pooli
     public static TaskSpec? FromConfig(BertConfig config, string source = "config.json")
     {
         var x = config.Extra;
-        string? arch = (x["architectures"] as JsonArray)?.FirstOrDefault()?.GetValue<string>();
-        string? task = x["ilgpu_bert_task"]?.GetValue<string>();
         try
         {
+            string? arch = (x["architectures"] as JsonArray)?.FirstOrDefault()?.GetValue<string>();
+            string? task = x["ilgpu_bert_task"]?.GetValue<string>();
             TaskKind kind;
             if (task is not null) kind = ParseKind(task);
             else if (arch == "BertForTokenClassification") kind = TaskKind.TokenClassification;

@@ -63,6 +63,8 @@ public sealed class Trainer
         if (File.Exists(Path.Combine(outDir, FineTuning.FineTuner.EvalFile)))
             throw new ArgumentException($"{outDir} holds a fine-tuned model (eval.json); pretraining would overwrite it: choose another --out");
         using var outputLock = group.IsRoot ? OutputLock.Acquire(outDir) : null;
+        if (outputLock is { Leftovers.Count: > 0 } held)
+            log.WriteLine($"removed the unfinished writes of an interrupted run: {string.Join(", ", held.Leftovers)}");
         using var scratch = group.IsRoot ? null : new ScratchFolder();
         log.WriteLine($"device: {device.Spec} ({device.Name})");
         if (group.Size > 1)

@@ -33,6 +33,9 @@ public sealed class BertTextEncoder
         specials = new[] { "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]" }.Select(t => (t, Id(t))).ToArray();
     }
 
+    /// <summary>Tokens in the vocabulary (ids run from 0 to this − 1).</summary>
+    public int VocabSize => wordPiece.Tokens.Count;
+
     public int ClsId { get; }
     public int SepId { get; }
     public int PadId { get; }
@@ -55,7 +58,7 @@ public sealed class BertTextEncoder
         {
             try
             {
-                var json = JsonNode.Parse(BoundedFile.ReadAllText(cfg, BoundedFile.ConfigBytes, "tokenizer_config.json"));
+                var json = StrictJson.Parse(BoundedFile.ReadAllText(cfg, BoundedFile.ConfigBytes, "tokenizer_config.json"), cfg);
                 normalizer = new BertNormalizer(json?["do_lower_case"]?.GetValue<bool>() ?? true,
                     json?["strip_accents"]?.GetValue<bool?>(), json?["tokenize_chinese_chars"]?.GetValue<bool>() ?? true);
             }
@@ -64,7 +67,13 @@ public sealed class BertTextEncoder
                 throw new CheckpointException($"{cfg}: invalid ({e.Message})");
             }
         }
-        return FromVocab(vocab, normalizer);
+        var encoder = FromVocab(vocab, normalizer);
+        // A vocabulary longer than the model's embedding table yields ids the model cannot look up;
+        // refused here, naming the file, rather than at the first such token of some later batch.
+        string configPath = Path.Combine(dir, BertFolder.ConfigFile);
+        if (File.Exists(configPath) && BertConfig.Read(configPath).VocabSize is var size && encoder.VocabSize > size)
+            throw new CheckpointException($"{vocab}: {encoder.VocabSize} tokens, more than {BertFolder.ConfigFile}'s vocab_size {size} (ids from {size} on have no embedding)");
+        return encoder;
     }
 
     public static BertTextEncoder FromVocab(string vocabPath, bool lowerCase = true) => FromVocab(vocabPath, new BertNormalizer(lowerCase));
