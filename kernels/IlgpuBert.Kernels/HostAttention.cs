@@ -23,7 +23,10 @@ internal static unsafe class HostAttention
         nint pq = qkv.LoadEffectiveAddressAsPtr(), pc = context.LoadEffectiveAddressAsPtr(), pl = lse.LoadEffectiveAddressAsPtr();
         nint pm = a.HasMask != 0 ? mask.LoadEffectiveAddressAsPtr() : 0;
         nint pp = a.WriteProbs != 0 ? probs.LoadEffectiveAddressAsPtr() : 0;
-        Parallel.For(0, a.Batch * a.Heads, bh => ForwardHead(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pc, (float*)pl, (float*)pp, a));
+        if (Vector512.IsHardwareAccelerated)
+            Parallel.For(0, a.Batch * a.Heads, bh => ForwardHead(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pc, (float*)pl, (float*)pp, a));
+        else
+            Parallel.For(0, a.Batch * a.Heads, bh => ForwardHeadRows(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pc, (float*)pl, (float*)pp, a));
     }
 
     public static void Backward(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dContext,
@@ -43,8 +46,127 @@ internal static unsafe class HostAttention
         return (float*)Unsafe.AsPointer(ref rowBuffer[0]);
     }
 
+    [ThreadStatic] private static float[]? headBuffer;
+
+    /// <summary>Rows of queries handled together: their score and context accumulators run as independent FMA chains.</summary>
+    private const int QueryBlock = 4;
+
+    /// <summary>
+    /// One (sequence, head): Kᵀ and V copied out of the interleaved QKV rows into contiguous blocks
+    /// (keys padded to whole 16-lane vectors), then for four query rows at a time the scores as
+    /// 16-key vectors (q_r[d] broadcast against row d of Kᵀ), the exact softmax on 16 lanes, and the
+    /// context as Σ_j p_rj·V_j. O(S·HD) memory per core, never S×S.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ForwardHead(int b, int h, float* qkv, int* mask, float* context, float* lse, float* probs, AttentionShape a)
+    {
+        int s = a.SeqLen, hd = a.HeadDim, sp = (s + 15) & ~15;
+        int need = hd * sp + s * hd + QueryBlock * sp;
+        if (headBuffer is null || headBuffer.Length < need) headBuffer = GC.AllocateUninitializedArray<float>(need, pinned: true);
+        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd;
+        for (int j = 0; j < sp; j++)
+        {
+            float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0);
+            for (int d = 0; d < hd; d++) kt[d * sp + j] = j < s ? k[d] : 0f;
+        }
+        for (int j = 0; j < s; j++) new Span<float>(qkv + a.Qkv(b, j, 2, h, 0), hd).CopyTo(new Span<float>(v + j * hd, hd));
+
+        for (int i0 = 0; i0 < s; i0 += QueryBlock)
+        {
+            int rows = Math.Min(QueryBlock, s - i0);
+            float* q0 = qkv + a.Qkv(b, i0, 0, h, 0), q1 = qkv + a.Qkv(b, i0 + Math.Min(1, rows - 1), 0, h, 0);
+            float* q2 = qkv + a.Qkv(b, i0 + Math.Min(2, rows - 1), 0, h, 0), q3 = qkv + a.Qkv(b, i0 + Math.Min(3, rows - 1), 0, h, 0);
+            // Scores: four rows × 16 keys per step, one accumulator per row.
+            for (int j = 0; j < sp; j += 16)
+            {
+                Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+                float* kcol = kt + j;
+                for (int d = 0; d < hd; d++)
+                {
+                    var kv = Vector512.Load(kcol + d * sp);
+                    c0 = Vector512.FusedMultiplyAdd(Vector512.Create(q0[d]), kv, c0);
+                    c1 = Vector512.FusedMultiplyAdd(Vector512.Create(q1[d]), kv, c1);
+                    c2 = Vector512.FusedMultiplyAdd(Vector512.Create(q2[d]), kv, c2);
+                    c3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), kv, c3);
+                }
+                var scale = Vector512.Create(a.Scale);
+                (c0 * scale).Store(scores + j);
+                (c1 * scale).Store(scores + sp + j);
+                (c2 * scale).Store(scores + 2 * sp + j);
+                (c3 * scale).Store(scores + 3 * sp + j);
+            }
+            for (int r = 0; r < rows; r++)
+            {
+                float* row = scores + r * sp;
+                int i = i0 + r;
+                for (int j = s; j < sp; j++) row[j] = float.NegativeInfinity;
+                if (mask != null)
+                    for (int j = 0; j < s; j++)
+                        if (mask[(long)b * s + j] == 0) row[j] = float.NegativeInfinity;
+                var vmax = Vector512.Create(float.NegativeInfinity);
+                for (int j = 0; j < sp; j += 16) vmax = Vector512.Max(vmax, Vector512.Load(row + j));
+                float max = float.NegativeInfinity;
+                for (int lane = 0; lane < 16; lane++) max = MathF.Max(max, vmax[lane]);
+                long at = a.Row(b, h, i);
+                if (max == float.NegativeInfinity)
+                {
+                    // Every key masked: context 0, lse +∞ (recomputed probabilities are then 0).
+                    new Span<float>(row, sp).Clear();
+                    lse[at] = float.PositiveInfinity;
+                    if (probs != null) new Span<float>(probs + at * s, s).Clear();
+                    continue;
+                }
+                var vm = Vector512.Create(max);
+                var vsum = Vector512<float>.Zero;
+                for (int j = 0; j < sp; j += 16)
+                {
+                    var x = Vector512.Load(row + j) - vm;
+                    // exp(−∞) = 0 for masked and padding keys; exp(0) exactly 1 at the maximum (Vector512.Exp is within
+                    // an ulp, not exact there, and a one-key row must reproduce V exactly as MathF.Exp does).
+                    var e = Vector512.ConditionalSelect(Vector512.Equals(x, Vector512<float>.Zero), Vector512<float>.One, Vector512.Exp(x));
+                    e.Store(row + j);
+                    vsum += e;
+                }
+                float sum = Vector512.Sum(vsum);
+                lse[at] = max + MathF.Log(sum);
+                var inv = Vector512.Create(1f / sum);
+                for (int j = 0; j < sp; j += 16) (Vector512.Load(row + j) * inv).Store(row + j);
+                if (probs != null) new Span<float>(row, s).CopyTo(new Span<float>(probs + at * s, s));
+                if (a.DropoutP != 0f)
+                    for (int j = 0; j < s; j++) row[j] *= a.Keep(b, h, i, j);
+            }
+            // Context: o_r = Σ_j p_rj·V_j, four rows at a time per 16 dimensions.
+            float* p0 = scores, p1 = scores + sp, p2 = scores + 2 * sp, p3 = scores + 3 * sp;
+            int dv = hd & ~15;
+            for (int d = 0; d < dv; d += 16)
+            {
+                Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default;
+                for (int j = 0; j < s; j++)
+                {
+                    var x = Vector512.Load(v + j * hd + d);
+                    o0 = Vector512.FusedMultiplyAdd(Vector512.Create(p0[j]), x, o0);
+                    o1 = Vector512.FusedMultiplyAdd(Vector512.Create(p1[j]), x, o1);
+                    o2 = Vector512.FusedMultiplyAdd(Vector512.Create(p2[j]), x, o2);
+                    o3 = Vector512.FusedMultiplyAdd(Vector512.Create(p3[j]), x, o3);
+                }
+                o0.Store(context + a.Ctx(b, i0, h, d));
+                if (rows > 1) o1.Store(context + a.Ctx(b, i0 + 1, h, d));
+                if (rows > 2) o2.Store(context + a.Ctx(b, i0 + 2, h, d));
+                if (rows > 3) o3.Store(context + a.Ctx(b, i0 + 3, h, d));
+            }
+            for (int r = 0; r < rows; r++)
+                for (int d = dv; d < hd; d++)
+                {
+                    float o = 0f;
+                    for (int j = 0; j < s; j++) o += scores[r * sp + j] * v[j * hd + d];
+                    context[a.Ctx(b, i0 + r, h, d)] = o;
+                }
+        }
+    }
+
+    /// <summary>The same one query row at a time on Vector256 dot products, for machines without AVX-512.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ForwardHeadRows(int b, int h, float* qkv, int* mask, float* context, float* lse, float* probs, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim;
         float* scores = Row(s);

@@ -10,6 +10,7 @@
 using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -17,7 +18,10 @@ namespace IlgpuBert.Kernels;
 
 internal static unsafe class HostGemm
 {
-    private const int MR = 12, NR = 32, MC = 96, NC = 256, KC = 256;
+    // MC×KC of A stays in L2 while the micro-kernel sweeps NC columns; the block is shrunk (below) when
+    // a product is too small to give every core several tasks. Larger blocks repack less: A is packed
+    // once per NC columns and B once per MC rows (MC 96 / NC 256 spent a third of the time packing).
+    private const int MR = 12, NR = 32, MC = 384, NC = 768, KC = 256;
 
     // Packing buffers, shared by whichever threads run tasks: thread-static ones were reallocated
     // (megabytes, pinned) each time the thread pool brought in a new worker.
@@ -31,35 +35,49 @@ internal static unsafe class HostGemm
         float* pc = (float*)c.LoadEffectiveAddressAsPtr();
         float* pbias = p.HasBias != 0 ? (float*)bias.LoadEffectiveAddressAsPtr() : null;
 
-        int mBlocks = (p.M + MC - 1) / MC, nBlocks = (p.N + NC - 1) / NC;
-        int tasks = batch * mBlocks * nBlocks;
         double flops = 2.0 * p.M * p.N * Math.Max(p.K, 1) * batch;
+        bool parallel = flops >= 2e6 && Environment.ProcessorCount > 1;
+        // Halve the block (rows first, in whole micro-tiles) until every core has about four tasks.
+        int mc = MC, nc = NC, wanted = parallel ? 2 * Environment.ProcessorCount : 1;
+        int Tasks() => batch * ((p.M + mc - 1) / mc) * ((p.N + nc - 1) / nc);
+        while (Tasks() < wanted && (mc > 4 * MR || nc > 4 * NR))
+        {
+            if (mc > 4 * MR && (mc >= nc || nc <= 4 * NR)) mc = (mc / 2 + MR - 1) / MR * MR;
+            else nc = (nc / 2 + NR - 1) / NR * NR;
+        }
+        int mBlocks = (p.M + mc - 1) / mc, nBlocks = (p.N + nc - 1) / nc;
+        // Even blocks (whole micro-tiles), so no core is left with a thin remainder: 128 rows as 64 + 64, not 96 + 32.
+        mc = ((p.M + mBlocks - 1) / mBlocks + MR - 1) / MR * MR;
+        nc = ((p.N + nBlocks - 1) / nBlocks + NR - 1) / NR * NR;
+        mBlocks = (p.M + mc - 1) / mc;
+        nBlocks = (p.N + nc - 1) / nc;
+        int tasks = batch * mBlocks * nBlocks;
         var args = p;
-        if (tasks == 1 || flops < 2e6)
+        if (tasks == 1 || !parallel)
         {
             for (int t = 0; t < tasks; t++)
-                RunTask(args, t, mBlocks, nBlocks, pa, pb, pc, pbias, wide);
+                RunTask(args, t, mBlocks, nBlocks, mc, nc, pa, pb, pc, pbias, wide);
             return;
         }
         // Pointers cannot be captured by a lambda; pass them as integers.
         nint ia = (nint)pa, ib = (nint)pb, ic = (nint)pc, ibias = (nint)pbias;
-        Parallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks,
+        Parallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks, mc, nc,
             (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void RunTask(GemmArgs p, int task, int mBlocks, int nBlocks,
+    private static void RunTask(GemmArgs p, int task, int mBlocks, int nBlocks, int blockM, int blockN,
         float* a, float* b, float* c, float* bias, bool wide)
     {
         int perBatch = mBlocks * nBlocks;
         int batchIdx = task / perBatch, rest = task % perBatch;
-        int i0 = rest / nBlocks * MC, j0 = rest % nBlocks * NC;
-        int mc = Math.Min(MC, p.M - i0), nc = Math.Min(NC, p.N - j0);
+        int i0 = rest / nBlocks * blockM, j0 = rest % nBlocks * blockN;
+        int mc = Math.Min(blockM, p.M - i0), nc = Math.Min(blockN, p.N - j0);
         a += batchIdx * p.StrideA;
         b += batchIdx * p.StrideB;
         c += batchIdx * p.StrideC;
 
-        var aPack = APacks.TryTake(out var ar) ? ar : GC.AllocateUninitializedArray<float>(MC * KC, pinned: true);
+        var aPack = APacks.TryTake(out var ar) ? ar : GC.AllocateUninitializedArray<float>(MC * KC + 16, pinned: true) /* +16: a transposed column store's run-over */;
         var bPack = BPacks.TryTake(out var br) ? br : GC.AllocateUninitializedArray<float>(NC * KC, pinned: true);
         try
         {
@@ -109,6 +127,18 @@ internal static unsafe class HostGemm
         {
             float* panel = dst + ir * kc;
             int rows = Math.Min(MR, mc - ir);
+            if (p.TransA == 0 && rows == MR && Vector512.IsHardwareAccelerated)
+            {
+                // Twelve rows of A, sixteen k at a time, transposed in registers; each 16-float column store
+                // runs 4 floats into the next column's slot (rewritten next) or past the panel (the buffer's slack).
+                float* src = a + (i0 + ir) * (long)p.Lda + k0;
+                int kv = kc & ~15;
+                for (int k = 0; k < kv; k += 16)
+                    Transpose16x16(src + k, p.Lda, MR, panel + k * MR, MR);
+                for (int r = 0; r < MR; r++)
+                    for (int k = kv; k < kc; k++) panel[k * MR + r] = src[(long)r * p.Lda + k];
+                continue;
+            }
             for (int r = 0; r < MR; r++)
             {
                 if (r >= rows)
@@ -153,6 +183,19 @@ internal static unsafe class HostGemm
                     }
                 }
             }
+            else if (cols == NR && Vector512.IsHardwareAccelerated)
+            {
+                // Thirty-two rows of Bᵀ (K-contiguous), transposed sixteen by sixteen in registers.
+                float* src = b + (long)(j0 + jr) * p.Ldb + k0;
+                int kv = kc & ~15;
+                for (int k = 0; k < kv; k += 16)
+                {
+                    Transpose16x16(src + k, p.Ldb, 16, panel + k * NR, NR);
+                    Transpose16x16(src + 16L * p.Ldb + k, p.Ldb, 16, panel + k * NR + 16, NR);
+                }
+                for (int j = 0; j < NR; j++)
+                    for (int k = kv; k < kc; k++) panel[k * NR + j] = src[(long)j * p.Ldb + k];
+            }
             else
             {
                 for (int j = 0; j < NR; j++)
@@ -167,6 +210,43 @@ internal static unsafe class HostGemm
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// dst[t·dstStride + r] = src[r·ld + t] for 16 columns t and the first <paramref name="rows"/> (≤ 16) rows
+    /// (missing rows repeat the last; each column is stored as 16 floats): 32-bit and 64-bit unpacks
+    /// within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Transpose16x16(float* src, long ld, int rows, float* dst, int dstStride)
+    {
+        Vector512<float> Row(int r) => Vector512.Load(src + Math.Min(r, rows - 1) * ld);
+        Vector512<float> r0 = Row(0), r1 = Row(1), r2 = Row(2), r3 = Row(3), r4 = Row(4), r5 = Row(5), r6 = Row(6), r7 = Row(7);
+        Vector512<float> r8 = Row(8), r9 = Row(9), r10 = Row(10), r11 = Row(11), r12 = Row(12), r13 = Row(13), r14 = Row(14), r15 = Row(15);
+        // Within each 128-bit lane L: t(2i) = [a0 b0 a1 b1], t(2i+1) = [a2 b2 a3 b3] of rows 2i, 2i+1.
+        var t0 = Avx512F.UnpackLow(r0, r1); var t1 = Avx512F.UnpackHigh(r0, r1); var t2 = Avx512F.UnpackLow(r2, r3); var t3 = Avx512F.UnpackHigh(r2, r3);
+        var t4 = Avx512F.UnpackLow(r4, r5); var t5 = Avx512F.UnpackHigh(r4, r5); var t6 = Avx512F.UnpackLow(r6, r7); var t7 = Avx512F.UnpackHigh(r6, r7);
+        var t8 = Avx512F.UnpackLow(r8, r9); var t9 = Avx512F.UnpackHigh(r8, r9); var t10 = Avx512F.UnpackLow(r10, r11); var t11 = Avx512F.UnpackHigh(r10, r11);
+        var t12 = Avx512F.UnpackLow(r12, r13); var t13 = Avx512F.UnpackHigh(r12, r13); var t14 = Avx512F.UnpackLow(r14, r15); var t15 = Avx512F.UnpackHigh(r14, r15);
+        // u(4g + e): element 4L + e of rows 4g … 4g + 3, in lane L.
+        static Vector512<float> Lo(Vector512<float> x, Vector512<float> y) => Avx512F.UnpackLow(x.AsDouble(), y.AsDouble()).AsSingle();
+        static Vector512<float> Hi(Vector512<float> x, Vector512<float> y) => Avx512F.UnpackHigh(x.AsDouble(), y.AsDouble()).AsSingle();
+        var u0 = Lo(t0, t2); var u1 = Hi(t0, t2); var u2 = Lo(t1, t3); var u3 = Hi(t1, t3);
+        var u4 = Lo(t4, t6); var u5 = Hi(t4, t6); var u6 = Lo(t5, t7); var u7 = Hi(t5, t7);
+        var u8 = Lo(t8, t10); var u9 = Hi(t8, t10); var u10 = Lo(t9, t11); var u11 = Hi(t9, t11);
+        var u12 = Lo(t12, t14); var u13 = Hi(t12, t14); var u14 = Lo(t13, t15); var u15 = Hi(t13, t15);
+        // Lanes (0, 2) and (1, 3) of rows 0–7 (v, w) and of rows 8–15 (x, y); column 4L + e is then rows 0–15 of lane L.
+        static Vector512<float> Even(Vector512<float> a, Vector512<float> b) => Avx512F.Shuffle4x128(a, b, 0x88);
+        static Vector512<float> Odd(Vector512<float> a, Vector512<float> b) => Avx512F.Shuffle4x128(a, b, 0xDD);
+        var v0 = Even(u0, u4); var w0 = Odd(u0, u4); var x0 = Even(u8, u12); var y0 = Odd(u8, u12);
+        var v1 = Even(u1, u5); var w1 = Odd(u1, u5); var x1 = Even(u9, u13); var y1 = Odd(u9, u13);
+        var v2 = Even(u2, u6); var w2 = Odd(u2, u6); var x2 = Even(u10, u14); var y2 = Odd(u10, u14);
+        var v3 = Even(u3, u7); var w3 = Odd(u3, u7); var x3 = Even(u11, u15); var y3 = Odd(u11, u15);
+        // In column order: with a stride under 16 each store runs into the next column, which is stored after it.
+        Even(v0, x0).Store(dst); Even(v1, x1).Store(dst + dstStride); Even(v2, x2).Store(dst + 2 * dstStride); Even(v3, x3).Store(dst + 3 * dstStride);
+        Even(w0, y0).Store(dst + 4 * dstStride); Even(w1, y1).Store(dst + 5 * dstStride); Even(w2, y2).Store(dst + 6 * dstStride); Even(w3, y3).Store(dst + 7 * dstStride);
+        Odd(v0, x0).Store(dst + 8 * dstStride); Odd(v1, x1).Store(dst + 9 * dstStride); Odd(v2, x2).Store(dst + 10 * dstStride); Odd(v3, x3).Store(dst + 11 * dstStride);
+        Odd(w0, y0).Store(dst + 12 * dstStride); Odd(w1, y1).Store(dst + 13 * dstStride); Odd(w2, y2).Store(dst + 14 * dstStride); Odd(w3, y3).Store(dst + 15 * dstStride);
     }
 
     /// <summary>tile (12 × 32, row stride 32) = Σ_k a[k·12 + i]·b[k·32 + j]: 24 Vector512 accumulators of AVX-512's 32 registers.</summary>
@@ -253,6 +333,40 @@ internal static unsafe class HostGemm
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Merge(GemmArgs p, float* c, float* bias, float* tile, int row0, int rows, int col0, int cols, bool first)
     {
+        if (cols == NR && Vector512.IsHardwareAccelerated)
+        {
+            // A whole tile row is two 16-lane vectors; the branches are decided once per tile, not per element.
+            var alpha = Vector512.Create(p.Alpha);
+            var beta = Vector512.Create(p.Beta);
+            var bias0 = bias != null ? Vector512.Load(bias + col0) : Vector512<float>.Zero;
+            var bias1 = bias != null ? Vector512.Load(bias + col0 + 16) : Vector512<float>.Zero;
+            bool accumulate = !first, scaleOld = first && p.Beta != 0f;
+            for (int r = 0; r < rows; r++)
+            {
+                float* dst = c + (long)(row0 + r) * p.Ldc + col0;
+                float* src = tile + r * NR;
+                var v0 = alpha * Vector512.Load(src);
+                var v1 = alpha * Vector512.Load(src + 16);
+                if (accumulate)
+                {
+                    v0 += Vector512.Load(dst);
+                    v1 += Vector512.Load(dst + 16);
+                }
+                else
+                {
+                    if (scaleOld)
+                    {
+                        v0 += beta * Vector512.Load(dst);
+                        v1 += beta * Vector512.Load(dst + 16);
+                    }
+                    v0 += bias0;
+                    v1 += bias1;
+                }
+                v0.Store(dst);
+                v1.Store(dst + 16);
+            }
+            return;
+        }
         for (int r = 0; r < rows; r++)
         {
             float* dst = c + (long)(row0 + r) * p.Ldc + col0;

@@ -18,17 +18,7 @@ public class CrashSafetyTests : IDisposable
 
     public void Dispose() => dir.Dispose();
 
-    private string Corpus()
-    {
-        string path = dir.File("corpus.txt");
-        if (!File.Exists(path))
-            File.WriteAllLines(path, DefaultCorpus.TypeDocuments().Take(80).SelectMany(d => d.Texts.Append("")));
-        return path;
-    }
-
-    private string[] Pretrain(string output, int steps, params string[] extra) =>
-        ["pretrain", "--corpus", Corpus(), "--vocab-size", "600", "--size", "tiny", "--batch-size", "8", "--seq-len", "32",
-         "--steps", steps.ToString(), "--eval-every", "0", "--out", dir.File(output), "--device", "cpu", .. extra];
+    private string[] Pretrain(string output, int steps, params string[] extra) => CliRunner.SmallPretraining(dir, output, steps, extra);
 
     /// <summary>dotnet ilgpu-bert.dll ARGS as a child process; with <paramref name="fileSizeKiB"/>, no file it writes may grow past that.</summary>
     private Process Start(string[] args, int? fileSizeKiB = null)

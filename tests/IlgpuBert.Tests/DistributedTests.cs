@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using IlgpuBert.Checkpoints;
 using IlgpuBert.Pretraining;
-using IlgpuBert.Text;
 
 namespace IlgpuBert.Tests;
 
@@ -28,17 +27,7 @@ public class DistributedTests : IDisposable
         return found;
     }
 
-    private string Corpus()
-    {
-        string path = dir.File("corpus.txt");
-        if (!File.Exists(path))
-            File.WriteAllLines(path, DefaultCorpus.TypeDocuments().Take(80).SelectMany(d => d.Texts.Append("")));
-        return path;
-    }
-
-    private string[] Pretrain(string output, int steps, params string[] extra) =>
-        ["pretrain", "--corpus", Corpus(), "--vocab-size", "600", "--size", "tiny", "--batch-size", "8", "--seq-len", "32",
-         "--steps", steps.ToString(), "--eval-every", "0", "--out", dir.File(output), "--device", "cpu", .. extra];
+    private string[] Pretrain(string output, int steps, params string[] extra) => CliRunner.SmallPretraining(dir, output, steps, extra);
 
     /// <summary>
     /// mpirun -np <paramref name="ranks"/> dotnet ilgpu-bert.dll …, as the README shows it. As root,

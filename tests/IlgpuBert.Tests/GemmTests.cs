@@ -220,7 +220,8 @@ public class GemmTests
     public void Cpu_path_is_right_across_blocks_and_k_slices(bool ta, bool tb, bool vector512)
     {
         // Larger than one MC×NC block and one KC slice of the host GEMM, with ragged edges,
-        // so every loop of the blocked nest and the parallel split runs; both micro-kernels.
+        // so every loop of the blocked nest, the parallel split and the in-register transposes
+        // of the packing (full 12-row and 32-column panels, then partial ones) run; both micro-kernels.
         var d = Devices.Get("cpu");
         bool before = d.Kernels.Gemm.HostVector512;
         d.Kernels.Gemm.HostVector512 = vector512;
@@ -230,7 +231,7 @@ public class GemmTests
 
     private static void CpuPathCase(TestDevice d, bool ta, bool tb)
     {
-        int m = 203, n = 301, k = 530;
+        int m = 403, n = 801, k = 530; // over MC = 384 rows, NC = 768 columns and two KC = 256 slices, whatever the core count
         var rng = new Random(99);
         int lda = ta ? m : k, ldb = tb ? k : n;
         var a = Rand.Normal(rng, (long)m * k);

@@ -127,9 +127,9 @@ public class RuntimeTests
     [InlineData("gelu", "--rows", "7", "--cols", "33")]
     [InlineData("layernorm", "--rows", "7", "--cols", "33")]
     [InlineData("softmax-xent", "--rows", "3", "--cols", "129")]
-    [InlineData("adamw", "--size", "1000")]
+    [InlineData("adamw", "--params", "1000")]
     [InlineData("attention", "--b", "2", "--s", "33", "--nh", "2", "--hd", "32")]
-    [InlineData("bert-step", "--b", "2", "--s", "16")]
+    [InlineData("bert-step", "--b", "2", "--s", "16", "--size", "tiny")]
     public void Cli_bench_json_reports_each_op(string op, params string[] sizes)
     {
         var (code, output, err) = CliRunner.Run(["bench", op, "--device", "cpu", "--json", .. sizes]);
@@ -151,11 +151,26 @@ public class RuntimeTests
         if (op == "gemm") Assert.Contains("m=33 n=17 k=9 op=TN", output);
     }
 
+    [Fact]
+    public void Cli_bench_forward_times_a_model_folders_encoder()
+    {
+        using var dir = new TempDir();
+        File.WriteAllLines(dir.File("vocab.txt"), Text.WordPieceTrainer.SpecialTokens.Concat(["the", "a", "of"]));
+        Assert.Equal(0, CliRunner.Run("init", "--size", "tiny", "--vocab", dir.File("vocab.txt"), "--out", dir.File("m"), "--device", "cpu").Code);
+        var (code, output, err) = CliRunner.Run("bench", "forward", "--model", dir.File("m"), "--b", "2", "--s", "16", "--json", "--device", "cpu");
+        Assert.True(code == 0, err);
+        using var doc = JsonDocument.Parse(output);
+        Assert.Equal("forward", doc.RootElement.GetProperty("op").GetString());
+        Assert.Equal("m b=2 s=16", doc.RootElement.GetProperty("shape").GetString());
+        Assert.True(doc.RootElement.GetProperty("tokens_per_s").GetDouble() > 0);
+    }
+
     [Theory]
     [InlineData("bench", "gemm", "--device", "cuda:99")]
     [InlineData("bench", "gemm", "--device", "tpu")]
     [InlineData("bench", "gemm", "--m", "0", "--device", "cpu")]
     [InlineData("bench", "sort")]
+    [InlineData("bench", "forward", "--device", "cpu")]
     public void Cli_errors_are_one_line_and_exit_code_2(params string[] args)
     {
         var (code, output, err) = CliRunner.Run(args);
@@ -172,11 +187,11 @@ public class RuntimeTests
         try
         {
             Environment.SetEnvironmentVariable(DeviceSpec.EnvironmentVariable, "cuda:42");
-            var (code, _, err) = CliRunner.Run("bench", "adamw", "--size", "10", "--json");
+            var (code, _, err) = CliRunner.Run("bench", "adamw", "--params", "10", "--json");
             Assert.Equal(2, code);
             Assert.Contains("cuda device 42", err);
             Environment.SetEnvironmentVariable(DeviceSpec.EnvironmentVariable, "cpu");
-            Assert.Equal(0, CliRunner.Run("bench", "adamw", "--size", "10", "--json").Code);
+            Assert.Equal(0, CliRunner.Run("bench", "adamw", "--params", "10", "--json").Code);
         }
         finally
         {

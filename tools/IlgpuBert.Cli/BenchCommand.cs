@@ -17,10 +17,10 @@ public static class BenchCommand
     {
         var op = new Argument<string?>("op")
         {
-            Description = "gemm, gelu, layernorm, softmax-xent, adamw, attention or bert-step (default: all); sass for the machine-code report",
+            Description = "gemm, gelu, layernorm, softmax-xent, adamw, attention or bert-step (default: all); forward --model DIR for a model folder's encoder; sass for the machine-code report",
             Arity = ArgumentArity.ZeroOrOne,
         };
-        op.AcceptOnlyFromAmong([.. KernelBench.Ops, "sass"]);
+        op.AcceptOnlyFromAmong([.. KernelBench.Ops, "forward", "sass"]);
         var arch = new Option<string>("--arch") { Description = "sass: sm_80 or sm_90", DefaultValueFactory = _ => "sm_90" };
         var kernel = new Option<string?>("--kernel") { Description = "sass: only kernels whose name contains this" };
         var markdown = new Option<bool>("--markdown") { Description = "sass: a Markdown table (as in perf/RESULTS.md)" };
@@ -31,16 +31,17 @@ public static class BenchCommand
         var batch = new Option<int>("--batch") { Description = "GEMM strided batches", DefaultValueFactory = _ => 1 };
         var rows = new Option<int?>("--rows") { Description = "rows (tokens) for gelu, layernorm, softmax-xent" };
         var cols = new Option<int?>("--cols") { Description = "columns: hidden size, or vocabulary for softmax-xent" };
-        var size = new Option<long>("--size") { Description = "AdamW parameter count", DefaultValueFactory = _ => 4_000_000 };
-        var attnBatch = new Option<int>("--b") { Description = "attention and bert-step batch size", DefaultValueFactory = _ => 32 };
-        var attnSeq = new Option<int>("--s") { Description = "attention and bert-step sequence length", DefaultValueFactory = _ => 128 };
+        var parameters = new Option<long>("--params") { Description = "adamw: parameter count", DefaultValueFactory = _ => 4_000_000 };
+        var attnBatch = new Option<int?>("--b") { Description = "batch size: attention (default 32), bert-step and forward (default 16)" };
+        var attnSeq = new Option<int>("--s") { Description = "sequence length: attention, bert-step and forward", DefaultValueFactory = _ => 128 };
         var attnHeads = new Option<int>("--nh") { Description = "attention heads", DefaultValueFactory = _ => 12 };
         var attnHeadDim = new Option<int>("--hd") { Description = "attention head dim (≤ 128)", DefaultValueFactory = _ => 64 };
-        var modelSize = new Option<string>("--model-size") { Description = "bert-step: tiny, mini, small, medium, base or large", DefaultValueFactory = _ => "tiny" };
+        var modelSize = new Option<string>("--size", "--model-size") { Description = "bert-step: tiny, mini, small, medium, base or large (as init)", DefaultValueFactory = _ => "tiny" };
+        var modelDir = new Option<string?>("--model") { Description = "forward: the model folder whose encoder is timed" };
         var json = new Option<bool>("--json") { Description = "one JSON object per line instead of a table" };
 
         var command = new Command("bench", "Time the kernels on a device, or report their machine code (sass).")
-            { op, m, n, k, trans, batch, rows, cols, size, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, json, arch, kernel, markdown };
+            { op, m, n, k, trans, batch, rows, cols, parameters, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, modelDir, json, arch, kernel, markdown };
         command.SetAction(parse =>
         {
             if (parse.GetValue(op) == "sass")
@@ -49,10 +50,12 @@ public static class BenchCommand
             if (t is not ("NN" or "NT" or "TN" or "TT"))
                 throw new ArgumentException($"--trans must be NN, NT, TN or TT, got {t}");
             foreach (var (name, value) in new[] { ("--m", parse.GetValue(m)), ("--n", parse.GetValue(n)), ("--k", parse.GetValue(k)), ("--batch", parse.GetValue(batch)),
-                ("--b", parse.GetValue(attnBatch)), ("--s", parse.GetValue(attnSeq)), ("--nh", parse.GetValue(attnHeads)), ("--hd", parse.GetValue(attnHeadDim)) })
+                ("--b", parse.GetValue(attnBatch) ?? 1), ("--s", parse.GetValue(attnSeq)), ("--nh", parse.GetValue(attnHeads)), ("--hd", parse.GetValue(attnHeadDim)) })
                 if (value < 1) throw new ArgumentException($"{name} must be positive, got {value}");
-            if (parse.GetValue(rows) is < 1 || parse.GetValue(cols) is < 1 || parse.GetValue(size) < 1)
-                throw new ArgumentException("--rows, --cols and --size must be positive");
+            if (parse.GetValue(rows) is < 1 || parse.GetValue(cols) is < 1 || parse.GetValue(parameters) < 1)
+                throw new ArgumentException("--rows, --cols and --params must be positive");
+            if (parse.GetValue(op) == "forward" && parse.GetValue(modelDir) is null)
+                throw new ArgumentException("bench forward needs --model DIR (a model folder)");
 
             using var device = Cli.OpenDevice(parse);
             string? which = parse.GetValue(op);
@@ -84,13 +87,16 @@ public static class BenchCommand
                         foreach (var r in KernelBench.SoftmaxCrossEntropy(device, parse.GetValue(rows) ?? 512, parse.GetValue(cols) ?? 30522)) Emit(r);
                         break;
                     case "attention":
-                        foreach (var r in KernelBench.Attention(device, parse.GetValue(attnBatch), parse.GetValue(attnSeq), parse.GetValue(attnHeads), parse.GetValue(attnHeadDim))) Emit(r);
+                        foreach (var r in KernelBench.Attention(device, parse.GetValue(attnBatch) ?? 32, parse.GetValue(attnSeq), parse.GetValue(attnHeads), parse.GetValue(attnHeadDim))) Emit(r);
                         break;
                     case "bert-step":
-                        Emit(KernelBench.BertStep(device, parse.GetValue(modelSize)!, parse.GetValue(attnBatch), parse.GetValue(attnSeq)));
+                        Emit(KernelBench.BertStep(device, parse.GetValue(modelSize)!, parse.GetValue(attnBatch) ?? 16, parse.GetValue(attnSeq)));
+                        break;
+                    case "forward":
+                        Emit(KernelBench.Forward(device, parse.GetValue(modelDir)!, parse.GetValue(attnBatch) ?? 16, parse.GetValue(attnSeq)));
                         break;
                     case "adamw":
-                        foreach (var r in KernelBench.AdamW(device, parse.GetValue(size))) Emit(r);
+                        foreach (var r in KernelBench.AdamW(device, parse.GetValue(parameters))) Emit(r);
                         break;
                 }
             }

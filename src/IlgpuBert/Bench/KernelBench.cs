@@ -176,13 +176,35 @@ public static class KernelBench
         var labels = Enumerable.Range(0, n).Select(i => rng.NextDouble() < 0.15 ? ids[i] : -100).ToArray();
         var inputs = new Model.BertInputs(batch, seqLen, ids, new int[n], Enumerable.Repeat(1, n).ToArray(), labels,
             Enumerable.Range(0, batch).Select(i => i % 2).ToArray());
+        using var optimizer = new Training.AdamWOptimizer(device, model.Parameters.All, new Training.AdamWSettings());
         uint step = 0;
         double ms = Time(device.Accelerator, () =>
         {
-            using var tape = new Autograd.Tape();
-            model.Forward(tape, inputs, Model.Dropouts.Training(config, 1, ++step), maskedOnly: true);
-            tape.Backward();
+            using (var tape = new Autograd.Tape())
+            {
+                model.Forward(tape, inputs, Model.Dropouts.Training(config, 1, ++step), maskedOnly: true);
+                tape.Backward();
+            }
+            optimizer.Update(1e-5f); // what a training step does after backward: clip to the global norm, AdamW
         }, budgetMs: 2000);
-        return new("bert-step", device.Spec, $"size={size} b={batch} s={seqLen} vocab={vocab}", ms, null, null) { TokensPerSecond = n / (ms / 1000) };
+        return new("bert-step", device.Spec, $"size={size} b={batch} s={seqLen} vocab={vocab} +adamw", ms, null, null) { TokensPerSecond = n / (ms / 1000) };
+    }
+
+    /// <summary>
+    /// Inference as a user runs it: a model folder's encoder forward (dropout off, no tape bookkeeping,
+    /// last hidden state copied to the host) on random tokens, median after a warm-up run.
+    /// </summary>
+    public static BenchResult Forward(BertDevice device, string dir, int batch, int seqLen)
+    {
+        using var pipeline = Pipelines.BertPipeline.Load(device, dir);
+        var config = pipeline.Config;
+        if (seqLen > config.MaxPositionEmbeddings) throw new ArgumentException($"--s {seqLen} exceeds the model's max_position_embeddings {config.MaxPositionEmbeddings}");
+        var rng = new Random(3);
+        int n = batch * seqLen;
+        var inputs = new Model.BertInputs(batch, seqLen, Enumerable.Range(0, n).Select(_ => rng.Next(5, config.VocabSize)).ToArray(), new int[n],
+            Enumerable.Repeat(1, n).ToArray());
+        double ms = Time(device.Accelerator, () => pipeline.Encode(inputs), budgetMs: 2000);
+        return new("forward", device.Spec, $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(dir))} b={batch} s={seqLen}", ms, null, null)
+            { TokensPerSecond = n / (ms / 1000) };
     }
 }

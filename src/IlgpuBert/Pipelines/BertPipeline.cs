@@ -52,11 +52,18 @@ public sealed class BertPipeline : IDisposable
         if (Compression.Int8Model.IsQuantized(config))
             throw new CheckpointException($"{dir}: an int8 model; embed and fill-mask run float models (predict and evaluate run int8)");
         var encoder = BertTextEncoder.Load(dir);
-        if (TaskSpec.FromConfig(config) is not null)
+        if (TaskSpec.FromConfig(config, Path.Combine(dir, BertFolder.ConfigFile)) is not null)
             return new BertPipeline(dir, encoder, null, BertForTask.Load(device, dir), false);
         var model = BertFolder.Load(device, dir, null, out var initialized);
         bool mlm = !initialized.Any(n => n.StartsWith("cls.predictions.", StringComparison.Ordinal));
         return new BertPipeline(dir, encoder, model, null, mlm);
+    }
+
+    /// <summary>The encoder's last hidden states [B, S, H] for a batch (dropout off, no tape bookkeeping).</summary>
+    public float[] Encode(BertInputs inputs)
+    {
+        using var tape = new Tape(recording: false);
+        return Body.Forward(tape, inputs, Dropouts.Off).LastHiddenState.Value.ToHost();
     }
 
     /// <summary>
@@ -77,8 +84,7 @@ public sealed class BertPipeline : IDisposable
         {
             var chunk = order.Skip(at).Take(batchSize).ToList();
             var inputs = Encoder.Pad(chunk.Select(i => rows[i]).ToList());
-            using var tape = new Tape(recording: false);
-            var hidden = Body.Forward(tape, inputs, Dropouts.Off).LastHiddenState.Value.ToHost(); // [B, S, H]
+            var hidden = Encode(inputs); // [B, S, H]
             int s = inputs.SeqLen;
             for (int b = 0; b < chunk.Count; b++)
             {
