@@ -288,4 +288,28 @@ public class CliModelTests : IDisposable
         Assert.Equal(2, code);
         Assert.Contains("holds a fine-tuned model", err);
     }
+
+    [Fact]
+    public void An_existing_model_is_replaced_only_with_overwrite()
+    {
+        string model = InitTiny();
+        byte[] weights = File.ReadAllBytes(Path.Combine(model, "model.safetensors"));
+        string vocab = dir.File("vocab.txt");
+        foreach (var args in new[]
+                 {
+                     new[] { "init", "--size", "tiny", "--vocab", vocab, "--seed", "4", "--out", model },
+                     new[] { "pretrain", "--steps", "1", "--model", model, "--out", model },
+                     new[] { "finetune", "--model", model, "--epochs", "1", "--out", model },
+                     new[] { "prune", "--model", model, "--drop-layers", "0", "--out", model },
+                 })
+        {
+            var (code, _, err) = CliRunner.Run([.. args, "--device", "cpu"]);
+            Assert.Equal(2, code);
+            Assert.Equal($"error: {model} already holds a model (config.json): choose another --out, or pass --overwrite to replace it", err.Trim());
+            Assert.Equal(weights, File.ReadAllBytes(Path.Combine(model, "model.safetensors")));
+        }
+        var (replaced, _, error) = CliRunner.Run("init", "--size", "tiny", "--vocab", vocab, "--seed", "4", "--out", model, "--overwrite", "--device", "cpu");
+        Assert.True(replaced == 0, error);
+        Assert.NotEqual(weights, File.ReadAllBytes(Path.Combine(model, "model.safetensors")));
+    }
 }

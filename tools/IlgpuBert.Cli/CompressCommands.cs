@@ -69,6 +69,7 @@ public static class CompressCommands
         {
             teacher, studentSize, student, output, temperature, alpha, hidden, attention, layerMap, train, eval, epochs, lr, batch, maxLength, seed, distributed,
         };
+        Cli.ProtectModelOutput(command, output);
         foreach (var o in columns.All) command.Options.Add(o);
         command.SetAction(parse =>
         {
@@ -105,6 +106,7 @@ public static class CompressCommands
         {
             model, output, calibrate, count, batch, maxLength,
         };
+        Cli.ProtectModelOutput(command, output);
         foreach (var o in columns.All) command.Options.Add(o);
         command.SetAction(parse =>
         {
@@ -156,6 +158,7 @@ public static class CompressCommands
         {
             model, output, heads, headsFraction, method, data, count, magnitude, dropLayers, seed, batch, maxLength,
         };
+        Cli.ProtectModelOutput(command, output);
         foreach (var o in columns.All) command.Options.Add(o);
         command.SetAction(parse =>
         {

@@ -66,6 +66,7 @@ public static class FineTuneCommands
             model, initFrom, task, train, eval, output, epochs, lr, batch, maxLength, seed, warmup, decay, pooling,
             freelbSteps, freelbEps, freelbLr, smartWeight, smartEps, smartStep, smartNoise, mixout, freezeEmbeddings, freezeLayers, layerDecay, distributed,
         };
+        Cli.ProtectModelOutput(command, output);
         foreach (var o in columns.All) command.Options.Add(o);
         command.SetAction(parse =>
         {

@@ -32,6 +32,7 @@ public static class ModelCommands
         var seed = new Option<int>("--seed") { Description = "initialisation seed", DefaultValueFactory = _ => 0 };
         var output = Required("--out", "model folder to write");
         var command = new Command("init", "Write a freshly initialised BertForPreTraining in HF layout.") { size, vocab, vocabSize, seed, output };
+        Cli.ProtectModelOutput(command, output);
         command.SetAction(parse =>
         {
             string dir = parse.GetValue(output)!;

@@ -44,6 +44,7 @@ public static class PretrainCommand
             model, size, corpus, output, steps, batch, seqLen, seed, lr, warmup, accum, evalEvery, saveEvery, resume, vocabSize,
             maskRate, maskMix, maskToken, masking, schedule, phrases, objective, format, maxDocs, outputBias, distributed,
         };
+        Cli.ProtectModelOutput(command, output, result => result.GetValue(resume) is not null); // --resume continues the run in its folder
         command.SetAction(parse =>
         {
             T Enum<T>(Option<string> o, params (string Name, T Value)[] values)

@@ -110,6 +110,24 @@ namespace IlgpuBert.Cli
             return (group, group.IsRoot ? stdout : TextWriter.Null);
         }
 
+        /// <summary>
+        /// Makes <paramref name="output"/> a model folder that is never replaced by accident: an --out that
+        /// already holds a model (config.json) is refused before anything runs unless --overwrite is given
+        /// (or <paramref name="continuing"/> says this run continues the one in that folder).
+        /// </summary>
+        public static void ProtectModelOutput(Command command, Option<string> output, Func<System.CommandLine.Parsing.CommandResult, bool>? continuing = null)
+        {
+            var overwrite = new Option<bool>("--overwrite") { Description = "replace a model already in --out" };
+            command.Options.Add(overwrite);
+            command.Validators.Add(result =>
+            {
+                string? dir = result.GetValue(output);
+                if (dir is null || result.GetValue(overwrite) || !File.Exists(Path.Combine(dir, Model.BertFolder.ConfigFile)) || continuing?.Invoke(result) == true)
+                    return;
+                result.AddError($"{dir} already holds a model ({Model.BertFolder.ConfigFile}): choose another --out, or pass --overwrite to replace it");
+            });
+        }
+
         /// <summary>A required string option.</summary>
         public static Option<string> Required(string name, string description) => new(name) { Description = description, Required = true };
 

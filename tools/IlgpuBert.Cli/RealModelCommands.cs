@@ -29,6 +29,7 @@ public static class RealModelCommands
         var lower = new Option<bool?>("--do-lower-case") { Description = "tokenizer casing (default: guessed from the vocabulary)" };
         var output = Cli.Required("--out", "model folder to write (config.json, model.safetensors, vocab.txt, tokenizer_config.json)");
         var command = new Command("import-onnx", "Turn a BERT ONNX export into an HF model folder.") { model, vocab, lower, output };
+        Cli.ProtectModelOutput(command, output);
         command.SetAction(parse =>
         {
             string path = parse.GetValue(model)!;
