@@ -2,9 +2,10 @@
 // (the emulator runs one OS thread per GPU thread, far too slow for the tiled kernels).
 //
 // Same contract and math as AttentionKernels (see Attention.cs), organised for a CPU: each core
-// takes whole (sequence, head) pairs; for one query row it computes the row's scores into a
-// buffer of S floats (O(S) memory per core, never S×S), the exact softmax, and the output as a
-// sum of V rows. Backward walks the query rows of a head in order, so dK and dV accumulate
+// takes whole (sequence, head) pairs. Forward (with AVX-512) copies the head's Kᵀ and V out once
+// and handles four query rows at a time: their scores as 16-key vectors, the exact softmax, and the
+// output as a sum of V rows (O(S·HD) memory per core, never S×S); without AVX-512 it goes one query
+// row at a time. Backward walks the query rows of a head in order, so dK and dV accumulate
 // deterministically without atomics.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;

@@ -19,8 +19,9 @@ namespace IlgpuBert.Kernels;
 internal static unsafe class HostGemm
 {
     // MC×KC of A stays in L2 while the micro-kernel sweeps NC columns; the block is shrunk (below) when
-    // a product is too small to give every core several tasks. Larger blocks repack less: A is packed
-    // once per NC columns and B once per MC rows (MC 96 / NC 256 spent a third of the time packing).
+    // a product is too small to give every core two tasks. Larger blocks repack less: A is packed once
+    // per NC columns and B once per MC rows (perf/RESULTS.md: 96×256 blocks with scalar packing and
+    // tile merge left the micro-kernel about half of the GEMM's time).
     private const int MR = 12, NR = 32, MC = 384, NC = 768, KC = 256;
 
     // Packing buffers, shared by whichever threads run tasks: thread-static ones were reallocated
@@ -37,7 +38,7 @@ internal static unsafe class HostGemm
 
         double flops = 2.0 * p.M * p.N * Math.Max(p.K, 1) * batch;
         bool parallel = flops >= 2e6 && Environment.ProcessorCount > 1;
-        // Halve the block (rows first, in whole micro-tiles) until every core has about four tasks.
+        // Halve the block (the larger side first, in whole micro-tiles) until every core has two tasks.
         int mc = MC, nc = NC, wanted = parallel ? 2 * Environment.ProcessorCount : 1;
         int Tasks() => batch * ((p.M + mc - 1) / mc) * ((p.N + nc - 1) / nc);
         while (Tasks() < wanted && (mc > 4 * MR || nc > 4 * NR))
@@ -127,7 +128,7 @@ internal static unsafe class HostGemm
         {
             float* panel = dst + ir * kc;
             int rows = Math.Min(MR, mc - ir);
-            if (p.TransA == 0 && rows == MR && Vector512.IsHardwareAccelerated)
+            if (p.TransA == 0 && rows == MR && Avx512F.IsSupported)
             {
                 // Twelve rows of A, sixteen k at a time, transposed in registers; each 16-float column store
                 // runs 4 floats into the next column's slot (rewritten next) or past the panel (the buffer's slack).
@@ -183,7 +184,7 @@ internal static unsafe class HostGemm
                     }
                 }
             }
-            else if (cols == NR && Vector512.IsHardwareAccelerated)
+            else if (cols == NR && Avx512F.IsSupported)
             {
                 // Thirty-two rows of Bᵀ (K-contiguous), transposed sixteen by sixteen in registers.
                 float* src = b + (long)(j0 + jr) * p.Ldb + k0;
