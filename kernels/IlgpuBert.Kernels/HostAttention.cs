@@ -62,9 +62,12 @@ internal static unsafe class HostAttention
     private static void ForwardHead(int b, int h, float* qkv, int* mask, float* context, float* lse, float* probs, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim, sp = (s + 15) & ~15;
-        int need = hd * sp + s * hd + QueryBlock * sp;
+        int need = hd * sp + s * hd + QueryBlock * sp + sp;
         if (headBuffer is null || headBuffer.Length < need) headBuffer = GC.AllocateUninitializedArray<float>(need, pinned: true);
-        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd;
+        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyBias = scores + QueryBlock * sp;
+        // 0 for a key that is attended, −∞ for a masked or padding one: computed once per head, not per query row.
+        for (int j = 0; j < sp; j++)
+            keyBias[j] = j < s && (mask == null || mask[(long)b * s + j] != 0) ? 0f : float.NegativeInfinity;
         for (int j = 0; j < sp; j++)
         {
             float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0);
@@ -91,19 +94,17 @@ internal static unsafe class HostAttention
                     c3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), kv, c3);
                 }
                 var scale = Vector512.Create(a.Scale);
-                (c0 * scale).Store(scores + j);
-                (c1 * scale).Store(scores + sp + j);
-                (c2 * scale).Store(scores + 2 * sp + j);
-                (c3 * scale).Store(scores + 3 * sp + j);
+                var bias = Vector512.Load(keyBias + j);
+                var attended = Vector512.Equals(bias, Vector512<float>.Zero); // selected, not added: −∞ even where a score overflowed
+                Vector512.ConditionalSelect(attended, c0 * scale, bias).Store(scores + j);
+                Vector512.ConditionalSelect(attended, c1 * scale, bias).Store(scores + sp + j);
+                Vector512.ConditionalSelect(attended, c2 * scale, bias).Store(scores + 2 * sp + j);
+                Vector512.ConditionalSelect(attended, c3 * scale, bias).Store(scores + 3 * sp + j);
             }
             for (int r = 0; r < rows; r++)
             {
                 float* row = scores + r * sp;
                 int i = i0 + r;
-                for (int j = s; j < sp; j++) row[j] = float.NegativeInfinity;
-                if (mask != null)
-                    for (int j = 0; j < s; j++)
-                        if (mask[(long)b * s + j] == 0) row[j] = float.NegativeInfinity;
                 var vmax = Vector512.Create(float.NegativeInfinity);
                 for (int j = 0; j < sp; j += 16) vmax = Vector512.Max(vmax, Vector512.Load(row + j));
                 float max = float.NegativeInfinity;

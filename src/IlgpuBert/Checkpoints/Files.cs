@@ -234,7 +234,8 @@ public static class StrictJson
         return Short(string.Join(' ', m.Split((char[])['\r', '\n', '\t'], StringSplitOptions.RemoveEmptyEntries)).TrimEnd('.'));
     }
 
-    private static string Short(string s) => s.Length <= 80 ? s : s[..80] + "…";
+    /// <summary>Text quoted in a message, cut to <paramref name="max"/> characters (a key, a label, a bad value).</summary>
+    internal static string Short(string s, int max = 80) => s.Length <= max ? s : s[..max] + "…";
 }
 
 /// <summary>A private temporary folder, deleted with everything in it on dispose.</summary>

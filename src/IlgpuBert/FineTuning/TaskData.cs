@@ -128,7 +128,7 @@ public static class TaskData
         }
         throw new DataFormatException(header is null
             ? $"{path}: without a header row the {what} column must be a 0-based index, got \"{name}\""
-            : $"{path}: no {what} column \"{name}\" (the header has {string.Join(", ", header.Take(8).Select(h => $"\"{Short(h.ReplaceLineEndings(" "))}\""))}{(header.Length > 8 ? $" and {header.Length - 8} more" : "")}); choose one with --{what}-column");
+            : $"{path}: no {what} column \"{name}\" (the header has {string.Join(", ", header.Take(8).Select(h => $"\"{StrictJson.Short(h.ReplaceLineEndings(" "))}\""))}{(header.Length > 8 ? $" and {header.Length - 8} more" : "")}); choose one with --{what}-column");
     }
 
     private static TaskExample Example(TaskKind kind, string where, string text, string? pair, string? label, bool labelled)
@@ -276,7 +276,7 @@ public static class TaskData
                     string context = paragraph?["context"]?.GetValue<string>() ?? throw new DataFormatException($"{path}: a paragraph has no \"context\"");
                     foreach (var qa in paragraph["qas"] as JsonArray ?? [])
                     {
-                        string id = qa?["id"] is JsonValue idValue ? Short(idValue.ToString()) : $"#{result.Count}"; // never a whole nested object in a message
+                        string id = qa?["id"] is JsonValue idValue ? StrictJson.Short(idValue.ToString()) : $"#{result.Count}"; // never a whole nested object in a message
                         string where = $"{path}: question {id}";
                         string question = qa?["question"]?.GetValue<string>() ?? throw new DataFormatException($"{where}: no \"question\"");
                         var answers = new List<QaAnswer>();
@@ -287,7 +287,7 @@ public static class TaskData
                             // SQuAD counts characters as Python does (code points); .NET strings count UTF-16 units.
                             int startChar = Utf16Index(context, startCodePoint);
                             if (startChar < 0 || startChar + text.Length > context.Length || string.CompareOrdinal(context, startChar, text, 0, text.Length) != 0)
-                                throw new DataFormatException($"{where}: answer \"{Short(text)}\" is not at character {startCodePoint} of its context");
+                                throw new DataFormatException($"{where}: answer \"{StrictJson.Short(text)}\" is not at character {startCodePoint} of its context");
                             answers.Add(new QaAnswer(text, startChar));
                         }
                         if (labelled && answers.Count == 0) throw new DataFormatException($"{where}: no answers (SQuAD v1.1 questions all have one)");
@@ -325,7 +325,6 @@ public static class TaskData
     }
 
     /// <summary>Text for an error message: at most 80 characters.</summary>
-    private static string Short(string s) => s.Length <= 80 ? s : s[..77] + "...";
 
     /// <summary>The UTF-16 index of code point <paramref name="codePoints"/> of <paramref name="s"/> (−1 when out of range).</summary>
     internal static int Utf16Index(string s, int codePoints)

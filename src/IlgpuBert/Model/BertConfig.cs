@@ -172,8 +172,7 @@ public sealed record BertConfig
             try { return node.GetValue<T>(); }
             catch (Exception e) when (e is FormatException or InvalidOperationException)
             {
-                string value = node.ToJsonString();
-                throw new CheckpointException($"{source}: {key} has the wrong type ({(value.Length <= 60 ? value : value[..57] + "...")})");
+                throw new CheckpointException($"{source}: {key} has the wrong type ({StrictJson.Short(node.ToJsonString(), 60)})");
             }
         }
         var extra = new JsonObject();
