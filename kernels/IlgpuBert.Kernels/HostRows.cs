@@ -21,7 +21,7 @@ internal static unsafe class HostRows
     private const long SerialBelow = 1 << 15;
 
     /// <summary>body(start, end) over [0, count) in one contiguous block per core (or inline when small).</summary>
-    private static void Blocks(int count, long work, Action<int, int> body)
+    internal static void Blocks(int count, long work, Action<int, int> body)
     {
         int parts = work < SerialBelow ? 1 : Math.Min(count, Environment.ProcessorCount);
         if (parts <= 1)

@@ -81,6 +81,45 @@ public sealed class QuantizationKernels
         if (tiles > 0) gemm(set.GridStride(tiles), a, b, acc, new Int8Args { M = m, N = n, K = k, Count = tiles });
     }
 
+    /// <summary>
+    /// Whether an int8 Linear layer runs as one host call (<see cref="LinearOnHost"/>): on the CPU
+    /// accelerator of a CPU with AVX-VNNI. Elsewhere it is <see cref="Quantize"/>, <see cref="Gemm"/>
+    /// and <see cref="Dequantize"/>.
+    /// </summary>
+    public bool UseHostLinear => set.IsCpu && !ForceDeviceKernel && HostInt8Linear.Supported;
+
+    /// <summary>w [N, K] packed for <see cref="LinearOnHost"/> (once per weight: the packing is not updated if w changes).</summary>
+    public unsafe PackedInt8Weight PackForHost(ArrayView<sbyte> w, int n, int k)
+    {
+        if (!UseHostLinear) throw new InvalidOperationException("int8 weights are packed for the host only on the CPU accelerator with AVX-VNNI");
+        if (n < 0 || k < 0) throw new ArgumentException($"invalid int8 weight shape {n}×{k}");
+        if (k >= 133_000) throw new ArgumentException($"int8 GEMM: K = {k} could overflow the int32 accumulator (limit 133,000)");
+        Check.Vector("w", w, (long)n * k);
+        set.Accelerator.Synchronize();
+        return HostInt8Linear.Pack(n * k > 0 ? (sbyte*)w.LoadEffectiveAddressAsPtr() : null, n, k);
+    }
+
+    /// <summary>
+    /// y [M, N] = (quantize(x, inputScale)·wᵀ)·(inputScale·wScale[n]) (+ bias[n]): exactly what
+    /// Quantize, Gemm, Dequantize and the bias kernel compute, in one pass over the CPU's buffers.
+    /// </summary>
+    public unsafe void LinearOnHost(ArrayView<float> x, PackedInt8Weight w, ArrayView<float> wScale, float inputScale,
+        ArrayView<float> bias, ArrayView<float> y, int m)
+    {
+        if (!UseHostLinear) throw new InvalidOperationException("LinearOnHost needs the CPU accelerator and AVX-VNNI (see UseHostLinear)");
+        if (!(inputScale > 0f) || !float.IsFinite(inputScale)) throw new ArgumentOutOfRangeException(nameof(inputScale), $"quantization scale must be positive and finite, got {inputScale}");
+        if (m < 0) throw new ArgumentException($"invalid row count {m}");
+        Check.Vector("x", x, (long)m * w.K);
+        Check.Vector("weight scales", wScale, w.N);
+        Check.Vector("y", y, (long)m * w.N);
+        bool hasBias = bias.IsValid && bias.Length > 0;
+        if (hasBias) Check.Vector("bias", bias, w.N);
+        if (m == 0 || w.N == 0) return;
+        set.Accelerator.Synchronize();
+        HostInt8Linear.Run(w.K > 0 ? (float*)x.LoadEffectiveAddressAsPtr() : null, m, inputScale, w, (float*)wScale.LoadEffectiveAddressAsPtr(),
+            hasBias ? (float*)bias.LoadEffectiveAddressAsPtr() : null, (float*)y.LoadEffectiveAddressAsPtr());
+    }
+
     /// <summary>y [M, N] = acc·(inputScale·wScale[n]).</summary>
     public void Dequantize(ArrayView<int> acc, ArrayView<float> wScale, ArrayView<float> y, int m, int n, float inputScale)
     {

@@ -99,6 +99,48 @@ public class QuantizationKernelTests
     }
 
     [Theory]
+    [InlineData(1, 1, 1, true)]
+    [InlineData(7, 33, 5, false)]
+    [InlineData(13, 17, 130, true)]   // K not a whole number of 4-byte groups, N not of 16-column panels
+    [InlineData(129, 65, 33, true)]
+    [InlineData(200, 300, 70, false)] // split over several blocks and cores
+    [InlineData(5, 3, 0, true)]
+    public void Int8_linear_on_the_host_equals_quantize_gemm_rescale_and_bias_bit_for_bit(int m, int n, int k, bool bias)
+    {
+        var d = Devices.Get("cpu");
+        var q = d.Kernels.Quantization;
+        if (!q.UseHostLinear) Assert.Skip("this CPU has no AVX-VNNI: int8 Linear layers run Quantize, Gemm and Dequantize (tested above)");
+        var rng = new Random(m * 7919 + n * 31 + k);
+        const float sx = 0.021f;
+        // Inputs past the clamp (±127·s and far beyond), exact halves of a step, zeros.
+        var x = Rand.Normal(rng, m * k, 1.5).ToArray();
+        for (int i = 0; i < x.Length; i += 11) x[i] = (i % 3) switch { 0 => 1e30f, 1 => -4f, _ => 0.5f * sx };
+        var w = RandomInt8(rng, n * k);
+        var ws = Rand.Normal(rng, n).Select(v => MathF.Abs(v) * 0.01f + 1e-4f).ToArray();
+        var b = Rand.Normal(rng, n);
+        using var bx = d.Upload(x.Length == 0 ? [0f] : x);
+        using var bw = d.Accelerator.Allocate1D(w.Length == 0 ? new sbyte[1] : w);
+        using var bws = d.Upload(ws);
+        using var bb = d.Upload(b);
+        using var by = d.Poisoned(m * n);
+        var packed = q.PackForHost(bw.View.SubView(0, w.Length), n, k);
+        q.LinearOnHost(bx.View.SubView(0, x.Length), packed, bws.View, sx, bias ? bb.View : default, by.View, m);
+        var got = d.Read(by, m * n);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                int acc = 0;
+                for (int t = 0; t < k; t++) acc += QuantizationKernels.QuantizeValue(x[i * k + t], 1f / sx) * w[j * k + t];
+                float expected = acc * (sx * ws[j]);
+                if (bias) expected += b[j];
+                Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(got[i * n + j]),
+                    $"y[{i}, {j}] = {got[i * n + j]:R}, expected {expected:R}");
+            }
+        Assert.Throws<ArgumentOutOfRangeException>(() => q.LinearOnHost(bx.View, packed, bws.View, 0f, default, by.View, m));
+        Assert.Throws<ArgumentException>(() => q.LinearOnHost(bx.View, packed, bws.View, sx, default, by.View, m + 1000));
+    }
+
+    [Theory]
     [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void Dequantize_rescales_by_the_input_and_channel_scales(string device)

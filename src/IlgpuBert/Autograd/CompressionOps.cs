@@ -23,6 +23,13 @@ public static partial class Ops
         shape[^1] = outDim;
         var y = Output(tape, x.Device, false, shape);
         var k = K(x);
+        if (k.Quantization.UseHostLinear)
+        {
+            w.HostPacked ??= k.Quantization.PackForHost(w.View, outDim, inDim);
+            k.Quantization.LinearOnHost(x.Value.View, w.HostPacked, wScales.View, inputScale, b?.Value.View ?? default, y.Value.View, n);
+            if (act is not null) k.Activation.Forward(act.Value, y.Value.View, default, y.Value.View, n, outDim);
+            return y;
+        }
         using var qx = new Int8Tensor(x.Device, n, inDim);
         using var acc = x.Device.Pool.Rent(Math.Max(1L, (long)n * outDim));
         var accView = acc.View.Cast<int>().SubView(0, (long)n * outDim);

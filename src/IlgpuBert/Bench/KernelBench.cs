@@ -192,18 +192,26 @@ public static class KernelBench
 
     /// <summary>
     /// Inference as a user runs it: a model folder's encoder forward (dropout off, no tape bookkeeping,
-    /// last hidden state copied to the host) on random tokens, median after a warm-up run.
+    /// last hidden state copied to the host) on random tokens, median after a warm-up run. An int8
+    /// folder (`quantize`) runs its Linear layers in int8, as `predict` does.
     /// </summary>
     public static BenchResult Forward(BertDevice device, string dir, int batch, int seqLen)
     {
-        using var pipeline = Pipelines.BertPipeline.Load(device, dir);
-        var config = pipeline.Config;
+        var config = Model.BertConfig.Read(Path.Combine(dir, Model.BertFolder.ConfigFile));
+        using var loaded = Compression.Int8Model.IsQuantized(config) ? Compression.LoadedModel.Load(device, dir) : null;
+        using var pipeline = loaded is null ? Pipelines.BertPipeline.Load(device, dir) : null;
         var rng = new Random(3);
         int n = batch * seqLen;
         var inputs = new Model.BertInputs(batch, seqLen, Enumerable.Range(0, n).Select(_ => rng.Next(5, config.VocabSize)).ToArray(), new int[n],
             Enumerable.Repeat(1, n).ToArray());
-        double ms = Time(device.Accelerator, () => pipeline.Encode(inputs), budgetMs: 2000);
-        return new("forward", device.Spec, $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(dir))} b={batch} s={seqLen}", ms, null, null)
+        Action encode = loaded is null ? () => pipeline!.Encode(inputs) : () =>
+        {
+            using var tape = new Autograd.Tape(recording: false);
+            loaded.Model.Bert.Forward(tape, inputs, Model.Dropouts.Off, hooks: loaded.Hooks).LastHiddenState.Value.ToHost();
+        };
+        double ms = Time(device.Accelerator, encode, budgetMs: 2000);
+        string kind = loaded is null ? "" : " int8";
+        return new("forward", device.Spec, $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(dir))}{kind} b={batch} s={seqLen}", ms, null, null)
             { TokensPerSecond = n / (ms / 1000) };
     }
 }

@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using IlgpuBert.Kernels;
 
 namespace IlgpuBert.Runtime;
 
@@ -23,6 +24,9 @@ public sealed class Int8Tensor : IDisposable
     public int[] Shape { get; }
     public long Length { get; }
     public ArrayView<sbyte> View => buffer.View.Cast<sbyte>().SubView(0, Length);
+
+    /// <summary>A [N, K] weight packed for the CPU's int8 kernel, made on first use (weights are not written after upload).</summary>
+    internal PackedInt8Weight? HostPacked { get; set; }
 
     public static Int8Tensor FromHost(BertDevice device, sbyte[] data, params int[] shape)
     {
