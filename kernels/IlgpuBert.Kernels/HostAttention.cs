@@ -123,9 +123,9 @@ internal static unsafe class HostAttention
                 for (int j = 0; j < sp; j += 16)
                 {
                     var x = Vector512.Load(row + j) - vm;
-                    // exp(−∞) = 0 for masked and padding keys; exp(0) exactly 1 at the maximum (Vector512.Exp is within
-                    // an ulp, not exact there, and a one-key row must reproduce V exactly as MathF.Exp does).
-                    var e = Vector512.ConditionalSelect(Vector512.Equals(x, Vector512<float>.Zero), Vector512<float>.One, Vector512.Exp(x));
+                    // exp(−∞) = 0 for masked and padding keys; exp(0) exactly 1 at the maximum (a one-key row must
+                    // reproduce V exactly, as MathF.Exp does).
+                    var e = HostMath.Exp(x);
                     e.Store(row + j);
                     vsum += e;
                 }

@@ -1,5 +1,5 @@
 // The int8 Linear layer on ILGPU's CPU accelerator, in one call: quantize the input, an int8 GEMM on
-// AVX-VNNI dot products, and the rescale (+ bias) written straight into the float output.
+// AVX-VNNI dot products, and the rescale (+ bias, + GELU) written straight into the float output.
 //
 // VPDPBUSD multiplies unsigned by signed bytes, four at a time into each int32 lane. The input is
 // quantized as the kernels do (q = clamp(⌊x/s + ½⌋, −127, 127)) and stored as u = q + 128 ∈ [1, 255], so
@@ -67,8 +67,8 @@ internal static unsafe class HostInt8Linear
         return new PackedInt8Weight(n, k, packed, offsets);
     }
 
-    /// <summary>y [M, N] = (quantize(x)·wᵀ)·(inputScale·wScale[n]) + bias[n] (bias may be null).</summary>
-    public static void Run(float* x, int m, float inputScale, PackedInt8Weight w, float* wScale, float* bias, float* y)
+    /// <summary>y [M, N] = (quantize(x)·wᵀ)·(inputScale·wScale[n]) + bias[n] (bias may be null), then GELU when asked.</summary>
+    public static void Run(float* x, int m, float inputScale, PackedInt8Weight w, float* wScale, float* bias, bool gelu, float* y)
     {
         int k = w.K, n = w.N, groups = w.Groups, rowPanels = (m + MR - 1) / MR;
         long packBytes = (long)rowPanels * groups * MR * 4;
@@ -101,7 +101,7 @@ internal static unsafe class HostInt8Linear
                 void Task(int t)
                 {
                     int i0 = t / nBlocks * mc, j0 = t % nBlocks * nc;
-                    Block((byte*)ia, (sbyte*)iw, (int*)io, (float*)isc, (float*)ib, (float*)iy, m, n, groups, i0, Math.Min(mc, m - i0), j0, Math.Min(nc, n - j0));
+                    Block((byte*)ia, (sbyte*)iw, (int*)io, (float*)isc, (float*)ib, gelu, (float*)iy, m, n, groups, i0, Math.Min(mc, m - i0), j0, Math.Min(nc, n - j0));
                 }
                 if (tasks == 1) Task(0);
                 else Parallel.For(0, tasks, Task);
@@ -159,7 +159,7 @@ internal static unsafe class HostInt8Linear
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Block(byte* a, sbyte* w, int* offsets, float* scale, float* bias, float* y, int m, int n, int groups,
+    private static void Block(byte* a, sbyte* w, int* offsets, float* scale, float* bias, bool gelu, float* y, int m, int n, int groups,
         int i0, int mc, int j0, int nc)
     {
         int* tile = stackalloc int[MR * NR];
@@ -169,7 +169,7 @@ internal static unsafe class HostInt8Linear
             for (int ir = i0; ir < i0 + mc; ir += MR)
             {
                 Micro6x16(groups, a + (long)(ir / MR) * groups * MR * 4, bPanel, tile);
-                Epilogue(tile, offsets, scale, bias, y, n, ir, Math.Min(MR, m - ir), jr, Math.Min(NR, n - jr));
+                Epilogue(tile, offsets, scale, bias, gelu, y, n, ir, Math.Min(MR, m - ir), jr, Math.Min(NR, n - jr));
             }
         }
     }
@@ -205,9 +205,9 @@ internal static unsafe class HostInt8Linear
         c40.Store(tile + 64); c41.Store(tile + 72); c50.Store(tile + 80); c51.Store(tile + 88);
     }
 
-    /// <summary>y[row0 + r, col0 + j] = (tile − 128·Σw)·scale (+ bias) for the tile's valid rows and columns.</summary>
+    /// <summary>y[row0 + r, col0 + j] = (tile − 128·Σw)·scale (+ bias) (then GELU) for the tile's valid rows and columns.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Epilogue(int* tile, int* offsets, float* scale, float* bias, float* y, int n, int row0, int rows, int col0, int cols)
+    private static void Epilogue(int* tile, int* offsets, float* scale, float* bias, bool gelu, float* y, int n, int row0, int rows, int col0, int cols)
     {
         if (cols == NR && Vector512.IsHardwareAccelerated)
         {
@@ -218,6 +218,7 @@ internal static unsafe class HostInt8Linear
             {
                 var v = Vector512.ConvertToSingle(Vector512.Load(tile + r * NR) - offset) * s;
                 if (bias != null) v += add;
+                if (gelu) v = HostRows.GeluErf512(v);
                 v.Store(y + (long)(row0 + r) * n + col0);
             }
             return;
@@ -227,7 +228,7 @@ internal static unsafe class HostInt8Linear
             {
                 float v = (tile[r * NR + j] - offsets[col0 + j]) * scale[col0 + j];
                 if (bias != null) v += bias[col0 + j];
-                y[(long)(row0 + r) * n + col0 + j] = v;
+                y[(long)(row0 + r) * n + col0 + j] = gelu ? default(GeluErf).Apply(v, out _) : v;
             }
     }
 }

@@ -201,8 +201,13 @@ internal static unsafe class HostRows
                 {
                     var v = Vector512.Load(x + i + j);
                     if (bias is not null) v += Vector512.Load(bias + j);
-                    var value = GeluErf512(v, out var derivative);
-                    (dy is null ? value : Vector512.Load(dy + i + j) * derivative).Store(output + i + j);
+                    if (dy is null)
+                        GeluErf512(v).Store(output + i + j);
+                    else
+                    {
+                        GeluErf512(v, out var derivative);
+                        (Vector512.Load(dy + i + j) * derivative).Store(output + i + j);
+                    }
                 }
             for (; j < cols; j++)
             {
@@ -215,16 +220,43 @@ internal static unsafe class HostRows
 
     /// <summary>
     /// <see cref="GeluErf"/> on 16 lanes: the same formulas as KernelMath.NormalCdf/NormalPdf
-    /// (e^(−x²/2) from a split square, Numerical Recipes' erfc tail), with Vector512.Exp.
+    /// (e^(−x²/2) from a split square, Numerical Recipes' erfc tail), with HostMath.Exp.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> GeluErf512(Vector512<float> x, out Vector512<float> derivative)
     {
         var ax = Vector512.Abs(x);
         var h = Vector512.Floor(ax * 256f) * (1f / 256f);
-        var gauss = Vector512.Exp(-0.5f * (h * h)) * Vector512.Exp(-0.5f * ((ax - h) * (ax + h))); // e^(−x²/2)
+        var gauss = HostMath.Exp(-0.5f * (h * h)) * HostMath.Exp(-0.5f * ((ax - h) * (ax + h))); // e^(−x²/2)
         var a = ax * 0.70710678118654752f;
         var t = Vector512<float>.One / (Vector512<float>.One + 0.5f * a);
+        var poly = ErfcPoly(t);
+        var half = 0.5f * (t * gauss * HostMath.Exp(poly));
+        var cdf = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
+        derivative = cdf + x * (0.39894228040143268f * gauss);
+        return x * cdf;
+    }
+
+    /// <summary>
+    /// x·Φ(x) alone (the forward), as the function above computes it but with two exponentials, not three:
+    /// e^(−(a−h)(a+h)/2) and e^P(t) are one, since that argument is P(t) (about −1.3) plus a term below |x|/128.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> GeluErf512(Vector512<float> x)
+    {
+        var ax = Vector512.Abs(x);
+        var h = Vector512.Floor(ax * 256f) * (1f / 256f);
+        var a = ax * 0.70710678118654752f;
+        var t = Vector512<float>.One / (Vector512<float>.One + 0.5f * a);
+        var poly = ErfcPoly(t);
+        var half = 0.5f * (t * HostMath.Exp(-0.5f * (h * h)) * HostMath.Exp(poly - 0.5f * ((ax - h) * (ax + h))));
+        return x * Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
+    }
+
+    /// <summary>The erfc fit's polynomial P(t) on 16 lanes (KernelMath.Erfc's coefficients, the same Horner order).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> ErfcPoly(Vector512<float> t)
+    {
         var poly = Vector512.Create(KernelMath.ErfcC9);
         poly = poly * t + Vector512.Create(KernelMath.ErfcC8);
         poly = poly * t + Vector512.Create(KernelMath.ErfcC7);
@@ -235,10 +267,7 @@ internal static unsafe class HostRows
         poly = poly * t + Vector512.Create(KernelMath.ErfcC2);
         poly = poly * t + Vector512.Create(KernelMath.ErfcC1);
         poly = poly * t + Vector512.Create(KernelMath.ErfcC0);
-        var half = 0.5f * (t * gauss * Vector512.Exp(poly));
-        var cdf = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
-        derivative = cdf + x * (0.39894228040143268f * gauss);
-        return x * cdf;
+        return poly;
     }
 
     // ---- Cross-entropy ----
@@ -293,7 +322,7 @@ internal static unsafe class HostRows
         {
             var vs = Vector512<float>.Zero;
             var vmax = Vector512.Create(m);
-            for (; j + Vector512<float>.Count <= n; j += Vector512<float>.Count) vs += Vector512.Exp(Vector512.Load(z + j) - vmax);
+            for (; j + Vector512<float>.Count <= n; j += Vector512<float>.Count) vs += HostMath.Exp(Vector512.Load(z + j) - vmax);
             s = Vector512.Sum(vs);
         }
         for (; j < n; j++) s += MathF.Exp(z[j] - m);
@@ -329,7 +358,7 @@ internal static unsafe class HostRows
                 int j = 0;
                 if (Vector512.IsHardwareAccelerated)
                     for (; j + Vector512<float>.Count <= vocab; j += Vector512<float>.Count)
-                        (Vector512.Exp(Vector512.Load(z + j) - Vector512.Create(l)) * scale).Store(d + j);
+                        (HostMath.Exp(Vector512.Load(z + j) - Vector512.Create(l)) * scale).Store(d + j);
                 for (; j < vocab; j++) d[j] = MathF.Exp(z[j] - l) * scale;
                 if ((uint)label < (uint)vocab) d[label] = (MathF.Exp(zLabel - l) - 1f) * scale;
             }

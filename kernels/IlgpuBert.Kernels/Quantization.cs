@@ -13,6 +13,7 @@
 // (HostInt8Gemm: sbyte → short → int widening dot products), as float GEMM does.
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -100,11 +101,12 @@ public sealed class QuantizationKernels
     }
 
     /// <summary>
-    /// y [M, N] = (quantize(x, inputScale)·wᵀ)·(inputScale·wScale[n]) (+ bias[n]): exactly what
-    /// Quantize, Gemm, Dequantize and the bias kernel compute, in one pass over the CPU's buffers.
+    /// y [M, N] = act((quantize(x, inputScale)·wᵀ)·(inputScale·wScale[n]) (+ bias[n])): what Quantize,
+    /// Gemm, Dequantize and the bias kernel compute (bit for bit), in one pass over the CPU's buffers;
+    /// BERT's GELU is applied in the same pass, other activations after it.
     /// </summary>
     public unsafe void LinearOnHost(ArrayView<float> x, PackedInt8Weight w, ArrayView<float> wScale, float inputScale,
-        ArrayView<float> bias, ArrayView<float> y, int m)
+        ArrayView<float> bias, ActivationKind? act, ArrayView<float> y, int m)
     {
         if (!UseHostLinear) throw new InvalidOperationException("LinearOnHost needs the CPU accelerator and AVX-VNNI (see UseHostLinear)");
         if (!(inputScale > 0f) || !float.IsFinite(inputScale)) throw new ArgumentOutOfRangeException(nameof(inputScale), $"quantization scale must be positive and finite, got {inputScale}");
@@ -117,7 +119,10 @@ public sealed class QuantizationKernels
         if (m == 0 || w.N == 0) return;
         set.Accelerator.Synchronize();
         HostInt8Linear.Run(w.K > 0 ? (float*)x.LoadEffectiveAddressAsPtr() : null, m, inputScale, w, (float*)wScale.LoadEffectiveAddressAsPtr(),
-            hasBias ? (float*)bias.LoadEffectiveAddressAsPtr() : null, (float*)y.LoadEffectiveAddressAsPtr());
+            hasBias ? (float*)bias.LoadEffectiveAddressAsPtr() : null, act == ActivationKind.GeluErf && Vector512.IsHardwareAccelerated,
+            (float*)y.LoadEffectiveAddressAsPtr());
+        if (act is { } kind && !(kind == ActivationKind.GeluErf && Vector512.IsHardwareAccelerated))
+            set.Activation.Forward(kind, y, default, y, m, w.N);
     }
 
     /// <summary>y [M, N] = acc·(inputScale·wScale[n]).</summary>

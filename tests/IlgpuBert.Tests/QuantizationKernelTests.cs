@@ -124,8 +124,9 @@ public class QuantizationKernelTests
         using var bb = d.Upload(b);
         using var by = d.Poisoned(m * n);
         var packed = q.PackForHost(bw.View.SubView(0, w.Length), n, k);
-        q.LinearOnHost(bx.View.SubView(0, x.Length), packed, bws.View, sx, bias ? bb.View : default, by.View, m);
+        q.LinearOnHost(bx.View.SubView(0, x.Length), packed, bws.View, sx, bias ? bb.View : default, null, by.View, m);
         var got = d.Read(by, m * n);
+        var linear = new float[m * n];
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++)
             {
@@ -133,11 +134,19 @@ public class QuantizationKernelTests
                 for (int t = 0; t < k; t++) acc += QuantizationKernels.QuantizeValue(x[i * k + t], 1f / sx) * w[j * k + t];
                 float expected = acc * (sx * ws[j]);
                 if (bias) expected += b[j];
+                linear[i * n + j] = expected;
                 Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(got[i * n + j]),
                     $"y[{i}, {j}] = {got[i * n + j]:R}, expected {expected:R}");
             }
-        Assert.Throws<ArgumentOutOfRangeException>(() => q.LinearOnHost(bx.View, packed, bws.View, 0f, default, by.View, m));
-        Assert.Throws<ArgumentException>(() => q.LinearOnHost(bx.View, packed, bws.View, sx, default, by.View, m + 1000));
+        // The activation in the same pass (GELU) or after it (tanh), against double on the exact linear values.
+        foreach (var (act, f) in new (ActivationKind, Func<double, double>)[] { (ActivationKind.GeluErf, Reference.GeluErf), (ActivationKind.Tanh, Math.Tanh) })
+        {
+            using var ya = d.Poisoned(m * n);
+            q.LinearOnHost(bx.View.SubView(0, x.Length), packed, bws.View, sx, bias ? bb.View : default, act, ya.View, m);
+            Tol.AssertClose(linear.Select(v => f(v)).ToArray(), d.Read(ya, m * n), Tol.F32Elementwise, $"{act}(y)");
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => q.LinearOnHost(bx.View, packed, bws.View, 0f, default, null, by.View, m));
+        Assert.Throws<ArgumentException>(() => q.LinearOnHost(bx.View, packed, bws.View, sx, default, null, by.View, m + 1000));
     }
 
     [Theory]

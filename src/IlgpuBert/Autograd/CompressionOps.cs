@@ -26,8 +26,7 @@ public static partial class Ops
         if (k.Quantization.UseHostLinear)
         {
             w.HostPacked ??= k.Quantization.PackForHost(w.View, outDim, inDim);
-            k.Quantization.LinearOnHost(x.Value.View, w.HostPacked, wScales.View, inputScale, b?.Value.View ?? default, y.Value.View, n);
-            if (act is not null) k.Activation.Forward(act.Value, y.Value.View, default, y.Value.View, n, outDim);
+            k.Quantization.LinearOnHost(x.Value.View, w.HostPacked, wScales.View, inputScale, b?.Value.View ?? default, act, y.Value.View, n);
             return y;
         }
         using var qx = new Int8Tensor(x.Device, n, inDim);
