@@ -113,12 +113,15 @@ public sealed class GemmKernels
 
     /// <summary>
     /// A Linear layer with its activation in one pass: pre = op(A)·op(B) ([M, N], what the
-    /// activation's backward needs) and y = act(pre + bias) (bias optional).
+    /// activation's backward needs) and y = act(pre + bias) (bias optional). Where
+    /// <see cref="FusesWithoutPre"/> holds, pre may be left out (default) when no backward follows.
     /// </summary>
     public void ForwardActivation(Transpose ta, Transpose tb, int m, int n, int k, ArrayView<float> a, int lda,
         ArrayView<float> b, int ldb, ArrayView<float> pre, int ldc, ArrayView<float> bias, ActivationKind act, ArrayView<float> y)
     {
-        var args = Args(ta, tb, m, n, k, 1f, a, lda, b, ldb, 0f, pre, ldc, bias, 1, 0, 0, 0);
+        bool keepPre = pre.IsValid && pre.Length > 0;
+        if (!keepPre && !FusesWithoutPre(act)) throw new ArgumentException($"pre is needed for {act} on {set.Accelerator.AcceleratorType}");
+        var args = Args(ta, tb, m, n, k, 1f, a, lda, b, ldb, 0f, keepPre ? pre : y, ldc, bias, 1, 0, 0, 0);
         Check.Vector("y", y, (long)(m - 1) * ldc + n);
         if (m == 0 || n == 0)
             return;
@@ -126,13 +129,22 @@ public sealed class GemmKernels
         {
             set.Accelerator.Synchronize();
             args.HasBias = 0;
-            HostGemm.Run(args, 1, a, b, pre, default, HostVector512);
             if (ldc != n) throw new ArgumentException("a fused activation on the CPU needs ldc = N");
+            if (act == ActivationKind.GeluErf && HostVector512)
+            {
+                // GELU as each tile is finished (the tile is still in cache), not as a second pass over [M, N].
+                HostGemm.Run(args, 1, a, b, keepPre ? pre : y, default, true, y, bias);
+                return;
+            }
+            HostGemm.Run(args, 1, a, b, pre, default, HostVector512);
             set.Activation.Forward(act, pre, bias, y, m, n);
             return;
         }
         Launch(args, 1, a, b, pre, bias, y, act);
     }
+
+    /// <summary>Whether <see cref="ForwardActivation"/> can skip the pre-activation (inference): BERT's GELU on the CPU path with AVX-512.</summary>
+    public bool FusesWithoutPre(ActivationKind act) => UseHost && HostVector512 && act == ActivationKind.GeluErf;
 
     private GemmArgs Args(Transpose ta, Transpose tb, int m, int n, int k, float alpha, ArrayView<float> a, int lda,
         ArrayView<float> b, int ldb, float beta, ArrayView<float> c, int ldc, ArrayView<float> bias,

@@ -28,13 +28,21 @@ internal static unsafe class HostGemm
     // (megabytes, pinned) each time the thread pool brought in a new worker.
     private static readonly ConcurrentBag<float[]> APacks = new(), BPacks = new();
 
+    /// <summary>
+    /// C = α·op(A)·op(B) + β·C (+ bias). With <paramref name="gelu"/> (one product, wide tiles, ldc = N): y =
+    /// GELU(C + geluBias) as each tile's last K-slice is merged, and C may be y itself (partial sums are kept
+    /// there until then) when the caller needs no pre-activation.
+    /// </summary>
     public static void Run(GemmArgs p, int batch, ArrayView<float> a, ArrayView<float> b,
-        ArrayView<float> c, ArrayView<float> bias, bool wide)
+        ArrayView<float> c, ArrayView<float> bias, bool wide, ArrayView<float> gelu = default, ArrayView<float> geluBias = default)
     {
         float* pa = (float*)a.LoadEffectiveAddressAsPtr();
         float* pb = (float*)b.LoadEffectiveAddressAsPtr();
         float* pc = (float*)c.LoadEffectiveAddressAsPtr();
         float* pbias = p.HasBias != 0 ? (float*)bias.LoadEffectiveAddressAsPtr() : null;
+        var epilogue = new Epilogue(gelu.IsValid ? (float*)gelu.LoadEffectiveAddressAsPtr() : null,
+            geluBias.IsValid && geluBias.Length > 0 ? (float*)geluBias.LoadEffectiveAddressAsPtr() : null);
+        if (epilogue.Y != null && (batch != 1 || !wide || p.Ldc != p.N)) throw new ArgumentException("a GELU epilogue needs one product, wide tiles and ldc = N");
 
         double flops = 2.0 * p.M * p.N * Math.Max(p.K, 1) * batch;
         bool parallel = flops >= 2e6 && Environment.ProcessorCount > 1;
@@ -57,18 +65,24 @@ internal static unsafe class HostGemm
         if (tasks == 1 || !parallel)
         {
             for (int t = 0; t < tasks; t++)
-                RunTask(args, t, mBlocks, nBlocks, mc, nc, pa, pb, pc, pbias, wide);
+                RunTask(args, t, mBlocks, nBlocks, mc, nc, pa, pb, pc, pbias, wide, epilogue);
             return;
         }
         // Pointers cannot be captured by a lambda; pass them as integers.
         nint ia = (nint)pa, ib = (nint)pb, ic = (nint)pc, ibias = (nint)pbias;
         Parallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks, mc, nc,
-            (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide));
+            (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide, epilogue));
+    }
+
+    /// <summary>Where a GELU epilogue writes (null: none) and the bias it adds first.</summary>
+    private readonly struct Epilogue(float* y, float* bias)
+    {
+        public readonly float* Y = y, Bias = bias;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunTask(GemmArgs p, int task, int mBlocks, int nBlocks, int blockM, int blockN,
-        float* a, float* b, float* c, float* bias, bool wide)
+        float* a, float* b, float* c, float* bias, bool wide, Epilogue epilogue)
     {
         int perBatch = mBlocks * nBlocks;
         int batchIdx = task / perBatch, rest = task % perBatch;
@@ -83,7 +97,7 @@ internal static unsafe class HostGemm
         try
         {
             fixed (float* ap = aPack, bp = bPack)
-                Block(p, a, b, c, bias, i0, mc, j0, nc, ap, bp, wide);
+                Block(p, a, b, c, bias, i0, mc, j0, nc, ap, bp, wide, epilogue);
         }
         finally
         {
@@ -94,14 +108,15 @@ internal static unsafe class HostGemm
 
     /// <summary>C[i0.., j0..] (mc × nc) over all K slices, packing into ap and bp.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* ap, float* bp, bool wide)
+    private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* ap, float* bp, bool wide,
+        Epilogue epilogue)
     {
         float* tile = stackalloc float[MR * NR];
         int kTotal = Math.Max(p.K, 1);
         for (int k0 = 0; k0 < kTotal; k0 += KC)
         {
             int kc = Math.Clamp(p.K - k0, 0, KC);
-            bool first = k0 == 0;
+            bool first = k0 == 0, last = k0 + KC >= kTotal;
             PackA(p, a, i0, mc, k0, kc, ap);
             PackB(p, b, j0, nc, k0, kc, bp);
             for (int jr = 0; jr < nc; jr += NR)
@@ -114,7 +129,10 @@ internal static unsafe class HostGemm
                     else
                         for (int half = 0; half < 4; half++) // rows 0–5 / 6–11 × columns 0–15 / 16–31
                             Micro6x16(kc, aPanel + half / 2 * 6, bPanel + half % 2 * 16, tile + half / 2 * 6 * NR + half % 2 * 16);
-                    Merge(p, c, bias, tile, i0 + ir, Math.Min(MR, mc - ir), j0 + jr, Math.Min(NR, nc - jr), first);
+                    if (last && epilogue.Y != null)
+                        MergeGelu(p, c, epilogue, tile, i0 + ir, Math.Min(MR, mc - ir), j0 + jr, Math.Min(NR, nc - jr), first);
+                    else
+                        Merge(p, c, bias, tile, i0 + ir, Math.Min(MR, mc - ir), j0 + jr, Math.Min(NR, nc - jr), first);
                 }
             }
         }
@@ -383,6 +401,40 @@ internal static unsafe class HostGemm
                     if (bias != null) v += bias[col0 + j];
                 }
                 dst[j] = v;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A tile's last K-slice with the GELU epilogue: v = α·tile + (C from earlier slices, or β·C); C = v unless C is
+    /// y (no pre-activation wanted); y = GELU(v + bias). Same per-element operations as Merge, then ActivationRows.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MergeGelu(GemmArgs p, float* c, Epilogue e, float* tile, int row0, int rows, int col0, int cols, bool first)
+    {
+        bool keepPre = c != e.Y, scaleOld = first && p.Beta != 0f;
+        for (int r = 0; r < rows; r++)
+        {
+            long at = (long)(row0 + r) * p.Ldc + col0;
+            float* src = tile + r * NR;
+            int j = 0;
+            for (; j + 16 <= cols; j += 16)
+            {
+                var v = p.Alpha * Vector512.Load(src + j);
+                if (!first) v += Vector512.Load(c + at + j);
+                else if (scaleOld) v += p.Beta * Vector512.Load(c + at + j);
+                if (keepPre) v.Store(c + at + j);
+                if (e.Bias != null) v += Vector512.Load(e.Bias + col0 + j);
+                HostRows.GeluErf512(v).Store(e.Y + at + j);
+            }
+            for (; j < cols; j++)
+            {
+                float v = p.Alpha * src[j];
+                if (!first) v += c[at + j];
+                else if (scaleOld) v += p.Beta * c[at + j];
+                if (keepPre) c[at + j] = v;
+                if (e.Bias != null) v += e.Bias[col0 + j];
+                e.Y[at + j] = default(GeluErf).Apply(v, out _);
             }
         }
     }

@@ -211,6 +211,40 @@ public class GemmTests
         Tol.AssertClose(expectedY, d.Read(y, m * n), Tol.F32Elementwise, "activation");
     }
 
+    [Fact]
+    public void Cpu_gelu_epilogue_without_pre_activation_matches_the_one_with_it_bit_for_bit()
+    {
+        // Inference skips the pre-activation: partial sums over K-slices are kept in y until GELU overwrites
+        // them. Over several blocks and KC = 256 slices, with ragged edges (scalar tails of the epilogue).
+        var d = Devices.Get("cpu");
+        if (!d.Kernels.Gemm.FusesWithoutPre(ActivationKind.GeluErf)) Assert.Skip("no AVX-512: the CPU path keeps the pre-activation");
+        Assert.False(d.Kernels.Gemm.FusesWithoutPre(ActivationKind.Relu));
+        const int m = 403, n = 801, k = 530;
+        var rng = new Random(17);
+        var x = Rand.Normal(rng, m * k);
+        var w = Rand.Normal(rng, n * k, 0.1);
+        var bias = Rand.Normal(rng, n);
+        using var bx = d.Upload(x);
+        using var bw = d.Upload(w);
+        using var bBias = d.Upload(bias);
+        using var pre = d.Poisoned(m * n);
+        using var y = d.Poisoned(m * n);
+        using var yAlone = d.Poisoned(m * n);
+        d.Kernels.Gemm.ForwardActivation(Transpose.N, Transpose.T, m, n, k, bx.View, k, bw.View, k, pre.View, n, bBias.View, ActivationKind.GeluErf, y.View);
+        d.Kernels.Gemm.ForwardActivation(Transpose.N, Transpose.T, m, n, k, bx.View, k, bw.View, k, default, n, bBias.View, ActivationKind.GeluErf, yAlone.View);
+        var gotPre = d.Read(pre, m * n);
+        double[] xd = Rand.ToDouble(x), wd = Rand.ToDouble(w);
+        var expected = Reference.Gemm(false, true, m, n, k, 1, xd, k, wd, k, 0, new double[m * n], n);
+        var scale = Reference.GemmErrorScale(false, true, m, n, k, 1, xd, k, wd, k, 0, new double[m * n], n);
+        Tol.AssertClose(expected, gotPre, Tol.F32Dot, "pre-activation", scale);
+        var gotY = d.Read(y, m * n);
+        Tol.AssertClose(gotPre.Select((v, i) => Reference.GeluErf((double)(v + bias[i % n]))).ToArray(), gotY, Tol.F32Elementwise, "GELU");
+        var alone = d.Read(yAlone, m * n);
+        for (int i = 0; i < alone.Length; i++)
+            Assert.True(BitConverter.SingleToInt32Bits(gotY[i]) == BitConverter.SingleToInt32Bits(alone[i]), $"y[{i}] = {alone[i]:R} without the pre-activation, {gotY[i]:R} with it");
+        Assert.Throws<ArgumentException>(() => d.Kernels.Gemm.ForwardActivation(Transpose.N, Transpose.T, m, n, k, bx.View, k, bw.View, k, default, n, bBias.View, ActivationKind.Relu, yAlone.View));
+    }
+
     [Theory]
     [InlineData(false, false, true)]
     [InlineData(true, true, true)]

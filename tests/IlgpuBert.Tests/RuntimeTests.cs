@@ -163,6 +163,14 @@ public class RuntimeTests
         Assert.Equal("forward", doc.RootElement.GetProperty("op").GetString());
         Assert.Equal("m b=2 s=16", doc.RootElement.GetProperty("shape").GetString());
         Assert.True(doc.RootElement.GetProperty("tokens_per_s").GetDouble() > 0);
+
+        // Several folders are timed in turn, one line each in the order given.
+        Assert.Equal(0, CliRunner.Run("init", "--size", "tiny", "--vocab", dir.File("vocab.txt"), "--out", dir.File("m2"), "--device", "cpu").Code);
+        (code, output, err) = CliRunner.Run("bench", "forward", "--model", dir.File("m2"), "--model", dir.File("m"), "--rounds", "2", "--b", "1", "--s", "8", "--json", "--device", "cpu");
+        Assert.True(code == 0, err);
+        var shapes = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement.GetProperty("shape").GetString()!).ToArray();
+        Assert.Equal(["m2 b=1 s=8", "m b=1 s=8"], shapes);
+        Assert.NotEqual(0, CliRunner.Run("bench", "forward", "--model", dir.File("m"), "--rounds", "0", "--device", "cpu").Code);
     }
 
     [Theory]

@@ -37,11 +37,12 @@ public static class BenchCommand
         var attnHeads = new Option<int>("--nh") { Description = "attention heads", DefaultValueFactory = _ => 12 };
         var attnHeadDim = new Option<int>("--hd") { Description = "attention head dim (≤ 128)", DefaultValueFactory = _ => 64 };
         var modelSize = new Option<string>("--size", "--model-size") { Description = "bert-step: tiny, mini, small, medium, base or large (as init)", DefaultValueFactory = _ => "tiny" };
-        var modelDir = new Option<string?>("--model") { Description = "forward: the model folder whose encoder is timed" };
+        var modelDir = new Option<string[]>("--model") { Description = "forward: the model folder whose encoder is timed (repeat it to time several in turn)", AllowMultipleArgumentsPerToken = true };
+        var rounds = new Option<int>("--rounds") { Description = "forward: rounds over the models, each reporting its median round", DefaultValueFactory = _ => 3 };
         var json = new Option<bool>("--json") { Description = "one JSON object per line instead of a table" };
 
         var command = new Command("bench", "Time the kernels on a device, or report their machine code (sass).")
-            { op, m, n, k, trans, batch, rows, cols, parameters, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, modelDir, json, arch, kernel, markdown };
+            { op, m, n, k, trans, batch, rows, cols, parameters, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, modelDir, rounds, json, arch, kernel, markdown };
         command.SetAction(parse =>
         {
             if (parse.GetValue(op) == "sass")
@@ -54,8 +55,9 @@ public static class BenchCommand
                 if (value < 1) throw new ArgumentException($"{name} must be positive, got {value}");
             if (parse.GetValue(rows) is < 1 || parse.GetValue(cols) is < 1 || parse.GetValue(parameters) < 1)
                 throw new ArgumentException("--rows, --cols and --params must be positive");
-            if (parse.GetValue(op) == "forward" && parse.GetValue(modelDir) is null)
+            if (parse.GetValue(op) == "forward" && parse.GetValue(modelDir) is not { Length: > 0 })
                 throw new ArgumentException("bench forward needs --model DIR (a model folder)");
+            if (parse.GetValue(rounds) < 1) throw new ArgumentException($"--rounds must be positive, got {parse.GetValue(rounds)}");
 
             using var device = Cli.OpenDevice(parse);
             string? which = parse.GetValue(op);
@@ -93,7 +95,7 @@ public static class BenchCommand
                         Emit(KernelBench.BertStep(device, parse.GetValue(modelSize)!, parse.GetValue(attnBatch) ?? 16, parse.GetValue(attnSeq)));
                         break;
                     case "forward":
-                        Emit(KernelBench.Forward(device, parse.GetValue(modelDir)!, parse.GetValue(attnBatch) ?? 16, parse.GetValue(attnSeq)));
+                        foreach (var r in KernelBench.Forward(device, parse.GetValue(modelDir)!, parse.GetValue(attnBatch) ?? 16, parse.GetValue(attnSeq), parse.GetValue(rounds))) Emit(r);
                         break;
                     case "adamw":
                         foreach (var r in KernelBench.AdamW(device, parse.GetValue(parameters))) Emit(r);

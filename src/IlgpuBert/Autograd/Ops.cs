@@ -67,9 +67,9 @@ public static partial class Ops
             k.Gemm.Forward(Transpose.N, Transpose.T, n, outDim, inDim, 1f, x.Value.View, inDim, w.Value.View, inDim, 0f, y.Value.View, outDim, b?.Value.View ?? default);
         else
         {
-            // One pass on GPUs (the GEMM's epilogue applies the activation); pre is what backward needs.
-            pre = new Tensor(x.Device, shape);
-            k.Gemm.ForwardActivation(Transpose.N, Transpose.T, n, outDim, inDim, x.Value.View, inDim, w.Value.View, inDim, pre.View, outDim,
+            // One pass (the GEMM's epilogue applies the activation); pre is what backward needs.
+            pre = grad || !k.Gemm.FusesWithoutPre(act.Value) ? new Tensor(x.Device, shape) : null;
+            k.Gemm.ForwardActivation(Transpose.N, Transpose.T, n, outDim, inDim, x.Value.View, inDim, w.Value.View, inDim, pre?.View ?? default, outDim,
                 b?.Value.View ?? default, act.Value, y.Value.View);
         }
         if (!grad) { pre?.Dispose(); return y; }

@@ -191,27 +191,53 @@ public static class KernelBench
     }
 
     /// <summary>
-    /// Inference as a user runs it: a model folder's encoder forward (dropout off, no tape bookkeeping,
-    /// last hidden state copied to the host) on random tokens, median after a warm-up run. An int8
-    /// folder (`quantize`) runs its Linear layers in int8, as `predict` does.
+    /// Inference as a user runs it: each model folder's encoder forward (dropout off, no tape bookkeeping,
+    /// last hidden state copied to the host) on the same random tokens, after a warm-up run. An int8
+    /// folder (`quantize`) runs its Linear layers in int8, as `predict` does. Several folders are timed
+    /// in turn, <paramref name="rounds"/> times over (so a slow spell of the machine hits them alike),
+    /// and each reports the median of its rounds.
     /// </summary>
-    public static BenchResult Forward(BertDevice device, string dir, int batch, int seqLen)
+    public static List<BenchResult> Forward(BertDevice device, IReadOnlyList<string> dirs, int batch, int seqLen, int rounds = 1)
     {
-        var config = Model.BertConfig.Read(Path.Combine(dir, Model.BertFolder.ConfigFile));
-        using var loaded = Compression.Int8Model.IsQuantized(config) ? Compression.LoadedModel.Load(device, dir) : null;
-        using var pipeline = loaded is null ? Pipelines.BertPipeline.Load(device, dir) : null;
-        var rng = new Random(3);
-        int n = batch * seqLen;
-        var inputs = new Model.BertInputs(batch, seqLen, Enumerable.Range(0, n).Select(_ => rng.Next(5, config.VocabSize)).ToArray(), new int[n],
-            Enumerable.Repeat(1, n).ToArray());
-        Action encode = loaded is null ? () => pipeline!.Encode(inputs) : () =>
+        var models = new List<(string Name, Action Encode, IDisposable Owner)>();
+        try
         {
-            using var tape = new Autograd.Tape(recording: false);
-            loaded.Model.Bert.Forward(tape, inputs, Model.Dropouts.Off, hooks: loaded.Hooks).LastHiddenState.Value.ToHost();
-        };
-        double ms = Time(device.Accelerator, encode, budgetMs: 2000);
-        string kind = loaded is null ? "" : " int8";
-        return new("forward", device.Spec, $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(dir))}{kind} b={batch} s={seqLen}", ms, null, null)
-            { TokensPerSecond = n / (ms / 1000) };
+            foreach (var dir in dirs)
+            {
+                var config = Model.BertConfig.Read(Path.Combine(dir, Model.BertFolder.ConfigFile));
+                var rng = new Random(3);
+                int n = batch * seqLen;
+                var inputs = new Model.BertInputs(batch, seqLen, Enumerable.Range(0, n).Select(_ => rng.Next(5, config.VocabSize)).ToArray(), new int[n],
+                    Enumerable.Repeat(1, n).ToArray());
+                string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(dir));
+                if (Compression.Int8Model.IsQuantized(config))
+                {
+                    var loaded = Compression.LoadedModel.Load(device, dir);
+                    models.Add(($"{name} int8", () =>
+                    {
+                        using var tape = new Autograd.Tape(recording: false);
+                        loaded.Model.Bert.Forward(tape, inputs, Model.Dropouts.Off, hooks: loaded.Hooks).LastHiddenState.Value.ToHost();
+                    }, loaded));
+                }
+                else
+                {
+                    var pipeline = Pipelines.BertPipeline.Load(device, dir);
+                    models.Add((name, () => pipeline.Encode(inputs), pipeline));
+                }
+            }
+            var times = models.Select(_ => new List<double>()).ToList();
+            for (int r = 0; r < rounds; r++)
+                for (int i = 0; i < models.Count; i++)
+                    times[i].Add(Time(device.Accelerator, models[i].Encode, budgetMs: 2000));
+            return models.Select((model, i) =>
+            {
+                double ms = times[i].Order().ElementAt(rounds / 2);
+                return new BenchResult("forward", device.Spec, $"{model.Name} b={batch} s={seqLen}", ms, null, null) { TokensPerSecond = batch * seqLen / (ms / 1000) };
+            }).ToList();
+        }
+        finally
+        {
+            foreach (var model in models) model.Owner.Dispose();
+        }
     }
 }
