@@ -36,8 +36,12 @@ internal static unsafe class HostAttention
         nint pq = qkv.LoadEffectiveAddressAsPtr(), pl = lse.LoadEffectiveAddressAsPtr();
         nint pdo = dContext.LoadEffectiveAddressAsPtr(), pdq = dQkv.LoadEffectiveAddressAsPtr();
         nint pm = a.HasMask != 0 ? mask.LoadEffectiveAddressAsPtr() : 0;
-        Parallel.For(0, a.Batch * a.Heads, bh => BackwardHead(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pl,
-            (float*)pdo, (float*)pdq, a));
+        if (Vector512.IsHardwareAccelerated)
+            Parallel.For(0, a.Batch * a.Heads, bh => BackwardHead(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pl,
+                (float*)pdo, (float*)pdq, a));
+        else
+            Parallel.For(0, a.Batch * a.Heads, bh => BackwardHeadRows(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pl,
+                (float*)pdo, (float*)pdq, a));
     }
 
     private static float* Row(int s)
@@ -206,8 +210,9 @@ internal static unsafe class HostAttention
         }
     }
 
+    /// <summary>The backward one query row at a time on Vector256, for machines without AVX-512.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void BackwardHead(int b, int h, float* qkv, int* mask, float* lse, float* dContext, float* dQkv, AttentionShape a)
+    private static void BackwardHeadRows(int b, int h, float* qkv, int* mask, float* lse, float* dContext, float* dQkv, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim;
         float* buffer = Row(s);
@@ -245,6 +250,145 @@ internal static unsafe class HostAttention
                 Axpy(ds, qkv + a.Qkv(b, j, 1, h, 0), dq, hd);             // dQ_i += dS_ij K_j
                 Axpy(ds, q, dQkv + a.Qkv(b, j, 1, h, 0), hd);            // dK_j += dS_ij Q_i
             }
+        }
+    }
+
+    [ThreadStatic] private static float[]? backwardBuffer;
+
+    /// <summary>
+    /// One (sequence, head) backward in the forward's blocked form: the head's Kᵀ, Vᵀ (keys padded to
+    /// 16 lanes) and its Q, K and dO rows (dimensions padded to 16) copied out once; then per four query
+    /// rows P = exp(s − lse) and dP = dO·Vᵀ as 16-key vectors, dS = P ⊙ (dP − D)/√HD with D = Σ P ⊙ dP,
+    /// dQ = dS·K, and dK += dSᵀ·Q, dV += P̃ᵀ·dO into per-head accumulators (rows in order, so the sums
+    /// do not depend on the core count), written out at the end.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void BackwardHead(int b, int h, float* qkv, int* mask, float* lse, float* dContext, float* dQkv, AttentionShape a)
+    {
+        int s = a.SeqLen, hd = a.HeadDim, sp = (s + 15) & ~15, hp = (hd + 15) & ~15;
+        long need = 2L * hd * sp + 5L * sp * hp + 2 * QueryBlock * sp + QueryBlock * hp + 2 * sp;
+        if (backwardBuffer is null || backwardBuffer.Length < need) backwardBuffer = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
+        float* kt = (float*)Unsafe.AsPointer(ref backwardBuffer[0]), vt = kt + hd * sp;
+        float* qRows = vt + hd * sp, kRows = qRows + sp * hp, dORows = kRows + sp * hp, dK = dORows + sp * hp, dV = dK + sp * hp;
+        float* p = dV + sp * hp, dp = p + QueryBlock * sp, dq = dp + QueryBlock * sp, keyBias = dq + QueryBlock * hp, keep = keyBias + sp;
+        for (int j = 0; j < sp; j++)
+        {
+            keyBias[j] = j < s && (mask == null || mask[(long)b * s + j] != 0) ? 0f : float.NegativeInfinity;
+            float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0), v = qkv + a.Qkv(b, Math.Min(j, s - 1), 2, h, 0);
+            float* q = qkv + a.Qkv(b, Math.Min(j, s - 1), 0, h, 0), dO = dContext + a.Ctx(b, Math.Min(j, s - 1), h, 0);
+            for (int d = 0; d < hd; d++)
+            {
+                kt[d * sp + j] = j < s ? k[d] : 0f;
+                vt[d * sp + j] = j < s ? v[d] : 0f;
+            }
+            for (int d = 0; d < hp; d++)
+            {
+                bool real = j < s && d < hd;
+                qRows[j * hp + d] = real ? q[d] : 0f;
+                kRows[j * hp + d] = real ? k[d] : 0f;
+                dORows[j * hp + d] = real ? dO[d] : 0f;
+            }
+        }
+        new Span<float>(dK, 2 * sp * hp).Clear(); // dK and dV
+        var scale = Vector512.Create(a.Scale);
+
+        for (int i0 = 0; i0 < s; i0 += QueryBlock)
+        {
+            int rows = Math.Min(QueryBlock, s - i0);
+            float* q0 = qRows + i0 * hp, q1 = q0 + hp, q2 = q1 + hp, q3 = q2 + hp;     // rows past s are zero
+            float* o0 = dORows + i0 * hp, o1 = o0 + hp, o2 = o1 + hp, o3 = o2 + hp;
+            // Scores and dP: four rows × 16 keys per step.
+            for (int j = 0; j < sp; j += 16)
+            {
+                Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
+                for (int d = 0; d < hd; d++)
+                {
+                    var kv = Vector512.Load(kt + d * sp + j);
+                    var vv = Vector512.Load(vt + d * sp + j);
+                    c0 = Vector512.FusedMultiplyAdd(Vector512.Create(q0[d]), kv, c0);
+                    c1 = Vector512.FusedMultiplyAdd(Vector512.Create(q1[d]), kv, c1);
+                    c2 = Vector512.FusedMultiplyAdd(Vector512.Create(q2[d]), kv, c2);
+                    c3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), kv, c3);
+                    e0 = Vector512.FusedMultiplyAdd(Vector512.Create(o0[d]), vv, e0);
+                    e1 = Vector512.FusedMultiplyAdd(Vector512.Create(o1[d]), vv, e1);
+                    e2 = Vector512.FusedMultiplyAdd(Vector512.Create(o2[d]), vv, e2);
+                    e3 = Vector512.FusedMultiplyAdd(Vector512.Create(o3[d]), vv, e3);
+                }
+                var bias = Vector512.Load(keyBias + j);
+                var attended = Vector512.Equals(bias, Vector512<float>.Zero);
+                Vector512.ConditionalSelect(attended, c0 * scale, bias).Store(p + j);
+                Vector512.ConditionalSelect(attended, c1 * scale, bias).Store(p + sp + j);
+                Vector512.ConditionalSelect(attended, c2 * scale, bias).Store(p + 2 * sp + j);
+                Vector512.ConditionalSelect(attended, c3 * scale, bias).Store(p + 3 * sp + j);
+                e0.Store(dp + j); e1.Store(dp + sp + j); e2.Store(dp + 2 * sp + j); e3.Store(dp + 3 * sp + j);
+            }
+            // Per row: P = exp(s − lse) (0 where masked), dropout's keep on dP, D = Σ P ⊙ dP; then dS = P ⊙ (dP − D)/√HD
+            // replaces P and P̃ = P ⊙ keep replaces dP.
+            for (int r = 0; r < QueryBlock; r++)
+            {
+                float* pr = p + r * sp, dpr = dp + r * sp;
+                float rowLse = r < rows ? lse[a.Row(b, h, i0 + r)] : float.PositiveInfinity;
+                if (rowLse == float.PositiveInfinity)
+                {
+                    // A fully masked row (or one past the sequence): no gradient flows.
+                    new Span<float>(pr, sp).Clear();
+                    new Span<float>(dpr, sp).Clear();
+                    continue;
+                }
+                var vl = Vector512.Create(rowLse);
+                for (int j = 0; j < sp; j += 16) HostMath.Exp(Vector512.Load(pr + j) - vl).Store(pr + j);
+                bool dropout = a.DropoutP != 0f;
+                if (dropout)
+                    for (int j = 0; j < sp; j++)
+                    {
+                        keep[j] = j < s && pr[j] != 0f ? a.Keep(b, h, i0 + r, j) : 0f;
+                        dpr[j] *= keep[j];
+                    }
+                var vD = Vector512<float>.Zero;
+                for (int j = 0; j < sp; j += 16) vD = Vector512.FusedMultiplyAdd(Vector512.Load(pr + j), Vector512.Load(dpr + j), vD);
+                var dSum = Vector512.Create(Vector512.Sum(vD));
+                for (int j = 0; j < sp; j += 16)
+                {
+                    var pj = Vector512.Load(pr + j);
+                    var dsj = pj * (Vector512.Load(dpr + j) - dSum) * scale;
+                    (dropout ? pj * Vector512.Load(keep + j) : pj).Store(dpr + j);
+                    dsj.Store(pr + j);
+                }
+            }
+            // dQ_r = Σ_j dS_rj K_j; dK_j += Σ_r dS_rj Q_r and dV_j += Σ_r P̃_rj dO_r, 16 dimensions at a time.
+            float* s0 = p, s1 = p + sp, s2 = p + 2 * sp, s3 = p + 3 * sp, t0 = dp, t1 = dp + sp, t2 = dp + 2 * sp, t3 = dp + 3 * sp;
+            for (int d = 0; d < hp; d += 16)
+            {
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                var vq0 = Vector512.Load(q0 + d); var vq1 = Vector512.Load(q1 + d); var vq2 = Vector512.Load(q2 + d); var vq3 = Vector512.Load(q3 + d);
+                var vo0 = Vector512.Load(o0 + d); var vo1 = Vector512.Load(o1 + d); var vo2 = Vector512.Load(o2 + d); var vo3 = Vector512.Load(o3 + d);
+                for (int j = 0; j < s; j++)
+                {
+                    var kj = Vector512.Load(kRows + j * hp + d);
+                    Vector512<float> w0 = Vector512.Create(s0[j]), w1 = Vector512.Create(s1[j]), w2 = Vector512.Create(s2[j]), w3 = Vector512.Create(s3[j]);
+                    a0 = Vector512.FusedMultiplyAdd(w0, kj, a0);
+                    a1 = Vector512.FusedMultiplyAdd(w1, kj, a1);
+                    a2 = Vector512.FusedMultiplyAdd(w2, kj, a2);
+                    a3 = Vector512.FusedMultiplyAdd(w3, kj, a3);
+                    float* dkj = dK + j * hp + d, dvj = dV + j * hp + d;
+                    var gk = Vector512.FusedMultiplyAdd(w0, vq0, Vector512.Load(dkj));
+                    gk = Vector512.FusedMultiplyAdd(w1, vq1, gk);
+                    gk = Vector512.FusedMultiplyAdd(w2, vq2, gk);
+                    Vector512.FusedMultiplyAdd(w3, vq3, gk).Store(dkj);
+                    var gv = Vector512.FusedMultiplyAdd(Vector512.Create(t0[j]), vo0, Vector512.Load(dvj));
+                    gv = Vector512.FusedMultiplyAdd(Vector512.Create(t1[j]), vo1, gv);
+                    gv = Vector512.FusedMultiplyAdd(Vector512.Create(t2[j]), vo2, gv);
+                    Vector512.FusedMultiplyAdd(Vector512.Create(t3[j]), vo3, gv).Store(dvj);
+                }
+                a0.Store(dq + d); a1.Store(dq + hp + d); a2.Store(dq + 2 * hp + d); a3.Store(dq + 3 * hp + d);
+            }
+            for (int r = 0; r < rows; r++)
+                new Span<float>(dq + r * hp, hd).CopyTo(new Span<float>(dQkv + a.Qkv(b, i0 + r, 0, h, 0), hd));
+        }
+        for (int j = 0; j < s; j++)
+        {
+            new Span<float>(dK + j * hp, hd).CopyTo(new Span<float>(dQkv + a.Qkv(b, j, 1, h, 0), hd));
+            new Span<float>(dV + j * hp, hd).CopyTo(new Span<float>(dQkv + a.Qkv(b, j, 2, h, 0), hd));
         }
     }
 
