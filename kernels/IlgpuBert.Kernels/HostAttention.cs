@@ -66,9 +66,9 @@ internal static unsafe class HostAttention
     private static void ForwardHead(int b, int h, float* qkv, int* mask, float* context, float* lse, float* probs, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim, sp = (s + 15) & ~15;
-        int need = hd * sp + s * hd + QueryBlock * sp + sp;
+        int need = hd * sp + s * hd + QueryBlock * sp + 2 * sp;
         if (headBuffer is null || headBuffer.Length < need) headBuffer = GC.AllocateUninitializedArray<float>(need, pinned: true);
-        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyBias = scores + QueryBlock * sp;
+        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyBias = scores + QueryBlock * sp, keep = keyBias + sp;
         // 0 for a key that is attended, −∞ for a masked or padding one: computed once per head, not per query row.
         for (int j = 0; j < sp; j++)
             keyBias[j] = j < s && (mask == null || mask[(long)b * s + j] != 0) ? 0f : float.NegativeInfinity;
@@ -139,7 +139,10 @@ internal static unsafe class HostAttention
                 for (int j = 0; j < sp; j += 16) (Vector512.Load(row + j) * inv).Store(row + j);
                 if (probs != null) new Span<float>(row, s).CopyTo(new Span<float>(probs + at * s, s));
                 if (a.DropoutP != 0f)
-                    for (int j = 0; j < s; j++) row[j] *= a.Keep(b, h, i, j);
+                {
+                    KeepRow(a, b, h, i, keep);
+                    for (int j = 0; j < s; j++) row[j] *= keep[j];
+                }
             }
             // Context: o_r = Σ_j p_rj·V_j, four rows at a time per 16 dimensions.
             float* p0 = scores, p1 = scores + sp, p2 = scores + 2 * sp, p3 = scores + 3 * sp;
@@ -290,6 +293,7 @@ internal static unsafe class HostAttention
             }
         }
         new Span<float>(dK, 2 * sp * hp).Clear(); // dK and dV
+        new Span<float>(keep, sp).Clear();        // padding keys: KeepRow writes the first s
         var scale = Vector512.Create(a.Scale);
 
         for (int i0 = 0; i0 < s; i0 += QueryBlock)
@@ -339,11 +343,10 @@ internal static unsafe class HostAttention
                 for (int j = 0; j < sp; j += 16) HostMath.Exp(Vector512.Load(pr + j) - vl).Store(pr + j);
                 bool dropout = a.DropoutP != 0f;
                 if (dropout)
-                    for (int j = 0; j < sp; j++)
-                    {
-                        keep[j] = j < s && pr[j] != 0f ? a.Keep(b, h, i0 + r, j) : 0f;
-                        dpr[j] *= keep[j];
-                    }
+                {
+                    KeepRow(a, b, h, i0 + r, keep);
+                    for (int j = 0; j < s; j++) dpr[j] *= keep[j];
+                }
                 var vD = Vector512<float>.Zero;
                 for (int j = 0; j < sp; j += 16) vD = Vector512.FusedMultiplyAdd(Vector512.Load(pr + j), Vector512.Load(dpr + j), vD);
                 var dSum = Vector512.Create(Vector512.Sum(vD));
@@ -389,6 +392,28 @@ internal static unsafe class HostAttention
         {
             new Span<float>(dK + j * hp, hd).CopyTo(new Span<float>(dQkv + a.Qkv(b, j, 1, h, 0), hd));
             new Span<float>(dV + j * hp, hd).CopyTo(new Span<float>(dQkv + a.Qkv(b, j, 2, h, 0), hd));
+        }
+    }
+
+    /// <summary>
+    /// keep[j] = a.Keep(b, h, i, j) for the row's s keys: one Philox block per four consecutive elements
+    /// (Keep draws a whole block per element and uses one of its four words).
+    /// </summary>
+    private static void KeepRow(AttentionShape a, int b, int h, int i, float* keep)
+    {
+        long index0 = a.Row(b, h, i) * a.SeqLen, group = -1;
+        float scale = 1f / (1f - a.DropoutP);
+        uint r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+        for (int j = 0; j < a.SeqLen; j++)
+        {
+            long index = index0 + j;
+            if (index >> 2 != group)
+            {
+                group = index >> 2;
+                Philox.Bits(a.Seed, a.Step, a.TensorId, group, out r0, out r1, out r2, out r3);
+            }
+            uint word = (index & 3) switch { 0 => r0, 1 => r1, 2 => r2, _ => r3 };
+            keep[j] = DropoutKernels.Keeps(word, a.DropoutP) ? scale : 0f;
         }
     }
 
