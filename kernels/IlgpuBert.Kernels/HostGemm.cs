@@ -158,6 +158,18 @@ internal static unsafe class HostGemm
                     for (int k = kv; k < kc; k++) panel[k * MR + r] = src[(long)r * p.Lda + k];
                 continue;
             }
+            if (p.TransA != 0 && rows == MR)
+            {
+                // Aᵀ stored: the twelve rows of a panel are twelve consecutive floats of each k's row.
+                float* src = a + (long)k0 * p.Lda + i0 + ir;
+                for (int k = 0; k < kc; k++)
+                {
+                    float* from = src + (long)k * p.Lda;
+                    Vector256.Store(Vector256.Load(from), panel + k * MR);
+                    Vector128.Store(Vector128.Load(from + 8), panel + k * MR + 8);
+                }
+                continue;
+            }
             for (int r = 0; r < MR; r++)
             {
                 if (r >= rows)
