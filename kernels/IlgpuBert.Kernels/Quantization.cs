@@ -9,8 +9,9 @@
 //
 // Layouts: qx [M, K] and qw [N, K] row-major (nn.Linear's weight [out, in], so C = A·Bᵀ), acc [M, N].
 // GEMM geometry: each thread owns a 4×4 tile of C in registers and walks K once (grid-stride over
-// tiles); no shared memory. On the CPU accelerator the same product runs as host SIMD code
-// (HostInt8Gemm: sbyte → short → int widening dot products), as float GEMM does.
+// tiles); no shared memory. On the CPU accelerator a whole Linear layer runs as one host call where
+// the CPU has AVX-VNNI (HostInt8Linear.cs: quantize, VNNI GEMM, rescale, bias, GELU), else the GEMM
+// alone as host dot products (HostInt8Gemm: sbyte → short → int widening), as float GEMM does.
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
