@@ -69,14 +69,7 @@ internal static unsafe class HostAttention
         int need = hd * sp + s * hd + QueryBlock * sp + 2 * sp;
         if (headBuffer is null || headBuffer.Length < need) headBuffer = GC.AllocateUninitializedArray<float>(need, pinned: true);
         float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyBias = scores + QueryBlock * sp, keep = keyBias + sp;
-        // 0 for a key that is attended, −∞ for a masked or padding one: computed once per head, not per query row.
-        for (int j = 0; j < sp; j++)
-            keyBias[j] = j < s && (mask == null || mask[(long)b * s + j] != 0) ? 0f : float.NegativeInfinity;
-        for (int j = 0; j < sp; j++)
-        {
-            float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0);
-            for (int d = 0; d < hd; d++) kt[d * sp + j] = j < s ? k[d] : 0f;
-        }
+        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyBias);
         for (int j = 0; j < s; j++) new Span<float>(qkv + a.Qkv(b, j, 2, h, 0), hd).CopyTo(new Span<float>(v + j * hd, hd));
 
         for (int i0 = 0; i0 < s; i0 += QueryBlock)
@@ -84,27 +77,8 @@ internal static unsafe class HostAttention
             int rows = Math.Min(QueryBlock, s - i0);
             float* q0 = qkv + a.Qkv(b, i0, 0, h, 0), q1 = qkv + a.Qkv(b, i0 + Math.Min(1, rows - 1), 0, h, 0);
             float* q2 = qkv + a.Qkv(b, i0 + Math.Min(2, rows - 1), 0, h, 0), q3 = qkv + a.Qkv(b, i0 + Math.Min(3, rows - 1), 0, h, 0);
-            // Scores: four rows × 16 keys per step, one accumulator per row.
-            for (int j = 0; j < sp; j += 16)
-            {
-                Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
-                float* kcol = kt + j;
-                for (int d = 0; d < hd; d++)
-                {
-                    var kv = Vector512.Load(kcol + d * sp);
-                    c0 = Vector512.FusedMultiplyAdd(Vector512.Create(q0[d]), kv, c0);
-                    c1 = Vector512.FusedMultiplyAdd(Vector512.Create(q1[d]), kv, c1);
-                    c2 = Vector512.FusedMultiplyAdd(Vector512.Create(q2[d]), kv, c2);
-                    c3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), kv, c3);
-                }
-                var scale = Vector512.Create(a.Scale);
-                var bias = Vector512.Load(keyBias + j);
-                var attended = Vector512.Equals(bias, Vector512<float>.Zero); // selected, not added: −∞ even where a score overflowed
-                Vector512.ConditionalSelect(attended, c0 * scale, bias).Store(scores + j);
-                Vector512.ConditionalSelect(attended, c1 * scale, bias).Store(scores + sp + j);
-                Vector512.ConditionalSelect(attended, c2 * scale, bias).Store(scores + 2 * sp + j);
-                Vector512.ConditionalSelect(attended, c3 * scale, bias).Store(scores + 3 * sp + j);
-            }
+            FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, scores);
+            MaskScores(scores, keyBias, a.Scale, sp);
             for (int r = 0; r < rows; r++)
             {
                 float* row = scores + r * sp;
@@ -274,16 +248,12 @@ internal static unsafe class HostAttention
         float* kt = (float*)Unsafe.AsPointer(ref backwardBuffer[0]), vt = kt + hd * sp;
         float* qRows = vt + hd * sp, kRows = qRows + sp * hp, dORows = kRows + sp * hp, dK = dORows + sp * hp, dV = dK + sp * hp;
         float* p = dV + sp * hp, dp = p + QueryBlock * sp, dq = dp + QueryBlock * sp, keyBias = dq + QueryBlock * hp, keep = keyBias + sp;
+        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyBias);
         for (int j = 0; j < sp; j++)
         {
-            keyBias[j] = j < s && (mask == null || mask[(long)b * s + j] != 0) ? 0f : float.NegativeInfinity;
             float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0), v = qkv + a.Qkv(b, Math.Min(j, s - 1), 2, h, 0);
             float* q = qkv + a.Qkv(b, Math.Min(j, s - 1), 0, h, 0), dO = dContext + a.Ctx(b, Math.Min(j, s - 1), h, 0);
-            for (int d = 0; d < hd; d++)
-            {
-                kt[d * sp + j] = j < s ? k[d] : 0f;
-                vt[d * sp + j] = j < s ? v[d] : 0f;
-            }
+            for (int d = 0; d < hd; d++) vt[d * sp + j] = j < s ? v[d] : 0f;
             for (int d = 0; d < hp; d++)
             {
                 bool real = j < s && d < hd;
@@ -301,31 +271,9 @@ internal static unsafe class HostAttention
             int rows = Math.Min(QueryBlock, s - i0);
             float* q0 = qRows + i0 * hp, q1 = q0 + hp, q2 = q1 + hp, q3 = q2 + hp;     // rows past s are zero
             float* o0 = dORows + i0 * hp, o1 = o0 + hp, o2 = o1 + hp, o3 = o2 + hp;
-            // Scores and dP: four rows × 16 keys per step.
-            for (int j = 0; j < sp; j += 16)
-            {
-                Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
-                for (int d = 0; d < hd; d++)
-                {
-                    var kv = Vector512.Load(kt + d * sp + j);
-                    var vv = Vector512.Load(vt + d * sp + j);
-                    c0 = Vector512.FusedMultiplyAdd(Vector512.Create(q0[d]), kv, c0);
-                    c1 = Vector512.FusedMultiplyAdd(Vector512.Create(q1[d]), kv, c1);
-                    c2 = Vector512.FusedMultiplyAdd(Vector512.Create(q2[d]), kv, c2);
-                    c3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), kv, c3);
-                    e0 = Vector512.FusedMultiplyAdd(Vector512.Create(o0[d]), vv, e0);
-                    e1 = Vector512.FusedMultiplyAdd(Vector512.Create(o1[d]), vv, e1);
-                    e2 = Vector512.FusedMultiplyAdd(Vector512.Create(o2[d]), vv, e2);
-                    e3 = Vector512.FusedMultiplyAdd(Vector512.Create(o3[d]), vv, e3);
-                }
-                var bias = Vector512.Load(keyBias + j);
-                var attended = Vector512.Equals(bias, Vector512<float>.Zero);
-                Vector512.ConditionalSelect(attended, c0 * scale, bias).Store(p + j);
-                Vector512.ConditionalSelect(attended, c1 * scale, bias).Store(p + sp + j);
-                Vector512.ConditionalSelect(attended, c2 * scale, bias).Store(p + 2 * sp + j);
-                Vector512.ConditionalSelect(attended, c3 * scale, bias).Store(p + 3 * sp + j);
-                e0.Store(dp + j); e1.Store(dp + sp + j); e2.Store(dp + 2 * sp + j); e3.Store(dp + 3 * sp + j);
-            }
+            FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, p);
+            MaskScores(p, keyBias, a.Scale, sp);
+            FourRowsTimes(o0, o1, o2, o3, vt, hd, sp, dp);
             // Per row: P = exp(s − lse) (0 where masked), dropout's keep on dP, D = Σ P ⊙ dP; then dS = P ⊙ (dP − D)/√HD
             // replaces P and P̃ = P ⊙ keep replaces dP.
             for (int r = 0; r < QueryBlock; r++)
@@ -392,6 +340,54 @@ internal static unsafe class HostAttention
         {
             new Span<float>(dK + j * hp, hd).CopyTo(new Span<float>(dQkv + a.Qkv(b, j, 1, h, 0), hd));
             new Span<float>(dV + j * hp, hd).CopyTo(new Span<float>(dQkv + a.Qkv(b, j, 2, h, 0), hd));
+        }
+    }
+
+    /// <summary>
+    /// Kᵀ of head h of sequence b into kt [HD × sp] (padding keys 0) and its key bias: 0 for a key that
+    /// is attended, −∞ for a masked or padding one (once per head, not per query row).
+    /// </summary>
+    private static void KeysOfHead(int b, int h, float* qkv, int* mask, AttentionShape a, int sp, float* kt, float* keyBias)
+    {
+        int s = a.SeqLen, hd = a.HeadDim;
+        for (int j = 0; j < sp; j++)
+        {
+            keyBias[j] = j < s && (mask == null || mask[(long)b * s + j] != 0) ? 0f : float.NegativeInfinity;
+            float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0);
+            for (int d = 0; d < hd; d++) kt[d * sp + j] = j < s ? k[d] : 0f;
+        }
+    }
+
+    /// <summary>output[r·sp + j] = Σ_d x_r[d]·m[d·sp + j] for four rows x_r and sp columns, 16 columns per step (one accumulator per row).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void FourRowsTimes(float* x0, float* x1, float* x2, float* x3, float* m, int depth, int sp, float* output)
+    {
+        for (int j = 0; j < sp; j += 16)
+        {
+            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+            for (int d = 0; d < depth; d++)
+            {
+                var mv = Vector512.Load(m + d * sp + j);
+                c0 = Vector512.FusedMultiplyAdd(Vector512.Create(x0[d]), mv, c0);
+                c1 = Vector512.FusedMultiplyAdd(Vector512.Create(x1[d]), mv, c1);
+                c2 = Vector512.FusedMultiplyAdd(Vector512.Create(x2[d]), mv, c2);
+                c3 = Vector512.FusedMultiplyAdd(Vector512.Create(x3[d]), mv, c3);
+            }
+            c0.Store(output + j); c1.Store(output + sp + j); c2.Store(output + 2 * sp + j); c3.Store(output + 3 * sp + j);
+        }
+    }
+
+    /// <summary>Four score rows scaled by 1/√HD where the key is attended and set to −∞ where not (selected, not added: −∞ even where a score overflowed).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MaskScores(float* scores, float* keyBias, float scale, int sp)
+    {
+        var vs = Vector512.Create(scale);
+        for (int j = 0; j < sp; j += 16)
+        {
+            var bias = Vector512.Load(keyBias + j);
+            var attended = Vector512.Equals(bias, Vector512<float>.Zero);
+            for (int r = 0; r < QueryBlock; r++)
+                Vector512.ConditionalSelect(attended, Vector512.Load(scores + r * sp + j) * vs, bias).Store(scores + r * sp + j);
         }
     }
 

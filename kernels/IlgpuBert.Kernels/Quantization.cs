@@ -119,10 +119,10 @@ public sealed class QuantizationKernels
         if (hasBias) Check.Vector("bias", bias, w.N);
         if (m == 0 || w.N == 0) return;
         set.Accelerator.Synchronize();
+        bool fuseGelu = act == ActivationKind.GeluErf && Vector512.IsHardwareAccelerated;
         HostInt8Linear.Run(w.K > 0 ? (float*)x.LoadEffectiveAddressAsPtr() : null, m, inputScale, w, (float*)wScale.LoadEffectiveAddressAsPtr(),
-            hasBias ? (float*)bias.LoadEffectiveAddressAsPtr() : null, act == ActivationKind.GeluErf && Vector512.IsHardwareAccelerated,
-            (float*)y.LoadEffectiveAddressAsPtr());
-        if (act is { } kind && !(kind == ActivationKind.GeluErf && Vector512.IsHardwareAccelerated))
+            hasBias ? (float*)bias.LoadEffectiveAddressAsPtr() : null, fuseGelu, (float*)y.LoadEffectiveAddressAsPtr());
+        if (act is { } kind && !fuseGelu)
             set.Activation.Forward(kind, y, default, y, m, w.N);
     }
 
