@@ -90,10 +90,16 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
         var tr = Linear(hidden, t, h, P["cls.predictions.transform.dense.weight"], P["cls.predictions.transform.dense.bias"], h).Select(Act).ToArray();
         tr = LayerNorm(tr, t, "cls.predictions.transform.LayerNorm");
         var logits = Linear(tr, t, h, word, P["cls.predictions.bias"], c.VocabSize);
-        var nsp = Linear(pooled, b, h, P["cls.seq_relationship.weight"], P["cls.seq_relationship.bias"], 2);
+        var nsp = Linear(pooled, b, h, P["cls.seq_relationship.weight"], P["cls.seq_relationship.bias"], c.SentenceClasses);
         double loss = 0;
         if (x.Labels is not null) loss += CrossEntropy(logits, x.Labels, t, c.VocabSize);
-        if (x.NextSentenceLabel is not null) loss += CrossEntropy(nsp, x.NextSentenceLabel, b, 2);
+        if (x.NextSentenceLabel is not null) loss += CrossEntropy(nsp, x.NextSentenceLabel, b, c.SentenceClasses);
+        // ERNIE 2.0's token heads: a 2-way classifier on every position, the mean over labelled ones.
+        foreach (var (head, labels) in x.AuxLabels ?? new Dictionary<string, int[]>())
+        {
+            string prefix = $"cls.aux.{head.Replace('-', '_')}.";
+            loss += CrossEntropy(Linear(hidden, t, h, P[prefix + "weight"], P[prefix + "bias"], 2), labels, t, 2);
+        }
         return new Outputs(hidden, pooled, logits, nsp, loss, states, attentions);
     }
 }

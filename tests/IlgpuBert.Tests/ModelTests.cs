@@ -105,6 +105,66 @@ public class ModelTests
         }
     }
 
+    /// <summary>
+    /// ERNIE 2.0's token heads (capitalisation, token-document) and reordering's 9-way sentence head:
+    /// the summed loss and every parameter's gradient against finite differences of the double
+    /// reference, which computes each head over all positions and averages the labelled ones.
+    /// </summary>
+    [Fact]
+    public void Aux_heads_and_a_nine_way_sentence_head_match_finite_differences_of_the_reference()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = TinyConfig("gelu") with { SentenceClasses = 9, AuxHeads = ["capitalization", "token-document"] };
+        using var model = RandomModel(device, config, 12);
+        Assert.Equal(2 * 16, model.Parameters.Get("cls.aux.token_document.weight").Length);
+        var plain = Batch();
+        var inputs = plain with
+        {
+            NextSentenceLabel = [8, 3],
+            AuxLabels = new Dictionary<string, int[]>
+            {
+                ["capitalization"] = [-100, 1, 0, 0, 1, 0, -100, -100, 0, 1, 1, -100, -100, -100],
+                ["token-document"] = [-100, 0, 1, 1, 0, 1, -100, -100, 1, 0, 0, 1, -100, -100],
+            },
+        };
+        float loss;
+        using (var tape = new Tape())
+        {
+            var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+            Assert.Equal(["capitalization", "token-document"], outputs.AuxLosses.Keys.Order());
+            loss = outputs.ReadLoss()!.Value + outputs.AuxLosses.Values.Sum(l => l.Read());
+            tape.Backward();
+        }
+        var reference = new BertReference(config, HostParameters(model));
+        Tol.AssertClose([reference.Forward(inputs).Loss], [loss], new Tol(1e-5, 1e-4, "losses"), "MLM + sentence + aux loss");
+        Assert.True(reference.Forward(inputs).Loss > reference.Forward(plain with { NextSentenceLabel = [8, 3] }).Loss + 0.5, "the aux losses count");
+        var tol = new Tol(1e-5, 1e-3, "model gradients");
+        foreach (var name in model.Parameters.Names)
+        {
+            var values = reference.P[name];
+            var expected = Reference.NumericGradient(v =>
+            {
+                reference.P[name] = v;
+                return reference.Forward(inputs).Loss;
+            }, values, 1e-5);
+            reference.P[name] = values;
+            Tol.AssertClose(expected, model.Parameters.GetGrad(name), tol, $"d loss / d {name}");
+        }
+    }
+
+    [Fact]
+    public void Aux_labels_for_a_head_the_model_lacks_or_outside_0_1_are_refused()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        using var model = RandomModel(device, TinyConfig("gelu") with { AuxHeads = ["capitalization"] }, 13);
+        var ones = Enumerable.Repeat(1, 14).ToArray();
+        using var tape = new Tape(recording: false);
+        var e = Assert.Throws<ArgumentException>(() => model.Forward(tape, Batch() with { AuxLabels = new Dictionary<string, int[]> { ["token-document"] = ones } }, Dropouts.Off));
+        Assert.Contains("token-document head, which this model does not have", e.Message);
+        e = Assert.Throws<ArgumentException>(() => model.Forward(tape, Batch() with { AuxLabels = new Dictionary<string, int[]> { ["capitalization"] = [.. ones[..13], 2] } }, Dropouts.Off));
+        Assert.Contains("capitalization labels[1][6] = 2", e.Message);
+    }
+
     [Fact]
     public void Masked_only_logits_equal_the_full_logits_at_those_positions_and_give_the_same_loss()
     {

@@ -88,6 +88,118 @@ public class PretrainingDataTests
     }
 
     [Fact]
+    public void Sentence_distance_labels_are_balanced_and_say_where_B_comes_from()
+    {
+        var rng = new Random(11);
+        var gen = new ExampleGenerator(Special, 64, SentenceObjective.Distance, InputFormat.Pairs);
+        Assert.Equal(3, gen.SentenceClasses);
+        var examples = gen.Generate(Documents(300, 30, rng), rng);
+        Assert.True(examples.Count > 900, $"{examples.Count} examples");
+        for (int c = 0; c < 3; c++)
+            Assert.InRange(examples.Count(e => e.SentenceLabel == c) / (double)examples.Count, 1.0 / 3 - 0.06, 1.0 / 3 + 0.06);
+        int adjacent = 0;
+        foreach (var e in examples)
+        {
+            var (a, b) = Segments(e);
+            var sa = a.Select(Source).ToArray();
+            var sb = b.Select(Source).ToArray();
+            Assert.All(sa, x => Assert.Equal(sa[0].Doc, x.Doc));
+            Assert.All(sb, x => Assert.Equal(sb[0].Doc, x.Doc));
+            int aFirst = sa.Min(x => x.Sentence), aLast = sa.Max(x => x.Sentence), bFirst = sb.Min(x => x.Sentence), bLast = sb.Max(x => x.Sentence);
+            switch (e.SentenceLabel)
+            {
+                case 0: // B continues A (truncation may drop a boundary sentence's tokens)
+                    Assert.Equal(sa[0].Doc, sb[0].Doc);
+                    Assert.True(bFirst >= aLast, $"B ({bFirst}) before A ({aLast})");
+                    if (bFirst - aLast <= 1) adjacent++;
+                    break;
+                case 1: // same document, not touching A on either side
+                    Assert.Equal(sa[0].Doc, sb[0].Doc);
+                    Assert.True(bFirst >= aLast + 2 || bLast <= aFirst - 2, $"A {aFirst}–{aLast}, B {bFirst}–{bLast}");
+                    break;
+                default:
+                    Assert.NotEqual(sa[0].Doc, sb[0].Doc);
+                    break;
+            }
+        }
+        Assert.True(adjacent >= 0.95 * examples.Count(e => e.SentenceLabel == 0), $"{adjacent} adjacent");
+    }
+
+    [Fact]
+    public void Reorder_classes_enumerate_the_orders_of_one_to_three_segments()
+    {
+        Assert.Equal(9, ExampleGenerator.ReorderClasses);
+        Assert.Equal([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]], ExampleGenerator.Permutations(3));
+        Assert.Equal(0, ExampleGenerator.ReorderClass([0]));
+        Assert.Equal([1, 2], new[] { ExampleGenerator.ReorderClass([0, 1]), ExampleGenerator.ReorderClass([1, 0]) });
+        Assert.Equal(Enumerable.Range(3, 6), ExampleGenerator.Permutations(3).Select(ExampleGenerator.ReorderClass));
+    }
+
+    [Fact]
+    public void Reordered_examples_show_their_segments_in_the_order_the_label_names()
+    {
+        var rng = new Random(12);
+        var gen = new ExampleGenerator(Special, 64, SentenceObjective.Reorder, InputFormat.Pairs);
+        Assert.Equal(9, gen.SentenceClasses);
+        var examples = gen.Generate(Documents(200, 30, rng), rng);
+        var bySegments = new int[4];
+        var classes = new int[9];
+        foreach (var e in examples)
+        {
+            Assert.True(e.Length <= 64);
+            Assert.Equal(Special.Cls, e.Ids[0]);
+            Assert.Equal(Special.Sep, e.Ids[^1]);
+            // Split at [SEP]: the shown segments, segment ids alternating 0, 1, 0.
+            var shown = new List<int[]>();
+            for (int start = 1, i = 1; i < e.Length; i++)
+                if (e.Ids[i] == Special.Sep)
+                {
+                    Assert.All(e.TokenTypes[start..(i + 1)], t => Assert.Equal(shown.Count % 2, t));
+                    shown.Add(e.Ids[start..i]);
+                    start = i + 1;
+                }
+            int k = shown.Count;
+            Assert.InRange(k, 1, 3);
+            Assert.All(shown, seg => Assert.NotEmpty(seg));
+            int offset = k switch { 1 => 0, 2 => 1, _ => 3 };
+            Assert.InRange(e.SentenceLabel, offset, offset + (k == 3 ? 6 : k) - 1);
+            bySegments[k]++;
+            classes[e.SentenceLabel]++;
+            // Undo the permutation the label names: the original text runs in document order.
+            var order = ExampleGenerator.Permutations(k)[e.SentenceLabel - offset];
+            var original = new int[k][];
+            for (int i = 0; i < k; i++) original[order[i]] = shown[i];
+            var sources = original.SelectMany(x => x).Select(Source).ToArray();
+            Assert.All(sources, x => Assert.Equal(sources[0].Doc, x.Doc));
+            for (int i = 1; i < sources.Length; i++) Assert.True(sources[i].Sentence >= sources[i - 1].Sentence, "segments restored to document order");
+        }
+        for (int k = 1; k <= 3; k++) Assert.InRange(bySegments[k] / (double)examples.Count, 1.0 / 3 - 0.06, 1.0 / 3 + 0.06);
+        Assert.All(classes, c => Assert.True(c > 0)); // every order occurs
+        // Within k = 3, the six orders are equally likely.
+        foreach (int c in classes[3..]) Assert.InRange(c / (double)bySegments[3], 1.0 / 6 - 0.05, 1.0 / 6 + 0.05);
+    }
+
+    [Fact]
+    public void Token_document_labels_mark_tokens_that_occur_in_their_document_outside_the_example()
+    {
+        // One document of four 3-token sentences; examples of at most 6 tokens take two sentences each.
+        Sentence S(params int[] ids) => new(ids, [true, true, true], [false, false, false]);
+        var doc = new Document([S(10, 11, 12), S(13, 10, 14), S(15, 16, 17), S(11, 18, 18)]);
+        var other = new Document([S(10, 11, 19), S(20, 21, 22)]);
+        var gen = new ExampleGenerator(Special, 8, SentenceObjective.None, InputFormat.Pairs, shortSeqProb: 0);
+        var examples = gen.Generate([doc, other], new Random(1));
+        Assert.Equal(3, examples.Count);
+        // 11 also occurs in the other half of its document; 10 twice but both shown; 18 likewise; ids in
+        // another document do not count (the second document's 10 and 11 occur nowhere else in it).
+        Assert.Equal([2, 10, 11, 12, 13, 10, 14, 3], examples[0].Ids);
+        Assert.Equal([false, false, true, false, false, false, false, false], examples[0].ElsewhereInDocument);
+        Assert.Equal([2, 15, 16, 17, 11, 18, 18, 3], examples[1].Ids);
+        Assert.Equal([false, false, false, false, true, false, false, false], examples[1].ElsewhereInDocument);
+        Assert.Equal([2, 10, 11, 19, 20, 21, 22, 3], examples[2].Ids);
+        Assert.All(examples[2].ElsewhereInDocument!, Assert.False);
+    }
+
+    [Fact]
     public void About_a_tenth_of_pair_examples_target_a_shorter_length()
     {
         var rng = new Random(2);

@@ -216,6 +216,9 @@ public sealed class BertOutputs
     public Loss? MlmLoss { get; init; }
     public Loss? NspLoss { get; init; }
 
+    /// <summary>The auxiliary token heads' losses, by head, where their labels were given (not part of HF's loss).</summary>
+    public IReadOnlyDictionary<string, Loss> AuxLosses { get; init; } = new Dictionary<string, Loss>();
+
     /// <summary>The masked positions (b·S + s) the logits were computed at, when only those were.</summary>
     public int[]? MaskedPositions { get; init; }
 
@@ -240,7 +243,15 @@ public sealed class BertForPreTraining : IDisposable
         DecoderBias = p.Add("cls.predictions.bias", false, config.VocabSize);
         SeqRelationshipWeight = p.Add("cls.seq_relationship.weight", true, config.SentenceClasses, h);
         SeqRelationshipBias = p.Add("cls.seq_relationship.bias", false, config.SentenceClasses);
+        foreach (var name in config.AuxHeads)
+            AuxHeads[name] = (p.Add(AuxTensor(name, "weight"), true, 2, h), p.Add(AuxTensor(name, "bias"), false, 2));
     }
+
+    /// <summary>"token-document", "weight" → "cls.aux.token_document.weight".</summary>
+    public static string AuxTensor(string head, string part) => $"cls.aux.{head.Replace('-', '_')}.{part}";
+
+    /// <summary>ERNIE 2.0's token-level heads (config.AuxHeads): a 2-way classifier per head.</summary>
+    public Dictionary<string, (Var Weight, Var Bias)> AuxHeads { get; } = new(StringComparer.Ordinal);
 
     public BertConfig Config { get; }
     public BertDevice Device { get; }
@@ -293,11 +304,22 @@ public sealed class BertForPreTraining : IDisposable
         }
         if (inputs.NextSentenceLabel is not null)
             nspLoss = Ops.CrossEntropy(tape, nsp, tape.Own(new DeviceInts(Device, inputs.NextSentenceLabel)));
+        var auxLosses = new Dictionary<string, Loss>(StringComparer.Ordinal);
+        foreach (var (head, labels) in inputs.AuxLabels ?? new Dictionary<string, int[]>())
+        {
+            if (!AuxHeads.TryGetValue(head, out var w)) throw new ArgumentException($"labels for the {head} head, which this model does not have");
+            // Only the labelled positions (real tokens) go through the head.
+            var at = Enumerable.Range(0, b * s).Where(i => labels[i] != -100).ToArray();
+            if (at.Length == 0) continue;
+            var auxLogits = Ops.Linear(tape, Ops.GatherRows(tape, hidden, at), w.Weight, w.Bias);
+            auxLosses[head] = Ops.CrossEntropy(tape, auxLogits, tape.Own(new DeviceInts(Device, at.Select(i => labels[i]).ToArray())));
+        }
 
         return new BertOutputs
         {
             LastHiddenState = hidden, PoolerOutput = pooled, PredictionLogits = logits, SeqRelationshipLogits = nsp,
             HiddenStates = encoded.HiddenStates, Attentions = encoded.Attentions, MlmLoss = mlmLoss, NspLoss = nspLoss, MaskedPositions = positions,
+            AuxLosses = auxLosses,
         };
     }
 

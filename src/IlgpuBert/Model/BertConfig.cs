@@ -31,6 +31,17 @@ public sealed record BertConfig
     /// </summary>
     public int SentenceClasses { get; init; } = 2;
 
+    /// <summary>
+    /// ERNIE 2.0's token-level pretraining heads this model carries (<see cref="AuxHeadNames"/>), each a
+    /// 2-way classifier on the last hidden states saved as cls.aux.NAME.weight/bias. Written to
+    /// config.json only when there are some, under a key HF ignores (HF's BertForPreTraining loads the
+    /// folder and leaves those tensors unused).
+    /// </summary>
+    public IReadOnlyList<string> AuxHeads { get; init; } = [];
+
+    /// <summary>capitalization: was the word capitalised (uncased vocabularies); token-document: does the token occur elsewhere in its document.</summary>
+    public static readonly string[] AuxHeadNames = ["capitalization", "token-document"];
+
     /// <summary>Every other key of config.json, untouched.</summary>
     public JsonObject Extra { get; init; } = new();
 
@@ -80,7 +91,7 @@ public sealed record BertConfig
     [
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
         "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-        "initializer_range", "layer_norm_eps", "pad_token_id", "ilgpu_bert_sentence_classes",
+        "initializer_range", "layer_norm_eps", "pad_token_id", "ilgpu_bert_sentence_classes", "ilgpu_bert_aux_heads",
     ];
 
     /// <summary>The sizes of Turc et al. 2019 ("Well-read students learn better"): L layers, H hidden, A heads, 4H intermediate.</summary>
@@ -111,7 +122,7 @@ public sealed record BertConfig
         long v = VocabSize, h = HiddenSize, i = IntermediateSize;
         long embeddings = (v + MaxPositionEmbeddings + TypeVocabSize) * h + 2 * h;
         long layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
-        long heads = (h * h + h) + (h * h + h + 2 * h + v) + (h * SentenceClasses + SentenceClasses);
+        long heads = (h * h + h) + (h * h + h + 2 * h + v) + (h * SentenceClasses + SentenceClasses) + AuxHeads.Count * (2 * h + 2);
         return embeddings + NumHiddenLayers * layer + heads;
     }
 
@@ -142,6 +153,9 @@ public sealed record BertConfig
         if (parameters > MaxParameters)
             throw new CheckpointException($"{source}: this model would have {parameters:N0} parameters ({parameters * 4.0 / (1L << 30):F1} GiB in FP32); more than the {MaxParameters:N0} supported (check vocab_size, hidden_size, intermediate_size, num_hidden_layers, max_position_embeddings)");
         if (SentenceClasses < 2) throw new CheckpointException($"{source}: ilgpu_bert_sentence_classes must be at least 2, got {SentenceClasses}");
+        foreach (var name in AuxHeads)
+            if (!AuxHeadNames.Contains(name)) throw new CheckpointException($"{source}: ilgpu_bert_aux_heads names \"{name}\"; known heads are {string.Join(", ", AuxHeadNames)}");
+        if (AuxHeads.Distinct().Count() != AuxHeads.Count) throw new CheckpointException($"{source}: ilgpu_bert_aux_heads names a head twice");
         if (HiddenDropoutProb is < 0 or >= 1 || AttentionProbsDropoutProb is < 0 or >= 1)
             throw new CheckpointException($"{source}: dropout probabilities must be in [0, 1)");
         try { _ = Activation; }
@@ -194,8 +208,17 @@ public sealed record BertConfig
             LayerNormEps = Get("layer_norm_eps", defaults.LayerNormEps),
             PadTokenId = Get("pad_token_id", defaults.PadTokenId),
             SentenceClasses = Get("ilgpu_bert_sentence_classes", defaults.SentenceClasses),
+            AuxHeads = AuxHeadList(obj["ilgpu_bert_aux_heads"], source),
             Extra = extra,
         }.Validate(source);
+    }
+
+    private static string[] AuxHeadList(JsonNode? node, string source)
+    {
+        if (node is null) return [];
+        if (node is not JsonArray list) throw new CheckpointException($"{source}: ilgpu_bert_aux_heads must be a list of head names");
+        return [.. list.Select(n => n is JsonValue v && v.TryGetValue<string>(out var name) ? name
+            : throw new CheckpointException($"{source}: ilgpu_bert_aux_heads must be a list of head names"))];
     }
 
     public static BertConfig Read(string path)
@@ -223,6 +246,7 @@ public sealed record BertConfig
         obj["layer_norm_eps"] = LayerNormEps;
         obj["pad_token_id"] = PadTokenId;
         if (SentenceClasses != 2) obj["ilgpu_bert_sentence_classes"] = SentenceClasses;
+        if (AuxHeads.Count > 0) obj["ilgpu_bert_aux_heads"] = new JsonArray([.. AuxHeads.Select(n => (JsonNode)JsonValue.Create(n))]);
         foreach (var (key, node) in Extra) obj[key] = node?.DeepClone();
         return obj.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }

@@ -4,10 +4,11 @@ namespace IlgpuBert.Model;
 
 /// <summary>
 /// One batch in HF's terms: input_ids, token_type_ids and attention_mask as [B, S] row-major,
-/// optional MLM labels [B, S] (−100 = ignored) and next_sentence_label [B].
+/// optional MLM labels [B, S] (−100 = ignored) and next_sentence_label [B]; for pretraining, labels
+/// of the model's auxiliary token heads by head name ([B, S] of 0/1, −100 = ignored).
 /// </summary>
 public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] TokenTypeIds, int[] AttentionMask,
-    int[]? Labels = null, int[]? NextSentenceLabel = null)
+    int[]? Labels = null, int[]? NextSentenceLabel = null, IReadOnlyDictionary<string, int[]>? AuxLabels = null)
 {
     /// <summary>Builds inputs from rows; token types and mask default to 0 and 1. Ragged rows are an error.</summary>
     public static BertInputs FromRows(IReadOnlyList<int[]> inputIds, IReadOnlyList<int[]>? tokenTypeIds = null,
@@ -53,6 +54,14 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
                 throw new ArgumentException($"attention_mask[{i / SeqLen}][{i % SeqLen}] = {AttentionMask[i]} must be 0 or 1");
             if (Labels is not null && Labels[i] != -100 && (uint)Labels[i] >= (uint)config.VocabSize)
                 throw new ArgumentException($"labels[{i / SeqLen}][{i % SeqLen}] = {Labels[i]} is outside the vocabulary (use -100 to ignore)");
+        }
+        foreach (var (head, labels) in AuxLabels ?? new Dictionary<string, int[]>())
+        {
+            if (!config.AuxHeads.Contains(head)) throw new ArgumentException($"labels for the {head} head, which this model does not have");
+            Length($"{head} labels", labels, n);
+            for (int i = 0; i < n; i++)
+                if (labels[i] is not (-100 or 0 or 1))
+                    throw new ArgumentException($"{head} labels[{i / SeqLen}][{i % SeqLen}] = {labels[i]} must be 0, 1 or -100");
         }
         if (NextSentenceLabel is not null)
             for (int b = 0; b < Batch; b++)

@@ -17,10 +17,12 @@ public sealed class PretrainingData
     private readonly Masker masker;
     private readonly ulong seed;
     private readonly int sentenceClasses;
+    private readonly string[] aux;
 
     public PretrainingData(PretrainingOptions o, BertTextEncoder encoder, string vocabPath, int vocabSize, TextWriter log)
     {
         seed = (ulong)o.Seed;
+        aux = o.Aux;
         Special = new SpecialIds(encoder.PadId, encoder.UnknownId, encoder.ClsId, encoder.SepId, encoder.MaskId);
         var documents = LoadDocuments(o, encoder, vocabPath, log);
         if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
@@ -129,7 +131,26 @@ public sealed class PretrainingData
             m.Labels.CopyTo(labels, r * s);
         }
         int[]? sentence = sentenceClasses > 0 ? items.Select(x => x.E.SentenceLabel).ToArray() : null;
-        return new BertInputs(b, s, ids, types, mask, labels, sentence);
+        return new BertInputs(b, s, ids, types, mask, labels, sentence, aux.Length == 0 ? null : aux.ToDictionary(h => h, h => AuxLabels(h, items, s)));
+    }
+
+    /// <summary>A token head's labels: 0/1 at every real, non-special token, −100 elsewhere.</summary>
+    private static int[] AuxLabels(string head, List<(Example E, MaskedExample M)> items, int s)
+    {
+        var labels = Enumerable.Repeat(-100, items.Count * s).ToArray();
+        for (int r = 0; r < items.Count; r++)
+        {
+            var e = items[r].E;
+            var flags = head switch
+            {
+                "capitalization" => e.Capitalized,
+                "token-document" => e.ElsewhereInDocument ?? throw new InvalidOperationException("examples without token-document flags"),
+                _ => throw new ArgumentException($"unknown auxiliary head {head}"),
+            };
+            for (int i = 0; i < e.Length; i++)
+                if (!e.Special[i]) labels[r * s + i] = flags[i] ? 1 : 0;
+        }
+        return labels;
     }
 
     // ---- corpus and cache ----

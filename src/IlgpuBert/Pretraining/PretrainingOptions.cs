@@ -30,6 +30,8 @@ public sealed record PretrainingOptions
     public MaskSchedule MaskSchedule { get; init; } = MaskSchedule.Dynamic;
     public string? Phrases { get; init; }
     public SentenceObjective SentenceObjective { get; init; } = SentenceObjective.Nsp;
+    /// <summary>ERNIE 2.0's token-level objectives trained beside MLM (<see cref="Model.BertConfig.AuxHeadNames"/>).</summary>
+    public string[] Aux { get; init; } = [];
     public InputFormat InputFormat { get; init; } = InputFormat.Pairs;
     public double HeldOut { get; init; } = 0.02;
     /// <summary>Use only the first N documents of the corpus (0: all).</summary>
@@ -62,6 +64,10 @@ public sealed record PretrainingOptions
         if (!(HeldOut >= 0 && HeldOut < 0.5)) throw new ArgumentException("--held-out must be in [0, 0.5)");
         if (InputFormat == InputFormat.FullSentences && SentenceObjective != SentenceObjective.None)
             throw new ArgumentException("--input-format full-sentences packs one segment per example: use --sentence-objective none");
+        foreach (var head in Aux)
+            if (!IlgpuBert.Model.BertConfig.AuxHeadNames.Contains(head))
+                throw new ArgumentException($"--aux {head}: unknown; choose from {string.Join(", ", IlgpuBert.Model.BertConfig.AuxHeadNames)}");
+        if (Aux.Distinct().Count() != Aux.Length) throw new ArgumentException("--aux names a head twice");
         if (Phrases is not null && Masking != MaskingStrategy.Phrase)
             throw new ArgumentException("--phrases is used only by --masking phrase");
         if (Phrases is not null && !File.Exists(Phrases)) throw new ArgumentException($"{Phrases}: no such phrase file");

@@ -21,7 +21,11 @@ namespace IlgpuBert.Pretraining;
 
 /// <summary>One row of metrics.csv.</summary>
 public sealed record StepMetrics(int Step, double Loss, double MlmLoss, double SentenceLoss, double Lr, double GradNorm,
-    double TokensPerSecond, double ElapsedSeconds, double? EvalMlmAccuracy = null, double? EvalPerplexity = null);
+    double TokensPerSecond, double ElapsedSeconds, double? EvalMlmAccuracy = null, double? EvalPerplexity = null)
+{
+    /// <summary>Each auxiliary head's loss (part of <see cref="Loss"/>), by head name.</summary>
+    public IReadOnlyDictionary<string, double> AuxLosses { get; init; } = new Dictionary<string, double>();
+}
 
 public sealed class NonFiniteLossException(string message) : Exception(message);
 
@@ -82,9 +86,11 @@ public sealed class Trainer
         {
             vocabPath = Path.Combine(o.Model, BertFolder.VocabFile);
             model = BertFolder.Load(device, o.Model, log);
-            int classes = SentenceClasses(o.SentenceObjective);
+            int classes = ExampleGenerator.ClassesOf(o.SentenceObjective);
             if (classes != model.Config.SentenceClasses && o.SentenceObjective != SentenceObjective.None)
                 throw new ArgumentException($"{o.Model} has a {model.Config.SentenceClasses}-way sentence head; --sentence-objective {o.SentenceObjective} needs {classes}");
+            if (o.Aux.FirstOrDefault(h => !model.Config.AuxHeads.Contains(h)) is { } absent)
+                throw new ArgumentException($"{o.Model} has no {absent} head (its config.json lists {(model.Config.AuxHeads.Count == 0 ? "none" : string.Join(", ", model.Config.AuxHeads))}); --aux {absent} needs a model initialised with it");
         }
         else
         {
@@ -98,7 +104,8 @@ public sealed class Trainer
             var config = BertConfig.ForSize(o.Size, vocabSize) with
             {
                 MaxPositionEmbeddings = Math.Max(512, o.SeqLen),
-                SentenceClasses = Math.Max(2, SentenceClasses(o.SentenceObjective)),
+                SentenceClasses = Math.Max(2, ExampleGenerator.ClassesOf(o.SentenceObjective)),
+                AuxHeads = o.Aux,
             };
             model = new BertForPreTraining(device, config);
             model.Parameters.Initialize(o.Seed);
@@ -123,6 +130,7 @@ public sealed class Trainer
             var stepClock = Stopwatch.StartNew();
             model.ZeroGrad();
             double mlm = 0, sentence = 0;
+            var aux = new double[o.Aux.Length];
             long tokens = 0;
             int share = o.GradAccum / group.Size;
             for (int micro = group.Rank * share; micro < (group.Rank + 1) * share; micro++)
@@ -135,13 +143,20 @@ public sealed class Trainer
                 if (outputs.NspLoss is not null) outputs.NspLoss.Weight = 1f / o.GradAccum;
                 mlm += (outputs.MlmLoss?.Read() ?? 0) / o.GradAccum;
                 sentence += (outputs.NspLoss?.Read() ?? 0) / o.GradAccum;
+                for (int a = 0; a < aux.Length; a++)
+                    if (outputs.AuxLosses.TryGetValue(o.Aux[a], out var auxLoss))
+                    {
+                        auxLoss.Weight = 1f / o.GradAccum;
+                        aux[a] += auxLoss.Read() / o.GradAccum;
+                    }
                 tape.Backward();
             }
             group.AllReduceGradients(model.Parameters.All);
-            Span<double> sums = [mlm, sentence, tokens];
+            double[] sums = [mlm, sentence, tokens, .. aux];
             group.AllReduceSum(sums);
             (mlm, sentence, tokens) = (sums[0], sums[1], (long)sums[2]);
-            double loss = mlm + sentence;
+            aux = sums[3..];
+            double loss = mlm + sentence + aux.Sum();
             if (!double.IsFinite(loss))
                 throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr.");
             float gradNorm = optimizer.GradNorm();
@@ -150,7 +165,10 @@ public sealed class Trainer
             float lr = LinearSchedule.At(step, o.LearningRate, o.WarmupSteps, o.Steps);
             optimizer.Update(lr);
             double seconds = stepClock.Elapsed.TotalSeconds;
-            var row = new StepMetrics(step, loss, mlm, sentence, lr, gradNorm, tokens / seconds, elapsedBefore + clock.Elapsed.TotalSeconds);
+            var row = new StepMetrics(step, loss, mlm, sentence, lr, gradNorm, tokens / seconds, elapsedBefore + clock.Elapsed.TotalSeconds)
+            {
+                AuxLosses = o.Aux.Select((h, a) => (h, a)).ToDictionary(x => x.h, x => aux[x.a]),
+            };
             if (group.IsRoot && o.EvalEvery > 0 && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
             {
                 var (accuracy, perplexity) = Evaluate(model, data, o.BatchSize);
@@ -181,8 +199,6 @@ public sealed class Trainer
         log.WriteLine($"wrote {outDir}: model, {MetricsFile}, {PlotFile}");
         return metrics;
     }
-
-    private static int SentenceClasses(SentenceObjective o) => o switch { SentenceObjective.PrevNext => 3, SentenceObjective.None => 0, _ => 2 };
 
     /// <summary>MLM accuracy and perplexity (exp of the mean cross-entropy) over the held-out examples, dropout off.</summary>
     private static (double Accuracy, double Perplexity) Evaluate(BertForPreTraining model, PretrainingData data, int batchSize)
@@ -274,13 +290,20 @@ public sealed class Trainer
     private static readonly string[] Columns =
         ["step", "loss", "mlm_loss", "sentence_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eval_mlm_accuracy", "eval_perplexity"];
 
+    /// <summary>The column of an auxiliary head's loss: "token-document" → "token_document_loss".</summary>
+    private static string AuxColumn(string head) => head.Replace('-', '_') + "_loss";
+
+    /// <summary>One row per step; after the fixed columns, one loss column per auxiliary head of the run.</summary>
     public static void WriteMetrics(string path, IEnumerable<StepMetrics> rows)
     {
-        var sb = new StringBuilder(string.Join(",", Columns)).Append('\n');
+        var list = rows.ToList();
+        var heads = list.FirstOrDefault()?.AuxLosses.Keys.ToArray() ?? [];
+        var sb = new StringBuilder(string.Join(",", Columns.Concat(heads.Select(AuxColumn)))).Append('\n');
         string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
-        foreach (var m in rows)
-            sb.Append(string.Join(",", m.Step, F(m.Loss), F(m.MlmLoss), F(m.SentenceLoss), F(m.Lr), F(m.GradNorm), F(m.TokensPerSecond),
-                F(m.ElapsedSeconds), m.EvalMlmAccuracy is { } a ? F(a) : "", m.EvalPerplexity is { } p ? F(p) : "")).Append('\n');
+        foreach (var m in list)
+            sb.Append(string.Join(",", [m.Step.ToString(CultureInfo.InvariantCulture), F(m.Loss), F(m.MlmLoss), F(m.SentenceLoss), F(m.Lr), F(m.GradNorm),
+                F(m.TokensPerSecond), F(m.ElapsedSeconds), m.EvalMlmAccuracy is { } a ? F(a) : "", m.EvalPerplexity is { } p ? F(p) : "",
+                .. heads.Select(h => F(m.AuxLosses[h]))])).Append('\n');
         AtomicFile.WriteText(path, sb.ToString());
     }
 
@@ -288,11 +311,17 @@ public sealed class Trainer
     {
         if (!File.Exists(path)) return [];
         double D(string s) => double.Parse(s, CultureInfo.InvariantCulture);
-        return File.ReadLines(path).Skip(1).Where(l => l.Length > 0).Select(l =>
+        var lines = File.ReadLines(path).Where(l => l.Length > 0).ToList();
+        if (lines.Count == 0) return [];
+        var heads = lines[0].Split(',').Skip(Columns.Length).Select(c => c.EndsWith("_loss", StringComparison.Ordinal) ? c[..^"_loss".Length].Replace('_', '-') : c).ToArray();
+        return lines.Skip(1).Select(l =>
         {
             var c = l.Split(',');
             return new StepMetrics(int.Parse(c[0], CultureInfo.InvariantCulture), D(c[1]), D(c[2]), D(c[3]), D(c[4]), D(c[5]), D(c[6]), D(c[7]),
-                c[8].Length > 0 ? D(c[8]) : null, c[9].Length > 0 ? D(c[9]) : null);
+                c[8].Length > 0 ? D(c[8]) : null, c[9].Length > 0 ? D(c[9]) : null)
+            {
+                AuxLosses = heads.Select((h, j) => (h, j)).ToDictionary(x => x.h, x => D(c[Columns.Length + x.j])),
+            };
         }).ToList();
     }
 }
