@@ -91,14 +91,20 @@ public class ModelTests
             tape.Backward();
         }
         var reference = new BertReference(config, HostParameters(model));
+        AssertGradientsMatch(model, reference, model.Parameters.Names, () => reference.Forward(inputs).Loss);
+    }
+
+    /// <summary>Each named parameter's gradient against central differences of the reference's loss (1e-5 steps).</summary>
+    private static void AssertGradientsMatch(BertForPreTraining model, BertReference reference, IEnumerable<string> names, Func<double> loss)
+    {
         var tol = new Tol(1e-5, 1e-3, "model gradients");
-        foreach (var name in model.Parameters.Names)
+        foreach (var name in names)
         {
             var values = reference.P[name];
             var expected = Reference.NumericGradient(v =>
             {
                 reference.P[name] = v;
-                return reference.Forward(inputs).Loss;
+                return loss();
             }, values, 1e-5);
             reference.P[name] = values;
             Tol.AssertClose(expected, model.Parameters.GetGrad(name), tol, $"d loss / d {name}");
@@ -138,18 +144,77 @@ public class ModelTests
         var reference = new BertReference(config, HostParameters(model));
         Tol.AssertClose([reference.Forward(inputs).Loss], [loss], new Tol(1e-5, 1e-4, "losses"), "MLM + sentence + aux loss");
         Assert.True(reference.Forward(inputs).Loss > reference.Forward(plain with { NextSentenceLabel = [8, 3] }).Loss + 0.5, "the aux losses count");
-        var tol = new Tol(1e-5, 1e-3, "model gradients");
-        foreach (var name in model.Parameters.Names)
+        AssertGradientsMatch(model, reference, model.Parameters.Names, () => reference.Forward(inputs).Loss);
+    }
+
+    /// <summary>
+    /// The document-contrastive loss in double: mean-pool each row over its real tokens,
+    /// standardise, correlations / τ between the even rows and the odd rows, cross-entropy to the
+    /// partner in both directions, averaged.
+    /// </summary>
+    private static double ContrastiveReference(double[] hidden, BertInputs x, int h, double tau)
+    {
+        int b = x.Batch, s = x.SeqLen, n = b / 2;
+        var z = new double[b][];
+        for (int r = 0; r < b; r++)
         {
-            var values = reference.P[name];
-            var expected = Reference.NumericGradient(v =>
-            {
-                reference.P[name] = v;
-                return reference.Forward(inputs).Loss;
-            }, values, 1e-5);
-            reference.P[name] = values;
-            Tol.AssertClose(expected, model.Parameters.GetGrad(name), tol, $"d loss / d {name}");
+            var m = new double[h];
+            int count = 0;
+            for (int t = 0; t < s; t++)
+                if (x.AttentionMask[r * s + t] == 1)
+                {
+                    count++;
+                    for (int j = 0; j < h; j++) m[j] += hidden[(r * s + t) * h + j];
+                }
+            for (int j = 0; j < h; j++) m[j] /= count;
+            double mean = m.Average(), variance = m.Select(v => (v - mean) * (v - mean)).Average();
+            z[r] = m.Select(v => (v - mean) / Math.Sqrt(variance + 1e-6)).ToArray();
         }
+        double Direction(int from, int to)
+        {
+            var logits = new double[n * n];
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++)
+                    logits[i * n + j] = Enumerable.Range(0, h).Sum(k => z[2 * i + from][k] * z[2 * j + to][k]) / (h * tau);
+            return Reference.CrossEntropy(logits, Enumerable.Range(0, n).ToArray(), n, n);
+        }
+        return (Direction(0, 1) + Direction(1, 0)) / 2;
+    }
+
+    [Fact]
+    public void The_contrastive_loss_and_every_gradient_match_finite_differences_of_the_reference()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = TinyConfig("gelu");
+        using var model = RandomModel(device, config, 14);
+        // Three pairs (rows 2i, 2i + 1), padding in some rows, a few MLM labels.
+        int[][] ids = [[2, 5, 6, 7, 3, 0], [2, 8, 9, 3, 0, 0], [2, 10, 11, 12, 13, 3], [2, 14, 3, 0, 0, 0], [2, 15, 16, 17, 3, 0], [2, 18, 19, 20, 21, 3]];
+        int[][] mask = [.. ids.Select(r => r.Select(v => v == 0 ? 0 : 1).ToArray())];
+        int[][] labels = [[-100, 9, -100, -100, -100, -100], [-100, -100, 4, -100, -100, -100], [-100, -100, -100, 1, -100, -100],
+            [-100, 22, -100, -100, -100, -100], [-100, -100, -100, -100, -100, -100], [-100, -100, 7, -100, -100, -100]];
+        var inputs = BertInputs.FromRows(ids, null, mask, labels);
+        const float tau = 0.1f;
+        float loss;
+        using (var tape = new Tape())
+        {
+            var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+            var contrastive = model.ContrastiveLoss(tape, outputs.LastHiddenState, inputs, tau);
+            loss = outputs.ReadLoss()!.Value + contrastive.Read();
+            tape.Backward();
+        }
+        var reference = new BertReference(config, HostParameters(model));
+        double Total()
+        {
+            var o = reference.Forward(inputs);
+            return o.Loss + ContrastiveReference(o.LastHidden, inputs, config.HiddenSize, tau);
+        }
+        var r = reference.Forward(inputs);
+        Assert.True(ContrastiveReference(r.LastHidden, inputs, config.HiddenSize, tau) > 0.05, "a loss that can move");
+        Tol.AssertClose([Total()], [loss], new Tol(1e-5, 1e-4, "losses"), "MLM + contrastive loss");
+        AssertGradientsMatch(model, reference, model.Parameters.Names.Where(n => !n.StartsWith("cls.seq_relationship", StringComparison.Ordinal)), Total);
+        using var tape2 = new Tape(recording: false);
+        var odd = BertInputs.FromRows(ids[..5], null, mask[..5]);
+        Assert.Contains("even batch", Assert.Throws<ArgumentException>(() => model.ContrastiveLoss(tape2, model.Forward(tape2, odd, Dropouts.Off).LastHiddenState, odd, tau)).Message);
     }
 
     [Fact]

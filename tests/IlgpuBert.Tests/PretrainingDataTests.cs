@@ -180,6 +180,30 @@ public class PretrainingDataTests
     }
 
     [Fact]
+    public void Contrastive_examples_pair_disjoint_segments_of_one_document()
+    {
+        var rng = new Random(13);
+        var docs = Documents(60, 30, rng);
+        docs.Add(new Document([docs[0].Sentences[0]])); // one sentence: no pair
+        var gen = new ExampleGenerator(Special, 40, SentenceObjective.Contrastive, InputFormat.Pairs);
+        Assert.Equal(0, gen.SentenceClasses);
+        var examples = gen.Generate(docs, rng);
+        Assert.True(examples.Count > 150, $"{examples.Count} examples");
+        foreach (var e in examples)
+        {
+            var (a, b) = Segments(e);
+            Assert.InRange(a.Length, 1, 38); // each segment becomes a row of at most 40 with its [CLS] and [SEP]
+            Assert.InRange(b.Length, 1, 38);
+            var sa = a.Select(Source).ToArray();
+            var sb = b.Select(Source).ToArray();
+            Assert.All(sa.Concat(sb), x => Assert.Equal(sa[0].Doc, x.Doc));
+            Assert.True(sa.Max(x => x.Sentence) < sb.Min(x => x.Sentence) || sb.Max(x => x.Sentence) < sa.Min(x => x.Sentence), "disjoint sentences");
+            Assert.Equal(ExampleGenerator.IgnoreLabel, e.SentenceLabel);
+        }
+        Assert.Equal(60, examples.Select(e => Source(e.Ids[1]).Doc).Distinct().Count());
+    }
+
+    [Fact]
     public void Token_document_labels_mark_tokens_that_occur_in_their_document_outside_the_example()
     {
         // One document of four 3-token sentences; examples of at most 6 tokens take two sentences each.

@@ -33,7 +33,8 @@ public static class PretrainCommand
         var masking = Opt("--masking", "token, whole-word, span or phrase", "token");
         var schedule = Opt("--mask-schedule", "static (N fixed masks per example) or dynamic (fresh each epoch)", "dynamic");
         var phrases = new Option<string?>("--phrases") { Description = "phrase masking: a file of multi-word units, one per line" };
-        var objective = Opt("--sentence-objective", "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments) or none", "nsp");
+        var objective = Opt("--sentence-objective", "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (two segments of a document find each other among the batch's by mean-pooled encoding) or none", "nsp");
+        var temperature = Opt("--contrastive-temperature", "τ of the contrastive objective", d.ContrastiveTemperature);
         var aux = new Option<string[]>("--aux") { Description = "ERNIE 2.0 token objectives beside MLM: capitalization, token-document (comma-separated or repeated)", AllowMultipleArgumentsPerToken = true };
         var format = Opt("--input-format", "pairs or full-sentences", "pairs");
         var maxDocs = Opt("--max-documents", "use only the first N corpus documents (0: all)", d.MaxDocuments);
@@ -43,7 +44,7 @@ public static class PretrainCommand
         var command = new Command("pretrain", "Pretrain BERT (MLM + a sentence objective) from raw text.")
         {
             model, size, corpus, output, steps, batch, seqLen, seed, lr, warmup, accum, evalEvery, saveEvery, resume, vocabSize,
-            maskRate, maskMix, maskToken, masking, schedule, phrases, objective, aux, format, maxDocs, outputBias, distributed,
+            maskRate, maskMix, maskToken, masking, schedule, phrases, objective, aux, temperature, format, maxDocs, outputBias, distributed,
         };
         Cli.ProtectModelOutput(command, output, result => result.GetValue(resume) is not null); // --resume continues the run in its folder
         command.SetAction(parse =>
@@ -67,7 +68,9 @@ public static class PretrainCommand
                 MaskSchedule = Enum(schedule, ("static", MaskSchedule.Static), ("dynamic", MaskSchedule.Dynamic)),
                 Phrases = parse.GetValue(phrases),
                 SentenceObjective = Enum(objective, ("nsp", SentenceObjective.Nsp), ("sop", SentenceObjective.Sop), ("prev-next", SentenceObjective.PrevNext),
-                    ("distance", SentenceObjective.Distance), ("reorder", SentenceObjective.Reorder), ("none", SentenceObjective.None)),
+                    ("distance", SentenceObjective.Distance), ("reorder", SentenceObjective.Reorder),
+                    ("contrastive", SentenceObjective.Contrastive), ("none", SentenceObjective.None)),
+                ContrastiveTemperature = parse.GetValue(temperature),
                 Aux = [.. (parse.GetValue(aux) ?? []).SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))],
                 InputFormat = Enum(format, ("pairs", InputFormat.Pairs), ("full-sentences", InputFormat.FullSentences)),
                 MaxDocuments = parse.GetValue(maxDocs),

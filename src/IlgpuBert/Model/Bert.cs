@@ -226,6 +226,32 @@ public sealed class BertOutputs
     public float? ReadLoss() => MlmLoss is null && NspLoss is null ? null : (MlmLoss?.Read() ?? 0f) + (NspLoss?.Read() ?? 0f);
 }
 
+/// <summary>The mean of several losses on one tape: its weight in backward is shared out equally.</summary>
+public sealed class MeanLoss
+{
+    private readonly Loss[] parts;
+    private float weight = 1f;
+
+    public MeanLoss(params Loss[] parts)
+    {
+        this.parts = parts;
+        Weight = 1f;
+    }
+
+    public float Read() => parts.Sum(p => p.Read()) / parts.Length;
+
+    /// <summary>∂(total)/∂(this mean), as <see cref="Loss.Weight"/>.</summary>
+    public float Weight
+    {
+        get => weight;
+        set
+        {
+            weight = value;
+            foreach (var p in parts) p.Weight = value / parts.Length;
+        }
+    }
+}
+
 public sealed class BertForPreTraining : IDisposable
 {
     public BertForPreTraining(BertDevice device, BertConfig config)
@@ -321,6 +347,41 @@ public sealed class BertForPreTraining : IDisposable
             HiddenStates = encoded.HiddenStates, Attentions = encoded.Attentions, MlmLoss = mlmLoss, NspLoss = nspLoss, MaskedPositions = positions,
             AuxLosses = auxLosses,
         };
+    }
+
+    /// <summary>
+    /// The document-contrastive loss over a batch whose rows 2i and 2i + 1 are two segments of one
+    /// document: each row's last layer is averaged over its real tokens (fine-tuning's mean pooling),
+    /// standardised (a LayerNorm without parameters, so a dot product over H is a correlation), and
+    /// each segment must pick its partner among the other half's N segments: cross-entropy over
+    /// zᵢ·z'ⱼ / (H·τ), in both directions, averaged (InfoNCE with in-batch negatives, as SimCSE).
+    /// </summary>
+    public MeanLoss ContrastiveLoss(Tape tape, Var lastHiddenState, BertInputs inputs, float temperature)
+    {
+        int b = inputs.Batch, s = inputs.SeqLen, h = Config.HiddenSize, n = b / 2;
+        if (b < 4 || b % 2 != 0) throw new ArgumentException($"the contrastive objective needs an even batch of at least 2 pairs, got {b} rows");
+        if (!(temperature > 0)) throw new ArgumentException($"the contrastive temperature must be positive, got {temperature}");
+        float[] Mean(int parity)
+        {
+            var m = new float[(long)n * b * s];
+            for (int i = 0; i < n; i++)
+            {
+                int r = 2 * i + parity, count = 0;
+                for (int t = 0; t < s; t++) count += inputs.AttentionMask[r * s + t];
+                for (int t = 0; t < s; t++)
+                    if (inputs.AttentionMask[r * s + t] != 0) m[(long)i * b * s + r * s + t] = 1f / count;
+            }
+            return m;
+        }
+        // γ = 1/√(H·τ) on both sides makes zᵢ·z'ⱼ = correlation / τ.
+        var gamma = tape.Own(new Var(Tensor.FromHost(Device, Enumerable.Repeat(1f / MathF.Sqrt(h * temperature), h).ToArray(), h)));
+        var beta = tape.Own(new Var(Tensor.FromHost(Device, new float[h], h)));
+        var a = Ops.LayerNorm(tape, Ops.MixRows(tape, Mean(0), n, lastHiddenState), null, gamma, beta, 1e-6f);
+        var p = Ops.LayerNorm(tape, Ops.MixRows(tape, Mean(1), n, lastHiddenState), null, gamma, beta, 1e-6f);
+        var partners = tape.Own(new DeviceInts(Device, Enumerable.Range(0, n).ToArray()));
+        var forward = Ops.CrossEntropy(tape, Ops.Linear(tape, a, p, null), partners);
+        var backward = Ops.CrossEntropy(tape, Ops.Linear(tape, p, a, null), partners);
+        return new MeanLoss(forward, backward);
     }
 
     public void ZeroGrad()

@@ -4,7 +4,9 @@
 //   ALBERT's SOP (50% swapped order, label 1), a 3-way next (0) / previous (1) / random (2),
 //   ERNIE 2.0's sentence distance (B follows A (0) / comes from elsewhere in A's document (1) / from
 //   another document (2)) and sentence reordering (a passage cut into k ≤ 3 segments, shuffled:
-//   predict which of the 1! + 2! + 3! = 9 orders), or none;
+//   predict which of the 1! + 2! + 3! = 9 orders), a document-contrastive objective (two disjoint
+//   segments of one document, each its own row: their mean-pooled encodings must find each other
+//   among the batch's other segments), or none;
 // - input format: segment pairs, or RoBERTa's FULL-SENTENCES (contiguous sentences packed into one
 //   segment, crossing document boundaries with an extra [SEP]; no sentence objective).
 // With probability 0.1 a pair example targets a random shorter length, as BERT does.
@@ -12,7 +14,7 @@
 // outside the text the example shows?
 namespace IlgpuBert.Pretraining;
 
-public enum SentenceObjective { Nsp, Sop, PrevNext, Distance, Reorder, None }
+public enum SentenceObjective { Nsp, Sop, PrevNext, Distance, Reorder, Contrastive, None }
 
 public enum InputFormat { Pairs, FullSentences }
 
@@ -41,9 +43,12 @@ public sealed class ExampleGenerator(SpecialIds special, int seqLen, SentenceObj
     {
         SentenceObjective.PrevNext or SentenceObjective.Distance => 3,
         SentenceObjective.Reorder => ReorderClasses,
-        SentenceObjective.None => 0,
+        SentenceObjective.None or SentenceObjective.Contrastive => 0,
         _ => 2,
     };
+
+    /// <summary>Whether each example is a pair of segments the batch shows as two rows ([CLS] A [SEP], [CLS] B [SEP]).</summary>
+    public static bool PairedRows(SentenceObjective objective) => objective == SentenceObjective.Contrastive;
 
     /// <summary>Reordering cuts a passage into at most this many segments.</summary>
     public const int MaxReorderSegments = 3;
@@ -87,7 +92,12 @@ public sealed class ExampleGenerator(SpecialIds special, int seqLen, SentenceObj
         }
         var result = new List<Example>();
         for (int d = 0; d < documents.Count; d++)
-            result.AddRange(objective == SentenceObjective.Reorder ? Reordered(documents, d, counts, rng) : FromDocument(documents, d, counts, rng));
+            result.AddRange(objective switch
+            {
+                SentenceObjective.Reorder => Reordered(documents, d, counts, rng),
+                SentenceObjective.Contrastive => SameDocumentPairs(documents, d, counts, rng),
+                _ => FromDocument(documents, d, counts, rng),
+            });
         return result;
     }
 
@@ -193,16 +203,10 @@ public sealed class ExampleGenerator(SpecialIds special, int seqLen, SentenceObj
     /// </summary>
     private IEnumerable<Example> Reordered(IReadOnlyList<Document> documents, int docIndex, DocumentCounts counts, Random rng)
     {
-        var doc = documents[docIndex].Sentences;
         int maxTokens = seqLen - 1 - MaxReorderSegments;
-        int target = rng.NextDouble() < shortSeqProb ? rng.Next(2, maxTokens + 1) : maxTokens;
-        var chunk = new List<Piece>();
-        int length = 0;
-        for (int i = 0; i < doc.Length; i++)
+        foreach (var chunk in Passages(documents[docIndex].Sentences, docIndex, maxTokens, rng))
         {
-            chunk.Add(Piece.Of(doc[i], docIndex));
-            length += doc[i].Length;
-            if (i != doc.Length - 1 && length < target) continue;
+            int length = chunk.Sum(p => p.Length);
             int k = Math.Min(rng.Next(1, MaxReorderSegments + 1), Math.Min(length, maxTokens));
             // Cut points: k − 1 distinct sentence boundaries inside the kept tokens, or token positions.
             var all = Flatten(chunk, maxTokens);
@@ -217,10 +221,49 @@ public sealed class ExampleGenerator(SpecialIds special, int seqLen, SentenceObj
             var segments = Enumerable.Range(0, k).Select(j => all.Slice(cuts[j], cuts[j + 1] - cuts[j])).ToArray();
             var order = Permutations(k)[rng.Next(Factorial(k))];
             yield return Build([.. order.Select(j => segments[j])], ReorderClass(order), counts);
-            chunk.Clear();
+        }
+    }
+
+    /// <summary>
+    /// A document's consecutive sentences grouped into passages of BERT's target length (<paramref name="maxTokens"/>,
+    /// or with probability shortSeqProb a random shorter one); the last passage takes what is left.
+    /// </summary>
+    private IEnumerable<List<Piece>> Passages(Sentence[] doc, int docIndex, int maxTokens, Random rng)
+    {
+        int target = rng.NextDouble() < shortSeqProb ? rng.Next(2, maxTokens + 1) : maxTokens;
+        var chunk = new List<Piece>();
+        int length = 0;
+        for (int i = 0; i < doc.Length; i++)
+        {
+            chunk.Add(Piece.Of(doc[i], docIndex));
+            length += doc[i].Length;
+            if (i != doc.Length - 1 && length < target) continue;
+            yield return chunk;
+            chunk = [];
             length = 0;
             target = rng.NextDouble() < shortSeqProb ? rng.Next(2, maxTokens + 1) : maxTokens;
         }
+    }
+
+    /// <summary>
+    /// The contrastive objective's positives: the document cut into segments of BERT's target length
+    /// (each becomes a row of its own, so up to seqLen − 2 tokens), paired in order (1st with 2nd, 3rd
+    /// with 4th; an odd last one with the one before it). A document that fills only one segment is cut
+    /// between its sentences; a one-sentence document gives no pair.
+    /// </summary>
+    private IEnumerable<Example> SameDocumentPairs(IReadOnlyList<Document> documents, int docIndex, DocumentCounts counts, Random rng)
+    {
+        int maxTokens = seqLen - 2;
+        var segments = Passages(documents[docIndex].Sentences, docIndex, maxTokens, rng).ToList();
+        if (segments.Count == 1 && segments[0].Count >= 2)
+        {
+            int cut = rng.Next(1, segments[0].Count);
+            segments = [segments[0][..cut], segments[0][cut..]];
+        }
+        for (int j = 0; j + 1 < segments.Count; j += 2)
+            yield return Build([Flatten(segments[j], maxTokens), Flatten(segments[j + 1], maxTokens)], IgnoreLabel, counts);
+        if (segments.Count >= 3 && segments.Count % 2 == 1)
+            yield return Build([Flatten(segments[^2], maxTokens), Flatten(segments[^1], maxTokens)], IgnoreLabel, counts);
     }
 
     private static int Factorial(int k) => k <= 1 ? 1 : k * Factorial(k - 1);

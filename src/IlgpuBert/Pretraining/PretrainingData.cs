@@ -18,11 +18,13 @@ public sealed class PretrainingData
     private readonly ulong seed;
     private readonly int sentenceClasses;
     private readonly string[] aux;
+    private readonly bool pairedRows;
 
     public PretrainingData(PretrainingOptions o, BertTextEncoder encoder, string vocabPath, int vocabSize, TextWriter log)
     {
         seed = (ulong)o.Seed;
         aux = o.Aux;
+        pairedRows = ExampleGenerator.PairedRows(o.SentenceObjective);
         Special = new SpecialIds(encoder.PadId, encoder.UnknownId, encoder.ClsId, encoder.SepId, encoder.MaskId);
         var documents = LoadDocuments(o, encoder, vocabPath, log);
         if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
@@ -116,6 +118,7 @@ public sealed class PretrainingData
 
     private BertInputs Collate(List<(Example E, MaskedExample M)> items)
     {
+        if (pairedRows) items = [.. items.SelectMany(x => SplitPair(x.E, x.M))];
         int s = items.Max(x => x.E.Length), b = items.Count;
         var ids = new int[b * s];
         var types = new int[b * s];
@@ -132,6 +135,20 @@ public sealed class PretrainingData
         }
         int[]? sentence = sentenceClasses > 0 ? items.Select(x => x.E.SentenceLabel).ToArray() : null;
         return new BertInputs(b, s, ids, types, mask, labels, sentence, aux.Length == 0 ? null : aux.ToDictionary(h => h, h => AuxLabels(h, items, s)));
+    }
+
+    /// <summary>[CLS] A [SEP] B [SEP] (masked) → [CLS] A [SEP] and [CLS] B [SEP], both segment 0: rows 2i and 2i + 1 of the batch.</summary>
+    private (Example, MaskedExample)[] SplitPair(Example e, MaskedExample m)
+    {
+        int sep = Array.IndexOf(e.Ids, Special.Sep);
+        (Example, MaskedExample) Row(int from, int to) // tokens [from, to) of the pair
+        {
+            T[] Take<T>(T[] a, T cls) => [cls, .. a[from..to], a[^1]];
+            var row = new Example(Take(e.Ids, Special.Cls), new int[to - from + 2], Take(e.WordStart, false), Take(e.Capitalized, false),
+                Take(e.Special, true), ExampleGenerator.IgnoreLabel, e.ElsewhereInDocument is null ? null : Take(e.ElsewhereInDocument, false));
+            return (row, new MaskedExample(Take(m.InputIds, Special.Cls), Take(m.Labels, -100)));
+        }
+        return [Row(1, sep), Row(sep + 1, e.Length - 1)];
     }
 
     /// <summary>A token head's labels: 0/1 at every real, non-special token, −100 elsewhere.</summary>

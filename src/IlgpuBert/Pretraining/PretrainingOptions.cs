@@ -30,6 +30,8 @@ public sealed record PretrainingOptions
     public MaskSchedule MaskSchedule { get; init; } = MaskSchedule.Dynamic;
     public string? Phrases { get; init; }
     public SentenceObjective SentenceObjective { get; init; } = SentenceObjective.Nsp;
+    /// <summary>τ of the contrastive sentence objective (SimCSE's 0.05).</summary>
+    public float ContrastiveTemperature { get; init; } = 0.05f;
     /// <summary>ERNIE 2.0's token-level objectives trained beside MLM (<see cref="Model.BertConfig.AuxHeadNames"/>).</summary>
     public string[] Aux { get; init; } = [];
     public InputFormat InputFormat { get; init; } = InputFormat.Pairs;
@@ -64,6 +66,9 @@ public sealed record PretrainingOptions
         if (!(HeldOut >= 0 && HeldOut < 0.5)) throw new ArgumentException("--held-out must be in [0, 0.5)");
         if (InputFormat == InputFormat.FullSentences && SentenceObjective != SentenceObjective.None)
             throw new ArgumentException("--input-format full-sentences packs one segment per example: use --sentence-objective none");
+        Positive("--contrastive-temperature", ContrastiveTemperature);
+        if (SentenceObjective == SentenceObjective.Contrastive && BatchSize < 2)
+            throw new ArgumentException("--sentence-objective contrastive needs --batch-size 2 or more (each example is a pair; the other pairs are the negatives)");
         foreach (var head in Aux)
             if (!IlgpuBert.Model.BertConfig.AuxHeadNames.Contains(head))
                 throw new ArgumentException($"--aux {head}: unknown; choose from {string.Join(", ", IlgpuBert.Model.BertConfig.AuxHeadNames)}");

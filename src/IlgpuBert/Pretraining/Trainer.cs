@@ -143,6 +143,12 @@ public sealed class Trainer
                 if (outputs.NspLoss is not null) outputs.NspLoss.Weight = 1f / o.GradAccum;
                 mlm += (outputs.MlmLoss?.Read() ?? 0) / o.GradAccum;
                 sentence += (outputs.NspLoss?.Read() ?? 0) / o.GradAccum;
+                if (ExampleGenerator.PairedRows(o.SentenceObjective))
+                {
+                    var contrastive = model.ContrastiveLoss(tape, outputs.LastHiddenState, batch, o.ContrastiveTemperature);
+                    contrastive.Weight = 1f / o.GradAccum;
+                    sentence += contrastive.Read() / o.GradAccum;
+                }
                 for (int a = 0; a < aux.Length; a++)
                     if (outputs.AuxLosses.TryGetValue(o.Aux[a], out var auxLoss))
                     {
