@@ -17,11 +17,11 @@ public static class PretrainCommand
         var corpus = new Option<string[]>("--corpus") { Description = "text files, documents separated by blank lines (default: the .NET SDK reference docs)", AllowMultipleArgumentsPerToken = true };
         var output = new Option<string>("--out") { Description = "output folder", Required = true };
         var steps = Opt("--steps", "optimizer steps", d.Steps);
-        var batch = Opt("--batch-size", "examples per micro-batch", d.BatchSize);
-        var seqLen = Opt("--seq-len", "tokens per example, special tokens included", d.SeqLen);
+        var batch = new Option<int?>("--batch-size") { Description = "examples per micro-batch (pairs with the contrastive objective; default 64 with it, 16 otherwise)" };
+        var seqLen = new Option<int?>("--seq-len") { Description = "tokens per example, special tokens included (per row with the contrastive objective; default 32 with it, 128 otherwise)" };
         var seed = Opt("--seed", "seed of initialisation, data order, masking and dropout", d.Seed);
         var lr = Opt("--lr", "peak learning rate", d.LearningRate);
-        var warmup = new Option<int?>("--warmup") { Description = "linear warmup steps (default: 10% of --steps)" };
+        var warmup = new Option<int?>("--warmup") { Description = "linear warmup steps (default: 5% of --steps)" };
         var accum = new Option<int?>("--grad-accum") { Description = "micro-batches per optimizer step, over all ranks (default: 1, or one per rank with --distributed)" };
         var evalEvery = Opt("--eval-every", "held-out evaluation every N steps (0: never)", d.EvalEvery);
         var saveEvery = Opt("--save-every", "write checkpoint-N every N steps (0: never)", d.SaveEvery);
@@ -33,7 +33,7 @@ public static class PretrainCommand
         var masking = Opt("--masking", "token, whole-word, span or phrase", "token");
         var schedule = Opt("--mask-schedule", "static (N fixed masks per example) or dynamic (fresh each epoch)", "dynamic");
         var phrases = new Option<string?>("--phrases") { Description = "phrase masking: a file of multi-word units, one per line" };
-        var objective = Opt("--sentence-objective", "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (two segments of a document find each other among the batch's by mean-pooled encoding) or none", "nsp");
+        var objective = Opt("--sentence-objective", "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (the default: two segments of a document find each other among the batch's by mean-pooled encoding) or none", "contrastive");
         var temperature = Opt("--contrastive-temperature", "τ of the contrastive objective", d.ContrastiveTemperature);
         var aux = new Option<string[]>("--aux") { Description = "ERNIE 2.0 token objectives beside MLM: capitalization, token-document (comma-separated or repeated)", AllowMultipleArgumentsPerToken = true };
         var format = Opt("--input-format", "pairs or full-sentences", "pairs");

@@ -247,14 +247,17 @@ public sealed class ExampleGenerator(SpecialIds special, int seqLen, SentenceObj
 
     /// <summary>
     /// The contrastive objective's positives: the document cut into segments of BERT's target length
-    /// (each becomes a row of its own, so up to seqLen − 2 tokens), paired in order (1st with 2nd, 3rd
-    /// with 4th; an odd last one with the one before it). A document that fills only one segment is cut
-    /// between its sentences; a one-sentence document gives no pair.
+    /// (each becomes a row of its own, so up to seqLen − 2 tokens), shuffled, and paired (1st with
+    /// 2nd, 3rd with 4th; an odd last one with the one before it): two places anywhere in the
+    /// document, not neighbours, so what they share is the document's subject rather than the local
+    /// thread (fine-tuned 78.8% against 76.6% from neighbouring pairs; perf/RESULTS.md). A document that
+    /// fills only one segment is cut between its sentences; a one-sentence document gives no pair.
     /// </summary>
     private IEnumerable<Example> SameDocumentPairs(IReadOnlyList<Document> documents, int docIndex, DocumentCounts counts, Random rng)
     {
         int maxTokens = seqLen - 2;
         var segments = Passages(documents[docIndex].Sentences, docIndex, maxTokens, rng).ToList();
+        rng.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(segments));
         if (segments.Count == 1 && segments[0].Count >= 2)
         {
             int cut = rng.Next(1, segments[0].Count);

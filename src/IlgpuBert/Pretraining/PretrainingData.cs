@@ -35,7 +35,7 @@ public sealed class PretrainingData
         var evalDocs = order.Take(heldOut).Select(i => documents[i]).ToList();
         var trainDocs = order.Skip(heldOut).Select(i => documents[i]).ToList();
 
-        var generator = new ExampleGenerator(Special, o.SeqLen, o.SentenceObjective, o.InputFormat);
+        var generator = new ExampleGenerator(Special, o.SequenceLength, o.SentenceObjective, o.InputFormat);
         sentenceClasses = generator.SentenceClasses;
         Train = generator.Generate(trainDocs, new Random(o.Seed + 1));
         Eval = evalDocs.Count >= 2 ? generator.Generate(evalDocs, new Random(o.Seed + 2)).Take(256).ToList() : [];

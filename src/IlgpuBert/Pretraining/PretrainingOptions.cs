@@ -13,12 +13,15 @@ public sealed record PretrainingOptions
     public string Size { get; init; } = "tiny";
     public int VocabSize { get; init; } = 8192;
     public string[] Corpus { get; init; } = [];
-    public int Steps { get; init; } = 300;
-    public int BatchSize { get; init; } = 16;
-    public int SeqLen { get; init; } = 128;
+    public int Steps { get; init; } = 1200;
+    /// <summary>Examples (pairs, for the contrastive objective) per micro-batch; null: <see cref="MicroBatch"/>'s default.</summary>
+    public int? BatchSize { get; init; }
+    /// <summary>Tokens per example (per row, for the contrastive objective), special tokens included; null: <see cref="SequenceLength"/>'s default.</summary>
+    public int? SeqLen { get; init; }
     public int Seed { get; init; } = 1;
-    public float LearningRate { get; init; } = 5e-4f;
-    /// <summary>Warmup steps; null means 10% of the steps.</summary>
+    /// <summary>Peak learning rate: 2e-3 with a short warmup (Izsak et al. 2021), chosen by the study in perf/RESULTS.md.</summary>
+    public float LearningRate { get; init; } = 2e-3f;
+    /// <summary>Warmup steps; null means 5% of the steps.</summary>
     public int? Warmup { get; init; }
     public int GradAccum { get; init; } = 1;
     public int EvalEvery { get; init; } = 100;
@@ -29,7 +32,8 @@ public sealed record PretrainingOptions
     public MaskingStrategy Masking { get; init; } = MaskingStrategy.Token;
     public MaskSchedule MaskSchedule { get; init; } = MaskSchedule.Dynamic;
     public string? Phrases { get; init; }
-    public SentenceObjective SentenceObjective { get; init; } = SentenceObjective.Nsp;
+    /// <summary>The default recipe's objective (perf/RESULTS.md, "Pretraining that transfers").</summary>
+    public SentenceObjective SentenceObjective { get; init; } = SentenceObjective.Contrastive;
     /// <summary>τ of the contrastive sentence objective (SimCSE's 0.05).</summary>
     public float ContrastiveTemperature { get; init; } = 0.05f;
     /// <summary>ERNIE 2.0's token-level objectives trained beside MLM (<see cref="Model.BertConfig.AuxHeadNames"/>).</summary>
@@ -46,7 +50,11 @@ public sealed record PretrainingOptions
     /// </summary>
     public bool UnigramOutputBias { get; init; } = true;
 
-    public int WarmupSteps => Warmup ?? Math.Max(1, Steps / 10);
+    public int WarmupSteps => Warmup ?? Math.Max(1, Steps / 20);
+
+    /// <summary>--batch-size, or by default 64 pairs of 32-token rows for the contrastive objective and BERT's 16 examples of 128 tokens otherwise (2,048-4,096 tokens a step).</summary>
+    [JsonIgnore] public int MicroBatch => BatchSize ?? (SentenceObjective == SentenceObjective.Contrastive ? 64 : 16);
+    [JsonIgnore] public int SequenceLength => SeqLen ?? (SentenceObjective == SentenceObjective.Contrastive ? 32 : 128);
 
     public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, Converters = { new JsonStringEnumConverter(JsonNamingPolicy.KebabCaseLower) } };
 
@@ -54,12 +62,12 @@ public sealed record PretrainingOptions
     {
         void Positive(string flag, double v) { if (!(v > 0 && double.IsFinite(v))) throw new ArgumentException($"{flag} must be a positive number, got {v}"); }
         Positive("--steps", Steps);
-        Positive("--batch-size", BatchSize);
-        Positive("--seq-len", SeqLen);
+        Positive("--batch-size", MicroBatch);
+        Positive("--seq-len", SequenceLength);
         Positive("--lr", LearningRate);
         Positive("--grad-accum", GradAccum);
         if (Model is null) _ = IlgpuBert.Model.BertConfig.ForSize(Size); // an unknown --size fails before any work
-        if (SeqLen < 8) throw new ArgumentException($"--seq-len {SeqLen} is too short (at least 8)");
+        if (SequenceLength < 8) throw new ArgumentException($"--seq-len {SequenceLength} is too short (at least 8)");
         if (!(MaskRate > 0 && MaskRate < 1)) throw new ArgumentException($"--mask-rate must be in (0, 1), got {MaskRate}");
         if (Warmup is < 0) throw new ArgumentException("--warmup must not be negative");
         if (EvalEvery < 0 || SaveEvery < 0) throw new ArgumentException("--eval-every and --save-every must not be negative");
@@ -67,7 +75,7 @@ public sealed record PretrainingOptions
         if (InputFormat == InputFormat.FullSentences && SentenceObjective != SentenceObjective.None)
             throw new ArgumentException("--input-format full-sentences packs one segment per example: use --sentence-objective none");
         Positive("--contrastive-temperature", ContrastiveTemperature);
-        if (SentenceObjective == SentenceObjective.Contrastive && BatchSize < 2)
+        if (SentenceObjective == SentenceObjective.Contrastive && MicroBatch < 2)
             throw new ArgumentException("--sentence-objective contrastive needs --batch-size 2 or more (each example is a pair; the other pairs are the negatives)");
         foreach (var head in Aux)
             if (!IlgpuBert.Model.BertConfig.AuxHeadNames.Contains(head))

@@ -72,7 +72,7 @@ public sealed class Trainer
         using var scratch = group.IsRoot ? null : new ScratchFolder();
         log.WriteLine($"device: {device.Spec} ({device.Name})");
         if (group.Size > 1)
-            log.WriteLine($"data-parallel over {group.Size} ranks ({group.Backend}): {o.GradAccum / group.Size} micro-batch(es) of {o.BatchSize} per rank and step");
+            log.WriteLine($"data-parallel over {group.Size} ranks ({group.Backend}): {o.GradAccum / group.Size} micro-batch(es) of {o.MicroBatch} per rank and step");
 
         // Model and vocabulary: a checkpoint to resume, a given model, or a new one of --size.
         string vocabPath;
@@ -87,7 +87,7 @@ public sealed class Trainer
             vocabPath = Path.Combine(o.Model, BertFolder.VocabFile);
             model = BertFolder.Load(device, o.Model, log);
             int classes = ExampleGenerator.ClassesOf(o.SentenceObjective);
-            if (classes != model.Config.SentenceClasses && o.SentenceObjective != SentenceObjective.None)
+            if (classes > 0 && classes != model.Config.SentenceClasses) // none and contrastive use no sentence head
                 throw new ArgumentException($"{o.Model} has a {model.Config.SentenceClasses}-way sentence head; --sentence-objective {o.SentenceObjective} needs {classes}");
             if (o.Aux.FirstOrDefault(h => !model.Config.AuxHeads.Contains(h)) is { } absent)
                 throw new ArgumentException($"{o.Model} has no {absent} head (its config.json lists {(model.Config.AuxHeads.Count == 0 ? "none" : string.Join(", ", model.Config.AuxHeads))}); --aux {absent} needs a model initialised with it");
@@ -103,7 +103,7 @@ public sealed class Trainer
             int vocabSize = File.ReadLines(vocabPath).Count();
             var config = BertConfig.ForSize(o.Size, vocabSize) with
             {
-                MaxPositionEmbeddings = Math.Max(512, o.SeqLen),
+                MaxPositionEmbeddings = Math.Max(512, o.SequenceLength),
                 SentenceClasses = Math.Max(2, ExampleGenerator.ClassesOf(o.SentenceObjective)),
                 AuxHeads = o.Aux,
             };
@@ -111,8 +111,8 @@ public sealed class Trainer
             model.Parameters.Initialize(o.Seed);
         }
         using var _model = model;
-        if (o.SeqLen > model.Config.MaxPositionEmbeddings)
-            throw new ArgumentException($"--seq-len {o.SeqLen} exceeds the model's max_position_embeddings {model.Config.MaxPositionEmbeddings}");
+        if (o.SequenceLength > model.Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"--seq-len {o.SequenceLength} exceeds the model's max_position_embeddings {model.Config.MaxPositionEmbeddings}");
         var encoder = BertTextEncoder.FromVocab(vocabPath);
         var data = new PretrainingData(o, encoder, vocabPath, model.Config.VocabSize, log);
         if (resume is null && o.Model is null && o.UnigramOutputBias)
@@ -135,7 +135,7 @@ public sealed class Trainer
             int share = o.GradAccum / group.Size;
             for (int micro = group.Rank * share; micro < (group.Rank + 1) * share; micro++)
             {
-                var batch = data.Batch((long)(step - 1) * o.GradAccum + micro, o.BatchSize);
+                var batch = data.Batch((long)(step - 1) * o.GradAccum + micro, o.MicroBatch);
                 tokens += batch.AttentionMask.Sum();
                 using var tape = new Tape();
                 var outputs = model.Forward(tape, batch, Dropouts.Training(model.Config, (ulong)o.Seed, (uint)(step * o.GradAccum + micro)), maskedOnly: true);
@@ -177,7 +177,7 @@ public sealed class Trainer
             };
             if (group.IsRoot && o.EvalEvery > 0 && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
             {
-                var (accuracy, perplexity) = Evaluate(model, data, o.BatchSize);
+                var (accuracy, perplexity) = Evaluate(model, data, o.MicroBatch);
                 row = row with { EvalMlmAccuracy = accuracy, EvalPerplexity = perplexity };
             }
             metrics.Add(row);
