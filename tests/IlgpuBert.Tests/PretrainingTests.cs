@@ -237,6 +237,7 @@ public class PretrainingTests : IDisposable
     [InlineData("--phrases", "phrases.txt")]
     [InlineData("--aux", "casing")]
     [InlineData("--sentence-objective", "order")]
+    [InlineData("--batch-size", "1")] // the default contrastive objective needs another pair as a negative
     public void Bad_flags_are_one_line_errors(string flag, string value)
     {
         var (code, stdout, err) = CliRunner.Run(Quick("bad", "--steps", "2", flag, value));
