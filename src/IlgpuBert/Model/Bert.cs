@@ -230,7 +230,7 @@ public sealed class BertOutputs
 public sealed class MeanLoss
 {
     private readonly Loss[] parts;
-    private float weight = 1f;
+    private float weight;
 
     public MeanLoss(params Loss[] parts)
     {
@@ -333,7 +333,7 @@ public sealed class BertForPreTraining : IDisposable
         var auxLosses = new Dictionary<string, Loss>(StringComparer.Ordinal);
         foreach (var (head, labels) in inputs.AuxLabels ?? new Dictionary<string, int[]>())
         {
-            if (!AuxHeads.TryGetValue(head, out var w)) throw new ArgumentException($"labels for the {head} head, which this model does not have");
+            var w = AuxHeads[head]; // BertInputs.Validate refused labels for a head the model lacks
             // Only the labelled positions (real tokens) go through the head.
             var at = Enumerable.Range(0, b * s).Where(i => labels[i] != -100).ToArray();
             if (at.Length == 0) continue;
@@ -358,21 +358,10 @@ public sealed class BertForPreTraining : IDisposable
     /// </summary>
     public MeanLoss ContrastiveLoss(Tape tape, Var lastHiddenState, BertInputs inputs, float temperature)
     {
-        int b = inputs.Batch, s = inputs.SeqLen, h = Config.HiddenSize, n = b / 2;
+        int b = inputs.Batch, h = Config.HiddenSize, n = b / 2;
         if (b < 4 || b % 2 != 0) throw new ArgumentException($"the contrastive objective needs an even batch of at least 2 pairs, got {b} rows");
         if (!(temperature > 0)) throw new ArgumentException($"the contrastive temperature must be positive, got {temperature}");
-        float[] Mean(int parity)
-        {
-            var m = new float[(long)n * b * s];
-            for (int i = 0; i < n; i++)
-            {
-                int r = 2 * i + parity, count = 0;
-                for (int t = 0; t < s; t++) count += inputs.AttentionMask[r * s + t];
-                for (int t = 0; t < s; t++)
-                    if (inputs.AttentionMask[r * s + t] != 0) m[(long)i * b * s + r * s + t] = 1f / count;
-            }
-            return m;
-        }
+        float[] Mean(int parity) => inputs.MeanPooling([.. Enumerable.Range(0, n).Select(i => 2 * i + parity)]);
         // γ = 1/√(H·τ) on both sides makes zᵢ·z'ⱼ = correlation / τ.
         var gamma = tape.Own(new Var(Tensor.FromHost(Device, Enumerable.Repeat(1f / MathF.Sqrt(h * temperature), h).ToArray(), h)));
         var beta = tape.Own(new Var(Tensor.FromHost(Device, new float[h], h)));

@@ -224,7 +224,7 @@ public sealed class BertForTask : IDisposable
             features = Task.Pooling switch
             {
                 Pooling.Cls => encoded.PoolerOutput!,
-                Pooling.Mean => Ops.MixRows(tape, MeanMatrix(inputs), b, features),
+                Pooling.Mean => Ops.MixRows(tape, inputs.MeanPooling([.. Enumerable.Range(0, b)]), b, features),
                 _ => Ops.GatherRows(tape, features, clsRows),
             };
         }
@@ -263,20 +263,6 @@ public sealed class BertForTask : IDisposable
     private int HeadDropoutSite => 1 + 3 * Config.NumHiddenLayers;
 
     /// <summary>[B, B·S]: row b averages the real (attention-mask 1) tokens of sequence b.</summary>
-    private static float[] MeanMatrix(BertInputs inputs)
-    {
-        int b = inputs.Batch, s = inputs.SeqLen;
-        var m = new float[(long)b * b * s];
-        for (int r = 0; r < b; r++)
-        {
-            int count = 0;
-            for (int t = 0; t < s; t++) count += inputs.AttentionMask[r * s + t];
-            for (int t = 0; t < s; t++)
-                if (inputs.AttentionMask[r * s + t] != 0) m[(long)r * b * s + r * s + t] = 1f / count;
-        }
-        return m;
-    }
-
     public void ZeroGrad()
     {
         foreach (var p in Parameters.All) p.Var.ZeroGrad();

@@ -28,6 +28,23 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
             Flat("attention_mask", attentionMask, 1), labels is null ? null : Flat("labels", labels, -100), nextSentenceLabel);
     }
 
+    /// <summary>
+    /// Mean pooling as a matrix for <see cref="Autograd.Ops.MixRows"/>: [rows.Count, B·S], its i-th row
+    /// averaging the real tokens (attention mask 1) of batch row rows[i].
+    /// </summary>
+    public float[] MeanPooling(IReadOnlyList<int> rows)
+    {
+        var m = new float[(long)rows.Count * Batch * SeqLen];
+        for (int i = 0; i < rows.Count; i++)
+        {
+            int r = rows[i], count = 0;
+            for (int t = 0; t < SeqLen; t++) count += AttentionMask[r * SeqLen + t];
+            for (int t = 0; t < SeqLen; t++)
+                if (AttentionMask[r * SeqLen + t] != 0) m[(long)i * Batch * SeqLen + r * SeqLen + t] = 1f / count;
+        }
+        return m;
+    }
+
     /// <summary>Every id in range for the config, every length consistent; the message names the first problem.</summary>
     public void Validate(BertConfig config)
     {
