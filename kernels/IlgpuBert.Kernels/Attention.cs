@@ -4,10 +4,14 @@
 //
 // Layouts, chosen so no transposes are needed around the fused QKV projection:
 //   qkv     [B, S, 3, NH, HD]   the QKV GEMM's output (q, k, v for each head side by side)
-//   mask    [B, S] int          HF's attention_mask per key: 1 attend, 0 masked (optional)
+//   mask    [B, S] int          per key: 0 masked, 1 seen by every query, 2 (CausalKey) seen only by
+//                               queries at or after it (optional; HF's attention_mask is the 0/1 case)
 //   context [B, S, NH·HD]       ready for the output projection
 //   lse     [B, NH, S]          log-Σ-exp of each query row, saved for backward
 //   dQkv    [B, S, 3, NH, HD]   the gradient in the same fused layout
+// UniLM's attention masks (Dong et al. 2019) are mask values: bidirectional = all 1, left-to-right =
+// all 2, prefix (seq2seq) = 1 over the source segment and 2 over the target after it (source
+// queries then never see the target; target queries see the source and the target up to themselves).
 // Masked keys get probability exactly 0. A query row whose keys are all masked gets context 0 and
 // lse = +∞ (so every recomputed probability is exp(s − ∞) = 0), never NaN.
 // Dropout draws element ((b·NH + h)·S + i)·S + j of Philox (see Dropout.cs): the same bits the
@@ -78,14 +82,33 @@ public struct AttentionShape
         return DropoutKernels.Keeps(Philox.Word(Seed, Step, TensorId, index), DropoutP) ? 1f / (1f - DropoutP) : 0f;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal readonly bool Attends(ArrayView<int> mask, int b, int j) => HasMask == 0 || mask[(long)b * SeqLen + j] != 0;
+    /// <summary>A key's mask value seen only by queries at or after its position (UniLM's left-to-right and target tokens).</summary>
+    public const int CausalKey = 2;
 
-    /// <summary>1 or 0 for keys j … j + 3 of sequence b: attended and inside the sequence.</summary>
+    /// <summary>Whether query i sees key j of sequence b.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal readonly Float4 Attends4(ArrayView<int> mask, int b, int j) => new(
-        j < SeqLen && Attends(mask, b, j) ? 1f : 0f, j + 1 < SeqLen && Attends(mask, b, j + 1) ? 1f : 0f,
-        j + 2 < SeqLen && Attends(mask, b, j + 2) ? 1f : 0f, j + 3 < SeqLen && Attends(mask, b, j + 3) ? 1f : 0f);
+    internal readonly bool Attends(ArrayView<int> mask, int b, int i, int j)
+    {
+        if (HasMask == 0) return true;
+        int m = mask[(long)b * SeqLen + j];
+        return m != 0 && (m != CausalKey || j <= i);
+    }
+
+    /// <summary>The mask values of keys j … j + 3 of sequence b as floats (0 past the sequence, 1 everywhere without a mask).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal readonly Float4 KeyKinds4(ArrayView<int> mask, int b, int j) => new(KeyKind(mask, b, j), KeyKind(mask, b, j + 1),
+        KeyKind(mask, b, j + 2), KeyKind(mask, b, j + 3));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private readonly float KeyKind(ArrayView<int> mask, int b, int j) => j >= SeqLen ? 0f : HasMask == 0 ? 1f : mask[(long)b * SeqLen + j];
+
+    /// <summary>1 or 0 for keys j … j + 3 (of kinds <paramref name="kinds"/>) as seen by query i.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Float4 Visible4(Float4 kinds, int i, int j) => new(Visible(kinds.X, i, j), Visible(kinds.Y, i, j + 1),
+        Visible(kinds.Z, i, j + 2), Visible(kinds.W, i, j + 3));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Visible(float kind, int i, int j) => kind != 0f && (kind != CausalKey || j <= i) ? 1f : 0f;
 }
 
 public sealed class AttentionKernels
@@ -398,10 +421,10 @@ public sealed class AttentionKernels
             Group.Barrier();
 
             int j = j0 + col;
-            var attend = a.Attends4(mask, b, j);
+            var kinds = a.KeyKinds4(mask, b, j);
             var sc = Scores(q4, k4, hd8, rg, cg);
             for (int x = 0; x < 4; x++)
-                red[(row + x) * 8 + cg] = Max4(MaskRow(sc.Row(x), a.Scale, attend));
+                red[(row + x) * 8 + cg] = Max4(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(kinds, i0 + row + x, j)));
             Group.Barrier();
 
             // Online softmax, a row at a time: the new running max, the rescale of what was
@@ -413,7 +436,7 @@ public sealed class AttentionKernels
             {
                 float mOld = m[x], mNew = MathF.Max(mOld, MaxPartials(red4, row + x));
                 float rescale = Rescale(mOld, mNew);
-                var p = Exp(MaskRow(sc.Row(x), a.Scale, attend), mNew);
+                var p = Exp(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(kinds, i0 + row + x, j)), mNew);
                 l = l.With(x, l[x] * rescale + p.X + p.Y + p.Z + p.W);
                 m = m.With(x, mNew);
                 alpha = alpha.With(x, rescale);
@@ -482,13 +505,13 @@ public sealed class AttentionKernels
             LoadTransposed(head, head4, ks, a, 1, j0, FlashK, t);
             Group.Barrier();
             int j = j0 + col;
-            var attend = a.Attends4(mask, b, j);
+            var kinds = a.KeyKinds4(mask, b, j);
             var sc = Scores(q4, k4, hd8, rg, cg);
             for (int x = 0; x < 4; x++)
             {
                 int i = i0 + row + x;
                 if (i >= s) break;
-                var p = Exp(MaskRow(sc.Row(x), a.Scale, attend), rowLse[x]);
+                var p = Exp(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(kinds, i, j)), rowLse[x]);
                 long off = a.Row(b, h, i) * s + j;
                 if (j < s) probs[off] = p.X;
                 if (j + 1 < s) probs[off + 1] = p.Y;
@@ -564,7 +587,7 @@ public sealed class AttentionKernels
             for (int e = t; e < FwdQ * FwdK; e += g)
             {
                 int r = e / FwdK, c = e % FwdK, i = i0 + r, j = j0 + c;
-                sc[e] = i < s && j < s && a.Attends(mask, b, j) ? Dot(q, r * hd, k, c * hd, hd) * a.Scale : float.NegativeInfinity;
+                sc[e] = i < s && j < s && a.Attends(mask, b, i, j) ? Dot(q, r * hd, k, c * hd, hd) * a.Scale : float.NegativeInfinity;
             }
             Group.Barrier();
             for (int r = t; r < FwdQ; r += g)
@@ -633,7 +656,7 @@ public sealed class AttentionKernels
                 int r = e / FwdK, c = e % FwdK, i = i0 + r, j = j0 + c;
                 if (i < s && j < s)
                 {
-                    float score = a.Attends(mask, b, j) ? Dot(q, r * hd, k, c * hd, hd) * a.Scale : float.NegativeInfinity;
+                    float score = a.Attends(mask, b, i, j) ? Dot(q, r * hd, k, c * hd, hd) * a.Scale : float.NegativeInfinity;
                     probs[a.Row(b, h, i) * s + j] = MathF.Exp(score - rowM[r]);
                 }
             }
@@ -708,7 +731,7 @@ public sealed class AttentionKernels
             {
                 int r = e / DkvK, c = e % DkvK, i = i0 + r, j = j0 + c;
                 float p = 0f, keep = 0f, dp = 0f;
-                if (i < s && j < s && a.Attends(mask, b, j))
+                if (i < s && j < s && a.Attends(mask, b, i, j))
                 {
                     p = MathF.Exp(Dot(q, r * hd, k, c * hd, hd) * a.Scale - rowLse[r]);
                     keep = a.Keep(b, h, i, j);
@@ -787,7 +810,7 @@ public sealed class AttentionKernels
             {
                 int r = e / DqK, c = e % DqK, i = i0 + r, j = j0 + c;
                 float dsv = 0f;
-                if (i < s && j < s && a.Attends(mask, b, j))
+                if (i < s && j < s && a.Attends(mask, b, i, j))
                 {
                     float p = MathF.Exp(Dot(q, r * hd, k, c * hd, hd) * a.Scale - rowLse[r]);
                     float dp = Dot(dO, r * hd, v, c * hd, hd) * a.Keep(b, h, i, j);
@@ -812,7 +835,7 @@ public sealed class AttentionKernels
         }
     }
 
-    /// <summary>Scores of masked keys → −∞ (the materialised path's mask, before softmax).</summary>
+    /// <summary>Scores of keys a query does not see → −∞ (the materialised path's mask, before softmax).</summary>
     [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void MaskScoresKernel(ArrayView<float> scores, ArrayView<int> mask, AttentionShape a)
@@ -821,9 +844,9 @@ public sealed class AttentionKernels
         long step = GridStride.Step;
         for (long e = GridStride.Start; e < n; e += step)
         {
-            int j = (int)(e % a.SeqLen);
+            int j = (int)(e % a.SeqLen), i = (int)(e / a.SeqLen % a.SeqLen);
             int b = (int)(e / ((long)a.Heads * a.SeqLen * a.SeqLen));
-            if (mask[(long)b * a.SeqLen + j] == 0) scores[e] = float.NegativeInfinity;
+            if (!a.Attends(mask, b, i, j)) scores[e] = float.NegativeInfinity;
         }
     }
 }

@@ -68,8 +68,8 @@ internal static unsafe class HostAttention
         int s = a.SeqLen, hd = a.HeadDim, sp = (s + 15) & ~15;
         int need = hd * sp + s * hd + QueryBlock * sp + 2 * sp;
         if (headBuffer is null || headBuffer.Length < need) headBuffer = GC.AllocateUninitializedArray<float>(need, pinned: true);
-        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyBias = scores + QueryBlock * sp, keep = keyBias + sp;
-        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyBias);
+        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyFrom = scores + QueryBlock * sp, keep = keyFrom + sp;
+        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyFrom);
         for (int j = 0; j < s; j++) new Span<float>(qkv + a.Qkv(b, j, 2, h, 0), hd).CopyTo(new Span<float>(v + j * hd, hd));
 
         for (int i0 = 0; i0 < s; i0 += QueryBlock)
@@ -78,7 +78,7 @@ internal static unsafe class HostAttention
             float* q0 = qkv + a.Qkv(b, i0, 0, h, 0), q1 = qkv + a.Qkv(b, i0 + Math.Min(1, rows - 1), 0, h, 0);
             float* q2 = qkv + a.Qkv(b, i0 + Math.Min(2, rows - 1), 0, h, 0), q3 = qkv + a.Qkv(b, i0 + Math.Min(3, rows - 1), 0, h, 0);
             FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, scores);
-            MaskScores(scores, keyBias, a.Scale, sp);
+            MaskScores(scores, keyFrom, i0, a.Scale, sp);
             for (int r = 0; r < rows; r++)
             {
                 float* row = scores + r * sp;
@@ -156,7 +156,7 @@ internal static unsafe class HostAttention
         for (int i = 0; i < s; i++)
         {
             float* q = qkv + a.Qkv(b, i, 0, h, 0);
-            float max = Scores(q, qkv, mask, b, h, scores, a);
+            float max = Scores(q, i, qkv, mask, b, h, scores, a);
             float* o = context + a.Ctx(b, i, h, 0);
             long row = a.Row(b, h, i);
             if (max == float.NegativeInfinity)
@@ -207,7 +207,7 @@ internal static unsafe class HostAttention
             new Span<float>(dq, hd).Clear();
             float rowLse = lse[a.Row(b, h, i)];
             if (rowLse == float.PositiveInfinity) continue; // fully masked row: no gradient flows
-            Scores(q, qkv, mask, b, h, scores, a);
+            Scores(q, i, qkv, mask, b, h, scores, a);
             // P, the dropped P and dP; D = Σ P ⊙ dP (equal to rowsum(dO ⊙ O)).
             float dSum = 0f;
             for (int j = 0; j < s; j++)
@@ -247,8 +247,8 @@ internal static unsafe class HostAttention
         if (backwardBuffer is null || backwardBuffer.Length < need) backwardBuffer = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
         float* kt = (float*)Unsafe.AsPointer(ref backwardBuffer[0]), vt = kt + hd * sp;
         float* qRows = vt + hd * sp, kRows = qRows + sp * hp, dORows = kRows + sp * hp, dK = dORows + sp * hp, dV = dK + sp * hp;
-        float* p = dV + sp * hp, dp = p + QueryBlock * sp, dq = dp + QueryBlock * sp, keyBias = dq + QueryBlock * hp, keep = keyBias + sp;
-        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyBias);
+        float* p = dV + sp * hp, dp = p + QueryBlock * sp, dq = dp + QueryBlock * sp, keyFrom = dq + QueryBlock * hp, keep = keyFrom + sp;
+        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyFrom);
         for (int j = 0; j < sp; j++)
         {
             float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0), v = qkv + a.Qkv(b, Math.Min(j, s - 1), 2, h, 0);
@@ -272,7 +272,7 @@ internal static unsafe class HostAttention
             float* q0 = qRows + i0 * hp, q1 = q0 + hp, q2 = q1 + hp, q3 = q2 + hp;     // rows past s are zero
             float* o0 = dORows + i0 * hp, o1 = o0 + hp, o2 = o1 + hp, o3 = o2 + hp;
             FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, p);
-            MaskScores(p, keyBias, a.Scale, sp);
+            MaskScores(p, keyFrom, i0, a.Scale, sp);
             FourRowsTimes(o0, o1, o2, o3, vt, hd, sp, dp);
             // Per row: P = exp(s − lse) (0 where masked), dropout's keep on dP, D = Σ P ⊙ dP; then dS = P ⊙ (dP − D)/√HD
             // replaces P and P̃ = P ⊙ keep replaces dP.
@@ -344,18 +344,27 @@ internal static unsafe class HostAttention
     }
 
     /// <summary>
-    /// Kᵀ of head h of sequence b into kt [HD × sp] (padding keys 0) and its key bias: 0 for a key that
-    /// is attended, −∞ for a masked or padding one (once per head, not per query row).
+    /// Kᵀ of head h of sequence b into kt [HD × sp] (padding keys 0) and for each key the first query
+    /// that sees it: 0 for a key every query sees, j for a causal key j, +∞ for a masked or padding
+    /// key (once per head, not per query row).
     /// </summary>
-    private static void KeysOfHead(int b, int h, float* qkv, int* mask, AttentionShape a, int sp, float* kt, float* keyBias)
+    private static void KeysOfHead(int b, int h, float* qkv, int* mask, AttentionShape a, int sp, float* kt, float* keyFrom)
     {
         int s = a.SeqLen, hd = a.HeadDim;
         for (int j = 0; j < sp; j++)
         {
-            keyBias[j] = j < s && (mask == null || mask[(long)b * s + j] != 0) ? 0f : float.NegativeInfinity;
+            keyFrom[j] = FirstQuerySeeing(mask, b, j, s);
             float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0);
             for (int d = 0; d < hd; d++) kt[d * sp + j] = j < s ? k[d] : 0f;
         }
+    }
+
+    /// <summary>The first query row that sees key j: 0, j (a causal key) or +∞ (masked, or past the sequence).</summary>
+    private static float FirstQuerySeeing(int* mask, int b, int j, int s)
+    {
+        if (j >= s) return float.PositiveInfinity;
+        int m = mask == null ? 1 : mask[(long)b * s + j];
+        return m == 0 ? float.PositiveInfinity : m == AttentionShape.CausalKey ? j : 0f;
     }
 
     /// <summary>output[r·sp + j] = Σ_d x_r[d]·m[d·sp + j] for four rows x_r and sp columns, 16 columns per step (one accumulator per row).</summary>
@@ -377,17 +386,23 @@ internal static unsafe class HostAttention
         }
     }
 
-    /// <summary>Four score rows scaled by 1/√HD where the key is attended and set to −∞ where not (selected, not added: −∞ even where a score overflowed).</summary>
+    /// <summary>
+    /// Four score rows (queries i0 … i0 + 3) scaled by 1/√HD where the query sees the key and set to
+    /// −∞ where not (selected, not added: −∞ even where a score overflowed).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MaskScores(float* scores, float* keyBias, float scale, int sp)
+    private static void MaskScores(float* scores, float* keyFrom, int i0, float scale, int sp)
     {
         var vs = Vector512.Create(scale);
+        var minusInf = Vector512.Create(float.NegativeInfinity);
         for (int j = 0; j < sp; j += 16)
         {
-            var bias = Vector512.Load(keyBias + j);
-            var attended = Vector512.Equals(bias, Vector512<float>.Zero);
+            var from = Vector512.Load(keyFrom + j);
             for (int r = 0; r < QueryBlock; r++)
-                Vector512.ConditionalSelect(attended, Vector512.Load(scores + r * sp + j) * vs, bias).Store(scores + r * sp + j);
+            {
+                var seen = Vector512.LessThanOrEqual(from, Vector512.Create((float)(i0 + r)));
+                Vector512.ConditionalSelect(seen, Vector512.Load(scores + r * sp + j) * vs, minusInf).Store(scores + r * sp + j);
+            }
         }
     }
 
@@ -413,14 +428,14 @@ internal static unsafe class HostAttention
         }
     }
 
-    /// <summary>scores[j] = q·k_j/√HD (−∞ where masked); returns the row maximum.</summary>
-    private static float Scores(float* q, float* qkv, int* mask, int b, int h, float* scores, AttentionShape a)
+    /// <summary>scores[j] = q·k_j/√HD for query row i (−∞ where it does not see key j); returns the row maximum.</summary>
+    private static float Scores(float* q, int i, float* qkv, int* mask, int b, int h, float* scores, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim;
         float max = float.NegativeInfinity;
         for (int j = 0; j < s; j++)
         {
-            float v = mask == null || mask[(long)b * s + j] != 0 ? Dot(q, qkv + a.Qkv(b, j, 1, h, 0), hd) * a.Scale : float.NegativeInfinity;
+            float v = FirstQuerySeeing(mask, b, j, s) <= i ? Dot(q, qkv + a.Qkv(b, j, 1, h, 0), hd) * a.Scale : float.NegativeInfinity;
             scores[j] = v;
             max = MathF.Max(max, v);
         }

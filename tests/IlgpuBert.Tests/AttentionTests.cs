@@ -8,7 +8,8 @@ namespace IlgpuBert.Tests;
 public class AttentionTests
 {
     /// <summary>
-    /// Naive double attention: softmax(QKᵀ/√HD with masked keys at −∞), dropout with the same
+    /// Naive double attention: softmax(QKᵀ/√HD with keys the query does not see at −∞: mask 0, or
+    /// mask 2 after the query), dropout with the same
     /// Philox bits as the kernels, times V. Returns context [B, S, NH·HD], probabilities before
     /// dropout [B, NH, S, S] and lse [B, NH, S] (+∞ for fully masked rows).
     /// </summary>
@@ -26,7 +27,8 @@ public class AttentionTests
                     var sc = new double[s];
                     for (int j = 0; j < s; j++)
                     {
-                        if (mask is not null && mask[b * s + j] == 0) { sc[j] = double.NegativeInfinity; continue; }
+                        int kind = mask is null ? 1 : mask[b * s + j];
+                        if (kind == 0 || (kind == AttentionShape.CausalKey && j > i)) { sc[j] = double.NegativeInfinity; continue; }
                         double dot = 0;
                         for (int d = 0; d < hd; d++) dot += qkv[a.Qkv(b, i, 0, h, d)] * qkv[a.Qkv(b, j, 1, h, d)];
                         sc[j] = dot * scale;
@@ -50,6 +52,85 @@ public class AttentionTests
 
     private static int[] PaddingMask(int batch, int s, int[] lengths) =>
         Enumerable.Range(0, batch * s).Select(e => e % s < lengths[e / s] ? 1 : 0).ToArray();
+
+    /// <summary>UniLM's masks as mask values: per sequence, keys before its prefix are seen by all (1), later real keys only from their own position on (2).</summary>
+    private static int[] PrefixMask(int s, int[] lengths, int[] prefixes) =>
+        Enumerable.Range(0, lengths.Length * s).Select(e => e % s >= lengths[e / s] ? 0 : e % s < prefixes[e / s] ? 1 : AttentionShape.CausalKey).ToArray();
+
+    /// <summary>The prefix of each of three sequences (lengths 37 or 19, a shorter one, 0) in each UniLM mode.</summary>
+    private static int[] Prefixes(string mode, int s) => mode switch
+    {
+        "bidirectional" => [s, s, s],
+        "left-to-right" => [0, 0, 0],
+        "prefix" => [11, 5, 0],
+        _ => throw new ArgumentException(mode),
+    };
+
+    public static TheoryData<string, string, int> MaskModeCases()
+    {
+        var data = new TheoryData<string, string, int>();
+        foreach (var dev in Devices.Names)
+            foreach (var mode in new[] { "bidirectional", "left-to-right", "prefix" })
+                foreach (int hd in new[] { 24, 128 }) // the flash kernel and the general one on GPUs; a padded head on the host
+                    data.Add(dev, mode, hd);
+        return data;
+    }
+
+    /// <summary>
+    /// Each UniLM mask mode against the double reference, and what the mode means checked without
+    /// the reference: with future tokens (left-to-right) or the target (prefix) rewritten, the rows
+    /// before them come out bit for bit the same; bidirectional rows all change.
+    /// </summary>
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(MaskModeCases))]
+    public void Forward_follows_each_attention_mask_mode(string device, string mode, int hd)
+    {
+        var d = Devices.Get(device);
+        var a = AttentionShape.Create(3, 37, 2, hd, 0.2f, new DropoutKey(3, 1, 7));
+        var mask = PrefixMask(37, [37, 20, 0], Prefixes(mode, 37));
+        var qkv = Rand.Normal(new Random(hd + mode.Length), a.QkvLength);
+        using var bmask = d.Upload(mask);
+        float[] Context(float[] x)
+        {
+            using var bqkv = d.Upload(x);
+            using var bctx = d.Poisoned(a.ContextLength);
+            using var blse = d.Poisoned(a.RowCount);
+            using var bprobs = d.Poisoned(a.RowCount * a.SeqLen);
+            d.Kernels.Attention.Forward(bqkv.View, bmask.View, bctx.View, blse.View, a, bprobs.View);
+            var (ctx, probs, _) = ReferenceAttention(Rand.ToDouble(x), mask, a);
+            var got = d.Read(bctx, a.ContextLength);
+            Tol.AssertClose(ctx, got, Tol.F32Reduction, "context");
+            Tol.AssertClose(probs, d.Read(bprobs, a.RowCount * a.SeqLen), Tol.F32Reduction, "probabilities");
+            return got;
+        }
+        var before = Context(qkv);
+        // Rewrite q, k and v of sequence 0 from position t on.
+        int t = mode == "prefix" ? Prefixes(mode, 37)[0] : 13;
+        var changed = qkv.ToArray();
+        for (int i = t; i < a.SeqLen; i++)
+            for (int part = 0; part < 3; part++)
+                for (int h = 0; h < a.Heads; h++)
+                    for (int x = 0; x < hd; x++)
+                        changed[a.Qkv(0, i, part, h, x)] += 1f;
+        var after = Context(changed);
+        for (int i = 0; i < t; i++)
+        {
+            var rowBefore = before.AsSpan((int)a.Ctx(0, i, 0, 0), a.Hidden).ToArray();
+            var rowAfter = after.AsSpan((int)a.Ctx(0, i, 0, 0), a.Hidden).ToArray();
+            if (mode == "bidirectional") Assert.NotEqual(rowBefore, rowAfter);
+            else Assert.Equal(rowBefore, rowAfter);
+        }
+    }
+
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(MaskModeCases))]
+    public void Backward_matches_finite_differences_in_each_mask_mode(string device, string mode, int hd)
+    {
+        var a = AttentionShape.Create(3, 19, 2, hd, 0.1f, new DropoutKey(8, 2, 3));
+        CheckBackward(Devices.Get(device), a, PrefixMask(19, [19, 7, 0], Prefixes(mode, 19)), new Random(hd + 3 * mode.Length));
+    }
 
     public static TheoryData<string, int, float> ForwardCases()
     {
@@ -100,10 +181,14 @@ public class AttentionTests
     [MemberData(nameof(BackwardCases))]
     public void Backward_matches_finite_differences(string device, int hd, float dropout)
     {
-        var d = Devices.Get(device);
         var a = AttentionShape.Create(3, 19, 2, hd, dropout, new DropoutKey(5, 9, 2));
-        var mask = PaddingMask(3, 19, [19, 7, 0]);
-        var rng = new Random(hd * 7 + (int)(dropout * 100));
+        CheckBackward(Devices.Get(device), a, PaddingMask(3, 19, [19, 7, 0]), new Random(hd * 7 + (int)(dropout * 100)));
+    }
+
+    /// <summary>dQkv of L = Σ w ⊙ context against central differences of the double reference; the third sequence must be fully masked.</summary>
+    private static void CheckBackward(TestDevice d, AttentionShape a, int[] mask, Random rng)
+    {
+        int hd = a.HeadDim;
         var qkv = Rand.Normal(rng, a.QkvLength);
         var w = Rand.Normal(rng, a.ContextLength); // L = Σ w ⊙ context
         using var bqkv = d.Upload(qkv);

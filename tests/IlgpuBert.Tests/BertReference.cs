@@ -66,7 +66,11 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
                         var sc = new double[s];
                         for (int j = 0; j < s; j++)
                         {
-                            if (x.AttentionMask[bb * s + j] == 0) { sc[j] = double.NegativeInfinity; continue; }
+                            if (x.AttentionMask[bb * s + j] == 0 || (x.AttentionPrefix is { } prefix && j >= prefix[bb] && j > i))
+                            {
+                                sc[j] = double.NegativeInfinity; // masked, or (UniLM) after the prefix and after the query
+                                continue;
+                            }
                             double d = 0;
                             for (int z = 0; z < hd; z++) d += q[(bb * s + i) * h + hh * hd + z] * kk[(bb * s + j) * h + hh * hd + z];
                             sc[j] = d / Math.Sqrt(hd);

@@ -94,6 +94,36 @@ public class ModelTests
         AssertGradientsMatch(model, reference, model.Parameters.Names, () => reference.Forward(inputs).Loss);
     }
 
+    /// <summary>
+    /// UniLM's attention masks through the whole model: row 0 left-to-right, row 1 seq2seq with a
+    /// 3-token source. Hidden states, loss and every parameter's gradient against the double reference.
+    /// </summary>
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void UniLM_attention_masks_match_the_reference_in_outputs_and_every_gradient(string deviceName)
+    {
+        using var device = Devices.OpenBert(deviceName);
+        var config = TinyConfig("gelu");
+        using var model = RandomModel(device, config, 7);
+        var inputs = Batch() with { AttentionPrefix = [0, 3] };
+        float loss;
+        using (var tape = new Tape())
+        {
+            var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+            loss = outputs.ReadLoss()!.Value;
+            var reference = new BertReference(config, HostParameters(model)).Forward(inputs);
+            var tol = new Tol(1e-5, 1e-4, "model outputs");
+            Tol.AssertClose(reference.LastHidden, outputs.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
+            Tol.AssertClose([reference.Loss], [loss], tol, "loss");
+            tape.Backward();
+        }
+        var bidirectional = new BertReference(config, HostParameters(model)).Forward(Batch()).Loss;
+        Assert.True(Math.Abs(bidirectional - loss) > 1e-3, $"the masks change nothing (loss {loss} either way)");
+        var r = new BertReference(config, HostParameters(model));
+        AssertGradientsMatch(model, r, model.Parameters.Names, () => r.Forward(inputs).Loss);
+    }
+
     /// <summary>Each named parameter's gradient against central differences of the reference's loss (1e-5 steps).</summary>
     private static void AssertGradientsMatch(BertForPreTraining model, BertReference reference, IEnumerable<string> names, Func<double> loss)
     {
@@ -352,6 +382,10 @@ public class ModelTests
         Assert.Contains("token_type_ids[0][1] = 2", Assert.Throws<ArgumentException>(() => BertInputs.FromRows([[1, 2]], [[0, 2]]).Validate(c)).Message);
         Assert.Contains("exceeds max_position_embeddings", Assert.Throws<ArgumentException>(() => BertInputs.FromRows([new int[13]]).Validate(c)).Message);
         Assert.Contains("ragged", Assert.Throws<ArgumentException>(() => BertInputs.FromRows([[1, 2], [3]], [[0, 0], [0]])).Message);
+        Assert.Contains("attention prefix of row 0 is 3, outside [0, 2]",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { AttentionPrefix = [3] }).Validate(c)).Message);
+        Assert.Contains("attention prefix has 2 entries, expected 1",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { AttentionPrefix = [0, 1] }).Validate(c)).Message);
     }
 }
 

@@ -167,7 +167,7 @@ public sealed class BertModel
         int b = inputs.Batch, s = inputs.SeqLen;
         var ids = tape.Own(new DeviceInts(Device, inputs.InputIds));
         var types = tape.Own(new DeviceInts(Device, inputs.TokenTypeIds));
-        var mask = tape.Own(new DeviceInts(Device, inputs.AttentionMask));
+        var mask = tape.Own(new DeviceInts(Device, inputs.KeyMask()));
 
         var hidden = Embeddings.Forward(tape, c, ids, types, b, s, dropouts);
         if (hooks?.EmbeddingOutput is { } perturb) hidden = perturb(hidden);

@@ -5,7 +5,8 @@ namespace IlgpuBert.Model;
 /// <summary>
 /// One batch in HF's terms: input_ids, token_type_ids and attention_mask as [B, S] row-major,
 /// optional MLM labels [B, S] (−100 = ignored) and next_sentence_label [B]; for pretraining, labels
-/// of the model's auxiliary token heads by head name ([B, S] of 0/1, −100 = ignored).
+/// of the model's auxiliary token heads by head name ([B, S] of 0/1, −100 = ignored); and, for
+/// UniLM's attention masks, <see cref="AttentionPrefix"/>.
 /// </summary>
 public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] TokenTypeIds, int[] AttentionMask,
     int[]? Labels = null, int[]? NextSentenceLabel = null, IReadOnlyDictionary<string, int[]>? AuxLabels = null)
@@ -26,6 +27,26 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
         }
         return new BertInputs(inputIds.Count, s, Flat("input_ids", inputIds, 0), Flat("token_type_ids", tokenTypeIds, 0),
             Flat("attention_mask", attentionMask, 1), labels is null ? null : Flat("labels", labels, -100), nextSentenceLabel);
+    }
+
+    /// <summary>
+    /// UniLM's attention masks (Dong et al. 2019), one int per row [B]: every token sees the row's
+    /// first P positions, and a position at or after P only from itself on. P = S is bidirectional
+    /// (the default when null), 0 left-to-right, the source's length (with its [SEP]) seq2seq.
+    /// </summary>
+    public int[]? AttentionPrefix { get; init; }
+
+    /// <summary>
+    /// The attention kernels' key mask [B, S]: attention_mask itself, or with <see cref="AttentionPrefix"/>
+    /// 1 before each row's prefix and <see cref="Kernels.AttentionShape.CausalKey"/> after it (0 stays 0).
+    /// </summary>
+    public int[] KeyMask()
+    {
+        if (AttentionPrefix is null) return AttentionMask;
+        var m = new int[AttentionMask.Length];
+        for (int i = 0; i < m.Length; i++)
+            m[i] = AttentionMask[i] == 0 ? 0 : i % SeqLen < AttentionPrefix[i / SeqLen] ? 1 : Kernels.AttentionShape.CausalKey;
+        return m;
     }
 
     /// <summary>
@@ -61,6 +82,10 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
         Length("attention_mask", AttentionMask, n);
         Length("labels", Labels, n);
         Length("next_sentence_label", NextSentenceLabel, Batch);
+        Length("attention prefix", AttentionPrefix, Batch);
+        for (int r = 0; r < Batch && AttentionPrefix is not null; r++)
+            if ((uint)AttentionPrefix[r] > (uint)SeqLen)
+                throw new ArgumentException($"attention prefix of row {r} is {AttentionPrefix[r]}, outside [0, {SeqLen}]");
         for (int i = 0; i < n; i++)
         {
             if ((uint)InputIds[i] >= (uint)config.VocabSize)
