@@ -33,27 +33,18 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
         return y;
     }
 
-    private double[] LayerNorm(double[] x, int n, string prefix) =>
-        Reference.LayerNorm(x, null, P[prefix + ".weight"], P[prefix + ".bias"], n, c.HiddenSize, c.LayerNormEps).Y;
+    private double[] LayerNorm(double[] x, int n, string prefix, int? width = null) =>
+        Reference.LayerNorm(x, null, P[prefix + ".weight"], P[prefix + ".bias"], n, width ?? c.HiddenSize, c.LayerNormEps).Y;
 
     private static double CrossEntropy(double[] logits, int[] labels, int rows, int v) => Reference.CrossEntropy(logits, labels, rows, v);
 
-    public Outputs Forward(BertInputs x)
+    /// <summary>The encoder layers of a model of config <paramref name="g"/> whose tensors are named <paramref name="prefix"/> + HF's names.</summary>
+    private double[] Encoder(double[] hidden, BertInputs x, BertConfig g, string prefix, List<double[]>? states = null, List<double[]>? attentions = null)
     {
-        int b = x.Batch, s = x.SeqLen, h = c.HiddenSize, t = b * s, nh = c.NumAttentionHeads, hd = c.HeadDim;
-        var word = P["bert.embeddings.word_embeddings.weight"];
-        var pos = P["bert.embeddings.position_embeddings.weight"];
-        var type = P["bert.embeddings.token_type_embeddings.weight"];
-        var e = new double[t * h];
-        for (int k = 0; k < t; k++)
-            for (int j = 0; j < h; j++)
-                e[k * h + j] = word[x.InputIds[k] * h + j] + pos[k % s * h + j] + type[x.TokenTypeIds[k] * h + j];
-        var hidden = LayerNorm(e, t, "bert.embeddings.LayerNorm");
-        var states = new List<double[]> { hidden };
-        var attentions = new List<double[]>();
-        for (int l = 0; l < c.NumHiddenLayers; l++)
+        int b = x.Batch, s = x.SeqLen, h = g.HiddenSize, t = b * s, nh = g.NumAttentionHeads, hd = g.HeadDim;
+        for (int l = 0; l < g.NumHiddenLayers; l++)
         {
-            string at = $"bert.encoder.layer.{l}.";
+            string at = $"{prefix}bert.encoder.layer.{l}.";
             var q = Linear(hidden, t, h, P[at + "attention.self.query.weight"], P[at + "attention.self.query.bias"], h);
             var kk = Linear(hidden, t, h, P[at + "attention.self.key.weight"], P[at + "attention.self.key.bias"], h);
             var v = Linear(hidden, t, h, P[at + "attention.self.value.weight"], P[at + "attention.self.value.bias"], h);
@@ -66,7 +57,7 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
                         var sc = new double[s];
                         for (int j = 0; j < s; j++)
                         {
-                            if (x.AttentionMask[bb * s + j] == 0 || (x.AttentionPrefix is { } prefix && j >= prefix[bb] && j > i))
+                            if (x.AttentionMask[bb * s + j] == 0 || (x.AttentionPrefix is { } visible && j >= visible[bb] && j > i))
                             {
                                 sc[j] = double.NegativeInfinity; // masked, or (UniLM) after the prefix and after the query
                                 continue;
@@ -81,14 +72,55 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
                             for (int z = 0; z < hd; z++)
                                 ctx[(bb * s + i) * h + hh * hd + z] += pr[j] * v[(bb * s + j) * h + hh * hd + z];
                     }
-            attentions.Add(probs);
+            attentions?.Add(probs);
             var attn = Linear(ctx, t, h, P[at + "attention.output.dense.weight"], P[at + "attention.output.dense.bias"], h);
-            var h1 = LayerNorm(attn.Select((a, i) => a + hidden[i]).ToArray(), t, at + "attention.output.LayerNorm");
-            var inter = Linear(h1, t, h, P[at + "intermediate.dense.weight"], P[at + "intermediate.dense.bias"], c.IntermediateSize).Select(Act).ToArray();
-            var o = Linear(inter, t, c.IntermediateSize, P[at + "output.dense.weight"], P[at + "output.dense.bias"], h);
-            hidden = LayerNorm(o.Select((a, i) => a + h1[i]).ToArray(), t, at + "output.LayerNorm");
-            states.Add(hidden);
+            var h1 = LayerNorm(attn.Select((a, i) => a + hidden[i]).ToArray(), t, at + "attention.output.LayerNorm", h);
+            var inter = Linear(h1, t, h, P[at + "intermediate.dense.weight"], P[at + "intermediate.dense.bias"], g.IntermediateSize).Select(Act).ToArray();
+            var o = Linear(inter, t, g.IntermediateSize, P[at + "output.dense.weight"], P[at + "output.dense.bias"], h);
+            hidden = LayerNorm(o.Select((a, i) => a + h1[i]).ToArray(), t, at + "output.LayerNorm", h);
+            states?.Add(hidden);
         }
+        return hidden;
+    }
+
+    /// <summary>
+    /// ELECTRA's generator (config <paramref name="g"/>, tensors "generator.…") on the masked batch:
+    /// this model's embeddings, projected to the generator's width, its layers, its MLM head back to
+    /// this width with the decoder tied to this model's word embeddings; the MLM loss over the labels.
+    /// </summary>
+    public double GeneratorLoss(BertInputs x, BertConfig g)
+    {
+        int t = x.Batch * x.SeqLen, h = c.HiddenSize;
+        var hidden = Linear(Embed(x), t, h, P["generator.electra.embeddings_project.weight"], P["generator.electra.embeddings_project.bias"], g.HiddenSize);
+        hidden = Encoder(hidden, x, g, "generator.");
+        var tr = Linear(hidden, t, g.HiddenSize, P["generator.generator_predictions.dense.weight"], P["generator.generator_predictions.dense.bias"], h).Select(Act).ToArray();
+        tr = LayerNorm(tr, t, "generator.generator_predictions.LayerNorm");
+        var logits = Linear(tr, t, h, P["bert.embeddings.word_embeddings.weight"], P["generator.generator_lm_head.bias"], c.VocabSize);
+        return CrossEntropy(logits, x.Labels!, t, c.VocabSize);
+    }
+
+    /// <summary>The embedding layer's output: word + position + token type, LayerNorm.</summary>
+    private double[] Embed(BertInputs x)
+    {
+        int s = x.SeqLen, h = c.HiddenSize, t = x.Batch * s;
+        var word = P["bert.embeddings.word_embeddings.weight"];
+        var pos = P["bert.embeddings.position_embeddings.weight"];
+        var type = P["bert.embeddings.token_type_embeddings.weight"];
+        var e = new double[t * h];
+        for (int k = 0; k < t; k++)
+            for (int j = 0; j < h; j++)
+                e[k * h + j] = word[x.InputIds[k] * h + j] + pos[k % s * h + j] + type[x.TokenTypeIds[k] * h + j];
+        return LayerNorm(e, t, "bert.embeddings.LayerNorm");
+    }
+
+    public Outputs Forward(BertInputs x)
+    {
+        int b = x.Batch, s = x.SeqLen, h = c.HiddenSize, t = b * s;
+        var word = P["bert.embeddings.word_embeddings.weight"];
+        var hidden = Embed(x);
+        var states = new List<double[]> { hidden };
+        var attentions = new List<double[]>();
+        hidden = Encoder(hidden, x, c, "", states, attentions);
         var cls = Enumerable.Range(0, b).SelectMany(bb => hidden.Skip(bb * s * h).Take(h)).ToArray();
         var pooled = Linear(cls, b, h, P["bert.pooler.dense.weight"], P["bert.pooler.dense.bias"], h).Select(Math.Tanh).ToArray();
         var tr = Linear(hidden, t, h, P["cls.predictions.transform.dense.weight"], P["cls.predictions.transform.dense.bias"], h).Select(Act).ToArray();

@@ -1,6 +1,7 @@
 using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
 using IlgpuBert.Model;
+using IlgpuBert.Pretraining;
 using IlgpuBert.Runtime;
 
 namespace IlgpuBert.Tests;
@@ -122,6 +123,96 @@ public class ModelTests
         Assert.True(Math.Abs(bidirectional - loss) > 1e-3, $"the masks change nothing (loss {loss} either way)");
         var r = new BertReference(config, HostParameters(model));
         AssertGradientsMatch(model, r, model.Parameters.Names, () => r.Forward(inputs).Loss);
+    }
+
+    /// <summary>
+    /// ELECTRA: the generator's MLM loss plus λ times the discriminator's replaced-token detection,
+    /// against the double reference (the generator at half width on the discriminator's embeddings,
+    /// the discriminator on the batch the generator's draws corrupted); and the gradient of every
+    /// parameter of both — the shared embeddings get both losses' — against finite differences of
+    /// it, the draws held fixed (no gradient flows through sampling).
+    /// </summary>
+    [Fact]
+    public void Electra_losses_and_every_gradient_of_generator_and_discriminator_match_the_reference()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = TinyConfig("gelu") with { AuxHeads = [ElectraGenerator.RtdHead] };
+        using var model = RandomModel(device, config, 21);
+        using var generator = new ElectraGenerator(model, 0.5);
+        Assert.Equal((8, 1, 16), (generator.Config.HiddenSize, generator.Config.NumAttentionHeads, generator.Config.IntermediateSize));
+        generator.Parameters.Initialize(22);
+        var rng = new Random(23);
+        foreach (var name in generator.Parameters.Names.ToList()) // biases and LayerNorms away from 0 and 1 too
+            generator.Parameters.Set(name, [.. generator.Parameters.Get(name).Select(v => v + (float)(0.1 * (rng.NextDouble() - 0.5)))]);
+        const float lambda = 5f;
+        var inputs = Batch();
+        BertInputs corrupted;
+        float total;
+        using (var tape = new Tape())
+        {
+            var step = generator.Step(tape, inputs, Dropouts.Off, new Random(24));
+            step.Rtd.Weight = lambda;
+            total = step.Mlm.Read() + lambda * step.Rtd.Read();
+            corrupted = step.Corrupted with { AuxLabels = new Dictionary<string, int[]> { [ElectraGenerator.RtdHead] = step.RtdLabels } };
+            tape.Backward();
+        }
+        var p = HostParameters(model);
+        foreach (var name in generator.Parameters.Names) p[name] = Rand.ToDouble(generator.Parameters.Get(name));
+        var reference = new BertReference(config, p);
+        double Total() => reference.GeneratorLoss(inputs, generator.Config) + lambda * reference.Forward(corrupted).Loss;
+        Tol.AssertClose([Total()], [total], new Tol(1e-5, 1e-4, "losses"), "generator MLM + λ·RTD");
+        var tol = new Tol(1e-5, 1e-3, "model gradients");
+        foreach (var (name, grad) in model.Parameters.Names.Select(n => (n, model.Parameters.GetGrad(n)))
+            .Concat(generator.Parameters.Names.Select(n => (n, generator.Parameters.GetGrad(n)))))
+        {
+            var values = reference.P[name];
+            var expected = Reference.NumericGradient(v =>
+            {
+                reference.P[name] = v;
+                return Total();
+            }, values, 1e-5);
+            reference.P[name] = values;
+            Tol.AssertClose(expected, grad, tol, $"d loss / d {name}");
+        }
+    }
+
+    /// <summary>
+    /// ELECTRA's draws follow the generator's softmax (counts within 4.5σ of the expected), and the
+    /// discriminator's input and labels: samples written over the masked positions only, label 1
+    /// exactly where the draw differs from the original, 0 at the other real tokens (a draw of the
+    /// original included), −100 at padding.
+    /// </summary>
+    [Fact]
+    public void Electra_draws_from_the_generator_softmax_and_labels_exactly_the_changed_tokens()
+    {
+        float[] logits = [MathF.Log(0.7f), MathF.Log(0.2f), MathF.Log(0.1f), float.NegativeInfinity, 5f, 5f, 5f, 5f];
+        var rng = new Random(3);
+        var counts = new int[2, 4];
+        const int n = 20_000;
+        for (int t = 0; t < n; t++)
+        {
+            var drawn = ElectraGenerator.Sample(logits, 4, rng);
+            counts[0, drawn[0]]++;
+            counts[1, drawn[1]]++;
+        }
+        double[][] expected = [[0.7, 0.2, 0.1, 0], [0.25, 0.25, 0.25, 0.25]];
+        for (int r = 0; r < 2; r++)
+            for (int j = 0; j < 4; j++)
+            {
+                double p = expected[r][j], sigma = Math.Sqrt(n * p * (1 - p));
+                Assert.InRange(counts[r, j], n * p - 4.5 * sigma - 0.5, n * p + 4.5 * sigma + 0.5);
+            }
+
+        var masked = Batch(); // labels at (0,1), (0,5), (1,2), (1,4); row 1 padded from 5
+        int[] positions = [1, 5, 9, 11];
+        int[] samples = [8, 13, 17, 19]; // (0,1) and (1,2) draw the original (8, 17)
+        var (input, labels) = ElectraGenerator.Corrupt(masked, positions, samples);
+        int[] ids = [.. masked.InputIds];
+        for (int k = 0; k < 4; k++) ids[positions[k]] = samples[k];
+        Assert.Equal(ids, input.InputIds);
+        Assert.Equal([0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, -100, -100], labels);
+        Assert.Equal(masked.AttentionMask, input.AttentionMask);
+        Assert.Null(input.Labels);
     }
 
     /// <summary>Each named parameter's gradient against central differences of the reference's loss (1e-5 steps).</summary>

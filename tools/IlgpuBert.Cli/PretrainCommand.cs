@@ -33,7 +33,10 @@ public static class PretrainCommand
         var masking = Opt("--masking", "token, whole-word, span or phrase", "token");
         var schedule = Opt("--mask-schedule", "static (N fixed masks per example) or dynamic (fresh each epoch)", "dynamic");
         var phrases = new Option<string?>("--phrases") { Description = "phrase masking: a file of multi-word units, one per line" };
-        var objective = Opt("--sentence-objective", "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (the default: two segments of a document find each other among the batch's by mean-pooled encoding) or none", "contrastive");
+        var tokenObjective = Opt("--objective", "mlm (BERT's masked LM), electra (replaced-token detection with a small MLM generator; the discriminator is saved as a BERT folder) or unilm (masked LM under bidirectional, left-to-right and seq2seq attention masks, a third of the rows each)", "mlm");
+        var objective = new Option<string?>("--sentence-objective") { Description = "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (two segments of a document find each other among the batch's by mean-pooled encoding; the default with --objective mlm) or none (the default with electra and unilm)" };
+        var generatorWidth = Opt("--generator-width", "ELECTRA: the generator's hidden size as a share of the discriminator's", d.GeneratorWidth);
+        var rtdWeight = Opt("--rtd-weight", "ELECTRA: λ, the weight of replaced-token detection beside the generator's MLM loss", d.RtdWeight);
         var temperature = Opt("--contrastive-temperature", "τ of the contrastive objective", d.ContrastiveTemperature);
         var aux = new Option<string[]>("--aux") { Description = "ERNIE 2.0 token objectives beside MLM: capitalization, token-document (comma-separated or repeated)", AllowMultipleArgumentsPerToken = true };
         var format = Opt("--input-format", "pairs or full-sentences", "pairs");
@@ -44,16 +47,17 @@ public static class PretrainCommand
         var command = new Command("pretrain", "Pretrain BERT (MLM + a sentence objective) from raw text.")
         {
             model, size, corpus, output, steps, batch, seqLen, seed, lr, warmup, accum, evalEvery, saveEvery, resume, vocabSize,
-            maskRate, maskMix, maskToken, masking, schedule, phrases, objective, aux, temperature, format, maxDocs, outputBias, distributed,
+            maskRate, maskMix, maskToken, masking, schedule, phrases, tokenObjective, objective, aux, temperature, generatorWidth, rtdWeight,
+            format, maxDocs, outputBias, distributed,
         };
         Cli.ProtectModelOutput(command, output, result => result.GetValue(resume) is not null); // --resume continues the run in its folder
         command.SetAction(parse =>
         {
-            T Enum<T>(Option<string> o, params (string Name, T Value)[] values)
+            T Enum<T>(Option<string> o, params (string Name, T Value)[] values) => Choose(o.Name, parse.GetValue(o)!, values);
+            T Choose<T>(string flag, string v, params (string Name, T Value)[] values)
             {
-                string v = parse.GetValue(o)!;
                 foreach (var (name, value) in values) if (name == v) return value;
-                throw new ArgumentException($"{o.Name} must be one of {string.Join(", ", values.Select(x => x.Name))}, got \"{v}\"");
+                throw new ArgumentException($"{flag} must be one of {string.Join(", ", values.Select(x => x.Name))}, got \"{v}\"");
             }
             var (group, log) = Cli.OpenGroup(parse, distributed, stdout);
             var options = new PretrainingOptions
@@ -67,15 +71,21 @@ public static class PretrainCommand
                 Masking = Enum(masking, ("token", MaskingStrategy.Token), ("whole-word", MaskingStrategy.WholeWord), ("span", MaskingStrategy.Span), ("phrase", MaskingStrategy.Phrase)),
                 MaskSchedule = Enum(schedule, ("static", MaskSchedule.Static), ("dynamic", MaskSchedule.Dynamic)),
                 Phrases = parse.GetValue(phrases),
-                SentenceObjective = Enum(objective, ("nsp", SentenceObjective.Nsp), ("sop", SentenceObjective.Sop), ("prev-next", SentenceObjective.PrevNext),
-                    ("distance", SentenceObjective.Distance), ("reorder", SentenceObjective.Reorder),
-                    ("contrastive", SentenceObjective.Contrastive), ("none", SentenceObjective.None)),
+                Objective = Enum(tokenObjective, ("mlm", PretrainingObjective.Mlm), ("electra", PretrainingObjective.Electra), ("unilm", PretrainingObjective.Unilm)),
+                GeneratorWidth = parse.GetValue(generatorWidth), RtdWeight = parse.GetValue(rtdWeight),
                 ContrastiveTemperature = parse.GetValue(temperature),
                 Aux = [.. (parse.GetValue(aux) ?? []).SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))],
                 InputFormat = Enum(format, ("pairs", InputFormat.Pairs), ("full-sentences", InputFormat.FullSentences)),
                 MaxDocuments = parse.GetValue(maxDocs),
                 UnigramOutputBias = Enum(outputBias, ("unigram", true), ("zero", false)),
             };
+            if (parse.GetValue(objective) is { } sentence) // unset: the --objective's default
+                options = options with
+                {
+                    SentenceObjective = Choose("--sentence-objective", sentence, ("nsp", SentenceObjective.Nsp), ("sop", SentenceObjective.Sop),
+                        ("prev-next", SentenceObjective.PrevNext), ("distance", SentenceObjective.Distance), ("reorder", SentenceObjective.Reorder),
+                        ("contrastive", SentenceObjective.Contrastive), ("none", SentenceObjective.None)),
+                };
             if (parse.GetValue(resume) is null) options.Validate();
             using var device = Cli.OpenDevice(parse);
             var trainer = new Trainer(device, log, group);

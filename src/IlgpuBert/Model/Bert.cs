@@ -332,14 +332,8 @@ public sealed class BertForPreTraining : IDisposable
             nspLoss = Ops.CrossEntropy(tape, nsp, tape.Own(new DeviceInts(Device, inputs.NextSentenceLabel)));
         var auxLosses = new Dictionary<string, Loss>(StringComparer.Ordinal);
         foreach (var (head, labels) in inputs.AuxLabels ?? new Dictionary<string, int[]>())
-        {
-            var w = AuxHeads[head]; // BertInputs.Validate refused labels for a head the model lacks
-            // Only the labelled positions (real tokens) go through the head.
-            var at = Enumerable.Range(0, b * s).Where(i => labels[i] != -100).ToArray();
-            if (at.Length == 0) continue;
-            var auxLogits = Ops.Linear(tape, Ops.GatherRows(tape, hidden, at), w.Weight, w.Bias);
-            auxLosses[head] = Ops.CrossEntropy(tape, auxLogits, tape.Own(new DeviceInts(Device, at.Select(i => labels[i]).ToArray())));
-        }
+            if (labels.Any(l => l != -100))
+                auxLosses[head] = AuxLoss(tape, hidden, head, labels); // BertInputs.Validate refused labels for a head the model lacks
 
         return new BertOutputs
         {
@@ -347,6 +341,19 @@ public sealed class BertForPreTraining : IDisposable
             HiddenStates = encoded.HiddenStates, Attentions = encoded.Attentions, MlmLoss = mlmLoss, NspLoss = nspLoss, MaskedPositions = positions,
             AuxLosses = auxLosses,
         };
+    }
+
+    /// <summary>
+    /// The loss of auxiliary token head <paramref name="head"/> (2-way) on the last hidden states
+    /// [B·S, H], over the positions whose label [B·S] is not −100 (only those go through the head).
+    /// </summary>
+    public Loss AuxLoss(Tape tape, Var lastHiddenState, string head, int[] labels)
+    {
+        if (!AuxHeads.TryGetValue(head, out var w)) throw new ArgumentException($"labels for the {head} head, which this model does not have");
+        var at = Enumerable.Range(0, labels.Length).Where(i => labels[i] != -100).ToArray();
+        if (at.Length == 0) throw new ArgumentException($"no labelled position for the {head} head");
+        var logits = Ops.Linear(tape, Ops.GatherRows(tape, lastHiddenState, at), w.Weight, w.Bias);
+        return Ops.CrossEntropy(tape, logits, tape.Own(new DeviceInts(Device, at.Select(i => labels[i]).ToArray())));
     }
 
     /// <summary>

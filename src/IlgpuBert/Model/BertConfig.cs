@@ -39,8 +39,11 @@ public sealed record BertConfig
     /// </summary>
     public IReadOnlyList<string> AuxHeads { get; init; } = [];
 
-    /// <summary>capitalization: was the word capitalised (uncased vocabularies); token-document: does the token occur elsewhere in its document.</summary>
-    public static readonly string[] AuxHeadNames = ["capitalization", "token-document"];
+    /// <summary>
+    /// capitalization: was the word capitalised (uncased vocabularies); token-document: does the
+    /// token occur elsewhere in its document (both ERNIE 2.0); replaced: ELECTRA's replaced-token detection.
+    /// </summary>
+    public static readonly string[] AuxHeadNames = ["capitalization", "token-document", "replaced"];
 
     /// <summary>Every other key of config.json, untouched.</summary>
     public JsonObject Extra { get; init; } = new();

@@ -18,11 +18,15 @@ public sealed class BertParameters : IDisposable
     private readonly List<Parameter> all = new();
     private readonly Dictionary<string, (Var Var, long Offset, int[] Shape)> byName = new(StringComparer.Ordinal);
 
-    public BertParameters(BertDevice device, BertConfig config)
+    /// <param name="prefix">Put before every name (a second model trained beside a BERT, such as ELECTRA's generator, keeps its names apart).</param>
+    public BertParameters(BertDevice device, BertConfig config, string prefix = "")
     {
         Device = device;
         Config = config;
+        this.prefix = prefix;
     }
+
+    private readonly string prefix;
 
     public BertDevice Device { get; }
     public BertConfig Config { get; }
@@ -35,6 +39,7 @@ public sealed class BertParameters : IDisposable
 
     internal Var Add(string name, bool decay, params int[] shape)
     {
+        name = prefix + name;
         var v = new Var(new Tensor(Device, shape), requiresGrad: true, name: name);
         all.Add(new Parameter(v, decay));
         byName[name] = (v, 0, shape);
@@ -44,6 +49,7 @@ public sealed class BertParameters : IDisposable
     /// <summary>One tensor whose row blocks carry several checkpoint names (fused QKV).</summary>
     internal Var AddFused(string pattern, string[] parts, params int[] blockShape)
     {
+        pattern = prefix + pattern;
         var shape = blockShape.ToArray();
         shape[0] *= parts.Length;
         bool isWeight = blockShape.Length == 2;

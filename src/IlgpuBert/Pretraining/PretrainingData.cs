@@ -12,19 +12,23 @@ using IlgpuBert.Text;
 
 namespace IlgpuBert.Pretraining;
 
+/// <summary>UniLM's three attention masks (Dong et al. 2019).</summary>
+public enum UniLmMode { Bidirectional, LeftToRight, Seq2Seq }
+
 public sealed class PretrainingData
 {
     private readonly Masker masker;
     private readonly ulong seed;
     private readonly int sentenceClasses;
     private readonly string[] aux;
-    private readonly bool pairedRows;
+    private readonly bool pairedRows, unilm;
 
     public PretrainingData(PretrainingOptions o, BertTextEncoder encoder, string vocabPath, int vocabSize, TextWriter log)
     {
         seed = (ulong)o.Seed;
         aux = o.Aux;
         pairedRows = ExampleGenerator.PairedRows(o.SentenceObjective);
+        unilm = o.Objective == PretrainingObjective.Unilm;
         Special = new SpecialIds(encoder.PadId, encoder.UnknownId, encoder.ClsId, encoder.SepId, encoder.MaskId);
         var documents = LoadDocuments(o, encoder, vocabPath, log);
         if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
@@ -93,7 +97,7 @@ public sealed class PretrainingData
             var e = Train[exampleIndex];
             items.Add((e, masker.Apply(e, masker.StreamFor(seed, exampleIndex, epoch))));
         }
-        return Collate(items);
+        return Collate(items, batchIndex * batchSize);
     }
 
     /// <summary>The held-out examples, masked once with a fixed stream, in batches.</summary>
@@ -101,7 +105,7 @@ public sealed class PretrainingData
     {
         for (int start = 0; start < Eval.Count; start += batchSize)
             yield return Collate(Eval.Skip(start).Take(batchSize).Select((e, i) =>
-                (e, masker.Apply(e, masker.StreamFor(seed ^ 0xE7A1, start + i, 0)))).ToList());
+                (e, masker.Apply(e, masker.StreamFor(seed ^ 0xE7A1, start + i, 0)))).ToList(), start);
     }
 
     private readonly Dictionary<int, int[]> orders = new();
@@ -116,7 +120,8 @@ public sealed class PretrainingData
         return orders[epoch] = order;
     }
 
-    private BertInputs Collate(List<(Example E, MaskedExample M)> items)
+    /// <summary>The examples as a batch; <paramref name="first"/> is the stream index of the first (UniLM's mask modes follow it).</summary>
+    private BertInputs Collate(List<(Example E, MaskedExample M)> items, long first)
     {
         if (pairedRows) items = [.. items.SelectMany(x => SplitPair(x.E, x.M))];
         int s = items.Max(x => x.E.Length), b = items.Count;
@@ -134,7 +139,31 @@ public sealed class PretrainingData
             m.Labels.CopyTo(labels, r * s);
         }
         int[]? sentence = sentenceClasses > 0 ? items.Select(x => x.E.SentenceLabel).ToArray() : null;
-        return new BertInputs(b, s, ids, types, mask, labels, sentence, aux.Length == 0 ? null : aux.ToDictionary(h => h, h => AuxLabels(h, items, s)));
+        return new BertInputs(b, s, ids, types, mask, labels, sentence, aux.Length == 0 ? null : aux.ToDictionary(h => h, h => AuxLabels(h, items, s)))
+        {
+            AttentionPrefix = unilm ? [.. items.Select((x, r) => UniLmPrefix(x.E, first + r, s))] : null,
+        };
+    }
+
+    /// <summary>UniLM's mode of example k of the stream: bidirectional, left-to-right and seq2seq in turn, so every batch mixes the three.</summary>
+    public static UniLmMode ModeOf(long k) => (UniLmMode)(k % 3);
+
+    /// <summary>
+    /// The attention prefix (<see cref="BertInputs.AttentionPrefix"/>) of example k in a batch of
+    /// length s: s (bidirectional), 0 (left-to-right), or for seq2seq a source of [CLS] and at least
+    /// one token, a target of at least one token and the final [SEP], split where a draw from (seed, k) says.
+    /// </summary>
+    private int UniLmPrefix(Example e, long k, int s)
+    {
+        switch (ModeOf(k))
+        {
+            case UniLmMode.Bidirectional: return s;
+            case UniLmMode.LeftToRight: return 0;
+        }
+        int lo = 2, hi = e.Length - 1; // the prefix ends at one of [2, e.Length − 2]
+        if (hi <= lo) return Math.Min(lo, e.Length);
+        var rng = new Random(unchecked((int)(seed * 2_654_435_761UL + (ulong)k * 40_503UL)));
+        return rng.Next(lo, hi);
     }
 
     /// <summary>[CLS] A [SEP] B [SEP] (masked) → [CLS] A [SEP] and [CLS] B [SEP], both segment 0: rows 2i and 2i + 1 of the batch.</summary>

@@ -4,6 +4,13 @@ using System.Text.Json.Serialization;
 namespace IlgpuBert.Pretraining;
 
 /// <summary>
+/// What the token-level loss is: BERT's masked LM; ELECTRA's replaced-token detection (with a small
+/// MLM generator); or UniLM's masked LM under a mix of attention masks (bidirectional,
+/// left-to-right and seq2seq, a third of the rows each).
+/// </summary>
+public enum PretrainingObjective { Mlm, Electra, Unilm }
+
+/// <summary>
 /// Every setting of a pretraining run, with the defaults `ilgpu-bert pretrain` uses. A checkpoint
 /// stores them, so `--resume` continues the original run exactly.
 /// </summary>
@@ -32,11 +39,31 @@ public sealed record PretrainingOptions
     public MaskingStrategy Masking { get; init; } = MaskingStrategy.Token;
     public MaskSchedule MaskSchedule { get; init; } = MaskSchedule.Dynamic;
     public string? Phrases { get; init; }
-    /// <summary>The default recipe's objective (perf/RESULTS.md, "Pretraining that transfers").</summary>
-    public SentenceObjective SentenceObjective { get; init; } = SentenceObjective.Contrastive;
+    public PretrainingObjective Objective { get; init; } = PretrainingObjective.Mlm;
+
+    private readonly SentenceObjective? sentenceObjective;
+
+    /// <summary>
+    /// Contrastive by default with MLM, the default recipe's (perf/RESULTS.md, "Pretraining that
+    /// transfers"); none by default with ELECTRA and UniLM, which take no sentence objective.
+    /// </summary>
+    public SentenceObjective SentenceObjective
+    {
+        get => sentenceObjective ?? (Objective == PretrainingObjective.Mlm ? SentenceObjective.Contrastive : SentenceObjective.None);
+        init => sentenceObjective = value;
+    }
+
+    /// <summary>ELECTRA's generator width as a share of the discriminator's (the paper: ¼ to ½ best).</summary>
+    public double GeneratorWidth { get; init; } = 0.25;
+
+    /// <summary>ELECTRA's λ: the weight of the replaced-token-detection loss beside the generator's MLM loss.</summary>
+    public float RtdWeight { get; init; } = 50f;
+
+    /// <summary>ERNIE 2.0's token-level objectives, the names --aux takes.</summary>
+    public static readonly string[] TokenObjectives = ["capitalization", "token-document"];
     /// <summary>τ of the contrastive sentence objective (SimCSE's 0.05).</summary>
     public float ContrastiveTemperature { get; init; } = 0.05f;
-    /// <summary>ERNIE 2.0's token-level objectives trained beside MLM (<see cref="Model.BertConfig.AuxHeadNames"/>).</summary>
+    /// <summary>ERNIE 2.0's token-level objectives trained beside MLM (<see cref="TokenObjectives"/>).</summary>
     public string[] Aux { get; init; } = [];
     public InputFormat InputFormat { get; init; } = InputFormat.Pairs;
     public double HeldOut { get; init; } = 0.02;
@@ -58,6 +85,9 @@ public sealed record PretrainingOptions
 
     public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, Converters = { new JsonStringEnumConverter(JsonNamingPolicy.KebabCaseLower) } };
 
+    /// <summary>An enum value as its command-line word: PrevNext → "prev-next".</summary>
+    public static string Flag(Enum value) => JsonNamingPolicy.KebabCaseLower.ConvertName(value.ToString());
+
     public void Validate()
     {
         void Positive(string flag, double v) { if (!(v > 0 && double.IsFinite(v))) throw new ArgumentException($"{flag} must be a positive number, got {v}"); }
@@ -78,8 +108,16 @@ public sealed record PretrainingOptions
         if (SentenceObjective == SentenceObjective.Contrastive && MicroBatch < 2)
             throw new ArgumentException("--sentence-objective contrastive needs --batch-size 2 or more (each example is a pair; the other pairs are the negatives)");
         foreach (var head in Aux)
-            if (!IlgpuBert.Model.BertConfig.AuxHeadNames.Contains(head))
-                throw new ArgumentException($"--aux {head}: unknown; choose from {string.Join(", ", IlgpuBert.Model.BertConfig.AuxHeadNames)}");
+            if (!TokenObjectives.Contains(head))
+                throw new ArgumentException($"--aux {head}: unknown; choose from {string.Join(", ", TokenObjectives)}");
+        string objective = Flag(Objective);
+        if (Objective != PretrainingObjective.Mlm && SentenceObjective != SentenceObjective.None)
+            throw new ArgumentException($"--objective {objective} takes no sentence objective: drop --sentence-objective {Flag(SentenceObjective)} (or give none)");
+        if (Objective == PretrainingObjective.Electra && Aux.Length > 0)
+            throw new ArgumentException("--objective electra trains the discriminator on replaced-token detection alone: drop --aux");
+        if (!(GeneratorWidth > 0 && GeneratorWidth <= 1)) throw new ArgumentException($"--generator-width must be in (0, 1], got {GeneratorWidth}");
+        if (GeneratorWidth != 0.25 && Objective != PretrainingObjective.Electra) throw new ArgumentException("--generator-width is used only by --objective electra");
+        Positive("--rtd-weight", RtdWeight);
         if (Aux.Distinct().Count() != Aux.Length) throw new ArgumentException("--aux names a head twice");
         if (Phrases is not null && Masking != MaskingStrategy.Phrase)
             throw new ArgumentException("--phrases is used only by --masking phrase");

@@ -1,4 +1,5 @@
-// The pretraining loop: MLM (logits only at masked positions) plus the chosen sentence objective,
+// The pretraining loop: MLM (logits only at masked positions) plus the chosen sentence objective
+// (or ELECTRA: a generator's MLM plus the discriminator's replaced-token detection, see Electra.cs),
 // AdamW with warmup and linear decay, global-norm clipping, gradient accumulation, evaluation on
 // the held-out split, metrics.csv, a loss-curve PNG, checkpoints that resume bit for bit, a clean
 // stop on Ctrl-C and a loud stop on a NaN or infinite loss. Data-parallel over a ProcessGroup:
@@ -91,6 +92,8 @@ public sealed class Trainer
                 throw new ArgumentException($"{o.Model} has a {model.Config.SentenceClasses}-way sentence head; --sentence-objective {o.SentenceObjective} needs {classes}");
             if (o.Aux.FirstOrDefault(h => !model.Config.AuxHeads.Contains(h)) is { } absent)
                 throw new ArgumentException($"{o.Model} has no {absent} head (its config.json lists {(model.Config.AuxHeads.Count == 0 ? "none" : string.Join(", ", model.Config.AuxHeads))}); --aux {absent} needs a model initialised with it");
+            if (o.Objective == PretrainingObjective.Electra && !model.Config.AuxHeads.Contains(ElectraGenerator.RtdHead))
+                throw new ArgumentException($"{o.Model} has no replaced-token-detection head: --objective electra continues an ELECTRA run's output, or starts without --model");
         }
         else
         {
@@ -105,20 +108,39 @@ public sealed class Trainer
             {
                 MaxPositionEmbeddings = Math.Max(512, o.SequenceLength),
                 SentenceClasses = Math.Max(2, ExampleGenerator.ClassesOf(o.SentenceObjective)),
-                AuxHeads = o.Aux,
+                AuxHeads = o.Objective == PretrainingObjective.Electra ? [ElectraGenerator.RtdHead] : o.Aux,
             };
             model = new BertForPreTraining(device, config);
             model.Parameters.Initialize(o.Seed);
         }
         using var _model = model;
+        // ELECTRA's generator: from the checkpoint or model folder that has one, else new.
+        bool newGenerator = false;
+        using var generator = o.Objective == PretrainingObjective.Electra ? new ElectraGenerator(model, o.GeneratorWidth) : null;
+        if (generator is not null)
+        {
+            string? saved = (resume ?? o.Model) is { } from ? Path.Combine(from, ElectraGenerator.File) : null;
+            if (saved is not null && (resume is not null || File.Exists(saved))) generator.Load(saved);
+            else
+            {
+                generator.Parameters.Initialize(o.Seed + 17);
+                newGenerator = true;
+            }
+            log.WriteLine($"ELECTRA: generator of hidden size {generator.Config.HiddenSize}, {generator.Config.NumAttentionHeads} head(s) (discriminator {model.Config.HiddenSize}), λ = {o.RtdWeight}");
+        }
+        IReadOnlyList<Parameter> parameters = generator is null ? model.Parameters.All : [.. model.Parameters.All, .. generator.Parameters.All];
+        // The loss columns after MLM and sentence: ERNIE's token heads, or ELECTRA's detection loss.
+        string[] heads = generator is null ? o.Aux : [ElectraGenerator.RtdHead];
         if (o.SequenceLength > model.Config.MaxPositionEmbeddings)
             throw new ArgumentException($"--seq-len {o.SequenceLength} exceeds the model's max_position_embeddings {model.Config.MaxPositionEmbeddings}");
         var encoder = BertTextEncoder.FromVocab(vocabPath);
         var data = new PretrainingData(o, encoder, vocabPath, model.Config.VocabSize, log);
         if (resume is null && o.Model is null && o.UnigramOutputBias)
             model.Parameters.Set("cls.predictions.bias", data.LogUnigram(model.Config.VocabSize));
-        group.Broadcast(model.Parameters.All); // every rank starts from rank 0's weights
-        using var optimizer = new AdamWOptimizer(device, model.Parameters.All, new AdamWSettings());
+        if (newGenerator && o.UnigramOutputBias)
+            generator!.Parameters.Set("generator.generator_lm_head.bias", data.LogUnigram(model.Config.VocabSize));
+        group.Broadcast(parameters); // every rank starts from rank 0's weights
+        using var optimizer = new AdamWOptimizer(device, parameters, new AdamWSettings());
         if (resume is not null) optimizer.Load(Path.Combine(resume, OptimizerFile), startStep);
 
         var clock = Stopwatch.StartNew();
@@ -129,8 +151,9 @@ public sealed class Trainer
         {
             var stepClock = Stopwatch.StartNew();
             model.ZeroGrad();
+            generator?.ZeroGrad();
             double mlm = 0, sentence = 0;
-            var aux = new double[o.Aux.Length];
+            var aux = new double[heads.Length];
             long tokens = 0;
             int share = o.GradAccum / group.Size;
             for (int micro = group.Rank * share; micro < (group.Rank + 1) * share; micro++)
@@ -138,7 +161,19 @@ public sealed class Trainer
                 var batch = data.Batch((long)(step - 1) * o.GradAccum + micro, o.MicroBatch);
                 tokens += batch.AttentionMask.Sum();
                 using var tape = new Tape();
-                var outputs = model.Forward(tape, batch, Dropouts.Training(model.Config, (ulong)o.Seed, (uint)(step * o.GradAccum + micro)), maskedOnly: true);
+                var dropouts = Dropouts.Training(model.Config, (ulong)o.Seed, (uint)(step * o.GradAccum + micro));
+                if (generator is not null)
+                {
+                    var draws = new Random(unchecked((int)((ulong)o.Seed * 1_000_003UL + (ulong)step * 7_919UL + (ulong)micro * 31UL)));
+                    var (generatorMlm, rtd, _, _) = generator.Step(tape, batch, dropouts, draws);
+                    generatorMlm.Weight = 1f / o.GradAccum;
+                    rtd.Weight = o.RtdWeight / o.GradAccum;
+                    mlm += generatorMlm.Read() / o.GradAccum;
+                    aux[0] += rtd.Read() / o.GradAccum;
+                    tape.Backward();
+                    continue;
+                }
+                var outputs = model.Forward(tape, batch, dropouts, maskedOnly: true);
                 if (outputs.MlmLoss is not null) outputs.MlmLoss.Weight = 1f / o.GradAccum;
                 if (outputs.NspLoss is not null) outputs.NspLoss.Weight = 1f / o.GradAccum;
                 mlm += (outputs.MlmLoss?.Read() ?? 0) / o.GradAccum;
@@ -150,19 +185,19 @@ public sealed class Trainer
                     sentence += contrastive.Read() / o.GradAccum;
                 }
                 for (int a = 0; a < aux.Length; a++)
-                    if (outputs.AuxLosses.TryGetValue(o.Aux[a], out var auxLoss))
+                    if (outputs.AuxLosses.TryGetValue(heads[a], out var auxLoss))
                     {
                         auxLoss.Weight = 1f / o.GradAccum;
                         aux[a] += auxLoss.Read() / o.GradAccum;
                     }
                 tape.Backward();
             }
-            group.AllReduceGradients(model.Parameters.All);
+            group.AllReduceGradients(parameters);
             double[] sums = [mlm, sentence, tokens, .. aux];
             group.AllReduceSum(sums);
             (mlm, sentence, tokens) = (sums[0], sums[1], (long)sums[2]);
             aux = sums[3..];
-            double loss = mlm + sentence + aux.Sum();
+            double loss = mlm + sentence + (generator is null ? aux.Sum() : o.RtdWeight * aux[0]); // what the step minimised
             if (!double.IsFinite(loss))
                 throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr.");
             float gradNorm = optimizer.GradNorm();
@@ -173,11 +208,11 @@ public sealed class Trainer
             double seconds = stepClock.Elapsed.TotalSeconds;
             var row = new StepMetrics(step, loss, mlm, sentence, lr, gradNorm, tokens / seconds, elapsedBefore + clock.Elapsed.TotalSeconds)
             {
-                AuxLosses = o.Aux.Select((h, a) => (h, a)).ToDictionary(x => x.h, x => aux[x.a]),
+                AuxLosses = heads.Select((h, a) => (h, a)).ToDictionary(x => x.h, x => aux[x.a]),
             };
             if (group.IsRoot && o.EvalEvery > 0 && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
             {
-                var (accuracy, perplexity) = Evaluate(model, data, o.MicroBatch);
+                var (accuracy, perplexity) = Evaluate(model, generator, data, o.MicroBatch);
                 row = row with { EvalMlmAccuracy = accuracy, EvalPerplexity = perplexity };
             }
             metrics.Add(row);
@@ -186,45 +221,56 @@ public sealed class Trainer
             bool stop = group.Any(StopRequested); // any rank interrupted: all stop after this step
             if ((o.SaveEvery > 0 && step % o.SaveEvery == 0) || stop)
             {
-                group.VerifyIdentical(model.Parameters.All, $"step {step}");
-                if (group.IsRoot) SaveCheckpoint(Path.Combine(outDir, $"checkpoint-{step}"), model, optimizer, o, step, vocabPath, metrics);
+                group.VerifyIdentical(parameters, $"step {step}");
+                if (group.IsRoot) SaveCheckpoint(Path.Combine(outDir, $"checkpoint-{step}"), model, generator, optimizer, o, step, vocabPath, metrics);
             }
             if (stop)
             {
                 if (interactive) log.WriteLine();
                 log.WriteLine($"interrupted: saved {Path.Combine(outDir, $"checkpoint-{step}")}; continue with --resume");
-                if (group.IsRoot) WriteOutputs(outDir, model, vocabPath, metrics);
+                if (group.IsRoot) WriteOutputs(outDir, model, generator, vocabPath, metrics);
                 return metrics;
             }
         }
         if (interactive) log.WriteLine();
         if (group.Size > 1)
             log.WriteLine($"gradient all-reduce: {group.GradientTime.TotalSeconds:F1} s of {clock.Elapsed.TotalSeconds:F1} s on rank 0 (waiting for the other ranks included)");
-        group.VerifyIdentical(model.Parameters.All, "the end of training");
-        if (group.IsRoot) WriteOutputs(outDir, model, vocabPath, metrics);
+        group.VerifyIdentical(parameters, "the end of training");
+        if (group.IsRoot) WriteOutputs(outDir, model, generator, vocabPath, metrics);
         log.WriteLine($"wrote {outDir}: model, {MetricsFile}, {PlotFile}");
         return metrics;
     }
 
-    /// <summary>MLM accuracy and perplexity (exp of the mean cross-entropy) over the held-out examples, dropout off.</summary>
-    private static (double Accuracy, double Perplexity) Evaluate(BertForPreTraining model, PretrainingData data, int batchSize)
+    /// <summary>
+    /// MLM accuracy and perplexity (exp of the mean cross-entropy) over the held-out examples, dropout
+    /// off: the model's MLM head, or with ELECTRA the generator's (the discriminator's is not trained).
+    /// </summary>
+    private static (double Accuracy, double Perplexity) Evaluate(BertForPreTraining model, ElectraGenerator? generator, PretrainingData data, int batchSize)
     {
         long correct = 0, total = 0;
         double lossSum = 0;
         foreach (var batch in data.EvalBatches(batchSize))
         {
             using var tape = new Tape(recording: false);
-            var o = model.Forward(tape, batch, Dropouts.Off, maskedOnly: true);
-            var logits = o.PredictionLogits.Value.ToHost();
+            Var logitsVar;
+            int[] positions;
+            Loss? mlmLoss;
+            if (generator is not null)
+                (logitsVar, positions, mlmLoss) = generator.Forward(tape, batch, Dropouts.Off);
+            else
+            {
+                var o = model.Forward(tape, batch, Dropouts.Off, maskedOnly: true);
+                (logitsVar, positions, mlmLoss) = (o.PredictionLogits, o.MaskedPositions!, o.MlmLoss);
+            }
+            var logits = logitsVar.Value.ToHost();
             int v = model.Config.VocabSize;
-            var positions = o.MaskedPositions!;
             for (int r = 0; r < positions.Length; r++)
             {
                 int best = 0;
                 for (int j = 1; j < v; j++) if (logits[r * v + j] > logits[r * v + best]) best = j;
                 if (best == batch.Labels![positions[r]]) correct++;
             }
-            lossSum += (o.MlmLoss?.Read() ?? 0) * positions.Length;
+            lossSum += (mlmLoss?.Read() ?? 0) * positions.Length;
             total += positions.Length;
         }
         return total == 0 ? (0, double.NaN) : (correct / (double)total, Math.Exp(lossSum / total));
@@ -245,14 +291,15 @@ public sealed class Trainer
             log.WriteLine(line);
     }
 
-    private static void WriteOutputs(string outDir, BertForPreTraining model, string vocabPath, List<StepMetrics> metrics)
+    private static void WriteOutputs(string outDir, BertForPreTraining model, ElectraGenerator? generator, string vocabPath, List<StepMetrics> metrics)
     {
         BertFolder.Save(model, outDir, vocabPath);
+        generator?.Save(Path.Combine(outDir, ElectraGenerator.File));
         WriteMetrics(Path.Combine(outDir, MetricsFile), metrics);
         LossPlot.Write(Path.Combine(outDir, PlotFile), metrics);
     }
 
-    private static void SaveCheckpoint(string dir, BertForPreTraining model, AdamWOptimizer optimizer, PretrainingOptions o, int step,
+    private static void SaveCheckpoint(string dir, BertForPreTraining model, ElectraGenerator? generator, AdamWOptimizer optimizer, PretrainingOptions o, int step,
         string vocabPath, List<StepMetrics> metrics)
     {
         // Written into a temporary folder and renamed, so a crash never leaves half a checkpoint.
@@ -261,6 +308,7 @@ public sealed class Trainer
         try
         {
             BertFolder.Save(model, temp, vocabPath);
+            generator?.Save(Path.Combine(temp, ElectraGenerator.File));
             optimizer.Save(Path.Combine(temp, OptimizerFile));
             WriteMetrics(Path.Combine(temp, MetricsFile), metrics);
             var state = new TrainerState(step, o);
