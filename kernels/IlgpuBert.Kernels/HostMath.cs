@@ -7,7 +7,7 @@ using System.Runtime.Intrinsics.X86;
 
 namespace IlgpuBert.Kernels;
 
-internal static class HostMath
+public static class HostMath
 {
     /// <summary>
     /// e^x on 16 lanes (callers check Vector512.IsHardwareAccelerated, which implies AVX-512F): x = n·ln 2 + r

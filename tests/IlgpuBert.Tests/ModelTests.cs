@@ -151,6 +151,7 @@ public class ModelTests
         using (var tape = new Tape())
         {
             var step = generator.Step(tape, inputs, Dropouts.Off, new Random(24));
+            Assert.Equal(inputs.Batch * inputs.SeqLen * config.HiddenSize, step.LastHiddenState.Value.Length);
             step.Rtd.Weight = lambda;
             total = step.Mlm.Read() + lambda * step.Rtd.Read();
             corrupted = step.Corrupted with { AuxLabels = new Dictionary<string, int[]> { [ElectraGenerator.RtdHead] = step.RtdLabels } };

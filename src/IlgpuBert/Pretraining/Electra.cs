@@ -11,6 +11,7 @@
 // linear classifier on the last layer; ELECTRA's head has a dense layer before it): saved as any
 // BERT folder, it fine-tunes with every head. The generator is saved beside it as
 // generator.safetensors (its own tensors only), so a run can resume or continue.
+using System.Runtime.Intrinsics;
 using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
 using IlgpuBert.Kernels;
@@ -96,37 +97,61 @@ public sealed class ElectraGenerator : IDisposable
     /// from the generator's softmax (labels: 1 where the drawn token differs from the original, at
     /// every real token; a draw of the original counts as original, as in the paper).
     /// </summary>
-    public (Loss Mlm, Loss Rtd, BertInputs Corrupted, int[] RtdLabels) Step(Tape tape, BertInputs masked, Dropouts dropouts, Random rng)
+    public ElectraStep Step(Tape tape, BertInputs masked, Dropouts dropouts, Random rng)
     {
         var generatorDropouts = dropouts with { Seed = dropouts.Seed ^ 0x6E6E_7261_746F_72UL }; // not the discriminator's masks
         var (logits, positions, mlm) = Forward(tape, masked, generatorDropouts);
         var (corrupted, labels) = Corrupt(masked, positions, Sample(logits.Value.ToHost(), discriminator.Config.VocabSize, rng));
         var encoded = discriminator.Bert.Forward(tape, corrupted, dropouts);
-        return (mlm, discriminator.AuxLoss(tape, encoded.LastHiddenState, RtdHead, labels), corrupted, labels);
+        return new ElectraStep(mlm, discriminator.AuxLoss(tape, encoded.LastHiddenState, RtdHead, labels), corrupted, labels, encoded.LastHiddenState);
     }
 
-    /// <summary>One token per row of logits [M, V], drawn from softmax(row).</summary>
+    /// <summary>
+    /// One token per row of logits [M, V], drawn from softmax(row) by inverting its cumulative sum at
+    /// a uniform draw. The draws are taken from <paramref name="rng"/> in row order first, so the
+    /// tokens do not depend on how the rows are spread over cores.
+    /// </summary>
     public static int[] Sample(float[] logits, int vocab, Random rng)
     {
         int rows = logits.Length / vocab;
+        var u = new double[rows];
+        for (int r = 0; r < rows; r++) u[r] = rng.NextDouble();
         var tokens = new int[rows];
-        for (int r = 0; r < rows; r++)
+        Parallel.For(0, rows, () => new float[vocab], (r, _, exps) =>
         {
-            var row = logits.AsSpan(r * vocab, vocab);
-            float max = float.NegativeInfinity;
-            foreach (float v in row) max = MathF.Max(max, v);
-            double sum = 0;
-            foreach (float v in row) sum += Math.Exp(v - max);
-            double u = rng.NextDouble() * sum, acc = 0;
-            int pick = vocab - 1;
-            for (int j = 0; j < vocab; j++)
-            {
-                acc += Math.Exp(row[j] - max);
-                if (acc > u) { pick = j; break; }
-            }
-            tokens[r] = pick;
-        }
+            tokens[r] = Draw(logits.AsSpan(r * vocab, vocab), u[r], exps);
+            return exps;
+        }, _ => { });
         return tokens;
+    }
+
+    /// <summary>The index where Σ exp(row − max) first exceeds u·Σ exp(row − max) (exps: scratch of the row's length).</summary>
+    private static int Draw(ReadOnlySpan<float> row, double u, float[] exps)
+    {
+        int v = row.Length, j = 0;
+        float max = float.NegativeInfinity;
+        foreach (float x in row) max = MathF.Max(max, x);
+        double sum = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var vmax = Vector512.Create(max);
+            var acc = Vector512<float>.Zero;
+            for (; j + 16 <= v; j += 16)
+            {
+                var e = HostMath.Exp(Vector512.Create(row.Slice(j, 16)) - vmax);
+                e.CopyTo(exps.AsSpan(j, 16));
+                acc += e;
+            }
+            sum = Vector512.Sum(acc);
+        }
+        for (; j < v; j++) sum += exps[j] = MathF.Exp(row[j] - max);
+        double target = u * sum, running = 0;
+        for (j = 0; j < v; j++)
+        {
+            running += exps[j];
+            if (running > target) return j;
+        }
+        return Array.FindLastIndex(exps, e => e > 0); // rounding left the target past the end: the last possible token
     }
 
     /// <summary>
@@ -169,3 +194,9 @@ public sealed class ElectraGenerator : IDisposable
 
     public void Dispose() => Parameters.Dispose();
 }
+
+/// <summary>
+/// One ELECTRA step's outputs: the generator's MLM loss, the discriminator's detection loss, the
+/// discriminator's input and labels, and its last hidden states [B·S, H] (a sentence objective can use them).
+/// </summary>
+public sealed record ElectraStep(Loss Mlm, Loss Rtd, BertInputs Corrupted, int[] RtdLabels, Var LastHiddenState);

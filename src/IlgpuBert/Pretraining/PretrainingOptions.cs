@@ -111,8 +111,10 @@ public sealed record PretrainingOptions
             if (!TokenObjectives.Contains(head))
                 throw new ArgumentException($"--aux {head}: unknown; choose from {string.Join(", ", TokenObjectives)}");
         string objective = Flag(Objective);
-        if (Objective != PretrainingObjective.Mlm && SentenceObjective != SentenceObjective.None)
-            throw new ArgumentException($"--objective {objective} takes no sentence objective: drop --sentence-objective {Flag(SentenceObjective)} (or give none)");
+        if (Objective == PretrainingObjective.Unilm && SentenceObjective != SentenceObjective.None)
+            throw new ArgumentException($"--objective unilm takes no sentence objective: drop --sentence-objective {Flag(SentenceObjective)} (or give none)");
+        if (Objective == PretrainingObjective.Electra && SentenceObjective is not (SentenceObjective.None or SentenceObjective.Contrastive))
+            throw new ArgumentException($"--objective electra takes no sentence head: --sentence-objective none (the default) or contrastive, not {Flag(SentenceObjective)}");
         if (Objective == PretrainingObjective.Electra && Aux.Length > 0)
             throw new ArgumentException("--objective electra trains the discriminator on replaced-token detection alone: drop --aux");
         if (!(GeneratorWidth > 0 && GeneratorWidth <= 1)) throw new ArgumentException($"--generator-width must be in (0, 1], got {GeneratorWidth}");

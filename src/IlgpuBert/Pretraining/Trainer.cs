@@ -161,15 +161,24 @@ public sealed class Trainer
                 var batch = data.Batch((long)(step - 1) * o.GradAccum + micro, o.MicroBatch);
                 tokens += batch.AttentionMask.Sum();
                 using var tape = new Tape();
+                // The contrastive loss of the batch's pairs of rows on the (discriminator's) last layer; its share of the step's value.
+                double Contrastive(Var lastHiddenState)
+                {
+                    var loss = model.ContrastiveLoss(tape, lastHiddenState, batch, o.ContrastiveTemperature);
+                    loss.Weight = 1f / o.GradAccum;
+                    return loss.Read() / o.GradAccum;
+                }
                 var dropouts = Dropouts.Training(model.Config, (ulong)o.Seed, (uint)(step * o.GradAccum + micro));
                 if (generator is not null)
                 {
                     var draws = new Random(unchecked((int)((ulong)o.Seed * 1_000_003UL + (ulong)step * 7_919UL + (ulong)micro * 31UL)));
-                    var (generatorMlm, rtd, _, _) = generator.Step(tape, batch, dropouts, draws);
-                    generatorMlm.Weight = 1f / o.GradAccum;
-                    rtd.Weight = o.RtdWeight / o.GradAccum;
-                    mlm += generatorMlm.Read() / o.GradAccum;
-                    aux[0] += rtd.Read() / o.GradAccum;
+                    var electra = generator.Step(tape, batch, dropouts, draws);
+                    electra.Mlm.Weight = 1f / o.GradAccum;
+                    electra.Rtd.Weight = o.RtdWeight / o.GradAccum;
+                    mlm += electra.Mlm.Read() / o.GradAccum;
+                    aux[0] += electra.Rtd.Read() / o.GradAccum;
+                    if (ExampleGenerator.PairedRows(o.SentenceObjective))
+                        sentence += Contrastive(electra.LastHiddenState);
                     tape.Backward();
                     continue;
                 }
@@ -179,11 +188,7 @@ public sealed class Trainer
                 mlm += (outputs.MlmLoss?.Read() ?? 0) / o.GradAccum;
                 sentence += (outputs.NspLoss?.Read() ?? 0) / o.GradAccum;
                 if (ExampleGenerator.PairedRows(o.SentenceObjective))
-                {
-                    var contrastive = model.ContrastiveLoss(tape, outputs.LastHiddenState, batch, o.ContrastiveTemperature);
-                    contrastive.Weight = 1f / o.GradAccum;
-                    sentence += contrastive.Read() / o.GradAccum;
-                }
+                    sentence += Contrastive(outputs.LastHiddenState);
                 for (int a = 0; a < aux.Length; a++)
                     if (outputs.AuxLosses.TryGetValue(heads[a], out var auxLoss))
                     {
