@@ -31,7 +31,7 @@ plot.Axes.Bottom.SetTicks(Enumerable.Range(0, rows.Count).Select(i => (double)i)
 plot.Axes.Bottom.TickLabelStyle.Rotation = 30;
 plot.Axes.Bottom.TickLabelStyle.Alignment = ScottPlot.Alignment.MiddleLeft;
 plot.Axes.Bottom.MinimumSize = 140;
-plot.Axes.SetLimitsY(40, 90);
+plot.Axes.SetLimitsY(20, 90);
 plot.Title("Default task, held-out accuracy after default fine-tuning (tiny unless named)");
 plot.YLabel("accuracy (%)");
 plot.SavePng(Path.Combine(here, "study.png"), 1100, 600);
