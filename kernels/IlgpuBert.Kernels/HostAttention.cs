@@ -25,9 +25,9 @@ internal static unsafe class HostAttention
         nint pm = a.HasMask != 0 ? mask.LoadEffectiveAddressAsPtr() : 0;
         nint pp = a.WriteProbs != 0 ? probs.LoadEffectiveAddressAsPtr() : 0;
         if (Vector512.IsHardwareAccelerated)
-            Parallel.For(0, a.Batch * a.Heads, bh => ForwardHead(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pc, (float*)pl, (float*)pp, a));
+            HostParallel.For(0, a.Batch * a.Heads, bh => ForwardHead(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pc, (float*)pl, (float*)pp, a));
         else
-            Parallel.For(0, a.Batch * a.Heads, bh => ForwardHeadRows(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pc, (float*)pl, (float*)pp, a));
+            HostParallel.For(0, a.Batch * a.Heads, bh => ForwardHeadRows(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pc, (float*)pl, (float*)pp, a));
     }
 
     public static void Backward(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dContext,
@@ -37,10 +37,10 @@ internal static unsafe class HostAttention
         nint pdo = dContext.LoadEffectiveAddressAsPtr(), pdq = dQkv.LoadEffectiveAddressAsPtr();
         nint pm = a.HasMask != 0 ? mask.LoadEffectiveAddressAsPtr() : 0;
         if (Vector512.IsHardwareAccelerated)
-            Parallel.For(0, a.Batch * a.Heads, bh => BackwardHead(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pl,
+            HostParallel.For(0, a.Batch * a.Heads, bh => BackwardHead(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pl,
                 (float*)pdo, (float*)pdq, a));
         else
-            Parallel.For(0, a.Batch * a.Heads, bh => BackwardHeadRows(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pl,
+            HostParallel.For(0, a.Batch * a.Heads, bh => BackwardHeadRows(bh / a.Heads, bh % a.Heads, (float*)pq, (int*)pm, (float*)pl,
                 (float*)pdo, (float*)pdq, a));
     }
 

@@ -70,7 +70,7 @@ internal static unsafe class HostGemm
         }
         // Pointers cannot be captured by a lambda; pass them as integers.
         nint ia = (nint)pa, ib = (nint)pb, ic = (nint)pc, ibias = (nint)pbias;
-        Parallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks, mc, nc,
+        HostParallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks, mc, nc,
             (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide, epilogue));
     }
 

@@ -104,7 +104,7 @@ internal static unsafe class HostInt8Linear
                     Block((byte*)ia, (sbyte*)iw, (int*)io, (float*)isc, (float*)ib, gelu, (float*)iy, m, n, groups, i0, Math.Min(mc, m - i0), j0, Math.Min(nc, n - j0));
                 }
                 if (tasks == 1) Task(0);
-                else Parallel.For(0, tasks, Task);
+                else HostParallel.For(0, tasks, Task);
             }
         }
         finally

@@ -29,7 +29,7 @@ internal static unsafe class HostRows
             if (count > 0) body(0, count);
             return;
         }
-        Parallel.For(0, parts, p => body((int)((long)count * p / parts), (int)((long)count * (p + 1) / parts)));
+        HostParallel.For(0, parts, p => body((int)((long)count * p / parts), (int)((long)count * (p + 1) / parts)));
     }
 
     /// <summary>The view's first element (null for an empty view, which no loop then reads).</summary>
