@@ -32,7 +32,7 @@ public sealed record BertConfig
     public int SentenceClasses { get; init; } = 2;
 
     /// <summary>
-    /// ERNIE 2.0's token-level pretraining heads this model carries (<see cref="AuxHeadNames"/>), each a
+    /// The token-level pretraining heads this model carries (ERNIE 2.0's, ELECTRA's detector; <see cref="AuxHeadNames"/>), each a
     /// 2-way classifier on the last hidden states saved as cls.aux.NAME.weight/bias. Written to
     /// config.json only when there are some, under a key HF ignores (HF's BertForPreTraining loads the
     /// folder and leaves those tensors unused).

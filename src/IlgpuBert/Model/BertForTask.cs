@@ -262,7 +262,6 @@ public sealed class BertForTask : IDisposable
     /// <summary>Dropout site of the head, after the encoder's 1 + 3L sites.</summary>
     private int HeadDropoutSite => 1 + 3 * Config.NumHiddenLayers;
 
-    /// <summary>[B, B·S]: row b averages the real (attention-mask 1) tokens of sequence b.</summary>
     public void ZeroGrad()
     {
         foreach (var p in Parameters.All) p.Var.ZeroGrad();

@@ -54,13 +54,15 @@ public sealed record PretrainingOptions
     }
 
     /// <summary>ELECTRA's generator width as a share of the discriminator's (the paper: ¼ to ½ best).</summary>
-    public double GeneratorWidth { get; init; } = 0.25;
+    public double GeneratorWidth { get; init; } = DefaultGeneratorWidth;
+
+    public const double DefaultGeneratorWidth = 0.25;
 
     /// <summary>ELECTRA's λ: the weight of the replaced-token-detection loss beside the generator's MLM loss.</summary>
     public float RtdWeight { get; init; } = 50f;
 
-    /// <summary>ERNIE 2.0's token-level objectives, the names --aux takes.</summary>
-    public static readonly string[] TokenObjectives = ["capitalization", "token-document"];
+    /// <summary>ERNIE 2.0's token-level objectives, the names --aux takes: every auxiliary head but ELECTRA's.</summary>
+    public static readonly string[] TokenObjectives = [.. IlgpuBert.Model.BertConfig.AuxHeadNames.Where(h => h != ElectraGenerator.RtdHead)];
     /// <summary>τ of the contrastive sentence objective (SimCSE's 0.05).</summary>
     public float ContrastiveTemperature { get; init; } = 0.05f;
     /// <summary>ERNIE 2.0's token-level objectives trained beside MLM (<see cref="TokenObjectives"/>).</summary>
@@ -110,7 +112,6 @@ public sealed record PretrainingOptions
         foreach (var head in Aux)
             if (!TokenObjectives.Contains(head))
                 throw new ArgumentException($"--aux {head}: unknown; choose from {string.Join(", ", TokenObjectives)}");
-        string objective = Flag(Objective);
         if (Objective == PretrainingObjective.Unilm && SentenceObjective != SentenceObjective.None)
             throw new ArgumentException($"--objective unilm takes no sentence objective: drop --sentence-objective {Flag(SentenceObjective)} (or give none)");
         if (Objective == PretrainingObjective.Electra && SentenceObjective is not (SentenceObjective.None or SentenceObjective.Contrastive))
@@ -118,7 +119,7 @@ public sealed record PretrainingOptions
         if (Objective == PretrainingObjective.Electra && Aux.Length > 0)
             throw new ArgumentException("--objective electra trains the discriminator on replaced-token detection alone: drop --aux");
         if (!(GeneratorWidth > 0 && GeneratorWidth <= 1)) throw new ArgumentException($"--generator-width must be in (0, 1], got {GeneratorWidth}");
-        if (GeneratorWidth != 0.25 && Objective != PretrainingObjective.Electra) throw new ArgumentException("--generator-width is used only by --objective electra");
+        if (GeneratorWidth != DefaultGeneratorWidth && Objective != PretrainingObjective.Electra) throw new ArgumentException("--generator-width is used only by --objective electra");
         Positive("--rtd-weight", RtdWeight);
         if (Aux.Distinct().Count() != Aux.Length) throw new ArgumentException("--aux names a head twice");
         if (Phrases is not null && Masking != MaskingStrategy.Phrase)
