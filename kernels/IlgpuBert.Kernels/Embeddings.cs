@@ -41,6 +41,12 @@ public sealed class EmbeddingKernels
         foreach (int r in rows)
             if ((uint)r >= (uint)tableRows) throw new ArgumentOutOfRangeException(nameof(rows), $"row {r} is outside [0, {tableRows})");
         if (rows.Length == 0 || hidden == 0) return;
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.Gather(table, rows, output, hidden);
+            return;
+        }
         gather(set.GridStride((long)rows.Length * hidden), table, set.IntScratch(rows), output, rows.Length, hidden, tableRows);
     }
 
@@ -59,6 +65,12 @@ public sealed class EmbeddingKernels
         Check.Matrix("position_embeddings", position, shape.MaxPositions, shape.Hidden);
         Check.Matrix("token_type_embeddings", tokenType, shape.TypeVocabSize, shape.Hidden);
         long n = Check.Matrix("output", output, shape.Tokens, shape.Hidden);
+        if (n > 0 && set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.EmbeddingsForward(ids, typeIds, word, position, tokenType, output, shape);
+            return;
+        }
         if (n > 0) forward(set.GridStride(n), ids, typeIds, word, position, tokenType, output, shape);
     }
 
@@ -90,6 +102,12 @@ public sealed class EmbeddingKernels
         int[] index = BuildIndex(rowOf, tableRows, what);
         int distinct = index[0];
         if (distinct == 0 || hidden == 0) return;
+        if (set.UseHostRows)
+        {
+            set.Accelerator.Synchronize();
+            HostRows.ScatterAdd(dOut, index, table, hidden);
+            return;
+        }
         scatter(set.GridStride((long)distinct * hidden), dOut, set.IntScratch(index), table, hidden, rowOf.Length);
     }
 

@@ -36,6 +36,80 @@ internal static unsafe class HostRows
     private static float* P(ArrayView<float> v) => v.IsValid && v.Length > 0 ? (float*)v.LoadEffectiveAddressAsPtr() : null;
     private static int* P(ArrayView<int> v) => v.IsValid && v.Length > 0 ? (int*)v.LoadEffectiveAddressAsPtr() : null;
 
+    // ---- Embeddings (Embeddings.cs) ----
+
+    /// <summary>out[t] = word[ids[t]] + position[t mod S] + token_type[types[t]]; a NaN row for an id outside its table, as the kernel.</summary>
+    public static void EmbeddingsForward(ArrayView<int> ids, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
+        ArrayView<float> tokenType, ArrayView<float> output, EmbeddingShape s)
+    {
+        nint pi = (nint)P(ids), pt = (nint)P(typeIds), pw = (nint)P(word), pp = (nint)P(position), pty = (nint)P(tokenType), po = (nint)P(output);
+        Blocks(s.Tokens, (long)s.Tokens * s.Hidden, (a, b) =>
+        {
+            int h = s.Hidden;
+            for (int t = a; t < b; t++)
+            {
+                int id = ((int*)pi)[t], type = ((int*)pt)[t], p = t % s.SeqLen;
+                float* dst = (float*)po + (long)t * h;
+                if ((uint)id >= (uint)s.VocabSize || (uint)type >= (uint)s.TypeVocabSize || p >= s.MaxPositions)
+                {
+                    new Span<float>(dst, h).Fill(float.NaN);
+                    continue;
+                }
+                Add3(dst, (float*)pw + (long)id * h, (float*)pp + (long)p * h, (float*)pty + (long)type * h, h);
+            }
+        });
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Add3(float* dst, float* x, float* y, float* z, int n)
+    {
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; j + Vector512<float>.Count <= n; j += Vector512<float>.Count)
+                (Vector512.Load(x + j) + Vector512.Load(y + j) + Vector512.Load(z + j)).Store(dst + j);
+        for (; j < n; j++) dst[j] = x[j] + y[j] + z[j];
+    }
+
+    /// <summary>output[r] = table[rows[r]] (rows checked by the caller).</summary>
+    public static void Gather(ArrayView<float> table, ReadOnlySpan<int> rows, ArrayView<float> output, int hidden)
+    {
+        float* src = P(table), dst = P(output);
+        for (int r = 0; r < rows.Length; r++)
+            new ReadOnlySpan<float>(src + (long)rows[r] * hidden, hidden).CopyTo(new Span<float>(dst + (long)r * hidden, hidden));
+    }
+
+    /// <summary>table[row] += the sum of its tokens' dOut rows in ascending token order (the index of EmbeddingKernels.BuildIndex), as the kernel.</summary>
+    public static void ScatterAdd(ArrayView<float> dOut, int[] index, ArrayView<float> table, int hidden)
+    {
+        int distinct = index[0];
+        int offsetsAt = 1, rowsAt = offsetsAt + distinct + 1, orderAt = rowsAt + distinct;
+        nint pd = (nint)P(dOut), ptab = (nint)P(table);
+        Blocks(distinct, (long)(index.Length - orderAt) * hidden, (a, b) =>
+        {
+            var sum = new float[hidden];
+            fixed (float* acc = sum)
+                for (int u = a; u < b; u++)
+                {
+                    new Span<float>(acc, hidden).Clear();
+                    for (int q = index[offsetsAt + u]; q < index[offsetsAt + u + 1]; q++)
+                        AddTo(acc, (float*)pd + (long)index[orderAt + q] * hidden, hidden);
+                    float* row = (float*)ptab + (long)index[rowsAt + u] * hidden;
+                    AddTo(row, acc, hidden);
+                }
+        });
+    }
+
+    /// <summary>dst[j] += x[j].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void AddTo(float* dst, float* x, int n)
+    {
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; j + Vector512<float>.Count <= n; j += Vector512<float>.Count)
+                (Vector512.Load(dst + j) + Vector512.Load(x + j)).Store(dst + j);
+        for (; j < n; j++) dst[j] += x[j];
+    }
+
     // ---- LayerNorm ----
 
     public static void LayerNormForward(ArrayView<float> x, ArrayView<float> r, bool hasR, ArrayView<float> gamma, ArrayView<float> beta,

@@ -137,6 +137,46 @@ public class LossAndEmbeddingTests
         Tol.AssertClose(dType, d.Read(bdt, type.Length), Tol.F32Reduction, "dTokenType");
     }
 
+    [Fact]
+    public void Embeddings_host_code_equals_the_kernels_bit_for_bit()
+    {
+        // The CPU accelerator runs embeddings as host code, split over cores above 32K elements; the
+        // GPU-shaped CPU device runs the ILGPU kernels. Same sums in the same order: equal bits.
+        var s = Shape(4, 64, 130) with { VocabSize = 50 };
+        var rng = new Random(5);
+        var ids = Enumerable.Range(0, s.Tokens).Select(_ => rng.Next(s.VocabSize)).ToArray();
+        var types = Enumerable.Range(0, s.Tokens).Select(_ => rng.Next(2)).ToArray();
+        var rows = Enumerable.Range(0, 40).Select(_ => rng.Next(s.Tokens)).ToArray();
+        var word = Rand.Normal(rng, s.VocabSize * s.Hidden);
+        var pos = Rand.Normal(rng, s.MaxPositions * s.Hidden);
+        var type = Rand.Normal(rng, s.TypeVocabSize * s.Hidden);
+        var dOut = Rand.Normal(rng, s.Tokens * s.Hidden);
+        var dWord0 = Rand.Normal(rng, word.Length);
+        float[][] Run(TestDevice d)
+        {
+            using var bids = d.Upload(ids);
+            using var btypes = d.Upload(types);
+            using var bw = d.Upload(word);
+            using var bp = d.Upload(pos);
+            using var bt = d.Upload(type);
+            using var bout = d.Poisoned(s.Tokens * s.Hidden);
+            using var gathered = d.Poisoned(rows.Length * s.Hidden);
+            using var bdOut = d.Upload(dOut);
+            using var bdw = d.Upload(dWord0);
+            using var bdp = d.Upload(new float[pos.Length]);
+            d.Kernels.Embeddings.Forward(bids.View, btypes.View, bw.View, bp.View, bt.View, bout.View, s);
+            d.Kernels.Embeddings.Gather(bout.View, rows, gathered.View, s.Tokens, s.Hidden);
+            d.Kernels.Embeddings.Backward(bdOut.View, ids, types, bdw.View, bdp.View, default, s);
+            return [d.Read(bout, s.Tokens * s.Hidden), d.Read(gathered, rows.Length * s.Hidden), d.Read(bdw, word.Length), d.Read(bdp, pos.Length)];
+        }
+        var host = Run(Devices.Get("cpu"));
+        var kernels = Run(Devices.Get("cpu-gpu-shaped"));
+        string[] names = ["embeddings", "gathered rows", "dWord", "dPosition"];
+        for (int i = 0; i < host.Length; i++)
+            Assert.True(host[i].AsSpan().SequenceEqual(kernels[i]), $"{names[i]}: host code and kernel differ");
+        Assert.True(host[0].All(float.IsFinite));
+    }
+
     [Theory]
     [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
