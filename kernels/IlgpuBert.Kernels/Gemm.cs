@@ -97,7 +97,7 @@ public sealed class GemmKernels
     public void Forward(Transpose ta, Transpose tb, int m, int n, int k, float alpha,
         ArrayView<float> a, int lda, ArrayView<float> b, int ldb, float beta,
         ArrayView<float> c, int ldc, ArrayView<float> bias = default,
-        int batch = 1, long strideA = 0, long strideB = 0, long strideC = 0)
+        int batch = 1, long strideA = 0, long strideB = 0, long strideC = 0, PackedMatrix? packedB = null)
     {
         var args = Args(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, batch, strideA, strideB, strideC);
         if (m == 0 || n == 0 || batch == 0)
@@ -105,7 +105,7 @@ public sealed class GemmKernels
         if (UseHost)
         {
             set.Accelerator.Synchronize(); // kernels queued before us must have written A, B and C
-            HostGemm.Run(args, batch, a, b, c, bias, HostVector512);
+            HostGemm.Run(args, batch, a, b, c, bias, HostVector512, packedB: packedB);
             return;
         }
         Launch(args, batch, a, b, c, bias, c, null);
@@ -117,7 +117,8 @@ public sealed class GemmKernels
     /// <see cref="FusesWithoutPre"/> holds, pre may be left out (default) when no backward follows.
     /// </summary>
     public void ForwardActivation(Transpose ta, Transpose tb, int m, int n, int k, ArrayView<float> a, int lda,
-        ArrayView<float> b, int ldb, ArrayView<float> pre, int ldc, ArrayView<float> bias, ActivationKind act, ArrayView<float> y)
+        ArrayView<float> b, int ldb, ArrayView<float> pre, int ldc, ArrayView<float> bias, ActivationKind act, ArrayView<float> y,
+        PackedMatrix? packedB = null)
     {
         bool keepPre = pre.IsValid && pre.Length > 0;
         if (!keepPre && !FusesWithoutPre(act)) throw new ArgumentException($"pre is needed for {act} on {set.Accelerator.AcceleratorType}");
@@ -133,14 +134,30 @@ public sealed class GemmKernels
             if (act == ActivationKind.GeluErf && HostVector512)
             {
                 // GELU as each tile is finished (the tile is still in cache), not as a second pass over [M, N].
-                HostGemm.Run(args, 1, a, b, keepPre ? pre : y, default, true, y, bias);
+                HostGemm.Run(args, 1, a, b, keepPre ? pre : y, default, true, y, bias, packedB);
                 return;
             }
-            HostGemm.Run(args, 1, a, b, pre, default, HostVector512);
+            HostGemm.Run(args, 1, a, b, pre, default, HostVector512, packedB: packedB);
             set.Activation.Forward(act, pre, bias, y, m, n);
             return;
         }
         Launch(args, 1, a, b, pre, bias, y, act);
+    }
+
+    /// <summary>
+    /// op(B) (K × N) packed once for later <see cref="Forward"/> and <see cref="ForwardActivation"/> calls with this
+    /// same B (pass it as packedB): a Linear layer's weight in inference, which the CPU path otherwise repacks on
+    /// every call. A snapshot — B must not change while the packed copy is used. Null where B is read as it is
+    /// (the GPU kernels, and the CPU when forced onto them); the calls then take null.
+    /// </summary>
+    public PackedMatrix? PackB(Transpose tb, int n, int k, ArrayView<float> b, int ldb)
+    {
+        var args = new GemmArgs { M = 1, N = n, K = k, Lda = Math.Max(k, 1), Ldb = ldb, Ldc = Math.Max(n, 1), TransB = tb == Transpose.T ? 1 : 0 };
+        if (n < 1) throw new ArgumentException($"GEMM B needs at least one column, got N={n}");
+        Validate(args, 1, k, b.IsValid ? b.Length : 0, n, 0);
+        if (!UseHost) return null;
+        set.Accelerator.Synchronize();
+        return HostGemm.Pack(args, b);
     }
 
     /// <summary>Whether <see cref="ForwardActivation"/> can skip the pre-activation (inference): BERT's GELU on the CPU path with AVX-512.</summary>

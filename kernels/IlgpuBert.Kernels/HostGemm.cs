@@ -33,10 +33,14 @@ internal static unsafe class HostGemm
     /// there until then) when the caller needs no pre-activation.
     /// </summary>
     public static void Run(GemmArgs p, int batch, ArrayView<float> a, ArrayView<float> b,
-        ArrayView<float> c, ArrayView<float> bias, bool wide, ArrayView<float> gelu = default, ArrayView<float> geluBias = default)
+        ArrayView<float> c, ArrayView<float> bias, bool wide, ArrayView<float> gelu = default, ArrayView<float> geluBias = default,
+        PackedMatrix? packedB = null)
     {
         float* pa = (float*)a.LoadEffectiveAddressAsPtr();
         float* pb = (float*)b.LoadEffectiveAddressAsPtr();
+        if (packedB is not null && (batch != 1 || !packedB.Matches(p, pb)))
+            throw new ArgumentException($"packed B ({packedB}) was not packed from this product's B");
+        var packed = new Prepacked(packedB is null ? null : packedB.Pointer, packedB?.PaddedN ?? 0);
         float* pc = (float*)c.LoadEffectiveAddressAsPtr();
         float* pbias = p.HasBias != 0 ? (float*)bias.LoadEffectiveAddressAsPtr() : null;
         var epilogue = new Epilogue(gelu.IsValid ? (float*)gelu.LoadEffectiveAddressAsPtr() : null,
@@ -64,13 +68,36 @@ internal static unsafe class HostGemm
         if (tasks == 1 || !parallel)
         {
             for (int t = 0; t < tasks; t++)
-                RunTask(args, t, mBlocks, nBlocks, mc, nc, pa, pb, pc, pbias, wide, epilogue);
+                RunTask(args, t, mBlocks, nBlocks, mc, nc, pa, pb, pc, pbias, wide, epilogue, packed);
             return;
         }
         // Pointers cannot be captured by a lambda; pass them as integers.
         nint ia = (nint)pa, ib = (nint)pb, ic = (nint)pc, ibias = (nint)pbias;
         HostParallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks, mc, nc,
-            (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide, epilogue));
+            (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide, epilogue, packed));
+        GC.KeepAlive(packedB);
+    }
+
+    /// <summary>
+    /// op(B) packed once, whole: the K-slice starting at k0 holds the panels of every column at k0·paddedN, the
+    /// panel of columns j… at + j·kc (what PackB writes for one block, for all N at once).
+    /// </summary>
+    private readonly struct Prepacked(float* data, int paddedN)
+    {
+        public readonly float* Data = data;
+        public readonly int PaddedN = paddedN;
+    }
+
+    /// <summary>op(B) (K × N, <paramref name="p"/>'s TransB and Ldb) packed into the micro-kernel's panels.</summary>
+    public static PackedMatrix Pack(GemmArgs p, ArrayView<float> b)
+    {
+        float* pb = (float*)b.LoadEffectiveAddressAsPtr();
+        int paddedN = (p.N + NR - 1) / NR * NR;
+        var data = GC.AllocateUninitializedArray<float>(checked(Math.Max(p.K, 1) * paddedN), pinned: true);
+        fixed (float* dst = data)
+            for (int k0 = 0; k0 < p.K; k0 += KC)
+                PackB(p, pb, 0, p.N, k0, Math.Min(KC, p.K - k0), dst + (long)k0 * paddedN);
+        return new PackedMatrix(data, (nint)pb, p, paddedN);
     }
 
     /// <summary>Where a GELU epilogue writes (null: none) and the bias it adds first.</summary>
@@ -81,7 +108,7 @@ internal static unsafe class HostGemm
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunTask(GemmArgs p, int task, int mBlocks, int nBlocks, int blockM, int blockN,
-        float* a, float* b, float* c, float* bias, bool wide, Epilogue epilogue)
+        float* a, float* b, float* c, float* bias, bool wide, Epilogue epilogue, Prepacked packed)
     {
         int perBatch = mBlocks * nBlocks;
         int batchIdx = task / perBatch, rest = task % perBatch;
@@ -94,13 +121,13 @@ internal static unsafe class HostGemm
         var aPack = aPackBuffer ??= GC.AllocateUninitializedArray<float>(MC * KC + 16, pinned: true) /* +16: a transposed column store's run-over */;
         var bPack = bPackBuffer ??= GC.AllocateUninitializedArray<float>(NC * KC, pinned: true);
         fixed (float* ap = aPack, bp = bPack)
-            Block(p, a, b, c, bias, i0, mc, j0, nc, ap, bp, wide, epilogue);
+            Block(p, a, b, c, bias, i0, mc, j0, nc, ap, bp, wide, epilogue, packed);
     }
 
-    /// <summary>C[i0.., j0..] (mc × nc) over all K slices, packing into ap and bp.</summary>
+    /// <summary>C[i0.., j0..] (mc × nc) over all K slices, packing into ap and bp (B only when it is not prepacked).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* ap, float* bp, bool wide,
-        Epilogue epilogue)
+        Epilogue epilogue, Prepacked packed)
     {
         float* tile = stackalloc float[MR * NR];
         int kTotal = Math.Max(p.K, 1);
@@ -109,7 +136,10 @@ internal static unsafe class HostGemm
             int kc = Math.Clamp(p.K - k0, 0, KC);
             bool first = k0 == 0, last = k0 + KC >= kTotal;
             PackA(p, a, i0, mc, k0, kc, ap);
-            PackB(p, b, j0, nc, k0, kc, bp);
+            if (packed.Data != null)
+                bp = packed.Data + (long)k0 * packed.PaddedN + (long)j0 * kc;
+            else
+                PackB(p, b, j0, nc, k0, kc, bp);
             for (int jr = 0; jr < nc; jr += NR)
             {
                 for (int ir = 0; ir < mc; ir += MR)
@@ -441,4 +471,32 @@ internal static unsafe class HostGemm
             }
         }
     }
+}
+
+/// <summary>
+/// op(B) of a product packed once into the CPU GEMM's panels (<see cref="GemmKernels.PackB"/>), as ONNX Runtime
+/// prepacks a MatMul's constant weight: every later product with it skips packing. A snapshot of B when packed.
+/// </summary>
+public sealed unsafe class PackedMatrix
+{
+    private readonly float[] data; // pinned
+    private readonly nint source;
+    private readonly GemmArgs shape;
+
+    internal PackedMatrix(float[] data, nint source, GemmArgs shape, int paddedN)
+    {
+        this.data = data;
+        this.source = source;
+        this.shape = shape;
+        PaddedN = paddedN;
+    }
+
+    internal int PaddedN { get; }
+    internal float* Pointer => (float*)System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(data, 0);
+
+    /// <summary>Same matrix (its first element's address), shape, leading dimension and transposition.</summary>
+    internal bool Matches(GemmArgs p, float* b) =>
+        (nint)b == source && p.N == shape.N && p.K == shape.K && p.Ldb == shape.Ldb && p.TransB == shape.TransB;
+
+    public override string ToString() => $"{shape.K}×{shape.N}, {(shape.TransB != 0 ? "T" : "N")}, ldb {shape.Ldb}";
 }

@@ -1,3 +1,4 @@
+using ILGPU.Runtime;
 using IlgpuBert.Kernels;
 
 namespace IlgpuBert.Tests;
@@ -282,6 +283,85 @@ public class GemmTests
         var expected = Reference.Gemm(ta, tb, m, n, k, 0.5, ad, lda, bd, ldb, -2, cd, n, biasd);
         var scale = Reference.GemmErrorScale(ta, tb, m, n, k, 0.5, ad, lda, bd, ldb, -2, cd, n, biasd);
         Tol.AssertClose(expected, d.Read(bc, (long)m * n), Tol.F32Dot, "C", scale);
+    }
+
+    [Theory]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    public void Cpu_prepacked_b_gives_the_same_bits_as_packing_per_call(bool tb, bool vector512)
+    {
+        // A Linear weight packed once (inference) must give exactly what packing it in every call gives: over
+        // blocks, two KC slices and ragged panels, with bias, β, and the GELU epilogue with and without pre.
+        var d = Devices.Get("cpu");
+        bool before = d.Kernels.Gemm.HostVector512;
+        d.Kernels.Gemm.HostVector512 = vector512;
+        try
+        {
+            const int m = 403, n = 801, k = 530;
+            int ldb = tb ? k + 3 : n + 5;
+            var rng = new Random(23);
+            var x = Rand.Normal(rng, m * k);
+            var w = Rand.Normal(rng, (tb ? n : k) * ldb, 0.1);
+            var bias = Rand.Normal(rng, n);
+            var c0 = Rand.Normal(rng, m * n);
+            using var bx = d.Upload(x);
+            using var bw = d.Upload(w);
+            using var bBias = d.Upload(bias);
+            var op = tb ? Transpose.T : Transpose.N;
+            var packed = d.Kernels.Gemm.PackB(op, n, k, bw.View, ldb);
+            Assert.NotNull(packed);
+            float[] Product(PackedMatrix? p)
+            {
+                using var c = d.Upload(c0);
+                d.Kernels.Gemm.Forward(Transpose.N, op, m, n, k, 0.5f, bx.View, k, bw.View, ldb, -2f, c.View, n, bBias.View, packedB: p);
+                return d.Read(c, m * n);
+            }
+            (float[] Pre, float[] Y) Activated(PackedMatrix? p, bool keepPre)
+            {
+                using var pre = d.Poisoned(m * n);
+                using var y = d.Poisoned(m * n);
+                d.Kernels.Gemm.ForwardActivation(Transpose.N, op, m, n, k, bx.View, k, bw.View, ldb, keepPre ? pre.View : default, n, bBias.View,
+                    ActivationKind.GeluErf, y.View, p);
+                return (d.Read(pre, m * n), d.Read(y, m * n));
+            }
+            var plain = Product(null);
+            AssertSameBits(plain, Product(packed), "C");
+            var (pre1, y1) = Activated(null, true);
+            var (pre2, y2) = Activated(packed, true);
+            AssertSameBits(pre1, pre2, "pre-activation");
+            AssertSameBits(y1, y2, "GELU");
+            if (d.Kernels.Gemm.FusesWithoutPre(ActivationKind.GeluErf))
+                AssertSameBits(y1, Activated(packed, false).Y, "GELU without pre");
+            // The packed copy is what the product reads: a snapshot, unchanged when B's buffer is rewritten later.
+            bw.View.CopyFromCPU(Rand.Normal(rng, w.Length));
+            AssertSameBits(plain, Product(packed), "C from the snapshot");
+            Assert.NotEqual(plain[0], Product(null)[0]);
+            // Not what was packed: another matrix, or the same one read with another shape, is an error, not wrong numbers.
+            using var other = d.Upload(w);
+            using var c = d.Poisoned(m * n);
+            Assert.Throws<ArgumentException>(() => d.Kernels.Gemm.Forward(Transpose.N, op, m, n, k, 1f, bx.View, k, other.View, ldb, 0f, c.View, n, packedB: packed));
+            Assert.Throws<ArgumentException>(() => d.Kernels.Gemm.Forward(Transpose.N, op, m, n - 1, k, 1f, bx.View, k, bw.View, ldb, 0f, c.View, n, packedB: packed));
+        }
+        finally { d.Kernels.Gemm.HostVector512 = before; }
+    }
+
+    [Fact]
+    public void Prepacking_is_declined_where_the_gemm_reads_b_as_it_is()
+    {
+        var d = Devices.Get("cpu-gpu-shaped");
+        using var w = d.Upload(new float[12]);
+        Assert.Null(d.Kernels.Gemm.PackB(Transpose.T, 3, 4, w.View, 4));
+        Assert.Throws<ArgumentException>(() => Devices.Get("cpu").Kernels.Gemm.PackB(Transpose.T, 4, 4, w.View, 4)); // 16 elements needed
+    }
+
+    private static void AssertSameBits(float[] expected, float[] actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                $"{what}[{i}]: {actual[i]:R} with B prepacked, {expected[i]:R} packed per call");
     }
 
     [Fact]

@@ -361,6 +361,26 @@ public class ModelTests
     }
 
     [Fact]
+    public void Prepacked_linear_weights_give_the_same_hidden_states_bit_for_bit()
+    {
+        // What the pipelines run: each Linear weight packed once (PackedLinears) instead of in every GEMM call.
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        using var model = RandomModel(device, TinyConfig("gelu"), 14);
+        var inputs = Batch();
+        var linears = new PackedLinears();
+        float[] Hidden(BertHooks? hooks)
+        {
+            using var tape = new Tape(recording: false);
+            var outputs = model.Bert.Forward(tape, inputs, Dropouts.Off, hooks: hooks);
+            return [.. outputs.LastHiddenState.Value.ToHost(), .. outputs.PoolerOutput!.Value.ToHost()];
+        }
+        var plain = Hidden(null);
+        var packed = Hidden(linears.Hooks);
+        Assert.Equal(2 * 4 + 1, linears.Count); // four Linear layers per layer and the pooler
+        Assert.True(plain.AsSpan().SequenceEqual(Hidden(linears.Hooks)) && plain.AsSpan().SequenceEqual(packed), "prepacked weights changed the outputs");
+    }
+
+    [Fact]
     public void Gradients_accumulate_over_micro_batches()
     {
         using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));

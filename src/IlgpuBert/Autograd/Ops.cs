@@ -53,7 +53,10 @@ public static partial class Ops
         tape.Own(new Var(new Tensor(device, shape), requiresGrad));
 
     /// <summary>y = act(x·Wᵀ + b), HF nn.Linear (weight [out, in]); act null for none. x: [..., in].</summary>
-    public static Var Linear(Tape tape, Var x, Var w, Var? b, ActivationKind? act = null)
+    public static Var Linear(Tape tape, Var x, Var w, Var? b, ActivationKind? act = null) => Linear(tape, x, w, b, act, null);
+
+    /// <param name="packedWeight">w packed by <see cref="GemmKernels.PackB"/> (the CPU path then skips packing it); the same values as w.</param>
+    public static Var Linear(Tape tape, Var x, Var w, Var? b, ActivationKind? act, PackedMatrix? packedWeight)
     {
         int n = Rows(x), inDim = Cols(x), outDim = w.Shape[0];
         if (w.Shape[1] != inDim) throw new ArgumentException($"Linear: input has {inDim} features, weight {w.Name} expects {w.Shape[1]}");
@@ -64,13 +67,14 @@ public static partial class Ops
         var k = K(x);
         Tensor? pre = null;
         if (act is null)
-            k.Gemm.Forward(Transpose.N, Transpose.T, n, outDim, inDim, 1f, x.Value.View, inDim, w.Value.View, inDim, 0f, y.Value.View, outDim, b?.Value.View ?? default);
+            k.Gemm.Forward(Transpose.N, Transpose.T, n, outDim, inDim, 1f, x.Value.View, inDim, w.Value.View, inDim, 0f, y.Value.View, outDim, b?.Value.View ?? default,
+                packedB: packedWeight);
         else
         {
             // One pass (the GEMM's epilogue applies the activation); pre is what backward needs.
             pre = grad || !k.Gemm.FusesWithoutPre(act.Value) ? new Tensor(x.Device, shape) : null;
             k.Gemm.ForwardActivation(Transpose.N, Transpose.T, n, outDim, inDim, x.Value.View, inDim, w.Value.View, inDim, pre?.View ?? default, outDim,
-                b?.Value.View ?? default, act.Value, y.Value.View);
+                b?.Value.View ?? default, act.Value, y.Value.View, packedWeight);
         }
         if (!grad) { pre?.Dispose(); return y; }
         tape.Record(() =>

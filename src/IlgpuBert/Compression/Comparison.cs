@@ -41,7 +41,7 @@ public sealed class LoadedModel : IDisposable
             return new LoadedModel(int8.Model, int8.Hooks, int8, "int8");
         }
         var model = BertForTask.Load(device, dir);
-        return new LoadedModel(model, null, model, "float32");
+        return new LoadedModel(model, new PackedLinears().Hooks, model, "float32"); // inference only: weights packed once
     }
 
     public List<Prediction> Predict(Featurizer featurizer, IReadOnlyList<Feature> features, int batchSize) =>

@@ -30,6 +30,7 @@ public sealed class BertPipeline : IDisposable
     private readonly BertForTask? task;
     private readonly bool hasMlmHead;
     private readonly string dir;
+    private readonly PackedLinears linears = new(); // the weights never change here: pack each once
 
     private BertPipeline(string dir, BertTextEncoder encoder, BertForPreTraining? pretraining, BertForTask? task, bool hasMlmHead)
     {
@@ -63,7 +64,7 @@ public sealed class BertPipeline : IDisposable
     public float[] Encode(BertInputs inputs)
     {
         using var tape = new Tape(recording: false);
-        return Body.Forward(tape, inputs, Dropouts.Off).LastHiddenState.Value.ToHost();
+        return Body.Forward(tape, inputs, Dropouts.Off, hooks: linears.Hooks).LastHiddenState.Value.ToHost();
     }
 
     /// <summary>
@@ -166,7 +167,7 @@ public sealed class BertPipeline : IDisposable
             ? new TaskExample { Text = parts[0], TextPair = parts.Length > 1 ? parts[1] : "" } : new TaskExample { Text = t }).ToList();
         var featurizer = new Featurizer(Encoder, task.Task, Config.MaxPositionEmbeddings);
         var features = examples.Select(e => featurizer.Make(e, labelled: false)).ToList();
-        return Predictor.Predict(task, featurizer, features, batchSize).Select(p => new Classification(task.Task.Labels[p.Label], p.Probability)).ToList();
+        return Predictor.Predict(task, featurizer, features, batchSize, linears.Hooks).Select(p => new Classification(task.Task.Labels[p.Label], p.Probability)).ToList();
     }
 
     public void Dispose()

@@ -1,0 +1,42 @@
+// Inference on the CPU repacks every Linear weight into the GEMM's panels on every call: at batch 1
+// that is as much memory traffic as the product itself (perf/RESULTS.md). ONNX Runtime prepacks a
+// MatMul's constant weight once; this does the same for a model that only runs forward.
+using IlgpuBert.Autograd;
+using IlgpuBert.Kernels;
+
+namespace IlgpuBert.Model;
+
+/// <summary>
+/// Linear layers whose weights are packed on first use and reused (<see cref="GemmKernels.PackB"/>):
+/// pass <see cref="Hooks"/> to a forward. The packed copies are snapshots, so only code that owns a
+/// model it never trains again uses this (the pipelines, predict, compare). Where the GEMM reads B as
+/// it is (GPU kernels), layers run as <see cref="Ops.Linear"/> and nothing is kept.
+/// </summary>
+public sealed class PackedLinears
+{
+    private readonly Dictionary<Var, PackedMatrix?> packed = new(ReferenceEqualityComparer.Instance);
+
+    public PackedLinears() => Hooks = new BertHooks { Linear = Linear };
+
+    public BertHooks Hooks { get; }
+
+    /// <summary>How many weights are packed so far.</summary>
+    public int Count
+    {
+        get
+        {
+            lock (packed) return packed.Values.Count(p => p is not null);
+        }
+    }
+
+    public Var Linear(Tape tape, Var x, Var w, Var? b, ActivationKind? act)
+    {
+        PackedMatrix? p;
+        lock (packed)
+        {
+            if (!packed.TryGetValue(w, out p))
+                packed[w] = p = w.Device.Kernels.Gemm.PackB(Transpose.T, w.Shape[0], w.Shape[1], w.Value.View, w.Shape[1]);
+        }
+        return Ops.Linear(tape, x, w, b, act, p);
+    }
+}
