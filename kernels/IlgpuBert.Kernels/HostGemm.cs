@@ -126,6 +126,7 @@ internal static unsafe class HostGemm
 
     /// <summary>C[i0.., j0..] (mc × nc) over all K slices, packing into ap and bp (B only when it is not prepacked).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit] // the tile is written whole by the micro-kernel before it is read
     private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* ap, float* bp, bool wide,
         Epilogue epilogue, Prepacked packed)
     {
