@@ -73,9 +73,46 @@ internal static unsafe class HostGemm
         }
         // Pointers cannot be captured by a lambda; pass them as integers.
         nint ia = (nint)pa, ib = (nint)pb, ic = (nint)pc, ibias = (nint)pbias;
-        HostParallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks, mc, nc,
-            (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide, epilogue, packed));
+        float[]? shared = null;
+        if (packed.Data == null && batch == 1 && mBlocks > 1)
+        {
+            // Every row block would pack the same B again (six times for BERT-base's 2048 rows): pack it once, all cores at it.
+            shared = PackShared(p, pb, out packed);
+        }
+        try
+        {
+            HostParallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks, mc, nc,
+                (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide, epilogue, packed));
+        }
+        finally
+        {
+            if (shared is not null) Interlocked.Exchange(ref sharedPack, shared);
+        }
         GC.KeepAlive(packedB);
+    }
+
+    // The buffer of the last shared packing, reused by the next (a concurrent product that finds it taken allocates its own).
+    private static float[]? sharedPack;
+
+    /// <summary>All of op(B) packed into a shared buffer (as <see cref="Pack"/> lays it out), slices × column blocks spread over the cores.</summary>
+    private static float[] PackShared(GemmArgs p, float* b, out Prepacked packed)
+    {
+        int paddedN = (p.N + NR - 1) / NR * NR;
+        long size = (long)Math.Max(p.K, 1) * paddedN;
+        var buffer = Interlocked.Exchange(ref sharedPack, null);
+        if (buffer is null || buffer.Length < size) buffer = GC.AllocateUninitializedArray<float>(checked((int)size), pinned: true);
+        float* dst = (float*)System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(buffer, 0);
+        int slices = (p.K + KC - 1) / KC, columnBlocks = (p.N + NC - 1) / NC;
+        nint ib = (nint)b, id = (nint)dst;
+        var args = p;
+        HostParallel.For(0, slices * columnBlocks, t =>
+        {
+            int k0 = t / columnBlocks * KC, j0 = t % columnBlocks * NC;
+            int kc = Math.Min(KC, args.K - k0);
+            PackB(args, (float*)ib, j0, Math.Min(NC, args.N - j0), k0, kc, (float*)id + (long)k0 * paddedN + (long)j0 * kc);
+        });
+        packed = new Prepacked(dst, paddedN);
+        return buffer;
     }
 
     /// <summary>
