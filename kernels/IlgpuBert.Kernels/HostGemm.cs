@@ -17,11 +17,21 @@ namespace IlgpuBert.Kernels;
 
 internal static unsafe class HostGemm
 {
-    // MC×KC of A stays in L2 while the micro-kernel sweeps NC columns; the block is shrunk (below) when
+    // MC×KC of A stays in L2 while the micro-kernel sweeps NC columns (KC: the deepest slice, see SliceDepth); the block is shrunk (below) when
     // a product is too small to give every core two tasks. Larger blocks repack less: A is packed once
     // per NC columns and B once per MC rows (perf/RESULTS.md: 96×256 blocks with scalar packing and
     // tile merge left the micro-kernel about half of the GEMM's time).
-    private const int MR = 12, NR = 32, MC = 384, NC = 768, KC = 256;
+    private const int MR = 12, NR = 32, MC = 384, NC = 768, KC = 384;
+
+    /// <summary>
+    /// The depth of K-slices: K in as few slices of at most KC as it takes, evened (a whole multiple of 16 for the
+    /// transposes), so K = 384 is one slice and 768 two, not 256 + 128 and 3 × 256: each slice costs a merge of C.
+    /// </summary>
+    private static int SliceDepth(int k)
+    {
+        int slices = Math.Max(1, (k + KC - 1) / KC);
+        return Math.Min(KC, ((k + slices - 1) / slices + 15) & ~15);
+    }
 
     // Packing buffers, one pair per thread that runs tasks (HostParallel's workers live as long as the
     // process). A shared ConcurrentBag of them cost 7% of a batch-1 GEMM in lock contention.
@@ -102,13 +112,13 @@ internal static unsafe class HostGemm
         var buffer = Interlocked.Exchange(ref sharedPack, null);
         if (buffer is null || buffer.Length < size) buffer = GC.AllocateUninitializedArray<float>(checked((int)size), pinned: true);
         float* dst = (float*)System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(buffer, 0);
-        int slices = (p.K + KC - 1) / KC, columnBlocks = (p.N + NC - 1) / NC;
+        int depth = SliceDepth(p.K), slices = (p.K + depth - 1) / depth, columnBlocks = (p.N + NC - 1) / NC;
         nint ib = (nint)b, id = (nint)dst;
         var args = p;
         HostParallel.For(0, slices * columnBlocks, t =>
         {
-            int k0 = t / columnBlocks * KC, j0 = t % columnBlocks * NC;
-            int kc = Math.Min(KC, args.K - k0);
+            int k0 = t / columnBlocks * depth, j0 = t % columnBlocks * NC;
+            int kc = Math.Min(depth, args.K - k0);
             PackB(args, (float*)ib, j0, Math.Min(NC, args.N - j0), k0, kc, (float*)id + (long)k0 * paddedN + (long)j0 * kc);
         });
         packed = new Prepacked(dst, paddedN);
@@ -132,8 +142,8 @@ internal static unsafe class HostGemm
         int paddedN = (p.N + NR - 1) / NR * NR;
         var data = GC.AllocateUninitializedArray<float>(checked(Math.Max(p.K, 1) * paddedN), pinned: true);
         fixed (float* dst = data)
-            for (int k0 = 0; k0 < p.K; k0 += KC)
-                PackB(p, pb, 0, p.N, k0, Math.Min(KC, p.K - k0), dst + (long)k0 * paddedN);
+            for (int k0 = 0, depth = SliceDepth(p.K); k0 < p.K; k0 += depth)
+                PackB(p, pb, 0, p.N, k0, Math.Min(depth, p.K - k0), dst + (long)k0 * paddedN);
         return new PackedMatrix(data, (nint)pb, p, paddedN);
     }
 
@@ -169,10 +179,11 @@ internal static unsafe class HostGemm
     {
         float* tile = stackalloc float[MR * NR];
         int kTotal = Math.Max(p.K, 1);
-        for (int k0 = 0; k0 < kTotal; k0 += KC)
+        int depth = SliceDepth(p.K);
+        for (int k0 = 0; k0 < kTotal; k0 += depth)
         {
-            int kc = Math.Clamp(p.K - k0, 0, KC);
-            bool first = k0 == 0, last = k0 + KC >= kTotal;
+            int kc = Math.Clamp(p.K - k0, 0, depth);
+            bool first = k0 == 0, last = k0 + depth >= kTotal;
             PackA(p, a, i0, mc, k0, kc, ap);
             if (packed.Data != null)
                 bp = packed.Data + (long)k0 * packed.PaddedN + (long)j0 * kc;

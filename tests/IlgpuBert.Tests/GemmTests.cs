@@ -216,7 +216,7 @@ public class GemmTests
     public void Cpu_gelu_epilogue_without_pre_activation_matches_the_one_with_it_bit_for_bit()
     {
         // Inference skips the pre-activation: partial sums over K-slices are kept in y until GELU overwrites
-        // them. Over several blocks and KC = 256 slices, with ragged edges (scalar tails of the epilogue).
+        // them. Over several blocks and two K-slices, with ragged edges (scalar tails of the epilogue).
         var d = Devices.Get("cpu");
         if (!d.Kernels.Gemm.FusesWithoutPre(ActivationKind.GeluErf)) Assert.Skip("no AVX-512: the CPU path keeps the pre-activation");
         Assert.False(d.Kernels.Gemm.FusesWithoutPre(ActivationKind.Relu));
@@ -266,7 +266,7 @@ public class GemmTests
 
     private static void CpuPathCase(TestDevice d, bool ta, bool tb)
     {
-        int m = 403, n = 801, k = 530; // over MC = 384 rows, NC = 768 columns and two KC = 256 slices, whatever the core count
+        int m = 403, n = 801, k = 530; // over MC = 384 rows, NC = 768 columns and two K-slices (2 × 272), whatever the core count
         var rng = new Random(99);
         int lda = ta ? m : k, ldb = tb ? k : n;
         var a = Rand.Normal(rng, (long)m * k);
