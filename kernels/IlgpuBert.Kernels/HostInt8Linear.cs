@@ -14,6 +14,11 @@
 // 256-bit load is 8 columns × 4 k; the input is packed per call into 6-row panels (group g of row r
 // at (g·6 + r)·4), each 4-byte group broadcast to all lanes. The 6×16 micro-kernel keeps 12 Vector256
 // accumulators (AVX-VNNI is VEX-encoded: 16 registers); K is padded to whole groups with zero weights.
+//
+// Without AVX-VNNI (AMD Zen 4 has AVX-512 VNNI, which .NET 10 does not expose, but not AVX-VNNI) the
+// same tiles run on AVX-512BW's VPMADDWD: weights and inputs as 16-bit pairs of k (q ∈ [−127, 127],
+// no offset), one Vector512 of 16 columns × 2 k per pair, each product pair summed exactly into an
+// int32 lane. Half the multiply-adds of VPDPBUSD per instruction, still twice float32's FMA.
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -24,17 +29,21 @@ namespace IlgpuBert.Kernels;
 /// <summary>An int8 weight [N, K] packed for the CPU's VNNI kernel, with 128·Σ_k w[n, k] per column.</summary>
 public sealed class PackedInt8Weight
 {
-    internal PackedInt8Weight(int n, int k, sbyte[] panels, int[] offsets)
+    internal PackedInt8Weight(int n, int k, sbyte[] panels, int[] offsets, bool pairs)
     {
         N = n;
         K = k;
         Panels = panels;
         Offsets = offsets;
+        Pairs = pairs;
     }
 
     public int N { get; }
     public int K { get; }
-    internal int Groups => (K + 3) / 4;
+    /// <summary>16-bit pairs of k for AVX-512BW (else 4-byte groups for AVX-VNNI).</summary>
+    internal bool Pairs { get; }
+    /// <summary>Units of k per column of a panel, four bytes each: groups of four int8, or pairs of int16.</summary>
+    internal int Groups => Pairs ? (K + 1) / 2 : (K + 3) / 4;
     internal sbyte[] Panels { get; }
     internal int[] Offsets { get; }
 }
@@ -44,10 +53,12 @@ internal static unsafe class HostInt8Linear
     public const int MR = 6, NR = 16;
     private const int MC = 16 * MR, NC = 256;
 
-    public static bool Supported => AvxVnni.IsSupported;
+    public static bool Supported => AvxVnni.IsSupported || Avx512BW.IsSupported;
 
-    public static PackedInt8Weight Pack(sbyte* w, int n, int k)
+    /// <param name="pairs">16-bit pairs for AVX-512BW (needed where AVX-VNNI is missing), else 4-byte groups for AVX-VNNI.</param>
+    public static PackedInt8Weight Pack(sbyte* w, int n, int k, bool pairs)
     {
+        if (pairs) return PackPairs(w, n, k);
         int groups = (k + 3) / 4, panels = (n + NR - 1) / NR;
         var packed = GC.AllocateArray<sbyte>(panels * groups * NR * 4, pinned: true); // zero: the padding adds nothing
         var offsets = new int[panels * NR];
@@ -64,7 +75,25 @@ internal static unsafe class HostInt8Linear
                 }
                 offsets[j] = 128 * sum;
             }
-        return new PackedInt8Weight(n, k, packed, offsets);
+        return new PackedInt8Weight(n, k, packed, offsets, pairs: false);
+    }
+
+    /// <summary>w as 16-bit pairs: panel p, pair g: columns 16p … 16p + 15, two k each, at (p·G + g)·32 shorts; no offsets (inputs are signed).</summary>
+    private static PackedInt8Weight PackPairs(sbyte* w, int n, int k)
+    {
+        int pairs = (k + 1) / 2, panels = (n + NR - 1) / NR;
+        var packed = GC.AllocateArray<sbyte>(panels * pairs * NR * 4, pinned: true); // zero: the padding adds nothing
+        fixed (sbyte* bytes = packed)
+        {
+            short* dst = (short*)bytes;
+            for (int j = 0; j < n; j++)
+            {
+                sbyte* row = w + (long)j * k;
+                short* panel = dst + (long)(j / NR) * pairs * NR * 2 + j % NR * 2;
+                for (int t = 0; t < k; t++) panel[t / 2 * NR * 2 + t % 2] = row[t];
+            }
+        }
+        return new PackedInt8Weight(n, k, packed, new int[panels * NR], pairs: true);
     }
 
     /// <summary>y [M, N] = (quantize(x)·wᵀ)·(inputScale·wScale[n]) + bias[n] (bias may be null), then GELU when asked.</summary>
@@ -86,7 +115,9 @@ internal static unsafe class HostInt8Linear
                 nint ia = (nint)pa, ix = (nint)x;
                 HostRows.Blocks(rowPanels, (long)m * k, (p0, p1) =>
                 {
-                    for (int p = p0; p < p1; p++) PackRows((float*)ix, m, k, groups, p * MR, inv, (byte*)ia + (long)p * groups * MR * 4);
+                    for (int p = p0; p < p1; p++)
+                        if (w.Pairs) PackRowPairs((float*)ix, m, k, groups, p * MR, inv, (short*)((byte*)ia + (long)p * groups * MR * 4));
+                        else PackRows((float*)ix, m, k, groups, p * MR, inv, (byte*)ia + (long)p * groups * MR * 4);
                 });
                 // Blocks of up to MC × NC, halved until every core has two.
                 int mc = MC, nc = NC, wanted = (double)m * n * k >= 1e6 ? 2 * Environment.ProcessorCount : 1;
@@ -101,7 +132,8 @@ internal static unsafe class HostInt8Linear
                 void Task(int t)
                 {
                     int i0 = t / nBlocks * mc, j0 = t % nBlocks * nc;
-                    Block((byte*)ia, (sbyte*)iw, (int*)io, (float*)isc, (float*)ib, gelu, (float*)iy, m, n, groups, i0, Math.Min(mc, m - i0), j0, Math.Min(nc, n - j0));
+                    Block((byte*)ia, (sbyte*)iw, (int*)io, (float*)isc, (float*)ib, gelu, (float*)iy, m, n, groups, i0, Math.Min(mc, m - i0), j0, Math.Min(nc, n - j0),
+                        w.Pairs);
                 }
                 if (tasks == 1) Task(0);
                 else HostParallel.For(0, tasks, Task);
@@ -147,6 +179,31 @@ internal static unsafe class HostInt8Linear
         }
     }
 
+    /// <summary>Rows r0 … r0 + 5 of x quantized into one 6-row panel of 16-bit pairs (pair g of row r at (g·6 + r)·2); missing rows and the K padding are 0.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackRowPairs(float* x, int m, int k, int pairs, int r0, float inv, short* panel)
+    {
+        var invV = Vector512.Create(inv);
+        for (int r = 0; r < MR; r++)
+        {
+            uint* dst = (uint*)panel + r; // pair g at dst[g·MR]
+            if (r0 + r >= m)
+            {
+                for (int g = 0; g < pairs; g++) dst[g * MR] = 0;
+                continue;
+            }
+            float* row = x + (long)(r0 + r) * k;
+            int t = 0;
+            for (; t + 16 <= k; t += 16)
+            {
+                var units = Avx512F.ConvertToVector256Int16(Quantize16(Vector512.Load(row + t), invV)).AsUInt32();
+                for (int i = 0; i < 8; i++) dst[(t / 2 + i) * MR] = units.GetElement(i);
+            }
+            for (; t < pairs * 2; t++)
+                ((short*)dst)[t / 2 * MR * 2 + t % 2] = t < k ? (short)QuantizationKernels.QuantizeValue(row[t], inv) : (short)0;
+        }
+    }
+
     /// <summary><see cref="QuantizationKernels.QuantizeValue"/> on 16 lanes (the same float operations; NaN gives 0, as the scalar cast does).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<int> Quantize16(Vector512<float> x, Vector512<float> inv)
@@ -160,15 +217,29 @@ internal static unsafe class HostInt8Linear
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Block(byte* a, sbyte* w, int* offsets, float* scale, float* bias, bool gelu, float* y, int m, int n, int groups,
-        int i0, int mc, int j0, int nc)
+        int i0, int mc, int j0, int nc, bool pairs)
     {
-        int* tile = stackalloc int[MR * NR];
+        int* tile = stackalloc int[2 * MR * NR];
         for (int jr = j0; jr < j0 + nc; jr += NR)
         {
             sbyte* bPanel = w + (long)(jr / NR) * groups * NR * 4;
+            if (pairs && jr + 2 * NR <= j0 + nc)
+            {
+                // Two column panels at once: each broadcast input pair feeds two VPMADDWD.
+                for (int ir = i0; ir < i0 + mc; ir += MR)
+                {
+                    Micro6x32Pairs(groups, (short*)(a + (long)(ir / MR) * groups * MR * 4), (short*)bPanel, (short*)(bPanel + (long)groups * NR * 4), tile, tile + MR * NR);
+                    Epilogue(tile, offsets, scale, bias, gelu, y, n, ir, Math.Min(MR, m - ir), jr, NR);
+                    Epilogue(tile + MR * NR, offsets, scale, bias, gelu, y, n, ir, Math.Min(MR, m - ir), jr + NR, Math.Min(NR, n - jr - NR));
+                }
+                jr += NR;
+                continue;
+            }
             for (int ir = i0; ir < i0 + mc; ir += MR)
             {
-                Micro6x16(groups, a + (long)(ir / MR) * groups * MR * 4, bPanel, tile);
+                byte* aPanel = a + (long)(ir / MR) * groups * MR * 4;
+                if (pairs) Micro6x16Pairs(groups, (short*)aPanel, (short*)bPanel, tile);
+                else Micro6x16(groups, aPanel, bPanel, tile);
                 Epilogue(tile, offsets, scale, bias, gelu, y, n, ir, Math.Min(MR, m - ir), jr, Math.Min(NR, n - jr));
             }
         }
@@ -203,6 +274,56 @@ internal static unsafe class HostInt8Linear
         c00.Store(tile); c01.Store(tile + 8); c10.Store(tile + 16); c11.Store(tile + 24);
         c20.Store(tile + 32); c21.Store(tile + 40); c30.Store(tile + 48); c31.Store(tile + 56);
         c40.Store(tile + 64); c41.Store(tile + 72); c50.Store(tile + 80); c51.Store(tile + 88);
+    }
+
+    /// <summary>tile (6 × 16) = Σ_g Σ_{2 k} a·b on AVX-512BW: one VPMADDWD per row and pair (16 columns, exact int32 sums).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Micro6x16Pairs(int pairs, short* a, short* b, int* tile)
+    {
+        Vector512<int> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
+        for (int g = 0; g < pairs; g++)
+        {
+            var w = Vector512.Load(b);
+            c0 += Avx512BW.MultiplyAddAdjacent(Vector512.Create(*(int*)a).AsInt16(), w);
+            c1 += Avx512BW.MultiplyAddAdjacent(Vector512.Create(*(int*)(a + 2)).AsInt16(), w);
+            c2 += Avx512BW.MultiplyAddAdjacent(Vector512.Create(*(int*)(a + 4)).AsInt16(), w);
+            c3 += Avx512BW.MultiplyAddAdjacent(Vector512.Create(*(int*)(a + 6)).AsInt16(), w);
+            c4 += Avx512BW.MultiplyAddAdjacent(Vector512.Create(*(int*)(a + 8)).AsInt16(), w);
+            c5 += Avx512BW.MultiplyAddAdjacent(Vector512.Create(*(int*)(a + 10)).AsInt16(), w);
+            a += MR * 2;
+            b += NR * 2;
+        }
+        c0.Store(tile); c1.Store(tile + 16); c2.Store(tile + 32); c3.Store(tile + 48); c4.Store(tile + 64); c5.Store(tile + 80);
+    }
+
+    /// <summary>Two 6 × 16 tiles of <see cref="Micro6x16Pairs"/> side by side (column panels b0 and b1), twelve accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Micro6x32Pairs(int pairs, short* a, short* b0, short* b1, int* tile0, int* tile1)
+    {
+        Vector512<int> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
+        Vector512<int> d0 = default, d1 = default, d2 = default, d3 = default, d4 = default, d5 = default;
+        for (int g = 0; g < pairs; g++)
+        {
+            var w0 = Vector512.Load(b0);
+            var w1 = Vector512.Load(b1);
+            var x = Vector512.Create(*(int*)a).AsInt16();
+            c0 += Avx512BW.MultiplyAddAdjacent(x, w0); d0 += Avx512BW.MultiplyAddAdjacent(x, w1);
+            x = Vector512.Create(*(int*)(a + 2)).AsInt16();
+            c1 += Avx512BW.MultiplyAddAdjacent(x, w0); d1 += Avx512BW.MultiplyAddAdjacent(x, w1);
+            x = Vector512.Create(*(int*)(a + 4)).AsInt16();
+            c2 += Avx512BW.MultiplyAddAdjacent(x, w0); d2 += Avx512BW.MultiplyAddAdjacent(x, w1);
+            x = Vector512.Create(*(int*)(a + 6)).AsInt16();
+            c3 += Avx512BW.MultiplyAddAdjacent(x, w0); d3 += Avx512BW.MultiplyAddAdjacent(x, w1);
+            x = Vector512.Create(*(int*)(a + 8)).AsInt16();
+            c4 += Avx512BW.MultiplyAddAdjacent(x, w0); d4 += Avx512BW.MultiplyAddAdjacent(x, w1);
+            x = Vector512.Create(*(int*)(a + 10)).AsInt16();
+            c5 += Avx512BW.MultiplyAddAdjacent(x, w0); d5 += Avx512BW.MultiplyAddAdjacent(x, w1);
+            a += MR * 2;
+            b0 += NR * 2;
+            b1 += NR * 2;
+        }
+        c0.Store(tile0); c1.Store(tile0 + 16); c2.Store(tile0 + 32); c3.Store(tile0 + 48); c4.Store(tile0 + 64); c5.Store(tile0 + 80);
+        d0.Store(tile1); d1.Store(tile1 + 16); d2.Store(tile1 + 32); d3.Store(tile1 + 48); d4.Store(tile1 + 64); d5.Store(tile1 + 80);
     }
 
     /// <summary>y[row0 + r, col0 + j] = (tile − 128·Σw)·scale (+ bias) (then GELU) for the tile's valid rows and columns.</summary>

@@ -85,20 +85,27 @@ public sealed class QuantizationKernels
 
     /// <summary>
     /// Whether an int8 Linear layer runs as one host call (<see cref="LinearOnHost"/>): on the CPU
-    /// accelerator of a CPU with AVX-VNNI. Elsewhere it is <see cref="Quantize"/>, <see cref="Gemm"/>
+    /// accelerator of a CPU with AVX-VNNI or AVX-512BW. Elsewhere it is <see cref="Quantize"/>, <see cref="Gemm"/>
     /// and <see cref="Dequantize"/>.
     /// </summary>
     public bool UseHostLinear => set.IsCpu && !ForceDeviceKernel && HostInt8Linear.Supported;
 
+    /// <summary>
+    /// The host kernel <see cref="PackForHost"/> packs for: AVX-512BW's 16-bit pairs (VPMADDWD) when true, AVX-VNNI's
+    /// 4-byte groups (VPDPBUSD) when false. The default is VNNI where the CPU has it; tests set true to run the other.
+    /// </summary>
+    public bool HostPairs { get; set; } = !System.Runtime.Intrinsics.X86.AvxVnni.IsSupported;
+
     /// <summary>w [N, K] packed for <see cref="LinearOnHost"/> (once per weight: the packing is not updated if w changes).</summary>
     public unsafe PackedInt8Weight PackForHost(ArrayView<sbyte> w, int n, int k)
     {
-        if (!UseHostLinear) throw new InvalidOperationException("int8 weights are packed for the host only on the CPU accelerator with AVX-VNNI");
+        if (!UseHostLinear) throw new InvalidOperationException("int8 weights are packed for the host only on the CPU accelerator with AVX-VNNI or AVX-512BW");
+        if (!HostPairs && !System.Runtime.Intrinsics.X86.AvxVnni.IsSupported) throw new InvalidOperationException("this CPU has no AVX-VNNI: pack as pairs (HostPairs)");
         if (n < 0 || k < 0) throw new ArgumentException($"invalid int8 weight shape {n}×{k}");
         if (k >= 133_000) throw new ArgumentException($"int8 GEMM: K = {k} could overflow the int32 accumulator (limit 133,000)");
         Check.Vector("w", w, (long)n * k);
         set.Accelerator.Synchronize();
-        return HostInt8Linear.Pack(n * k > 0 ? (sbyte*)w.LoadEffectiveAddressAsPtr() : null, n, k);
+        return HostInt8Linear.Pack(n * k > 0 ? (sbyte*)w.LoadEffectiveAddressAsPtr() : null, n, k, HostPairs);
     }
 
     /// <summary>
@@ -109,7 +116,7 @@ public sealed class QuantizationKernels
     public unsafe void LinearOnHost(ArrayView<float> x, PackedInt8Weight w, ArrayView<float> wScale, float inputScale,
         ArrayView<float> bias, ActivationKind? act, ArrayView<float> y, int m)
     {
-        if (!UseHostLinear) throw new InvalidOperationException("LinearOnHost needs the CPU accelerator and AVX-VNNI (see UseHostLinear)");
+        if (!UseHostLinear) throw new InvalidOperationException("LinearOnHost needs the CPU accelerator and AVX-VNNI or AVX-512BW (see UseHostLinear)");
         if (!(inputScale > 0f) || !float.IsFinite(inputScale)) throw new ArgumentOutOfRangeException(nameof(inputScale), $"quantization scale must be positive and finite, got {inputScale}");
         if (m < 0) throw new ArgumentException($"invalid row count {m}");
         Check.Vector("x", x, (long)m * w.K);

@@ -98,18 +98,37 @@ public class QuantizationKernelTests
         Assert.Throws<ArgumentOutOfRangeException>(() => d.Kernels.Quantization.Quantize(bx.View, bq.View, x.Length, float.NaN));
     }
 
+    public static TheoryData<int, int, int, bool, bool> HostLinearCases()
+    {
+        var data = new TheoryData<int, int, int, bool, bool>();
+        foreach (bool pairs in new[] { false, true }) // AVX-VNNI's 4-byte groups, AVX-512BW's 16-bit pairs
+        {
+            data.Add(1, 1, 1, true, pairs);
+            data.Add(7, 33, 5, false, pairs);
+            data.Add(13, 17, 130, true, pairs);  // K not a whole number of groups or pairs, N not of 16-column panels
+            data.Add(129, 65, 33, true, pairs);
+            data.Add(200, 300, 70, false, pairs); // split over several blocks and cores
+            data.Add(5, 3, 0, true, pairs);
+        }
+        return data;
+    }
+
     [Theory]
-    [InlineData(1, 1, 1, true)]
-    [InlineData(7, 33, 5, false)]
-    [InlineData(13, 17, 130, true)]   // K not a whole number of 4-byte groups, N not of 16-column panels
-    [InlineData(129, 65, 33, true)]
-    [InlineData(200, 300, 70, false)] // split over several blocks and cores
-    [InlineData(5, 3, 0, true)]
-    public void Int8_linear_on_the_host_equals_quantize_gemm_rescale_and_bias_bit_for_bit(int m, int n, int k, bool bias)
+    [MemberData(nameof(HostLinearCases))]
+    public void Int8_linear_on_the_host_equals_quantize_gemm_rescale_and_bias_bit_for_bit(int m, int n, int k, bool bias, bool pairs)
     {
         var d = Devices.Get("cpu");
         var q = d.Kernels.Quantization;
-        if (!q.UseHostLinear) Assert.Skip("this CPU has no AVX-VNNI: int8 Linear layers run Quantize, Gemm and Dequantize (tested above)");
+        if (!q.UseHostLinear) Assert.Skip("this CPU has neither AVX-VNNI nor AVX-512BW: int8 Linear layers run Quantize, Gemm and Dequantize (tested above)");
+        if (!pairs && !System.Runtime.Intrinsics.X86.AvxVnni.IsSupported) Assert.Skip("this CPU has no AVX-VNNI (the pairs kernel runs instead)");
+        bool before = q.HostPairs;
+        q.HostPairs = pairs;
+        try { HostLinearCase(d, q, m, n, k, bias); }
+        finally { q.HostPairs = before; }
+    }
+
+    private static void HostLinearCase(TestDevice d, QuantizationKernels q, int m, int n, int k, bool bias)
+    {
         var rng = new Random(m * 7919 + n * 31 + k);
         const float sx = 0.021f;
         // Inputs past the clamp (±127·s and far beyond), exact halves of a step, zeros.
