@@ -34,4 +34,12 @@ public static class HostMath
         e = Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(-104f)), Vector512<float>.Zero, e);
         return Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512.Create(89f)), Vector512.Create(float.PositiveInfinity), e);
     }
+
+    /// <summary>The largest of the 16 lanes (NaN if any is NaN, as MathF.Max): halves folded, not 16 scalar reads.</summary>
+    public static float MaxLanes(Vector512<float> v)
+    {
+        var h = Vector256.Max(v.GetLower(), v.GetUpper());
+        var q = Vector128.Max(h.GetLower(), h.GetUpper());
+        return MathF.Max(MathF.Max(q.GetElement(0), q.GetElement(1)), MathF.Max(q.GetElement(2), q.GetElement(3)));
+    }
 }

@@ -421,7 +421,7 @@ internal static unsafe class HostRows
         {
             var vm = Vector512.Create(float.NegativeInfinity);
             for (; j + Vector512<float>.Count <= n; j += Vector512<float>.Count) vm = Vector512.Max(vm, Vector512.Load(z + j));
-            m = MaxLanes(vm);
+            m = HostMath.MaxLanes(vm);
         }
         for (; j < n; j++) m = MathF.Max(m, z[j]);
         float s = 0f;
@@ -435,13 +435,6 @@ internal static unsafe class HostRows
         }
         for (; j < n; j++) s += MathF.Exp(z[j] - m);
         return m + MathF.Log(s);
-    }
-
-    private static float MaxLanes(Vector512<float> v)
-    {
-        float m = float.NegativeInfinity;
-        for (int i = 0; i < Vector512<float>.Count; i++) m = MathF.Max(m, v.GetElement(i));
-        return m;
     }
 
     public static void CrossEntropyBackward(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse, ArrayView<float> loss,
