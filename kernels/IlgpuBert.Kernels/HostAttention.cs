@@ -66,9 +66,9 @@ internal static unsafe class HostAttention
     private static void ForwardHead(int b, int h, float* qkv, int* mask, float* context, float* lse, float* probs, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim, sp = (s + 15) & ~15;
-        int need = hd * sp + s * hd + QueryBlock * sp + 2 * sp;
+        int need = hd * sp + s * hd + QueryBlock * sp + 2 * sp + QueryBlock * hd;
         if (headBuffer is null || headBuffer.Length < need) headBuffer = GC.AllocateUninitializedArray<float>(need, pinned: true);
-        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyFrom = scores + QueryBlock * sp, keep = keyFrom + sp;
+        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyFrom = scores + QueryBlock * sp, keep = keyFrom + sp, tail = keep + sp;
         KeysOfHead(b, h, qkv, mask, a, sp, kt, keyFrom);
         for (int j = 0; j < s; j++) new Span<float>(qkv + a.Qkv(b, j, 2, h, 0), hd).CopyTo(new Span<float>(v + j * hd, hd));
 
@@ -77,7 +77,7 @@ internal static unsafe class HostAttention
             int rows = Math.Min(QueryBlock, s - i0);
             float* q0 = qkv + a.Qkv(b, i0, 0, h, 0), q1 = qkv + a.Qkv(b, i0 + Math.Min(1, rows - 1), 0, h, 0);
             float* q2 = qkv + a.Qkv(b, i0 + Math.Min(2, rows - 1), 0, h, 0), q3 = qkv + a.Qkv(b, i0 + Math.Min(3, rows - 1), 0, h, 0);
-            FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, scores);
+            FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, sp, scores, sp);
             MaskScores(scores, keyFrom, i0, a.Scale, sp);
             for (int r = 0; r < rows; r++)
             {
@@ -117,46 +117,19 @@ internal static unsafe class HostAttention
                     for (int j = 0; j < s; j++) row[j] *= keep[j];
                 }
             }
-            // Context: o_r = Σ_j p_rj·V_j, four rows at a time per 16 dimensions.
-            float* p0 = scores, p1 = scores + sp, p2 = scores + 2 * sp, p3 = scores + 3 * sp;
-            int dv = hd & ~15, d0 = 0;
-            for (; d0 + 32 <= dv; d0 += 32)
+            // Context: o_r = Σ_j p_rj·V_j, four rows at a time (rows past the sequence's end go to a scratch block).
+            int dv = hd & ~15;
+            if (dv > 0)
             {
-                // Two 16-dimension blocks at a time: eight independent FMA chains, the same sums in the same order.
-                Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default, u0 = default, u1 = default, u2 = default, u3 = default;
-                for (int j = 0; j < s; j++)
+                float* p0 = scores, p1 = scores + sp, p2 = scores + 2 * sp, p3 = scores + 3 * sp;
+                int ldc = (int)(a.Ctx(b, 1, h, 0) - a.Ctx(b, 0, h, 0));
+                if (rows == QueryBlock)
+                    FourRowsTimes(p0, p1, p2, p3, v, s, hd, dv, context + a.Ctx(b, i0, h, 0), ldc);
+                else
                 {
-                    var x = Vector512.Load(v + j * hd + d0);
-                    var y = Vector512.Load(v + j * hd + d0 + 16);
-                    var w = Vector512.Create(p0[j]);
-                    o0 = Vector512.FusedMultiplyAdd(w, x, o0); u0 = Vector512.FusedMultiplyAdd(w, y, u0);
-                    w = Vector512.Create(p1[j]);
-                    o1 = Vector512.FusedMultiplyAdd(w, x, o1); u1 = Vector512.FusedMultiplyAdd(w, y, u1);
-                    w = Vector512.Create(p2[j]);
-                    o2 = Vector512.FusedMultiplyAdd(w, x, o2); u2 = Vector512.FusedMultiplyAdd(w, y, u2);
-                    w = Vector512.Create(p3[j]);
-                    o3 = Vector512.FusedMultiplyAdd(w, x, o3); u3 = Vector512.FusedMultiplyAdd(w, y, u3);
+                    FourRowsTimes(p0, p1, p2, p3, v, s, hd, dv, tail, hd);
+                    for (int r = 0; r < rows; r++) new Span<float>(tail + r * hd, dv).CopyTo(new Span<float>(context + a.Ctx(b, i0 + r, h, 0), dv));
                 }
-                o0.Store(context + a.Ctx(b, i0, h, d0)); u0.Store(context + a.Ctx(b, i0, h, d0 + 16));
-                if (rows > 1) { o1.Store(context + a.Ctx(b, i0 + 1, h, d0)); u1.Store(context + a.Ctx(b, i0 + 1, h, d0 + 16)); }
-                if (rows > 2) { o2.Store(context + a.Ctx(b, i0 + 2, h, d0)); u2.Store(context + a.Ctx(b, i0 + 2, h, d0 + 16)); }
-                if (rows > 3) { o3.Store(context + a.Ctx(b, i0 + 3, h, d0)); u3.Store(context + a.Ctx(b, i0 + 3, h, d0 + 16)); }
-            }
-            for (int d = d0; d < dv; d += 16)
-            {
-                Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default;
-                for (int j = 0; j < s; j++)
-                {
-                    var x = Vector512.Load(v + j * hd + d);
-                    o0 = Vector512.FusedMultiplyAdd(Vector512.Create(p0[j]), x, o0);
-                    o1 = Vector512.FusedMultiplyAdd(Vector512.Create(p1[j]), x, o1);
-                    o2 = Vector512.FusedMultiplyAdd(Vector512.Create(p2[j]), x, o2);
-                    o3 = Vector512.FusedMultiplyAdd(Vector512.Create(p3[j]), x, o3);
-                }
-                o0.Store(context + a.Ctx(b, i0, h, d));
-                if (rows > 1) o1.Store(context + a.Ctx(b, i0 + 1, h, d));
-                if (rows > 2) o2.Store(context + a.Ctx(b, i0 + 2, h, d));
-                if (rows > 3) o3.Store(context + a.Ctx(b, i0 + 3, h, d));
             }
             for (int r = 0; r < rows; r++)
                 for (int d = dv; d < hd; d++)
@@ -292,9 +265,9 @@ internal static unsafe class HostAttention
             int rows = Math.Min(QueryBlock, s - i0);
             float* q0 = qRows + i0 * hp, q1 = q0 + hp, q2 = q1 + hp, q3 = q2 + hp;     // rows past s are zero
             float* o0 = dORows + i0 * hp, o1 = o0 + hp, o2 = o1 + hp, o3 = o2 + hp;
-            FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, p);
+            FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, sp, p, sp);
             MaskScores(p, keyFrom, i0, a.Scale, sp);
-            FourRowsTimes(o0, o1, o2, o3, vt, hd, sp, dp);
+            FourRowsTimes(o0, o1, o2, o3, vt, hd, sp, sp, dp, sp);
             // Per row: P = exp(s − lse) (0 where masked), dropout's keep on dP, D = Σ P ⊙ dP; then dS = P ⊙ (dP − D)/√HD
             // replaces P and P̃ = P ⊙ keep replaces dP.
             for (int r = 0; r < QueryBlock; r++)
@@ -388,20 +361,23 @@ internal static unsafe class HostAttention
         return m == 0 ? float.PositiveInfinity : m == AttentionShape.CausalKey ? j : 0f;
     }
 
-    /// <summary>output[r·sp + j] = Σ_d x_r[d]·m[d·sp + j] for four rows x_r and sp columns, 16 columns per step (one accumulator per row).</summary>
+    /// <summary>
+    /// output[r·ldo + j] = Σ_d x_r[d]·m[d·ldm + j] for four rows x_r and <paramref name="cols"/> (a multiple of 16) columns:
+    /// the scores (x = queries, m = Kᵀ) and the context (x = probabilities, m = V), sums over d in order.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void FourRowsTimes(float* x0, float* x1, float* x2, float* x3, float* m, int depth, int sp, float* output)
+    private static void FourRowsTimes(float* x0, float* x1, float* x2, float* x3, float* m, int depth, int ldm, int cols, float* output, int ldo)
     {
         int j = 0;
         // 64 columns at a time: sixteen FMAs per four broadcasts and four loads (loads, not FMAs, bound the narrower
         // steps); then 32 (eight independent chains); the same sums in the same order.
-        for (; j + 64 <= sp; j += 64)
+        for (; j + 64 <= cols; j += 64)
         {
             Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
             Vector512<float> f0 = default, f1 = default, f2 = default, f3 = default, g0 = default, g1 = default, g2 = default, g3 = default;
             for (int d = 0; d < depth; d++)
             {
-                float* md = m + d * sp + j;
+                float* md = m + d * ldm + j;
                 var m0 = Vector512.Load(md);
                 var m1 = Vector512.Load(md + 16);
                 var m2 = Vector512.Load(md + 32);
@@ -420,17 +396,17 @@ internal static unsafe class HostAttention
                 f3 = Vector512.FusedMultiplyAdd(y, m2, f3); g3 = Vector512.FusedMultiplyAdd(y, m3, g3);
             }
             c0.Store(output + j); e0.Store(output + j + 16); f0.Store(output + j + 32); g0.Store(output + j + 48);
-            c1.Store(output + sp + j); e1.Store(output + sp + j + 16); f1.Store(output + sp + j + 32); g1.Store(output + sp + j + 48);
-            c2.Store(output + 2 * sp + j); e2.Store(output + 2 * sp + j + 16); f2.Store(output + 2 * sp + j + 32); g2.Store(output + 2 * sp + j + 48);
-            c3.Store(output + 3 * sp + j); e3.Store(output + 3 * sp + j + 16); f3.Store(output + 3 * sp + j + 32); g3.Store(output + 3 * sp + j + 48);
+            c1.Store(output + ldo + j); e1.Store(output + ldo + j + 16); f1.Store(output + ldo + j + 32); g1.Store(output + ldo + j + 48);
+            c2.Store(output + 2 * ldo + j); e2.Store(output + 2 * ldo + j + 16); f2.Store(output + 2 * ldo + j + 32); g2.Store(output + 2 * ldo + j + 48);
+            c3.Store(output + 3 * ldo + j); e3.Store(output + 3 * ldo + j + 16); f3.Store(output + 3 * ldo + j + 32); g3.Store(output + 3 * ldo + j + 48);
         }
-        for (; j + 32 <= sp; j += 32)
+        for (; j + 32 <= cols; j += 32)
         {
             Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
             for (int d = 0; d < depth; d++)
             {
-                var mv = Vector512.Load(m + d * sp + j);
-                var mw = Vector512.Load(m + d * sp + j + 16);
+                var mv = Vector512.Load(m + d * ldm + j);
+                var mw = Vector512.Load(m + d * ldm + j + 16);
                 var y = Vector512.Create(x0[d]);
                 c0 = Vector512.FusedMultiplyAdd(y, mv, c0); e0 = Vector512.FusedMultiplyAdd(y, mw, e0);
                 y = Vector512.Create(x1[d]);
@@ -440,21 +416,21 @@ internal static unsafe class HostAttention
                 y = Vector512.Create(x3[d]);
                 c3 = Vector512.FusedMultiplyAdd(y, mv, c3); e3 = Vector512.FusedMultiplyAdd(y, mw, e3);
             }
-            c0.Store(output + j); c1.Store(output + sp + j); c2.Store(output + 2 * sp + j); c3.Store(output + 3 * sp + j);
-            e0.Store(output + j + 16); e1.Store(output + sp + j + 16); e2.Store(output + 2 * sp + j + 16); e3.Store(output + 3 * sp + j + 16);
+            c0.Store(output + j); c1.Store(output + ldo + j); c2.Store(output + 2 * ldo + j); c3.Store(output + 3 * ldo + j);
+            e0.Store(output + j + 16); e1.Store(output + ldo + j + 16); e2.Store(output + 2 * ldo + j + 16); e3.Store(output + 3 * ldo + j + 16);
         }
-        for (; j < sp; j += 16)
+        for (; j < cols; j += 16)
         {
             Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
             for (int d = 0; d < depth; d++)
             {
-                var mv = Vector512.Load(m + d * sp + j);
+                var mv = Vector512.Load(m + d * ldm + j);
                 c0 = Vector512.FusedMultiplyAdd(Vector512.Create(x0[d]), mv, c0);
                 c1 = Vector512.FusedMultiplyAdd(Vector512.Create(x1[d]), mv, c1);
                 c2 = Vector512.FusedMultiplyAdd(Vector512.Create(x2[d]), mv, c2);
                 c3 = Vector512.FusedMultiplyAdd(Vector512.Create(x3[d]), mv, c3);
             }
-            c0.Store(output + j); c1.Store(output + sp + j); c2.Store(output + 2 * sp + j); c3.Store(output + 3 * sp + j);
+            c0.Store(output + j); c1.Store(output + ldo + j); c2.Store(output + 2 * ldo + j); c3.Store(output + 3 * ldo + j);
         }
     }
 
