@@ -84,7 +84,7 @@ internal static unsafe class HostGemm
         // Pointers cannot be captured by a lambda; pass them as integers.
         nint ia = (nint)pa, ib = (nint)pb, ic = (nint)pc, ibias = (nint)pbias;
         float[]? shared = null;
-        if (packed.Data == null && batch == 1 && mBlocks > 1)
+        if (packed.Data == null && batch == 1 && mBlocks > 1 && (long)p.K * p.N <= SharedPackLimit)
         {
             // Every row block would pack the same B again (six times for BERT-base's 2048 rows): pack it once, all cores at it.
             shared = PackShared(p, pb, out packed);
@@ -102,7 +102,9 @@ internal static unsafe class HostGemm
     }
 
     // The buffer of the last shared packing, reused by the next (a concurrent product that finds it taken allocates its own).
+    // Kept for the process, so bounded: BERT-large's largest weight (4096 × 1024) fits; a vocabulary projection packs per task.
     private static float[]? sharedPack;
+    private const long SharedPackLimit = 8L << 20; // floats (32 MiB)
 
     /// <summary>All of op(B) packed into a shared buffer (as <see cref="Pack"/> lays it out), slices × column blocks spread over the cores.</summary>
     private static float[] PackShared(GemmArgs p, float* b, out Prepacked packed)

@@ -12,8 +12,16 @@ namespace IlgpuBert.Bench;
 /// <summary>One measured kernel. Compute-bound ops report GFLOP/s, memory-bound ones GB/s.</summary>
 public sealed record BenchResult(string Op, string Device, string Shape, double Ms, double? Gflops, double? Gbps)
 {
+    // A tiny op can time below the clock's resolution (0 ms): its rate is then no number, not infinity
+    // (which the JSON writer refuses; `bench adamw --params 10 --json` failed on that).
+    public double? Gflops { get; init; } = Finite(Gflops);
+    public double? Gbps { get; init; } = Finite(Gbps);
+
     /// <summary>Throughput of whole-model benchmarks.</summary>
-    public double? TokensPerSecond { get; init; }
+    public double? TokensPerSecond { get => tokensPerSecond; init => tokensPerSecond = Finite(value); }
+    private readonly double? tokensPerSecond;
+
+    private static double? Finite(double? v) => v is { } x && double.IsFinite(x) ? x : null;
 }
 
 public static class KernelBench
