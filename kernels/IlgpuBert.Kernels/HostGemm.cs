@@ -106,7 +106,7 @@ internal static unsafe class HostGemm
     private static float[]? sharedPack;
     private const long SharedPackLimit = 8L << 20; // floats (32 MiB)
 
-    /// <summary>All of op(B) packed into a shared buffer (as <see cref="Pack"/> lays it out), slices × column blocks spread over the cores.</summary>
+    /// <summary>All of op(B) packed into the shared buffer (as <see cref="Pack"/> lays it out).</summary>
     private static float[] PackShared(GemmArgs p, float* b, out Prepacked packed)
     {
         int paddedN = (p.N + NR - 1) / NR * NR;
@@ -114,17 +114,22 @@ internal static unsafe class HostGemm
         var buffer = Interlocked.Exchange(ref sharedPack, null);
         if (buffer is null || buffer.Length < size) buffer = GC.AllocateUninitializedArray<float>(checked((int)size), pinned: true);
         float* dst = (float*)System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(buffer, 0);
+        PackWhole(p, b, dst, paddedN);
+        packed = new Prepacked(dst, paddedN);
+        return buffer;
+    }
+
+    /// <summary>All of op(B) into dst: K-slices × column blocks of NC spread over the cores, each slice at k0·paddedN.</summary>
+    private static void PackWhole(GemmArgs p, float* b, float* dst, int paddedN)
+    {
         int depth = SliceDepth(p.K), slices = (p.K + depth - 1) / depth, columnBlocks = (p.N + NC - 1) / NC;
         nint ib = (nint)b, id = (nint)dst;
-        var args = p;
         HostParallel.For(0, slices * columnBlocks, t =>
         {
             int k0 = t / columnBlocks * depth, j0 = t % columnBlocks * NC;
-            int kc = Math.Min(depth, args.K - k0);
-            PackB(args, (float*)ib, j0, Math.Min(NC, args.N - j0), k0, kc, (float*)id + (long)k0 * paddedN + (long)j0 * kc);
+            int kc = Math.Min(depth, p.K - k0);
+            PackB(p, (float*)ib, j0, Math.Min(NC, p.N - j0), k0, kc, (float*)id + (long)k0 * paddedN + (long)j0 * kc);
         });
-        packed = new Prepacked(dst, paddedN);
-        return buffer;
     }
 
     /// <summary>
@@ -144,8 +149,7 @@ internal static unsafe class HostGemm
         int paddedN = (p.N + NR - 1) / NR * NR;
         var data = GC.AllocateUninitializedArray<float>(checked(Math.Max(p.K, 1) * paddedN), pinned: true);
         fixed (float* dst = data)
-            for (int k0 = 0, depth = SliceDepth(p.K); k0 < p.K; k0 += depth)
-                PackB(p, pb, 0, p.N, k0, Math.Min(depth, p.K - k0), dst + (long)k0 * paddedN);
+            PackWhole(p, pb, dst, paddedN);
         return new PackedMatrix(data, (nint)pb, p, paddedN);
     }
 

@@ -219,22 +219,10 @@ internal static unsafe class HostInt8Linear
     private static void Block(byte* a, sbyte* w, int* offsets, float* scale, float* bias, bool gelu, float* y, int m, int n, int groups,
         int i0, int mc, int j0, int nc, bool pairs)
     {
-        int* tile = stackalloc int[2 * MR * NR];
+        int* tile = stackalloc int[MR * NR];
         for (int jr = j0; jr < j0 + nc; jr += NR)
         {
             sbyte* bPanel = w + (long)(jr / NR) * groups * NR * 4;
-            if (pairs && jr + 2 * NR <= j0 + nc)
-            {
-                // Two column panels at once: each broadcast input pair feeds two VPMADDWD.
-                for (int ir = i0; ir < i0 + mc; ir += MR)
-                {
-                    Micro6x32Pairs(groups, (short*)(a + (long)(ir / MR) * groups * MR * 4), (short*)bPanel, (short*)(bPanel + (long)groups * NR * 4), tile, tile + MR * NR);
-                    Epilogue(tile, offsets, scale, bias, gelu, y, n, ir, Math.Min(MR, m - ir), jr, NR);
-                    Epilogue(tile + MR * NR, offsets, scale, bias, gelu, y, n, ir, Math.Min(MR, m - ir), jr + NR, Math.Min(NR, n - jr - NR));
-                }
-                jr += NR;
-                continue;
-            }
             for (int ir = i0; ir < i0 + mc; ir += MR)
             {
                 byte* aPanel = a + (long)(ir / MR) * groups * MR * 4;
@@ -294,36 +282,6 @@ internal static unsafe class HostInt8Linear
             b += NR * 2;
         }
         c0.Store(tile); c1.Store(tile + 16); c2.Store(tile + 32); c3.Store(tile + 48); c4.Store(tile + 64); c5.Store(tile + 80);
-    }
-
-    /// <summary>Two 6 × 16 tiles of <see cref="Micro6x16Pairs"/> side by side (column panels b0 and b1), twelve accumulators.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Micro6x32Pairs(int pairs, short* a, short* b0, short* b1, int* tile0, int* tile1)
-    {
-        Vector512<int> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
-        Vector512<int> d0 = default, d1 = default, d2 = default, d3 = default, d4 = default, d5 = default;
-        for (int g = 0; g < pairs; g++)
-        {
-            var w0 = Vector512.Load(b0);
-            var w1 = Vector512.Load(b1);
-            var x = Vector512.Create(*(int*)a).AsInt16();
-            c0 += Avx512BW.MultiplyAddAdjacent(x, w0); d0 += Avx512BW.MultiplyAddAdjacent(x, w1);
-            x = Vector512.Create(*(int*)(a + 2)).AsInt16();
-            c1 += Avx512BW.MultiplyAddAdjacent(x, w0); d1 += Avx512BW.MultiplyAddAdjacent(x, w1);
-            x = Vector512.Create(*(int*)(a + 4)).AsInt16();
-            c2 += Avx512BW.MultiplyAddAdjacent(x, w0); d2 += Avx512BW.MultiplyAddAdjacent(x, w1);
-            x = Vector512.Create(*(int*)(a + 6)).AsInt16();
-            c3 += Avx512BW.MultiplyAddAdjacent(x, w0); d3 += Avx512BW.MultiplyAddAdjacent(x, w1);
-            x = Vector512.Create(*(int*)(a + 8)).AsInt16();
-            c4 += Avx512BW.MultiplyAddAdjacent(x, w0); d4 += Avx512BW.MultiplyAddAdjacent(x, w1);
-            x = Vector512.Create(*(int*)(a + 10)).AsInt16();
-            c5 += Avx512BW.MultiplyAddAdjacent(x, w0); d5 += Avx512BW.MultiplyAddAdjacent(x, w1);
-            a += MR * 2;
-            b0 += NR * 2;
-            b1 += NR * 2;
-        }
-        c0.Store(tile0); c1.Store(tile0 + 16); c2.Store(tile0 + 32); c3.Store(tile0 + 48); c4.Store(tile0 + 64); c5.Store(tile0 + 80);
-        d0.Store(tile1); d1.Store(tile1 + 16); d2.Store(tile1 + 32); d3.Store(tile1 + 48); d4.Store(tile1 + 64); d5.Store(tile1 + 80);
     }
 
     /// <summary>y[row0 + r, col0 + j] = (tile − 128·Σw)·scale (+ bias) (then GELU) for the tile's valid rows and columns.</summary>
