@@ -149,6 +149,27 @@ public class ElementwiseTests
     }
 
     [Fact]
+    public void Host_gelu_matches_double_on_a_dense_grid()
+    {
+        // The CPU accelerator's GELU (HostRows' 16-lane formulas where the hardware has them, the scalar tail for the last
+        // value), forward and derivative, on [-10, 10] as floats: the tails, the sign change and everything between.
+        var d = Devices.Get("cpu");
+        var xs = Enumerable.Range(-4000, 8001).Select(i => (float)(i / 400.0)).ToArray();
+        int n = xs.Length;
+        using var bx = d.Upload(xs);
+        using var bias = d.Upload(new float[n]);
+        using var ones = d.Upload(Enumerable.Repeat(1f, n).ToArray());
+        using var by = d.Poisoned(n);
+        using var bdx = d.Poisoned(n);
+        using var bdb = d.Poisoned(n);
+        d.Kernels.Activation.Forward(ActivationKind.GeluErf, bx.View, bias.View, by.View, 1, n);
+        d.Kernels.Activation.Backward(ActivationKind.GeluErf, bx.View, bias.View, ones.View, bdx.View, bdb.View, 1, n, accumulateBias: false);
+        Tol.AssertClose(xs.Select(x => Reference.GeluErf(x)).ToArray(), d.Read(by, n), Tol.F32Elementwise, "GELU");
+        Tol.AssertClose(xs.Select(x => 0.5 * Reference.Erfc(-x / Math.Sqrt(2)) + x * Math.Exp(-0.5 * x * x) / Math.Sqrt(2 * Math.PI)).ToArray(),
+            d.Read(bdx, n), Tol.F32Elementwise, "GELU'");
+    }
+
+    [Fact]
     public void Kernel_math_matches_double_on_a_dense_grid()
     {
         // The scalar helpers are what make GELU accurate on CUDA; check them finely on the host.
