@@ -37,6 +37,13 @@ internal static unsafe class HostGemm
     // process). A shared ConcurrentBag of them cost 7% of a batch-1 GEMM in lock contention.
     [ThreadStatic] private static float[]? aPackBuffer, bPackBuffer;
 
+    // The rows of A that aPackBuffer holds, all K-slices of them: a thread that runs several column blocks of one row
+    // block (batch 1 splits N six ways) packs those rows once. Products are numbered, so a later product on the same
+    // buffers never matches.
+    [ThreadStatic] private static long keptProduct, keptRows;
+    private static long products;
+    private const long KeptALimit = 1L << 20; // floats (4 MiB) per thread
+
     /// <summary>
     /// C = α·op(A)·op(B) + β·C (+ bias). With <paramref name="gelu"/> (one product, wide tiles, ldc = N): y =
     /// GELU(C + geluBias) as each tile's last K-slice is merged, and C may be y itself (partial sums are kept
@@ -57,6 +64,7 @@ internal static unsafe class HostGemm
             geluBias.IsValid && geluBias.Length > 0 ? (float*)geluBias.LoadEffectiveAddressAsPtr() : null);
         if (epilogue.Y != null && (batch != 1 || !wide || p.Ldc != p.N)) throw new ArgumentException("a GELU epilogue needs one product, wide tiles and ldc = N");
 
+        long product = Interlocked.Increment(ref products);
         double flops = 2.0 * p.M * p.N * Math.Max(p.K, 1) * batch;
         bool parallel = flops >= 2e6 && Environment.ProcessorCount > 1;
         // Halve the block (the larger side first, in whole micro-tiles) until every core has two tasks.
@@ -78,7 +86,7 @@ internal static unsafe class HostGemm
         if (tasks == 1 || !parallel)
         {
             for (int t = 0; t < tasks; t++)
-                RunTask(args, t, mBlocks, nBlocks, mc, nc, pa, pb, pc, pbias, wide, epilogue, packed);
+                RunTask(args, product, t, mBlocks, nBlocks, mc, nc, pa, pb, pc, pbias, wide, epilogue, packed);
             return;
         }
         // Pointers cannot be captured by a lambda; pass them as integers.
@@ -91,7 +99,7 @@ internal static unsafe class HostGemm
         }
         try
         {
-            HostParallel.For(0, tasks, t => RunTask(args, t, mBlocks, nBlocks, mc, nc,
+            HostParallel.For(0, tasks, t => RunTask(args, product, t, mBlocks, nBlocks, mc, nc,
                 (float*)ia, (float*)ib, (float*)ic, (float*)ibias, wide, epilogue, packed));
         }
         finally
@@ -160,7 +168,7 @@ internal static unsafe class HostGemm
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void RunTask(GemmArgs p, int task, int mBlocks, int nBlocks, int blockM, int blockN,
+    private static void RunTask(GemmArgs p, long product, int task, int mBlocks, int nBlocks, int blockM, int blockN,
         float* a, float* b, float* c, float* bias, bool wide, Epilogue epilogue, Prepacked packed)
     {
         int perBatch = mBlocks * nBlocks;
@@ -171,17 +179,32 @@ internal static unsafe class HostGemm
         b += batchIdx * p.StrideB;
         c += batchIdx * p.StrideC;
 
-        var aPack = aPackBuffer ??= GC.AllocateUninitializedArray<float>(MC * KC + 16, pinned: true) /* +16: a transposed column store's run-over */;
+        int depth = SliceDepth(p.K), slices = (Math.Max(p.K, 1) + depth - 1) / depth;
+        long sliceSize = (long)(mc + MR - 1) / MR * MR * depth, rows = (long)batchIdx * p.M + i0;
+        bool keep = slices * sliceSize <= KeptALimit;
+        long size = Math.Max(MC * KC, keep ? slices * sliceSize : 0) + 16; // +16: a transposed column store's run-over
+        if (aPackBuffer is null || aPackBuffer.Length < size)
+        {
+            aPackBuffer = GC.AllocateUninitializedArray<float>((int)size, pinned: true);
+            keptProduct = 0;
+        }
+        bool kept = keep && keptProduct == product && keptRows == rows;
+        if (!kept) keptProduct = 0; // the buffer is about to be rewritten
         var bPack = bPackBuffer ??= GC.AllocateUninitializedArray<float>(NC * KC, pinned: true);
-        fixed (float* ap = aPack, bp = bPack)
-            Block(p, a, b, c, bias, i0, mc, j0, nc, ap, bp, wide, epilogue, packed);
+        fixed (float* ap = aPackBuffer, bp = bPack)
+            Block(p, a, b, c, bias, i0, mc, j0, nc, ap, keep ? sliceSize : 0, kept, bp, wide, epilogue, packed);
+        if (keep) (keptProduct, keptRows) = (product, rows);
     }
 
-    /// <summary>C[i0.., j0..] (mc × nc) over all K slices, packing into ap and bp (B only when it is not prepacked).</summary>
+    /// <summary>
+    /// C[i0.., j0..] (mc × nc) over all K slices, packing into ap and bp (B only when it is not prepacked). With a
+    /// <paramref name="sliceSize"/>, ap keeps every K-slice (slice s at s·sliceSize), and <paramref name="kept"/> says
+    /// they hold these rows already; without, each slice is packed at ap.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit] // the tile is written whole by the micro-kernel before it is read
-    private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* ap, float* bp, bool wide,
-        Epilogue epilogue, Prepacked packed)
+    private static void Block(GemmArgs p, float* a, float* b, float* c, float* bias, int i0, int mc, int j0, int nc, float* aPack, long sliceSize,
+        bool kept, float* bp, bool wide, Epilogue epilogue, Prepacked packed)
     {
         float* tile = stackalloc float[MR * NR];
         int kTotal = Math.Max(p.K, 1);
@@ -190,7 +213,8 @@ internal static unsafe class HostGemm
         {
             int kc = Math.Clamp(p.K - k0, 0, depth);
             bool first = k0 == 0, last = k0 + depth >= kTotal;
-            PackA(p, a, i0, mc, k0, kc, ap);
+            float* ap = aPack + k0 / depth * sliceSize;
+            if (!kept) PackA(p, a, i0, mc, k0, kc, ap);
             if (packed.Data != null)
                 bp = packed.Data + (long)k0 * packed.PaddedN + (long)j0 * kc;
             else

@@ -286,6 +286,34 @@ public class GemmTests
     }
 
     [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Cpu_rows_of_a_packed_once_per_thread_are_not_reused_by_the_next_product(bool ta)
+    {
+        // A few rows and many columns (batch 1's shape): one row block in six column blocks, so a thread runs several of
+        // them on the rows of A it packed once, all three K-slices. The second product has the same shape and the same
+        // buffers but new values of A: it must not see the first one's packing.
+        var d = Devices.Get("cpu");
+        const int m = 100, n = 1000, k = 1000;
+        int lda = ta ? m : k;
+        var rng = new Random(23);
+        var b = Rand.Normal(rng, (long)k * n);
+        using var ba = d.Poisoned((long)m * k);
+        using var bb = d.Upload(b);
+        using var bc = d.Poisoned((long)m * n);
+        foreach (int round in new[] { 0, 1 })
+        {
+            var a = Rand.Normal(rng, (long)m * k);
+            ba.View.CopyFromCPU(a);
+            d.Kernels.Gemm.Forward(ta ? Transpose.T : Transpose.N, Transpose.T, m, n, k, 1f, ba.View, lda, bb.View, k, 0f, bc.View, n);
+            double[] ad = Rand.ToDouble(a), bd = Rand.ToDouble(b);
+            var expected = Reference.Gemm(ta, true, m, n, k, 1, ad, lda, bd, k, 0, new double[m * n], n);
+            var scale = Reference.GemmErrorScale(ta, true, m, n, k, 1, ad, lda, bd, k, 0, new double[m * n], n);
+            Tol.AssertClose(expected, d.Read(bc, (long)m * n), Tol.F32Dot, $"C of product {round + 1}", scale);
+        }
+    }
+
+    [Theory]
     [InlineData(false, true)]
     [InlineData(true, true)]
     [InlineData(false, false)]
