@@ -66,11 +66,13 @@ internal static unsafe class HostAttention
     private static void ForwardHead(int b, int h, float* qkv, int* mask, float* context, float* lse, float* probs, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim, sp = (s + 15) & ~15;
-        int need = hd * sp + s * hd + QueryBlock * sp + 2 * sp + QueryBlock * hd;
+        int need = hd * sp + QueryBlock * sp + 2 * sp + QueryBlock * hd;
         if (headBuffer is null || headBuffer.Length < need) headBuffer = GC.AllocateUninitializedArray<float>(need, pinned: true);
-        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), v = kt + hd * sp, scores = v + s * hd, keyFrom = scores + QueryBlock * sp, keep = keyFrom + sp, tail = keep + sp;
+        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), scores = kt + hd * sp, keyFrom = scores + QueryBlock * sp, keep = keyFrom + sp, tail = keep + sp;
         KeysOfHead(b, h, qkv, mask, a, sp, kt, keyFrom);
-        for (int j = 0; j < s; j++) new Span<float>(qkv + a.Qkv(b, j, 2, h, 0), hd).CopyTo(new Span<float>(v + j * hd, hd));
+        float* v = qkv + a.Qkv(b, 0, 2, h, 0); // V's rows in place: row j at j·ldv
+        int ldv = (int)(a.Qkv(b, 1, 2, h, 0) - a.Qkv(b, 0, 2, h, 0));
+        float* max = stackalloc float[QueryBlock], sum = stackalloc float[QueryBlock];
 
         for (int i0 = 0; i0 < s; i0 += QueryBlock)
         {
@@ -78,38 +80,14 @@ internal static unsafe class HostAttention
             float* q0 = qkv + a.Qkv(b, i0, 0, h, 0), q1 = qkv + a.Qkv(b, i0 + Math.Min(1, rows - 1), 0, h, 0);
             float* q2 = qkv + a.Qkv(b, i0 + Math.Min(2, rows - 1), 0, h, 0), q3 = qkv + a.Qkv(b, i0 + Math.Min(3, rows - 1), 0, h, 0);
             FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, sp, scores, sp);
-            MaskScores(scores, keyFrom, i0, a.Scale, sp);
+            SoftmaxFourRows(scores, keyFrom, i0, a.Scale, sp, max, sum);
             for (int r = 0; r < rows; r++)
             {
                 float* row = scores + r * sp;
                 int i = i0 + r;
-                var vmax = Vector512.Create(float.NegativeInfinity);
-                for (int j = 0; j < sp; j += 16) vmax = Vector512.Max(vmax, Vector512.Load(row + j));
-                float max = HostMath.MaxLanes(vmax);
                 long at = a.Row(b, h, i);
-                if (max == float.NegativeInfinity)
-                {
-                    // Every key masked: context 0, lse +∞ (recomputed probabilities are then 0).
-                    new Span<float>(row, sp).Clear();
-                    lse[at] = float.PositiveInfinity;
-                    if (probs != null) new Span<float>(probs + at * s, s).Clear();
-                    continue;
-                }
-                var vm = Vector512.Create(max);
-                var vsum = Vector512<float>.Zero;
-                for (int j = 0; j < sp; j += 16)
-                {
-                    var x = Vector512.Load(row + j) - vm;
-                    // exp(−∞) = 0 for masked and padding keys; exp(0) exactly 1 at the maximum (a one-key row must
-                    // reproduce V exactly, as MathF.Exp does).
-                    var e = HostMath.Exp(x);
-                    e.Store(row + j);
-                    vsum += e;
-                }
-                float sum = Vector512.Sum(vsum);
-                lse[at] = max + MathF.Log(sum);
-                var inv = Vector512.Create(1f / sum);
-                for (int j = 0; j < sp; j += 16) (Vector512.Load(row + j) * inv).Store(row + j);
+                // Every key masked: probabilities and context 0, lse +∞ (recomputed probabilities are then 0).
+                lse[at] = max[r] == float.NegativeInfinity ? float.PositiveInfinity : max[r] + MathF.Log(sum[r]);
                 if (probs != null) new Span<float>(row, s).CopyTo(new Span<float>(probs + at * s, s));
                 if (a.DropoutP != 0f)
                 {
@@ -124,10 +102,10 @@ internal static unsafe class HostAttention
                 float* p0 = scores, p1 = scores + sp, p2 = scores + 2 * sp, p3 = scores + 3 * sp;
                 int ldc = (int)(a.Ctx(b, 1, h, 0) - a.Ctx(b, 0, h, 0));
                 if (rows == QueryBlock)
-                    FourRowsTimes(p0, p1, p2, p3, v, s, hd, dv, context + a.Ctx(b, i0, h, 0), ldc);
+                    FourRowsTimes(p0, p1, p2, p3, v, s, ldv, dv, context + a.Ctx(b, i0, h, 0), ldc);
                 else
                 {
-                    FourRowsTimes(p0, p1, p2, p3, v, s, hd, dv, tail, hd);
+                    FourRowsTimes(p0, p1, p2, p3, v, s, ldv, dv, tail, hd);
                     for (int r = 0; r < rows; r++) new Span<float>(tail + r * hd, dv).CopyTo(new Span<float>(context + a.Ctx(b, i0 + r, h, 0), dv));
                 }
             }
@@ -135,7 +113,7 @@ internal static unsafe class HostAttention
                 for (int d = dv; d < hd; d++)
                 {
                     float o = 0f;
-                    for (int j = 0; j < s; j++) o += scores[r * sp + j] * v[j * hd + d];
+                    for (int j = 0; j < s; j++) o += scores[r * sp + j] * v[(long)j * ldv + d];
                     context[a.Ctx(b, i0 + r, h, d)] = o;
                 }
         }
@@ -345,11 +323,17 @@ internal static unsafe class HostAttention
     private static void KeysOfHead(int b, int h, float* qkv, int* mask, AttentionShape a, int sp, float* kt, float* keyFrom)
     {
         int s = a.SeqLen, hd = a.HeadDim;
+        long ldk = a.Qkv(b, 1, 1, h, 0) - a.Qkv(b, 0, 1, h, 0);
+        // Whole 16 × 16 blocks of K transposed in registers, the ragged edges (and zero padding keys) one by one.
+        int jv = s & ~15, dv = hd & ~15;
+        for (int j = 0; j < jv; j += 16)
+            for (int d = 0; d < dv; d += 16)
+                HostGemm.Transpose16x16(qkv + a.Qkv(b, j, 1, h, d), ldk, 16, kt + d * sp + j, sp);
         for (int j = 0; j < sp; j++)
         {
             keyFrom[j] = FirstQuerySeeing(mask, b, j, s);
             float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0);
-            for (int d = 0; d < hd; d++) kt[d * sp + j] = j < s ? k[d] : 0f;
+            for (int d = j < jv ? dv : 0; d < hd; d++) kt[d * sp + j] = j < s ? k[d] : 0f;
         }
     }
 
@@ -431,6 +415,57 @@ internal static unsafe class HostAttention
                 c3 = Vector512.FusedMultiplyAdd(Vector512.Create(x3[d]), mv, c3);
             }
             c0.Store(output + j); c1.Store(output + ldo + j); c2.Store(output + 2 * ldo + j); c3.Store(output + 3 * ldo + j);
+        }
+    }
+
+    /// <summary>
+    /// The softmax of four score rows (queries i0 … i0 + 3) in place, as <see cref="MaskScores"/> and then, per row,
+    /// m = max, e = exp(s − m) summed, p = e / Σe would compute it (the same operations in the same order), but the
+    /// rows interleaved (four independent chains) and the masking folded into the pass that finds the maxima.
+    /// A row with every key masked gets p = 0 (its max is −∞ and sum 0). Returns each row's max and Σe.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SoftmaxFourRows(float* scores, float* keyFrom, int i0, float scale, int sp, float* max, float* sum)
+    {
+        var vs = Vector512.Create(scale);
+        var minusInf = Vector512.Create(float.NegativeInfinity);
+        Vector512<float> i0v = Vector512.Create((float)i0), i1v = Vector512.Create((float)(i0 + 1));
+        Vector512<float> i2v = Vector512.Create((float)(i0 + 2)), i3v = Vector512.Create((float)(i0 + 3));
+        float* r0 = scores, r1 = scores + sp, r2 = scores + 2 * sp, r3 = scores + 3 * sp;
+        Vector512<float> m0 = minusInf, m1 = minusInf, m2 = minusInf, m3 = minusInf;
+        for (int j = 0; j < sp; j += 16)
+        {
+            var from = Vector512.Load(keyFrom + j);
+            var x0 = Vector512.ConditionalSelect(Vector512.LessThanOrEqual(from, i0v), Vector512.Load(r0 + j) * vs, minusInf);
+            var x1 = Vector512.ConditionalSelect(Vector512.LessThanOrEqual(from, i1v), Vector512.Load(r1 + j) * vs, minusInf);
+            var x2 = Vector512.ConditionalSelect(Vector512.LessThanOrEqual(from, i2v), Vector512.Load(r2 + j) * vs, minusInf);
+            var x3 = Vector512.ConditionalSelect(Vector512.LessThanOrEqual(from, i3v), Vector512.Load(r3 + j) * vs, minusInf);
+            x0.Store(r0 + j); x1.Store(r1 + j); x2.Store(r2 + j); x3.Store(r3 + j);
+            m0 = Vector512.Max(m0, x0); m1 = Vector512.Max(m1, x1); m2 = Vector512.Max(m2, x2); m3 = Vector512.Max(m3, x3);
+        }
+        max[0] = HostMath.MaxLanes(m0); max[1] = HostMath.MaxLanes(m1); max[2] = HostMath.MaxLanes(m2); max[3] = HostMath.MaxLanes(m3);
+        // A fully masked row subtracts 0: every e is exp(−∞) = 0.
+        static Vector512<float> Shift(float m) => Vector512.Create(m == float.NegativeInfinity ? 0f : m);
+        Vector512<float> v0 = Shift(max[0]), v1 = Shift(max[1]), v2 = Shift(max[2]), v3 = Shift(max[3]);
+        Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        for (int j = 0; j < sp; j += 16)
+        {
+            // exp(−∞) = 0 for masked and padding keys; exp(0) exactly 1 at the maximum (a one-key row must
+            // reproduce V exactly, as MathF.Exp does).
+            var e0 = HostMath.Exp(Vector512.Load(r0 + j) - v0); e0.Store(r0 + j); s0 += e0;
+            var e1 = HostMath.Exp(Vector512.Load(r1 + j) - v1); e1.Store(r1 + j); s1 += e1;
+            var e2 = HostMath.Exp(Vector512.Load(r2 + j) - v2); e2.Store(r2 + j); s2 += e2;
+            var e3 = HostMath.Exp(Vector512.Load(r3 + j) - v3); e3.Store(r3 + j); s3 += e3;
+        }
+        sum[0] = Vector512.Sum(s0); sum[1] = Vector512.Sum(s1); sum[2] = Vector512.Sum(s2); sum[3] = Vector512.Sum(s3);
+        static Vector512<float> Inverse(float sum) => Vector512.Create(sum > 0f ? 1f / sum : 0f);
+        Vector512<float> n0 = Inverse(sum[0]), n1 = Inverse(sum[1]), n2 = Inverse(sum[2]), n3 = Inverse(sum[3]);
+        for (int j = 0; j < sp; j += 16)
+        {
+            (Vector512.Load(r0 + j) * n0).Store(r0 + j);
+            (Vector512.Load(r1 + j) * n1).Store(r1 + j);
+            (Vector512.Load(r2 + j) * n2).Store(r2 + j);
+            (Vector512.Load(r3 + j) * n3).Store(r3 + j);
         }
     }
 

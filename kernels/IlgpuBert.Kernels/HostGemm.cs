@@ -349,7 +349,7 @@ internal static unsafe class HostGemm
     /// within 128-bit lanes, then two rounds of 128-bit lane shuffles.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Transpose16x16(float* src, long ld, int rows, float* dst, int dstStride)
+    internal static void Transpose16x16(float* src, long ld, int rows, float* dst, int dstStride)
     {
         Vector512<float> Row(int r) => Vector512.Load(src + Math.Min(r, rows - 1) * ld);
         Vector512<float> r0 = Row(0), r1 = Row(1), r2 = Row(2), r3 = Row(3), r4 = Row(4), r5 = Row(5), r6 = Row(6), r7 = Row(7);
