@@ -420,7 +420,7 @@ internal static unsafe class HostAttention
 
     /// <summary>
     /// The softmax of four score rows (queries i0 … i0 + 3) in place, as <see cref="MaskScores"/> and then, per row,
-    /// m = max, e = exp(s − m) summed, p = e / Σe would compute it (the same operations in the same order), but the
+    /// m = max, e = exp(s − m) summed, p = e·(1/Σe) would compute it (the same operations in the same order), but the
     /// rows interleaved (four independent chains) and the masking folded into the pass that finds the maxima.
     /// A row with every key masked gets p = 0 (its max is −∞ and sum 0). Returns each row's max and Σe.
     /// </summary>
