@@ -320,6 +320,7 @@ internal static unsafe class HostAttention
     /// that sees it: 0 for a key every query sees, j for a causal key j, +∞ for a masked or padding
     /// key (once per head, not per query row).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void KeysOfHead(int b, int h, float* qkv, int* mask, AttentionShape a, int sp, float* kt, float* keyFrom)
     {
         int s = a.SeqLen, hd = a.HeadDim;
@@ -338,6 +339,7 @@ internal static unsafe class HostAttention
     }
 
     /// <summary>The first query row that sees key j: 0, j (a causal key) or +∞ (masked, or past the sequence).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static float FirstQuerySeeing(int* mask, int b, int j, int s)
     {
         if (j >= s) return float.PositiveInfinity;
@@ -349,7 +351,7 @@ internal static unsafe class HostAttention
     /// output[r·ldo + j] = Σ_d x_r[d]·m[d·ldm + j] for four rows x_r and <paramref name="cols"/> (a multiple of 16) columns:
     /// the scores (x = queries, m = Kᵀ) and the context (x = probabilities, m = V), sums over d in order.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static void FourRowsTimes(float* x0, float* x1, float* x2, float* x3, float* m, int depth, int ldm, int cols, float* output, int ldo)
     {
         int j = 0;
@@ -424,7 +426,7 @@ internal static unsafe class HostAttention
     /// rows interleaved (four independent chains) and the masking folded into the pass that finds the maxima.
     /// A row with every key masked gets p = 0 (its max is −∞ and sum 0). Returns each row's max and Σe.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static void SoftmaxFourRows(float* scores, float* keyFrom, int i0, float scale, int sp, float* max, float* sum)
     {
         var vs = Vector512.Create(scale);
@@ -473,7 +475,7 @@ internal static unsafe class HostAttention
     /// Four score rows (queries i0 … i0 + 3) scaled by 1/√HD where the query sees the key and set to
     /// −∞ where not (selected, not added: −∞ even where a score overflowed).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static void MaskScores(float* scores, float* keyFrom, int i0, float scale, int sp)
     {
         var vs = Vector512.Create(scale);
@@ -493,6 +495,7 @@ internal static unsafe class HostAttention
     /// keep[j] = a.Keep(b, h, i, j) for the row's s keys: one Philox block per four consecutive elements
     /// (Keep draws a whole block per element and uses one of its four words).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void KeepRow(AttentionShape a, int b, int h, int i, float* keep)
     {
         long index0 = a.Row(b, h, i) * a.SeqLen, group = -1;
@@ -512,6 +515,7 @@ internal static unsafe class HostAttention
     }
 
     /// <summary>scores[j] = q·k_j/√HD for query row i (−∞ where it does not see key j); returns the row maximum.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Scores(float* q, int i, float* qkv, int* mask, int b, int h, float* scores, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim;
@@ -525,7 +529,7 @@ internal static unsafe class HostAttention
         return max;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static float Dot(float* x, float* y, int n)
     {
         int d = 0;
@@ -537,7 +541,7 @@ internal static unsafe class HostAttention
         return sum;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static void Axpy(float alpha, float* x, float* y, int n)
     {
         int d = 0;

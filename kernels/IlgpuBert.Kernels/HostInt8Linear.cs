@@ -113,7 +113,7 @@ internal static unsafe class HostInt8Linear
             fixed (int* po = w.Offsets)
             {
                 nint ia = (nint)pa, ix = (nint)x;
-                HostRows.Blocks(rowPanels, (long)m * k, (p0, p1) =>
+                HostRows.Blocks(rowPanels, (long)m * k, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (p0, p1) =>
                 {
                     for (int p = p0; p < p1; p++)
                         if (w.Pairs) PackRowPairs((float*)ix, m, k, groups, p * MR, inv, (short*)((byte*)ia + (long)p * groups * MR * 4));
@@ -205,7 +205,7 @@ internal static unsafe class HostInt8Linear
     }
 
     /// <summary><see cref="QuantizationKernels.QuantizeValue"/> on 16 lanes (the same float operations; NaN gives 0, as the scalar cast does).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static Vector512<int> Quantize16(Vector512<float> x, Vector512<float> inv)
     {
         var v = Vector512.Floor(x * inv + Vector512.Create(0.5f));

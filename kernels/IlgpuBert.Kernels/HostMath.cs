@@ -16,7 +16,7 @@ public static class HostMath
     /// below 1e-7 over the normal range (8.2e-8 measured against double on 500,000 points); e^0 = 1
     /// exactly, e^(−∞) = 0, e^(+∞) = ∞, NaN stays NaN.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     public static Vector512<float> Exp(Vector512<float> x)
     {
         var n = Vector512.Round(x * 1.44269504088896341f);
@@ -36,6 +36,7 @@ public static class HostMath
     }
 
     /// <summary>The largest of the 16 lanes (NaN if any is NaN, as MathF.Max): halves folded, not 16 scalar reads.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     public static float MaxLanes(Vector512<float> v)
     {
         var h = Vector256.Max(v.GetLower(), v.GetUpper());

@@ -43,7 +43,7 @@ internal static unsafe class HostRows
         ArrayView<float> tokenType, ArrayView<float> output, EmbeddingShape s)
     {
         nint pi = (nint)P(ids), pt = (nint)P(typeIds), pw = (nint)P(word), pp = (nint)P(position), pty = (nint)P(tokenType), po = (nint)P(output);
-        Blocks(s.Tokens, (long)s.Tokens * s.Hidden, (a, b) =>
+        Blocks(s.Tokens, (long)s.Tokens * s.Hidden, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             int h = s.Hidden;
             for (int t = a; t < b; t++)
@@ -84,7 +84,7 @@ internal static unsafe class HostRows
         int distinct = index[0];
         int offsetsAt = 1, rowsAt = offsetsAt + distinct + 1, orderAt = rowsAt + distinct;
         nint pd = (nint)P(dOut), ptab = (nint)P(table);
-        Blocks(distinct, (long)(index.Length - orderAt) * hidden, (a, b) =>
+        Blocks(distinct, (long)(index.Length - orderAt) * hidden, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             var sum = new float[hidden];
             fixed (float* acc = sum)
@@ -116,7 +116,7 @@ internal static unsafe class HostRows
         ArrayView<float> y, ArrayView<float> mean, ArrayView<float> rstd, int rows, int cols, float eps)
     {
         nint px = (nint)P(x), pr = hasR ? (nint)P(r) : 0, pg = (nint)P(gamma), pb = (nint)P(beta), py = (nint)P(y), pm = (nint)P(mean), ps = (nint)P(rstd);
-        Blocks(rows, (long)rows * cols, (a, b) =>
+        Blocks(rows, (long)rows * cols, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             for (int row = a; row < b; row++)
                 LayerNormRow(row, (float*)px, (float*)pr, (float*)pg, (float*)pb, (float*)py, (float*)pm, (float*)ps, cols, eps);
@@ -161,14 +161,14 @@ internal static unsafe class HostRows
     }
 
     /// <summary>x[j..j+16] (+ r[j..j+16] when there is a residual).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static Vector512<float> Z(float* x, float* r, int j) => r is null ? Vector512.Load(x + j) : Vector512.Load(x + j) + Vector512.Load(r + j);
 
     public static void LayerNormBackward(ArrayView<float> x, ArrayView<float> r, bool hasR, ArrayView<float> gamma, ArrayView<float> mean,
         ArrayView<float> rstd, ArrayView<float> dy, ArrayView<float> dx, int rows, int cols)
     {
         nint px = (nint)P(x), pr = hasR ? (nint)P(r) : 0, pg = (nint)P(gamma), pm = (nint)P(mean), ps = (nint)P(rstd), pdy = (nint)P(dy), pdx = (nint)P(dx);
-        Blocks(rows, (long)rows * cols, (a, b) =>
+        Blocks(rows, (long)rows * cols, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             for (int row = a; row < b; row++)
                 LayerNormBackwardRow(row, (float*)px, (float*)pr, (float*)pg, (float*)pm, (float*)ps, (float*)pdy, (float*)pdx, cols);
@@ -219,7 +219,7 @@ internal static unsafe class HostRows
         int chunks = (rows + BiasKernels.RowsPerChunk - 1) / BiasKernels.RowsPerChunk;
         long plane = (long)chunks * cols;
         nint px = (nint)P(x), pr = hasR ? (nint)P(r) : 0, pm = (nint)P(mean), ps = (nint)P(rstd), pdy = (nint)P(dy), pp = (nint)P(partial);
-        Blocks(chunks, (long)rows * cols, (a, b) =>
+        Blocks(chunks, (long)rows * cols, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             float* xs = (float*)px, rs = (float*)pr, dys = (float*)pdy, part = (float*)pp;
             for (int c = a; c < b; c++)
@@ -251,7 +251,7 @@ internal static unsafe class HostRows
     {
         int chunks = (rows + BiasKernels.RowsPerChunk - 1) / BiasKernels.RowsPerChunk;
         nint px = (nint)P(x), pp = (nint)P(partial);
-        Blocks(chunks, (long)rows * cols, (a, b) =>
+        Blocks(chunks, (long)rows * cols, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             for (int c = a; c < b; c++)
             {
@@ -336,7 +336,7 @@ internal static unsafe class HostRows
     /// e^(−x²/2): at most ~1e-8 of x·Φ(x) absolute (largest near x = −2), a third of the arithmetic saved.
     /// The dense-grid test checks it against double.
     /// </remarks>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static Vector512<float> GeluErf512(Vector512<float> x, out Vector512<float> derivative)
     {
         var t = Vector512<float>.One / (Vector512<float>.One + (0.5f * 0.70710678118654752f) * Vector512.Abs(x));
@@ -349,7 +349,7 @@ internal static unsafe class HostRows
     }
 
     /// <summary>x·Φ(x) alone (the forward), as the function above computes Φ but with one exponential: t·e^(P(t) − x²/2).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     internal static Vector512<float> GeluErf512(Vector512<float> x)
     {
         var t = Vector512<float>.One / (Vector512<float>.One + (0.5f * 0.70710678118654752f) * Vector512.Abs(x));
@@ -358,7 +358,7 @@ internal static unsafe class HostRows
     }
 
     /// <summary>The erfc fit's polynomial P(t) on 16 lanes (KernelMath.Erfc's coefficients, the same Horner order, fused multiply-adds).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static Vector512<float> ErfcPoly(Vector512<float> t)
     {
         var poly = Vector512.Create(KernelMath.ErfcC9);
@@ -381,7 +381,7 @@ internal static unsafe class HostRows
         ArrayView<float> perRow, int rows, int vocab)
     {
         nint pl = (nint)P(logits), plab = (nint)P(labels), plse = (nint)P(lse), pr = (nint)P(perRow);
-        Blocks(rows, (long)rows * vocab * 4, (a, b) =>
+        Blocks(rows, (long)rows * vocab * 4, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             float* lg = (float*)pl, ls = (float*)plse, per = (float*)pr;
             int* lab = (int*)plab;
@@ -439,7 +439,7 @@ internal static unsafe class HostRows
         float count = P(loss)[1];
         float scale = count > 0f ? dLoss / count : 0f;
         nint pl = (nint)P(logits), plab = (nint)P(labels), plse = (nint)P(lse), pd = (nint)P(dlogits);
-        Blocks(rows, (long)rows * vocab * 4, (a, b) =>
+        Blocks(rows, (long)rows * vocab * 4, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             for (int row = a; row < b; row++)
             {
@@ -470,7 +470,7 @@ internal static unsafe class HostRows
         long groups = (n + 3) / 4;
         nint ps = (nint)P(src), pd = (nint)P(dst);
         int blocks = (int)Math.Min(groups, 1 << 20);
-        Blocks(blocks, n * 8, (a, b) =>
+        Blocks(blocks, n * 8, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             float* s = (float*)ps, d = (float*)pd;
             long g0 = groups * a / blocks, g1 = groups * b / blocks;
@@ -497,6 +497,7 @@ internal static unsafe class HostRows
     }
 
     /// <summary>Σ g² of one tensor in the kernel's 32 fixed partials (element i goes to partial i mod 32), summed in order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float SumSquares(ArrayView<float> x, long n)
     {
         float* p = P(x);
@@ -516,7 +517,7 @@ internal static unsafe class HostRows
         float clip = a.Clip(a.MaxNorm > 0f ? P(norm)[0] : 0f); // read in place: no copy per tensor and step
         nint pp = (nint)P(param), pg = (nint)P(grad), pm = (nint)P(m), pv = (nint)P(v);
         int blocks = (int)Math.Min(n, 1 << 20);
-        Blocks(blocks, n * 4, (b0, b1) =>
+        Blocks(blocks, n * 4, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (b0, b1) =>
         {
             float* ps = (float*)pp, gs = (float*)pg, ms = (float*)pm, vs = (float*)pv;
             for (long i = n * b0 / blocks, end = n * b1 / blocks; i < end; i++)

@@ -225,7 +225,7 @@ internal static unsafe class HostInt8Gemm
     public static void Run(ArrayView<sbyte> a, ArrayView<sbyte> b, ArrayView<int> c, int m, int n, int k)
     {
         nint pa = a.LoadEffectiveAddressAsPtr(), pb = b.LoadEffectiveAddressAsPtr(), pc = c.LoadEffectiveAddressAsPtr();
-        HostParallel.For(0, m, i =>
+        HostParallel.For(0, m, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (i) =>
         {
             sbyte* row = (sbyte*)pa + (long)i * k;
             int* output = (int*)pc + (long)i * n;
