@@ -430,18 +430,15 @@ internal static unsafe class HostAttention
     private static void SoftmaxFourRows(float* scores, float* keyFrom, int i0, float scale, int sp, float* max, float* sum)
     {
         var vs = Vector512.Create(scale);
-        var minusInf = Vector512.Create(float.NegativeInfinity);
-        Vector512<float> i0v = Vector512.Create((float)i0), i1v = Vector512.Create((float)(i0 + 1));
-        Vector512<float> i2v = Vector512.Create((float)(i0 + 2)), i3v = Vector512.Create((float)(i0 + 3));
         float* r0 = scores, r1 = scores + sp, r2 = scores + 2 * sp, r3 = scores + 3 * sp;
-        Vector512<float> m0 = minusInf, m1 = minusInf, m2 = minusInf, m3 = minusInf;
+        Vector512<float> m0 = Vector512.Create(float.NegativeInfinity), m1 = m0, m2 = m0, m3 = m0;
         for (int j = 0; j < sp; j += 16)
         {
             var from = Vector512.Load(keyFrom + j);
-            var x0 = Vector512.ConditionalSelect(Vector512.LessThanOrEqual(from, i0v), Vector512.Load(r0 + j) * vs, minusInf);
-            var x1 = Vector512.ConditionalSelect(Vector512.LessThanOrEqual(from, i1v), Vector512.Load(r1 + j) * vs, minusInf);
-            var x2 = Vector512.ConditionalSelect(Vector512.LessThanOrEqual(from, i2v), Vector512.Load(r2 + j) * vs, minusInf);
-            var x3 = Vector512.ConditionalSelect(Vector512.LessThanOrEqual(from, i3v), Vector512.Load(r3 + j) * vs, minusInf);
+            var x0 = Masked(Vector512.Load(r0 + j), vs, from, i0);
+            var x1 = Masked(Vector512.Load(r1 + j), vs, from, i0 + 1);
+            var x2 = Masked(Vector512.Load(r2 + j), vs, from, i0 + 2);
+            var x3 = Masked(Vector512.Load(r3 + j), vs, from, i0 + 3);
             x0.Store(r0 + j); x1.Store(r1 + j); x2.Store(r2 + j); x3.Store(r3 + j);
             m0 = Vector512.Max(m0, x0); m1 = Vector512.Max(m1, x1); m2 = Vector512.Max(m2, x2); m3 = Vector512.Max(m3, x3);
         }
@@ -479,17 +476,19 @@ internal static unsafe class HostAttention
     private static void MaskScores(float* scores, float* keyFrom, int i0, float scale, int sp)
     {
         var vs = Vector512.Create(scale);
-        var minusInf = Vector512.Create(float.NegativeInfinity);
         for (int j = 0; j < sp; j += 16)
         {
             var from = Vector512.Load(keyFrom + j);
             for (int r = 0; r < QueryBlock; r++)
-            {
-                var seen = Vector512.LessThanOrEqual(from, Vector512.Create((float)(i0 + r)));
-                Vector512.ConditionalSelect(seen, Vector512.Load(scores + r * sp + j) * vs, minusInf).Store(scores + r * sp + j);
-            }
+                Masked(Vector512.Load(scores + r * sp + j), vs, from, i0 + r).Store(scores + r * sp + j);
         }
     }
+
+    /// <summary>16 scores of query i scaled where the query sees the key (keyFrom ≤ i), −∞ where not.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
+    private static Vector512<float> Masked(Vector512<float> score, Vector512<float> scale, Vector512<float> keyFrom, int i) =>
+        Vector512.ConditionalSelect(Vector512.LessThanOrEqual(keyFrom, Vector512.Create((float)i)), score * scale,
+            Vector512.Create(float.NegativeInfinity));
 
     /// <summary>
     /// keep[j] = a.Keep(b, h, i, j) for the row's s keys: one Philox block per four consecutive elements

@@ -340,8 +340,7 @@ internal static unsafe class HostRows
     private static Vector512<float> GeluErf512(Vector512<float> x, out Vector512<float> derivative)
     {
         var t = Vector512<float>.One / (Vector512<float>.One + (0.5f * 0.70710678118654752f) * Vector512.Abs(x));
-        var square = -0.5f * (x * x);
-        var gauss = HostMath.Exp(square); // e^(−x²/2)
+        var gauss = HostMath.Exp(-0.5f * (x * x)); // e^(−x²/2)
         var half = 0.5f * (t * gauss * HostMath.Exp(ErfcPoly(t)));
         var cdf = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
         derivative = cdf + x * (0.39894228040143268f * gauss);
