@@ -70,6 +70,51 @@ public class RuntimeTests
     }
 
     [Fact]
+    public void Pool_serves_a_length_that_changes_every_step_from_a_few_size_classes()
+    {
+        // A pretraining step's logits are [M, V] with M, the masked positions, drawn anew each step:
+        // kept by exact length, every step allocated fresh buffers (and faulted in their pages).
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var pool = device.Pool;
+        var rng = new Random(3);
+        void Step()
+        {
+            long m = rng.Next(580, 650);
+            using var weights = pool.Rent(100_000);
+            using var logits = pool.Rent(m * 8192);
+            using var gradient = pool.Rent(m * 8192);
+            Assert.Equal(m * 8192, logits.View.Length);
+        }
+        for (int i = 0; i < 10; i++) Step();
+        long after = pool.Allocations;
+        Assert.InRange(after, 3, 5); // the weights and two buffers of each of at most two classes
+        for (int i = 0; i < 50; i++) Step();
+        Assert.Equal(after, pool.Allocations);
+        Assert.Equal(0, pool.BytesInUse);
+        Assert.Equal(16384, BufferPool.Capacity(16384));
+        Assert.Equal(16384 + 2048, BufferPool.Capacity(16385));
+        Assert.Equal(9L << 19, BufferPool.Capacity((4L << 20) + 1)); // 2^22 + 1 → 2^22 + 2^19
+        Assert.Equal(1, BufferPool.Capacity(0));
+    }
+
+    [Fact]
+    public void Pool_of_ever_changing_lengths_stays_within_the_idle_floor_of_its_peak()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var pool = device.Pool;
+        long asked = 0;
+        for (int k = 20; k <= 22; k++)
+            for (int j = 0; j < 8; j++)
+            {
+                long length = (1L << k) + j * (1L << (k - 3)); // 24 size classes, 4 to 30 MB
+                using (pool.Rent(length)) asked += length * sizeof(float);
+                Assert.InRange(pool.BytesAllocated, 0, pool.PeakBytesInUse + BufferPool.IdleFloor);
+            }
+        Assert.Equal(24, pool.Allocations);
+        Assert.True(asked > pool.PeakBytesInUse + BufferPool.IdleFloor, "the test must rent more than the pool may keep");
+    }
+
+    [Fact]
     public void Pool_refuses_what_the_budget_cannot_hold_after_freeing_idle_buffers_and_stays_usable()
     {
         using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));

@@ -1,13 +1,17 @@
 // Device memory for tensors comes from here, not from the accelerator directly: every ILGPU
 // allocation is a plain cuMemAlloc (ILGPU-NOTES.md), far too slow for a training step that needs
-// the same buffers every time. Returned buffers are kept by exact length and handed out again, so
-// a steady-state step allocates nothing. Work whose shapes keep changing (inference over texts of
-// every length) would keep a buffer of every size ever used: once the idle buffers hold more than
-// the most ever rented at once (and at least IdleFloor), they are freed. The pool also keeps the
-// accounting that tests and benchmarks read (how much was allocated, the peak, the largest request).
-// It also keeps a budget: an allocation that would take the pool past what the device can hold
-// (after freeing idle buffers) fails with a DeviceException naming the sizes, instead of the
-// process dying out of memory (exit 134) or the OS paging for minutes.
+// the same buffers every time, and on the CPU a fresh buffer page-faults on every first touch.
+// Returned buffers are kept and handed out again, so a steady-state step allocates nothing. Lengths
+// up to 16K floats are kept exactly; longer ones are rounded up to one of eight size classes per
+// power of two (at most 12.5% more, never touched beyond the request), so a length that changes
+// from step to step — the logits of a batch's masked positions, [M, V] with M drawn anew each
+// step — finds a buffer again. Work whose shapes keep changing (inference over texts of every
+// length) would keep a buffer of every class it ever used: once the pool holds more than twice the
+// most ever rented at once (and that excess is at least IdleFloor), the idle buffers are freed.
+// The pool also keeps the accounting that tests and benchmarks read (how much was allocated, the
+// peak, the largest request). It also keeps a budget: an allocation that would take the pool past
+// what the device can hold (after freeing idle buffers) fails with a DeviceException naming the
+// sizes, instead of the process dying out of memory (exit 134) or the OS paging for minutes.
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -42,7 +46,7 @@ public sealed class BufferPool : IDisposable
     /// <summary>Bytes of device memory the pool holds, rented or free.</summary>
     public long BytesAllocated { get; private set; }
 
-    /// <summary>Bytes currently rented out.</summary>
+    /// <summary>Bytes currently rented out (whole buffers: a request's size class).</summary>
     public long BytesInUse { get; private set; }
 
     /// <summary>The most bytes ever rented out at once.</summary>
@@ -58,41 +62,60 @@ public sealed class BufferPool : IDisposable
         MemoryBuffer1D<float, Stride1D.Dense> buffer;
         lock (gate)
         {
-            if (free.TryGetValue(length, out var stack) && stack.Count > 0)
+            long capacity = Capacity(length);
+            if (free.TryGetValue(capacity, out var stack) && stack.Count > 0)
                 buffer = stack.Pop();
             else
             {
-                long bytes = Math.Max(length, 1) * sizeof(float);
+                long bytes = capacity * sizeof(float);
                 if (BytesAllocated + bytes > Budget) Trim();
                 if (BytesAllocated + bytes > Budget)
                     throw new DeviceException($"out of memory on {accelerator.Name}: {GiB(bytes)} more are needed with {GiB(BytesInUse)} in use, "
                         + $"and {GiB(Budget)} are usable; use a smaller batch, sequence length or model");
-                buffer = accelerator.Allocate1D<float>(Math.Max(length, 1));
+                buffer = accelerator.Allocate1D<float>(capacity);
                 all.Add(buffer);
                 Allocations++;
                 BytesAllocated += buffer.LengthInBytes;
             }
-            BytesInUse += length * sizeof(float);
+            BytesInUse += buffer.LengthInBytes;
             PeakBytesInUse = Math.Max(PeakBytesInUse, BytesInUse);
+            mostEverInUse = Math.Max(mostEverInUse, BytesInUse);
             LargestRequest = Math.Max(LargestRequest, length);
         }
         return new PooledBuffer(this, buffer, length);
     }
 
+    /// <summary>Lengths up to this many floats are kept exactly; longer ones by size class.</summary>
+    public const long ExactUpTo = 16 * 1024;
+
+    /// <summary>
+    /// The buffer length that serves a request of <paramref name="length"/> floats: the length itself
+    /// up to <see cref="ExactUpTo"/>, above it the next multiple of an eighth of its power of two.
+    /// </summary>
+    public static long Capacity(long length)
+    {
+        if (length <= ExactUpTo) return Math.Max(length, 1);
+        long step = 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)length) - 3);
+        return (length + step - 1) / step * step;
+    }
+
     private static string GiB(long bytes) => $"{bytes / (double)(1L << 30):F2} GiB";
 
-    /// <summary>Idle bytes always allowed before the pool frees what it keeps.</summary>
+    /// <summary>Bytes beyond the most ever rented at once that the pool may always keep.</summary>
     public const long IdleFloor = 256L << 20;
 
-    internal void Return(MemoryBuffer1D<float, Stride1D.Dense> buffer, long length)
+    // The most bytes ever rented at once (PeakBytesInUse, but never reset): what the trim rule keeps.
+    private long mostEverInUse;
+
+    internal void Return(MemoryBuffer1D<float, Stride1D.Dense> buffer)
     {
         lock (gate)
         {
-            if (!free.TryGetValue(length, out var stack))
-                free[length] = stack = new Stack<MemoryBuffer1D<float, Stride1D.Dense>>();
+            if (!free.TryGetValue(buffer.Length, out var stack))
+                free[buffer.Length] = stack = new Stack<MemoryBuffer1D<float, Stride1D.Dense>>();
             stack.Push(buffer);
-            BytesInUse -= length * sizeof(float);
-            if (BytesAllocated - BytesInUse > Math.Max(IdleFloor, PeakBytesInUse))
+            BytesInUse -= buffer.LengthInBytes;
+            if (BytesAllocated - mostEverInUse > Math.Max(IdleFloor, mostEverInUse))
                 Trim();
         }
     }
@@ -155,6 +178,6 @@ public sealed class PooledBuffer : IDisposable
     public void Dispose()
     {
         var b = Interlocked.Exchange(ref buffer, null);
-        if (b is not null) pool.Return(b, Length);
+        if (b is not null) pool.Return(b);
     }
 }
