@@ -185,6 +185,31 @@ public class AttentionTests
         CheckBackward(Devices.Get(device), a, PaddingMask(3, 19, [19, 7, 0]), new Random(hd * 7 + (int)(dropout * 100)));
     }
 
+    /// <summary>
+    /// Rows of 64 keys or more take the host's sixteen-blocks-at-a-time Philox (S = 132: every row
+    /// starts on a group of four; S = 130: every other row does not and is drawn one key at a time).
+    /// </summary>
+    [Theory]
+    [InlineData(130)]
+    [InlineData(132)]
+    public void Long_rows_draw_the_reference_dropout_in_forward_and_backward(int s)
+    {
+        var d = Devices.Get("cpu");
+        var a = AttentionShape.Create(3, s, 2, 32, 0.2f, new DropoutKey(0xABCD_0123_4567UL, 8, 6));
+        var mask = PaddingMask(3, s, [s, 70, 0]);
+        var qkv = Rand.Normal(new Random(s), a.QkvLength);
+        using var bqkv = d.Upload(qkv);
+        using var bmask = d.Upload(mask);
+        using var bctx = d.Poisoned(a.ContextLength);
+        using var blse = d.Poisoned(a.RowCount);
+        using var bprobs = d.Poisoned(a.RowCount * a.SeqLen);
+        d.Kernels.Attention.Forward(bqkv.View, bmask.View, bctx.View, blse.View, a, bprobs.View);
+        var (ctx, probs, _) = ReferenceAttention(Rand.ToDouble(qkv), mask, a);
+        Tol.AssertClose(ctx, d.Read(bctx, a.ContextLength), Tol.F32Reduction, "context");
+        Tol.AssertClose(probs, d.Read(bprobs, a.RowCount * a.SeqLen), Tol.F32Reduction, "probabilities");
+        CheckBackward(d, a, mask, new Random(s + 1));
+    }
+
     /// <summary>dQkv of L = Σ w ⊙ context against central differences of the double reference; the third sequence must be fully masked.</summary>
     private static void CheckBackward(TestDevice d, AttentionShape a, int[] mask, Random rng)
     {

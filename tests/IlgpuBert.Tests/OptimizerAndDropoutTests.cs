@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using IlgpuBert.Kernels;
 
 namespace IlgpuBert.Tests;
@@ -20,6 +21,41 @@ public class OptimizerAndDropoutTests
             Philox.Block(ref c0, ref c1, ref c2, ref c3, key[0], key[1]);
             Assert.Equal(expected, new[] { c0, c1, c2, c3 });
         }
+    }
+
+    [Fact]
+    public void Philox_sixteen_blocks_at_a_time_are_the_scalar_blocks_in_element_order()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return; // the host path it checks needs AVX-512
+        foreach (long group0 in new[] { 0L, 5, 0xFFFF_FFF8L, 0x1_2345_6789L })
+            foreach (var (seed, step, tensor) in new[] { (0UL, 0u, 0u), (0xDEAD_BEEF_0123_4567UL, 77u, 9u) })
+            {
+                Philox.Words64(seed, step, tensor, group0, out var w0, out var w1, out var w2, out var w3);
+                var got = new uint[64];
+                w0.CopyTo(got, 0); w1.CopyTo(got, 16); w2.CopyTo(got, 32); w3.CopyTo(got, 48);
+                var expected = new uint[64];
+                for (int g = 0; g < 16; g++)
+                    Philox.Bits(seed, step, tensor, group0 + g, out expected[4 * g], out expected[4 * g + 1], out expected[4 * g + 2], out expected[4 * g + 3]);
+                Assert.Equal(expected, got);
+            }
+    }
+
+    [Fact]
+    public void Host_dropout_of_a_long_tensor_is_the_scalar_mask_bit_for_bit()
+    {
+        var d = Devices.Get("cpu");
+        int n = 100_003; // 64-element chunks and a tail
+        var x = Rand.Normal(new Random(5), n);
+        x[7] = float.NaN; x[8] = float.PositiveInfinity; x[9] = -3f; // dropped elements are exactly +0 whatever they held
+        var key = new DropoutKey(0x0123_4567_89AB_CDEFUL, 3, 12);
+        using var bx = d.Upload(x);
+        using var by = d.Poisoned(n);
+        d.Kernels.Dropout.Forward(bx.View, by.View, n, 0.3f, key);
+        var expected = ReferenceDropout(x, 0.3f, key).Select(v => (float)v).ToArray();
+        var got = d.Read(by, n);
+        for (int i = 0; i < n; i++)
+            Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(got[i]) || (float.IsNaN(expected[i]) && float.IsNaN(got[i])),
+                $"element {i}: expected {expected[i]}, got {got[i]}");
     }
 
     /// <summary>The host reference of the dropout mask: the same Philox stream the kernel draws.</summary>
