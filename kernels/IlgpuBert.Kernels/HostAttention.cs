@@ -502,17 +502,19 @@ internal static unsafe class HostAttention
         float scale = 1f / (1f - a.DropoutP);
         uint r0 = 0, r1 = 0, r2 = 0, r3 = 0;
         int j = 0;
-        if (Avx512F.IsSupported && (index0 & 3) == 0) // whole groups of four: 64 keys at a time
+        if (Avx512F.IsSupported && (index0 & 3) == 0) // whole groups of four: up to 64 keys per call, 16 at a time
         {
             var factor = Vector512.Create(scale);
-            for (; j + 64 <= a.SeqLen; j += 64)
+            int whole = a.SeqLen & ~15;
+            for (; j < whole; j += 64)
             {
                 Philox.Words64(a.Seed, a.Step, a.TensorId, (index0 + j) >> 2, out var w0, out var w1, out var w2, out var w3);
                 HostRows.Dropped(w0, factor, a.DropoutP, 1f).Store(keep + j);
-                HostRows.Dropped(w1, factor, a.DropoutP, 1f).Store(keep + j + 16);
-                HostRows.Dropped(w2, factor, a.DropoutP, 1f).Store(keep + j + 32);
-                HostRows.Dropped(w3, factor, a.DropoutP, 1f).Store(keep + j + 48);
+                if (j + 32 <= whole) HostRows.Dropped(w1, factor, a.DropoutP, 1f).Store(keep + j + 16);
+                if (j + 48 <= whole) HostRows.Dropped(w2, factor, a.DropoutP, 1f).Store(keep + j + 32);
+                if (j + 64 <= whole) HostRows.Dropped(w3, factor, a.DropoutP, 1f).Store(keep + j + 48);
             }
+            j = whole;
         }
         for (; j < a.SeqLen; j++)
         {

@@ -186,17 +186,19 @@ public class AttentionTests
     }
 
     /// <summary>
-    /// Rows of 64 keys or more take the host's sixteen-blocks-at-a-time Philox (S = 132: every row
-    /// starts on a group of four; S = 130: every other row does not and is drawn one key at a time).
+    /// Rows of 16 keys or more take the host's sixteen-blocks-at-a-time Philox for their first
+    /// multiple of 16 (S = 132 and 36: every row starts on a group of four; S = 130: every other row
+    /// does not and is drawn one key at a time).
     /// </summary>
     [Theory]
+    [InlineData(36)]
     [InlineData(130)]
     [InlineData(132)]
-    public void Long_rows_draw_the_reference_dropout_in_forward_and_backward(int s)
+    public void Rows_of_16_keys_or_more_draw_the_reference_dropout_in_forward_and_backward(int s)
     {
         var d = Devices.Get("cpu");
         var a = AttentionShape.Create(3, s, 2, 32, 0.2f, new DropoutKey(0xABCD_0123_4567UL, 8, 6));
-        var mask = PaddingMask(3, s, [s, 70, 0]);
+        var mask = PaddingMask(3, s, [s, s / 2, 0]);
         var qkv = Rand.Normal(new Random(s), a.QkvLength);
         using var bqkv = d.Upload(qkv);
         using var bmask = d.Upload(mask);

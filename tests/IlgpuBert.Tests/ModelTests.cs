@@ -192,6 +192,18 @@ public class ModelTests
                 double p = expected[r][j], sigma = Math.Sqrt(n * p * (1 - p));
                 Assert.InRange(counts[r, j], n * p - 4.5 * sigma - 0.5, n * p + 4.5 * sigma + 0.5);
             }
+        // A vocabulary of 37: two vectors of 16 and a tail, the largest logit in the tail.
+        var wide = Enumerable.Repeat(-30f, 37).ToArray();
+        wide[5] = 0f;
+        wide[36] = MathF.Log(3f);
+        int tail = 0;
+        for (int t = 0; t < n; t++)
+        {
+            int token = ElectraGenerator.Sample(wide, 37, rng)[0];
+            Assert.True(token is 5 or 36, $"drew {token}, whose probability is e^-30");
+            tail += token == 36 ? 1 : 0;
+        }
+        Assert.InRange(tail, n * 0.75 - 4.5 * Math.Sqrt(n * 0.75 * 0.25), n * 0.75 + 4.5 * Math.Sqrt(n * 0.75 * 0.25));
 
         var masked = Batch(); // labels at (0,1), (0,5), (1,2), (1,4); row 1 padded from 5
         int[] positions = [1, 5, 9, 11];

@@ -117,20 +117,32 @@ public sealed class ElectraGenerator : IDisposable
         var u = new double[rows];
         for (int r = 0; r < rows; r++) u[r] = rng.NextDouble();
         var tokens = new int[rows];
-        Parallel.For(0, rows, () => new float[vocab], (r, _, exps) =>
+        int blocks = Math.Min(rows, 4 * Environment.ProcessorCount);
+        HostParallel.For(0, blocks, block => // the host kernels' workers: Parallel.For's threads would compete with them
         {
-            tokens[r] = Draw(logits.AsSpan(r * vocab, vocab), u[r], exps);
-            return exps;
-        }, _ => { });
+            var exps = System.Buffers.ArrayPool<float>.Shared.Rent(vocab);
+            for (int r = (int)((long)rows * block / blocks); r < (int)((long)rows * (block + 1) / blocks); r++)
+                tokens[r] = Draw(logits.AsSpan(r * vocab, vocab), u[r], exps);
+            System.Buffers.ArrayPool<float>.Shared.Return(exps);
+        });
         return tokens;
     }
 
-    /// <summary>The index where Σ exp(row − max) first exceeds u·Σ exp(row − max) (exps: scratch of the row's length).</summary>
+    /// <summary>The index where Σ exp(row − max) first exceeds u·Σ exp(row − max) (exps: scratch of at least the row's length).</summary>
     private static int Draw(ReadOnlySpan<float> row, double u, float[] exps)
     {
         int v = row.Length, j = 0;
         float max = float.NegativeInfinity;
-        foreach (float x in row) max = MathF.Max(max, x);
+        if (Vector512.IsHardwareAccelerated && v >= 16)
+        {
+            var vmax = Vector512.Create(float.NegativeInfinity);
+            for (; j + 16 <= v; j += 16) vmax = Vector512.Max(vmax, Vector512.Create(row.Slice(j, 16)));
+            for (int k = 0; k < 16; k++) max = MathF.Max(max, vmax.GetElement(k));
+            for (; j < v; j++) max = MathF.Max(max, row[j]);
+            j = 0;
+        }
+        else
+            foreach (float x in row) max = MathF.Max(max, x);
         double sum = 0;
         if (Vector512.IsHardwareAccelerated)
         {
@@ -151,7 +163,8 @@ public sealed class ElectraGenerator : IDisposable
             running += exps[j];
             if (running > target) return j;
         }
-        return Array.FindLastIndex(exps, e => e > 0); // rounding left the target past the end: the last possible token
+        for (j = v - 1; j > 0 && exps[j] == 0; j--) { } // rounding left the target past the end: the last possible token
+        return j;
     }
 
     /// <summary>
