@@ -178,6 +178,36 @@ public class OptimizerAndDropoutTests
     }
 
     [Fact]
+    public void Host_AdamW_of_a_long_tensor_is_the_kernel_step_bit_for_bit()
+    {
+        // The host path runs 16 lanes at a time; the ILGPU kernel (GPU-shaped CPU) runs AdamWArgs.Step per element.
+        int n = 100_003;
+        var rng = new Random(13);
+        float[] param = Rand.Normal(rng, n), grad = Rand.Normal(rng, n), m = Rand.Normal(rng, n, 0.1);
+        float[] v = [.. Rand.Normal(rng, n, 0.01).Select(x => x * x)];
+        var step = new AdamWStep(3e-3f, 0.9f, 0.98f, 1e-6f, 0.01f, 7, 1f);
+        float[][] Run(string device)
+        {
+            var d = Devices.Get(device);
+            using var bp = d.Upload(param);
+            using var bg = d.Upload(grad);
+            using var bm = d.Upload(m);
+            using var bv = d.Upload(v);
+            using var norm = d.Upload([2.5f]); // clipped: 1 / 2.5
+            d.Kernels.AdamW.Update(bp.View, bg.View, bm.View, bv.View, norm.View, n, step);
+            return [d.Read(bp, n), d.Read(bm, n), d.Read(bv, n)];
+        }
+        var host = Run("cpu");
+        var kernel = Run("cpu-gpu-shaped");
+        string[] names = ["param", "m", "v"];
+        for (int t = 0; t < 3; t++)
+        {
+            Assert.NotEqual(t == 0 ? param : t == 1 ? m : v, host[t]);
+            Assert.True(host[t].AsSpan().SequenceEqual(kernel[t]), $"{names[t]}: the host update differs from the kernel's");
+        }
+    }
+
+    [Fact]
     public void AdamW_rejects_step_zero_and_dropout_rejects_p_one()
     {
         var d = Devices.Get("cpu");
