@@ -500,24 +500,28 @@ internal static unsafe class HostAttention
     {
         long index0 = a.Row(b, h, i) * a.SeqLen, group = -1;
         float scale = 1f / (1f - a.DropoutP);
-        uint r0 = 0, r1 = 0, r2 = 0, r3 = 0;
-        int j = 0;
-        if (Avx512F.IsSupported && (index0 & 3) == 0) // whole groups of four: up to 64 keys per call, 16 at a time
+        // Keys [v0, v1) start on a whole group of four and come 16 at a time (up to 64 per Philox call);
+        // the rest, before and after, one at a time.
+        int v0 = 0, v1 = 0;
+        if (Avx512F.IsSupported)
         {
+            v0 = (int)(-index0 & 3);
+            v1 = v0 + Math.Max(0, a.SeqLen - v0) / 16 * 16;
             var factor = Vector512.Create(scale);
-            int whole = a.SeqLen & ~15;
-            for (; j < whole; j += 64)
+            for (int j = v0; j < v1; j += 64)
             {
                 Philox.Words64(a.Seed, a.Step, a.TensorId, (index0 + j) >> 2, out var w0, out var w1, out var w2, out var w3);
                 HostRows.Dropped(w0, factor, a.DropoutP, 1f).Store(keep + j);
-                if (j + 32 <= whole) HostRows.Dropped(w1, factor, a.DropoutP, 1f).Store(keep + j + 16);
-                if (j + 48 <= whole) HostRows.Dropped(w2, factor, a.DropoutP, 1f).Store(keep + j + 32);
-                if (j + 64 <= whole) HostRows.Dropped(w3, factor, a.DropoutP, 1f).Store(keep + j + 48);
+                if (j + 32 <= v1) HostRows.Dropped(w1, factor, a.DropoutP, 1f).Store(keep + j + 16);
+                if (j + 48 <= v1) HostRows.Dropped(w2, factor, a.DropoutP, 1f).Store(keep + j + 32);
+                if (j + 64 <= v1) HostRows.Dropped(w3, factor, a.DropoutP, 1f).Store(keep + j + 48);
             }
-            j = whole;
         }
-        for (; j < a.SeqLen; j++)
+        uint r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+        for (int j = 0; j < a.SeqLen; j++)
         {
+            if (j == v0 && v1 > v0) j = v1;
+            if (j >= a.SeqLen) break;
             long index = index0 + j;
             if (index >> 2 != group)
             {

@@ -191,12 +191,13 @@ public class AttentionTests
     }
 
     /// <summary>
-    /// Rows of 16 keys or more take the host's sixteen-blocks-at-a-time Philox for their first
-    /// multiple of 16 (S = 132 and 36: every row starts on a group of four; S = 130: every other row
-    /// does not and is drawn one key at a time).
+    /// Rows of 16 keys or more take the host's sixteen-blocks-at-a-time Philox from their first whole
+    /// group of four, 16 keys at a time, and draw the keys before and after one at a time (S = 132
+    /// and 36: every row starts on a group; S = 130 and 37: rows start 0–3 keys before one).
     /// </summary>
     [Theory]
     [InlineData(36)]
+    [InlineData(37)]
     [InlineData(130)]
     [InlineData(132)]
     public void Rows_of_16_keys_or_more_draw_the_reference_dropout_in_forward_and_backward(int s)
