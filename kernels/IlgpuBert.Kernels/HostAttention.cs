@@ -511,10 +511,10 @@ internal static unsafe class HostAttention
             for (int j = v0; j < v1; j += 64)
             {
                 Philox.Words64(a.Seed, a.Step, a.TensorId, (index0 + j) >> 2, out var w0, out var w1, out var w2, out var w3);
-                HostRows.Dropped(w0, factor, a.DropoutP, 1f).Store(keep + j);
-                if (j + 32 <= v1) HostRows.Dropped(w1, factor, a.DropoutP, 1f).Store(keep + j + 16);
-                if (j + 48 <= v1) HostRows.Dropped(w2, factor, a.DropoutP, 1f).Store(keep + j + 32);
-                if (j + 64 <= v1) HostRows.Dropped(w3, factor, a.DropoutP, 1f).Store(keep + j + 48);
+                Vector512.ConditionalSelect(HostRows.Keeps(w0, a.DropoutP), factor, Vector512<float>.Zero).Store(keep + j);
+                if (j + 32 <= v1) Vector512.ConditionalSelect(HostRows.Keeps(w1, a.DropoutP), factor, Vector512<float>.Zero).Store(keep + j + 16);
+                if (j + 48 <= v1) Vector512.ConditionalSelect(HostRows.Keeps(w2, a.DropoutP), factor, Vector512<float>.Zero).Store(keep + j + 32);
+                if (j + 64 <= v1) Vector512.ConditionalSelect(HostRows.Keeps(w3, a.DropoutP), factor, Vector512<float>.Zero).Store(keep + j + 48);
             }
         }
         uint r0 = 0, r1 = 0, r2 = 0, r3 = 0;

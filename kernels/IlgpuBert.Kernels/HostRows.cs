@@ -496,10 +496,15 @@ internal static unsafe class HostRows
         });
     }
 
-    /// <summary>Sixteen elements of dropout: x·scale where <see cref="DropoutKernels.Keeps"/> holds for the word, else exactly 0.</summary>
+    /// <summary><see cref="DropoutKernels.Keeps"/> of sixteen words: all ones in the lanes that survive.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
-    internal static Vector512<float> Dropped(Vector512<uint> words, Vector512<float> x, float p, float scale) =>
-        Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(Philox.Uniform(words), Vector512.Create(p)), x * scale, Vector512<float>.Zero);
+    internal static Vector512<float> Keeps(Vector512<uint> words, float p) =>
+        Vector512.GreaterThanOrEqual(Philox.Uniform(words), Vector512.Create(p));
+
+    /// <summary>Sixteen elements of dropout: x·scale where the word keeps the element, else exactly 0.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
+    private static Vector512<float> Dropped(Vector512<uint> words, Vector512<float> x, float p, float scale) =>
+        Vector512.ConditionalSelect(Keeps(words, p), x * scale, Vector512<float>.Zero);
 
     // ---- AdamW ----
 

@@ -137,7 +137,7 @@ public sealed class ElectraGenerator : IDisposable
         {
             var vmax = Vector512.Create(float.NegativeInfinity);
             for (; j + 16 <= v; j += 16) vmax = Vector512.Max(vmax, Vector512.Create(row.Slice(j, 16)));
-            for (int k = 0; k < 16; k++) max = MathF.Max(max, vmax.GetElement(k));
+            max = HostMath.MaxLanes(vmax);
             for (; j < v; j++) max = MathF.Max(max, row[j]);
             j = 0;
         }
