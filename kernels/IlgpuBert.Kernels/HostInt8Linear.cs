@@ -15,10 +15,12 @@
 // at (g·6 + r)·4), each 4-byte group broadcast to all lanes. The 6×16 micro-kernel keeps 12 Vector256
 // accumulators (AVX-VNNI is VEX-encoded: 16 registers); K is padded to whole groups with zero weights.
 //
-// Without AVX-VNNI (AMD Zen 4 has AVX-512 VNNI, which .NET 10 does not expose, but not AVX-VNNI) the
-// same tiles run on AVX-512BW's VPMADDWD: weights and inputs as 16-bit pairs of k (q ∈ [−127, 127],
-// no offset), one Vector512 of 16 columns × 2 k per pair, each product pair summed exactly into an
-// int32 lane. Half the multiply-adds of VPDPBUSD per instruction, still twice float32's FMA.
+// AVX-512 VNNI (AMD Zen 4 and 5, Intel Xeons since Cascade Lake) does the same on 16 lanes, but .NET 10
+// exposes only the VEX form: that kernel (6 rows × two 16-column panels, 12 ZMM accumulators) is
+// machine code, HostInt8Vnni512.cs, on the same packed layout. Where neither runs, the same tiles run
+// on AVX-512BW's VPMADDWD: weights and inputs as 16-bit pairs of k (q ∈ [−127, 127], no offset), one
+// Vector512 of 16 columns × 2 k per pair, each product pair summed exactly into an int32 lane. Half
+// the multiply-adds of VPDPBUSD per instruction, still twice float32's FMA.
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -26,22 +28,35 @@ using System.Runtime.Intrinsics.X86;
 
 namespace IlgpuBert.Kernels;
 
-/// <summary>An int8 weight [N, K] packed for the CPU's VNNI kernel, with 128·Σ_k w[n, k] per column.</summary>
+/// <summary>The instructions an int8 Linear layer runs on, on the CPU accelerator (fastest first).</summary>
+public enum Int8HostKernel
+{
+    /// <summary>AVX-512 VNNI: VPDPBUSD on 16 int32 lanes (machine code; x86-64 Linux).</summary>
+    AvxVnni512,
+    /// <summary>AVX-VNNI: VPDPBUSD on 8 lanes.</summary>
+    AvxVnni,
+    /// <summary>AVX-512BW: VPMADDWD on 16-bit pairs.</summary>
+    Avx512BWPairs,
+}
+
+/// <summary>An int8 weight [N, K] packed for one of the CPU's int8 kernels, with 128·Σ_k w[n, k] per column (VNNI).</summary>
 public sealed class PackedInt8Weight
 {
-    internal PackedInt8Weight(int n, int k, sbyte[] panels, int[] offsets, bool pairs)
+    internal PackedInt8Weight(int n, int k, sbyte[] panels, int[] offsets, Int8HostKernel kernel)
     {
         N = n;
         K = k;
         Panels = panels;
         Offsets = offsets;
-        Pairs = pairs;
+        Kernel = kernel;
     }
 
     public int N { get; }
     public int K { get; }
-    /// <summary>16-bit pairs of k for AVX-512BW (else 4-byte groups for AVX-VNNI).</summary>
-    internal bool Pairs { get; }
+    /// <summary>The kernel it was packed for (both VNNI kernels read the same layout).</summary>
+    public Int8HostKernel Kernel { get; }
+    /// <summary>16-bit pairs of k for AVX-512BW (else 4-byte groups for VNNI).</summary>
+    internal bool Pairs => Kernel == Int8HostKernel.Avx512BWPairs;
     /// <summary>Units of k per column of a panel, four bytes each: groups of four int8, or pairs of int16.</summary>
     internal int Groups => Pairs ? (K + 1) / 2 : (K + 3) / 4;
     internal sbyte[] Panels { get; }
@@ -53,12 +68,24 @@ internal static unsafe class HostInt8Linear
     public const int MR = 6, NR = 16;
     private const int MC = 16 * MR, NC = 256;
 
-    public static bool Supported => AvxVnni.IsSupported || Avx512BW.IsSupported;
+    public static bool Supported => Fastest is not null;
 
-    /// <param name="pairs">16-bit pairs for AVX-512BW (needed where AVX-VNNI is missing), else 4-byte groups for AVX-VNNI.</param>
-    public static PackedInt8Weight Pack(sbyte* w, int n, int k, bool pairs)
+    /// <summary>The fastest kernel this CPU runs, or null.</summary>
+    public static Int8HostKernel? Fastest =>
+        Enum.GetValues<Int8HostKernel>().Where(Runs).Select(k => (Int8HostKernel?)k).FirstOrDefault();
+
+    public static bool Runs(Int8HostKernel kernel) => kernel switch
     {
-        if (pairs) return PackPairs(w, n, k);
+        Int8HostKernel.AvxVnni512 => HostInt8Vnni512.IsSupported,
+        Int8HostKernel.AvxVnni => AvxVnni.IsSupported,
+        Int8HostKernel.Avx512BWPairs => Avx512BW.IsSupported,
+        _ => false,
+    };
+
+    /// <param name="kernel">The kernel it is packed for: 16-bit pairs for AVX-512BW, 4-byte groups for either VNNI.</param>
+    public static PackedInt8Weight Pack(sbyte* w, int n, int k, Int8HostKernel kernel)
+    {
+        if (kernel == Int8HostKernel.Avx512BWPairs) return PackPairs(w, n, k);
         int groups = (k + 3) / 4, panels = (n + NR - 1) / NR;
         var packed = GC.AllocateArray<sbyte>(panels * groups * NR * 4, pinned: true); // zero: the padding adds nothing
         var offsets = new int[panels * NR];
@@ -75,7 +102,7 @@ internal static unsafe class HostInt8Linear
                 }
                 offsets[j] = 128 * sum;
             }
-        return new PackedInt8Weight(n, k, packed, offsets, pairs: false);
+        return new PackedInt8Weight(n, k, packed, offsets, kernel);
     }
 
     /// <summary>w as 16-bit pairs: panel p, pair g: columns 16p … 16p + 15, two k each, at (p·G + g)·32 shorts; no offsets (inputs are signed).</summary>
@@ -93,7 +120,7 @@ internal static unsafe class HostInt8Linear
                 for (int t = 0; t < k; t++) panel[t / 2 * NR * 2 + t % 2] = row[t];
             }
         }
-        return new PackedInt8Weight(n, k, packed, new int[panels * NR], pairs: true);
+        return new PackedInt8Weight(n, k, packed, new int[panels * NR], Int8HostKernel.Avx512BWPairs);
     }
 
     /// <summary>y [M, N] = (quantize(x)·wᵀ)·(inputScale·wScale[n]) + bias[n] (bias may be null), then GELU when asked.</summary>
@@ -133,7 +160,7 @@ internal static unsafe class HostInt8Linear
                 {
                     int i0 = t / nBlocks * mc, j0 = t % nBlocks * nc;
                     Block((byte*)ia, (sbyte*)iw, (int*)io, (float*)isc, (float*)ib, gelu, (float*)iy, m, n, groups, i0, Math.Min(mc, m - i0), j0, Math.Min(nc, n - j0),
-                        w.Pairs);
+                        w.Kernel);
                 }
                 if (tasks == 1) Task(0);
                 else HostParallel.For(0, tasks, Task);
@@ -217,18 +244,33 @@ internal static unsafe class HostInt8Linear
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Block(byte* a, sbyte* w, int* offsets, float* scale, float* bias, bool gelu, float* y, int m, int n, int groups,
-        int i0, int mc, int j0, int nc, bool pairs)
+        int i0, int mc, int j0, int nc, Int8HostKernel kernel)
     {
-        int* tile = stackalloc int[MR * NR];
-        for (int jr = j0; jr < j0 + nc; jr += NR)
+        int* tile = stackalloc int[2 * MR * NR];
+        // AVX-512 VNNI's kernel takes two column panels at once (a lone last panel is passed twice, its copy not written).
+        int step = kernel == Int8HostKernel.AvxVnni512 ? 2 * NR : NR;
+        for (int jr = j0; jr < j0 + nc; jr += step)
         {
             sbyte* bPanel = w + (long)(jr / NR) * groups * NR * 4;
+            bool second = step == 2 * NR && jr + NR < j0 + nc;
             for (int ir = i0; ir < i0 + mc; ir += MR)
             {
                 byte* aPanel = a + (long)(ir / MR) * groups * MR * 4;
-                if (pairs) Micro6x16Pairs(groups, (short*)aPanel, (short*)bPanel, tile);
-                else Micro6x16(groups, aPanel, bPanel, tile);
-                Epilogue(tile, offsets, scale, bias, gelu, y, n, ir, Math.Min(MR, m - ir), jr, Math.Min(NR, n - jr));
+                int rows = Math.Min(MR, m - ir);
+                switch (kernel)
+                {
+                    case Int8HostKernel.AvxVnni512:
+                        HostInt8Vnni512.Micro6x32(groups, aPanel, bPanel, second ? bPanel + groups * NR * 4 : bPanel, tile);
+                        break;
+                    case Int8HostKernel.AvxVnni:
+                        Micro6x16(groups, aPanel, bPanel, tile);
+                        break;
+                    default:
+                        Micro6x16Pairs(groups, (short*)aPanel, (short*)bPanel, tile);
+                        break;
+                }
+                Epilogue(tile, offsets, scale, bias, gelu, y, n, ir, rows, jr, Math.Min(NR, n - jr));
+                if (second) Epilogue(tile + MR * NR, offsets, scale, bias, gelu, y, n, ir, rows, jr + NR, Math.Min(NR, n - jr - NR));
             }
         }
     }

@@ -10,7 +10,7 @@
 // Layouts: qx [M, K] and qw [N, K] row-major (nn.Linear's weight [out, in], so C = A·Bᵀ), acc [M, N].
 // GEMM geometry: each thread owns a 4×4 tile of C in registers and walks K once (grid-stride over
 // tiles); no shared memory. On the CPU accelerator a whole Linear layer runs as one host call where
-// the CPU has AVX-VNNI (HostInt8Linear.cs: quantize, VNNI GEMM, rescale, bias, GELU), else the GEMM
+// the CPU has VNNI or AVX-512BW (HostInt8Linear.cs: quantize, int8 GEMM, rescale, bias, GELU), else the GEMM
 // alone as host dot products (HostInt8Gemm: sbyte → short → int widening), as float GEMM does.
 using System.Numerics;
 using System.Runtime.CompilerServices;
@@ -85,27 +85,30 @@ public sealed class QuantizationKernels
 
     /// <summary>
     /// Whether an int8 Linear layer runs as one host call (<see cref="LinearOnHost"/>): on the CPU
-    /// accelerator of a CPU with AVX-VNNI or AVX-512BW. Elsewhere it is <see cref="Quantize"/>, <see cref="Gemm"/>
+    /// accelerator of a CPU with AVX-512 VNNI, AVX-VNNI or AVX-512BW. Elsewhere it is <see cref="Quantize"/>, <see cref="Gemm"/>
     /// and <see cref="Dequantize"/>.
     /// </summary>
     public bool UseHostLinear => set.IsCpu && !ForceDeviceKernel && HostInt8Linear.Supported;
 
     /// <summary>
-    /// The host kernel <see cref="PackForHost"/> packs for: AVX-512BW's 16-bit pairs (VPMADDWD) when true, AVX-VNNI's
-    /// 4-byte groups (VPDPBUSD) when false. The default is VNNI where the CPU has it; tests set true to run the other.
+    /// The host kernel <see cref="PackForHost"/> packs for (and <see cref="LinearOnHost"/> then runs): by default the
+    /// fastest this CPU has; tests set the others the CPU can run.
     /// </summary>
-    public bool HostPairs { get; set; } = !System.Runtime.Intrinsics.X86.AvxVnni.IsSupported;
+    public Int8HostKernel HostKernel { get; set; } = HostInt8Linear.Fastest ?? Int8HostKernel.Avx512BWPairs;
+
+    /// <summary>Whether this CPU (and OS) can run <paramref name="kernel"/>.</summary>
+    public static bool HostKernelRuns(Int8HostKernel kernel) => HostInt8Linear.Runs(kernel);
 
     /// <summary>w [N, K] packed for <see cref="LinearOnHost"/> (once per weight: the packing is not updated if w changes).</summary>
     public unsafe PackedInt8Weight PackForHost(ArrayView<sbyte> w, int n, int k)
     {
-        if (!UseHostLinear) throw new InvalidOperationException("int8 weights are packed for the host only on the CPU accelerator with AVX-VNNI or AVX-512BW");
-        if (!HostPairs && !System.Runtime.Intrinsics.X86.AvxVnni.IsSupported) throw new InvalidOperationException("this CPU has no AVX-VNNI: pack as pairs (HostPairs)");
+        if (!UseHostLinear) throw new InvalidOperationException("int8 weights are packed for the host only on the CPU accelerator with VNNI or AVX-512BW");
+        if (!HostInt8Linear.Runs(HostKernel)) throw new InvalidOperationException($"this CPU cannot run the {HostKernel} int8 kernel (HostKernel); the fastest it has is {HostInt8Linear.Fastest}");
         if (n < 0 || k < 0) throw new ArgumentException($"invalid int8 weight shape {n}×{k}");
         if (k >= 133_000) throw new ArgumentException($"int8 GEMM: K = {k} could overflow the int32 accumulator (limit 133,000)");
         Check.Vector("w", w, (long)n * k);
         set.Accelerator.Synchronize();
-        return HostInt8Linear.Pack(n * k > 0 ? (sbyte*)w.LoadEffectiveAddressAsPtr() : null, n, k, HostPairs);
+        return HostInt8Linear.Pack(n * k > 0 ? (sbyte*)w.LoadEffectiveAddressAsPtr() : null, n, k, HostKernel);
     }
 
     /// <summary>
@@ -116,7 +119,7 @@ public sealed class QuantizationKernels
     public unsafe void LinearOnHost(ArrayView<float> x, PackedInt8Weight w, ArrayView<float> wScale, float inputScale,
         ArrayView<float> bias, ActivationKind? act, ArrayView<float> y, int m)
     {
-        if (!UseHostLinear) throw new InvalidOperationException("LinearOnHost needs the CPU accelerator and AVX-VNNI or AVX-512BW (see UseHostLinear)");
+        if (!UseHostLinear) throw new InvalidOperationException("LinearOnHost needs the CPU accelerator and VNNI or AVX-512BW (see UseHostLinear)");
         if (!(inputScale > 0f) || !float.IsFinite(inputScale)) throw new ArgumentOutOfRangeException(nameof(inputScale), $"quantization scale must be positive and finite, got {inputScale}");
         if (m < 0) throw new ArgumentException($"invalid row count {m}");
         Check.Vector("x", x, (long)m * w.K);

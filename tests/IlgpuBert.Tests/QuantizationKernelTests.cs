@@ -98,33 +98,56 @@ public class QuantizationKernelTests
         Assert.Throws<ArgumentOutOfRangeException>(() => d.Kernels.Quantization.Quantize(bx.View, bq.View, x.Length, float.NaN));
     }
 
-    public static TheoryData<int, int, int, bool, bool> HostLinearCases()
+    public static TheoryData<int, int, int, bool, Int8HostKernel> HostLinearCases()
     {
-        var data = new TheoryData<int, int, int, bool, bool>();
-        foreach (bool pairs in new[] { false, true }) // AVX-VNNI's 4-byte groups, AVX-512BW's 16-bit pairs
+        var data = new TheoryData<int, int, int, bool, Int8HostKernel>();
+        foreach (var kernel in Enum.GetValues<Int8HostKernel>())
         {
-            data.Add(1, 1, 1, true, pairs);
-            data.Add(7, 33, 5, false, pairs);
-            data.Add(13, 17, 130, true, pairs);  // K not a whole number of groups or pairs, N not of 16-column panels
-            data.Add(129, 65, 33, true, pairs);
-            data.Add(200, 300, 70, false, pairs); // split over several blocks and cores
-            data.Add(5, 3, 0, true, pairs);
+            data.Add(1, 1, 1, true, kernel);
+            data.Add(7, 33, 5, false, kernel);
+            data.Add(13, 17, 130, true, kernel);  // K not a whole number of groups or pairs, N not of 16-column panels
+            data.Add(13, 48, 130, true, kernel);  // three column panels: AVX-512 VNNI's second panel of a pair missing
+            data.Add(129, 65, 33, true, kernel);
+            data.Add(200, 300, 70, false, kernel); // split over several blocks and cores
+            data.Add(5, 3, 0, true, kernel);
         }
         return data;
     }
 
     [Theory]
     [MemberData(nameof(HostLinearCases))]
-    public void Int8_linear_on_the_host_equals_quantize_gemm_rescale_and_bias_bit_for_bit(int m, int n, int k, bool bias, bool pairs)
+    public void Int8_linear_on_the_host_equals_quantize_gemm_rescale_and_bias_bit_for_bit(int m, int n, int k, bool bias, Int8HostKernel kernel)
     {
         var d = Devices.Get("cpu");
         var q = d.Kernels.Quantization;
-        if (!q.UseHostLinear) Assert.Skip("this CPU has neither AVX-VNNI nor AVX-512BW: int8 Linear layers run Quantize, Gemm and Dequantize (tested above)");
-        if (!pairs && !System.Runtime.Intrinsics.X86.AvxVnni.IsSupported) Assert.Skip("this CPU has no AVX-VNNI (the pairs kernel runs instead)");
-        bool before = q.HostPairs;
-        q.HostPairs = pairs;
+        if (!q.UseHostLinear) Assert.Skip("this CPU has neither VNNI nor AVX-512BW: int8 Linear layers run Quantize, Gemm and Dequantize (tested above)");
+        if (!QuantizationKernels.HostKernelRuns(kernel)) Assert.Skip($"this CPU (or OS) cannot run the {kernel} kernel");
+        var before = q.HostKernel;
+        q.HostKernel = kernel;
         try { HostLinearCase(d, q, m, n, k, bias); }
-        finally { q.HostPairs = before; }
+        finally { q.HostKernel = before; }
+    }
+
+    [Fact]
+    public void The_AVX512_VNNI_machine_code_is_what_its_listing_assembles_to()
+    {
+        // HostInt8Vnni512.cs embeds the bytes tools/x86/assemble.sh prints for HostInt8Vnni512.s; a listing edited without
+        // regenerating them (or bytes edited by hand) fails here wherever binutils are installed.
+        string listing = ReadmeExample.RepoFile("kernels/IlgpuBert.Kernels/HostInt8Vnni512.s");
+        string root = Path.GetDirectoryName(ReadmeExample.RepoFile("IlgpuBert.sln"))!;
+        var start = new System.Diagnostics.ProcessStartInfo("bash", [Path.Combine(root, "tools/x86/assemble.sh"), listing])
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true,
+        };
+        if (!OperatingSystem.IsLinux() || !new[] { "/usr/bin/as", "/usr/bin/objdump" }.All(File.Exists))
+            Assert.Skip("binutils (as, objdump) are not installed");
+        using var process = System.Diagnostics.Process.Start(start)!;
+        string bytes = process.StandardOutput.ReadToEnd(), errors = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        Assert.True(process.ExitCode == 0, errors);
+        Assert.Contains("vpdpbusd", bytes);
+        string source = File.ReadAllText(ReadmeExample.RepoFile("kernels/IlgpuBert.Kernels/HostInt8Vnni512.cs")).Replace("\r\n", "\n");
+        Assert.True(source.Contains("[\n" + bytes + "    ];"), "HostInt8Vnni512.cs does not hold what tools/x86/assemble.sh prints for the listing");
     }
 
     private static void HostLinearCase(TestDevice d, QuantizationKernels q, int m, int n, int k, bool bias)
