@@ -17,15 +17,17 @@ namespace IlgpuBert.Kernels;
 
 internal static unsafe class HostGemm
 {
-    // MC×KC of A stays in L2 while the micro-kernel sweeps NC columns (KC: the deepest slice, see SliceDepth); the block is shrunk (below) when
-    // a product is too small to give every core two tasks. Larger blocks repack less: A is packed once
-    // per NC columns and B once per MC rows (perf/RESULTS.md: 96×256 blocks with scalar packing and
-    // tile merge left the micro-kernel about half of the GEMM's time).
-    private const int MR = 12, NR = 32, MC = 384, NC = 768, KC = 384;
+    // MC×KC of A is swept by the micro-kernel for each 32-column panel of the NC columns (KC: the deepest slice, see
+    // SliceDepth); the block is shrunk (below) when a product is too small to give every core two tasks. Larger blocks
+    // repack less: A is packed once per NC columns and B once per MC rows (perf/RESULTS.md: 96×256 blocks with scalar
+    // packing and tile merge left the micro-kernel about half of the GEMM's time). KC = 768 rather than 384, although
+    // 384 × 768 floats of A are then more than a Zen 4 core's 1 MiB L2: one merge of C fewer at BERT-base's K = 768
+    // measured 2–5% faster at its shapes, and a training step of BERT-small 4% (perf/RESULTS.md, 2026-12-05).
+    private const int MR = 12, NR = 32, MC = 384, NC = 768, KC = 768;
 
     /// <summary>
     /// The depth of K-slices: K in as few slices of at most KC as it takes, evened (a whole multiple of 16 for the
-    /// transposes), so K = 384 is one slice and 768 two, not 256 + 128 and 3 × 256: each slice costs a merge of C.
+    /// transposes), so K = 768 is one slice and 1536 two, not 512 + 256 and 3 × 512: each slice costs a merge of C.
     /// </summary>
     private static int SliceDepth(int k)
     {
