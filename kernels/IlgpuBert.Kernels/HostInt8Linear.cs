@@ -71,7 +71,7 @@ internal static unsafe class HostInt8Linear
     public static bool Supported => Fastest is not null;
 
     /// <summary>The fastest kernel this CPU runs, or null.</summary>
-    public static Int8HostKernel? Fastest =>
+    public static Int8HostKernel? Fastest { get; } =
         Enum.GetValues<Int8HostKernel>().Where(Runs).Select(k => (Int8HostKernel?)k).FirstOrDefault();
 
     public static bool Runs(Int8HostKernel kernel) => kernel switch

@@ -94,7 +94,13 @@ public sealed class QuantizationKernels
     /// The host kernel <see cref="PackForHost"/> packs for (and <see cref="LinearOnHost"/> then runs): by default the
     /// fastest this CPU has; tests set the others the CPU can run.
     /// </summary>
-    public Int8HostKernel HostKernel { get; set; } = HostInt8Linear.Fastest ?? Int8HostKernel.Avx512BWPairs;
+    public Int8HostKernel HostKernel
+    {
+        get => hostKernel ??= HostInt8Linear.Fastest ?? Int8HostKernel.Avx512BWPairs; // looked up (and the VNNI code mapped) on first use
+        set => hostKernel = value;
+    }
+
+    private Int8HostKernel? hostKernel;
 
     /// <summary>Whether this CPU (and OS) can run <paramref name="kernel"/>.</summary>
     public static bool HostKernelRuns(Int8HostKernel kernel) => HostInt8Linear.Runs(kernel);
