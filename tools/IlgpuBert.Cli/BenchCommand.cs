@@ -104,9 +104,10 @@ public static class BenchCommand
             }
             if (!asJson)
             {
-                stdout.WriteLine($"{"op",-26} {"device",-8} {"shape",-36} {"ms",10} {"GFLOP/s",9} {"GB/s",8}");
+                int width = results.Select(r => r.Shape.Length).Append(36).Max(); // model folders name their shape rows
+                stdout.WriteLine($"{"op",-26} {"device",-8} {"shape".PadRight(width)} {"ms",10} {"GFLOP/s",9} {"GB/s",8}");
                 foreach (var r in results)
-                    stdout.WriteLine($"{r.Op,-26} {r.Device,-8} {r.Shape,-36} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.Gbps is { } b ? b.ToString("F1") : "-"),8}{(r.TokensPerSecond is { } tps ? $"  {tps:F0} tokens/s" : "")}");
+                    stdout.WriteLine($"{r.Op,-26} {r.Device,-8} {r.Shape.PadRight(width)} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.Gbps is { } b ? b.ToString("F1") : "-"),8}{(r.TokensPerSecond is { } tps ? $"  {tps:F0} tokens/s" : "")}");
             }
             return 0;
         });

@@ -221,7 +221,9 @@ public static class KernelBench
                 if (Compression.Int8Model.IsQuantized(config))
                 {
                     var loaded = Compression.LoadedModel.Load(device, dir);
-                    models.Add(($"{name} int8", () =>
+                    var q = device.Kernels.Quantization; // which int8 instructions run: a reader of the table needs to know
+                    string kernel = q.UseHostLinear ? q.HostKernel.ToString() : "kernels";
+                    models.Add(($"{name} int8 ({kernel})", () =>
                     {
                         using var tape = new Autograd.Tape(recording: false);
                         loaded.Model.Bert.Forward(tape, inputs, Model.Dropouts.Off, hooks: loaded.Hooks).LastHiddenState.Value.ToHost();
