@@ -2,7 +2,8 @@
 #   void Vnni6x32(long groups /*rdi*/, const byte* a /*rsi*/, const sbyte* b0 /*rdx*/, const sbyte* b1 /*rcx*/, int* tile /*r8*/)
 # tile[16·r + j] (j < 16) and tile[96 + 16·r + j] = Σ_g Σ_{4 k} a·b over one 6-row panel of a (group g of row r at
 # a + 24·g + 4·r, unsigned) and two 16-column panels b0, b1 (group g at + 64·g, column j at + 4·j, signed).
-# Only volatile registers of both x86-64 ABIs: zmm16–zmm31, rdi, rsi, rdx, rcx, r8.
+# Touches only registers System V lets a function clobber: zmm16–zmm31, rdi, rsi, rdx, rcx, r8 (on Windows x64 rdi and
+# rsi are callee-saved and the arguments arrive elsewhere, so it runs on Linux only).
 # After any edit: tools/x86/assemble.sh kernels/IlgpuBert.Kernels/HostInt8Vnni512.s, and paste its lines into
 # HostInt8Vnni512.cs (a test compares the two where binutils are installed).
         .intel_syntax noprefix
