@@ -9,7 +9,6 @@
 // AVX512_VNNI and the runtime says AVX-512BW (which includes the OS saving the ZMM state); elsewhere
 // HostInt8Linear runs AVX-VNNI or AVX-512BW's VPMADDWD, and a page that cannot be made executable
 // (a hardened kernel) falls back the same way.
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
 
