@@ -508,13 +508,15 @@ internal static unsafe class HostAttention
             v0 = (int)(-index0 & 3);
             v1 = v0 + Math.Max(0, a.SeqLen - v0) / 16 * 16;
             var factor = Vector512.Create(scale);
+            float p = a.DropoutP;
+            Vector512<float> Factors(Vector512<uint> words) => Vector512.ConditionalSelect(HostRows.Keeps(words, p), factor, Vector512<float>.Zero);
             for (int j = v0; j < v1; j += 64)
             {
                 Philox.Words64(a.Seed, a.Step, a.TensorId, (index0 + j) >> 2, out var w0, out var w1, out var w2, out var w3);
-                Vector512.ConditionalSelect(HostRows.Keeps(w0, a.DropoutP), factor, Vector512<float>.Zero).Store(keep + j);
-                if (j + 32 <= v1) Vector512.ConditionalSelect(HostRows.Keeps(w1, a.DropoutP), factor, Vector512<float>.Zero).Store(keep + j + 16);
-                if (j + 48 <= v1) Vector512.ConditionalSelect(HostRows.Keeps(w2, a.DropoutP), factor, Vector512<float>.Zero).Store(keep + j + 32);
-                if (j + 64 <= v1) Vector512.ConditionalSelect(HostRows.Keeps(w3, a.DropoutP), factor, Vector512<float>.Zero).Store(keep + j + 48);
+                Factors(w0).Store(keep + j);
+                if (j + 32 <= v1) Factors(w1).Store(keep + j + 16);
+                if (j + 48 <= v1) Factors(w2).Store(keep + j + 32);
+                if (j + 64 <= v1) Factors(w3).Store(keep + j + 48);
             }
         }
         uint r0 = 0, r1 = 0, r2 = 0, r3 = 0;

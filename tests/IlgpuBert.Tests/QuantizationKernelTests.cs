@@ -133,14 +133,14 @@ public class QuantizationKernelTests
     {
         // HostInt8Vnni512.cs embeds the bytes tools/x86/assemble.sh prints for HostInt8Vnni512.s; a listing edited without
         // regenerating them (or bytes edited by hand) fails here wherever binutils are installed.
+        if (!OperatingSystem.IsLinux() || !new[] { "/usr/bin/as", "/usr/bin/objdump" }.All(File.Exists))
+            Assert.Skip("binutils (as, objdump) are not installed");
         string listing = ReadmeExample.RepoFile("kernels/IlgpuBert.Kernels/HostInt8Vnni512.s");
         string root = Path.GetDirectoryName(ReadmeExample.RepoFile("IlgpuBert.sln"))!;
         var start = new System.Diagnostics.ProcessStartInfo("bash", [Path.Combine(root, "tools/x86/assemble.sh"), listing])
         {
             RedirectStandardOutput = true, RedirectStandardError = true,
         };
-        if (!OperatingSystem.IsLinux() || !new[] { "/usr/bin/as", "/usr/bin/objdump" }.All(File.Exists))
-            Assert.Skip("binutils (as, objdump) are not installed");
         using var process = System.Diagnostics.Process.Start(start)!;
         string bytes = process.StandardOutput.ReadToEnd(), errors = process.StandardError.ReadToEnd();
         process.WaitForExit();
