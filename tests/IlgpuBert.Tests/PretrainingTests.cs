@@ -238,6 +238,11 @@ public class PretrainingTests : IDisposable
         Assert.True(Mean(m.TakeLast(20), r => r.Loss) < Mean(m.Take(20), r => r.Loss) - 0.5, "the ELECTRA loss falls");
         Assert.True(Mean(m.TakeLast(20), r => r.AuxLosses["replaced"]) < Mean(m.Take(20), r => r.AuxLosses["replaced"]), "the detection loss falls");
         Assert.All(m, r => Assert.Equal(r.MlmLoss + 50 * r.AuxLosses["replaced"], r.Loss, 9));
+        // 15% masked; most draws differ from the original at first, and a detector that knows only that
+        // share cannot beat its entropy at the start.
+        Assert.All(m, r => Assert.InRange(r.ReplacedShare!.Value, 0.05, 0.2));
+        Assert.True(m[0].AuxLosses["replaced"] > m[0].RateOnlyDetectionLoss!.Value, "the untrained detector does worse than the rate alone");
+        Assert.Contains(",replaced_loss,replaced_share", File.ReadLines(dir.File(Path.Combine("el", Trainer.MetricsFile))).First());
         var config = JsonNode.Parse(File.ReadAllText(dir.File(Path.Combine("el", "config.json"))))!;
         Assert.Equal("replaced", config["ilgpu_bert_aux_heads"]![0]!.GetValue<string>());
         var generator = SafeTensors.Read(dir.File(Path.Combine("el", ElectraGenerator.File)));
@@ -247,7 +252,8 @@ public class PretrainingTests : IDisposable
         (code, _, err) = CliRunner.Run("pretrain", "--resume", dir.File(Path.Combine("el", "checkpoint-100")), "--out", dir.File("el-resumed"), "--device", "cpu");
         Assert.True(code == 0, err);
         var resumed = Metrics(dir.File("el-resumed"));
-        Assert.Equal(m.Skip(100).Select(r => (r.Loss, r.GradNorm)), resumed.Skip(100).Select(r => (r.Loss, r.GradNorm)));
+        Assert.Equal(m.Skip(100).Select(r => (r.Loss, r.GradNorm, r.ReplacedShare)), resumed.Skip(100).Select(r => (r.Loss, r.GradNorm, r.ReplacedShare)));
+        Assert.Equal(m.Take(100).Select(r => r.ReplacedShare), resumed.Take(100).Select(r => r.ReplacedShare)); // read back from the checkpoint's metrics
         foreach (var file in new[] { "model.safetensors", ElectraGenerator.File })
             Assert.Equal(File.ReadAllBytes(dir.File(Path.Combine("el", file))), File.ReadAllBytes(dir.File(Path.Combine("el-resumed", file))));
 
@@ -256,6 +262,31 @@ public class PretrainingTests : IDisposable
         File.WriteAllText(dir.File("batch.json"), "{\"input_ids\": [[2, 10, 11, 3]]}");
         (code, _, err) = CliRunner.Run("forward", "--model", dir.File("el"), "--input", dir.File("batch.json"), "--out", dir.File("o.safetensors"), "--device", "cpu");
         Assert.True(code == 0, err);
+    }
+
+    /// <summary>
+    /// metrics.csv keeps every head's loss and ELECTRA's replaced share through a write and a read,
+    /// and a file from before the share was recorded still reads (with none).
+    /// </summary>
+    [Fact]
+    public void Metrics_round_trip_with_and_without_the_replaced_share()
+    {
+        var heads = new Dictionary<string, double> { ["replaced"] = 0.3125, ["token-document"] = 0.5 };
+        StepMetrics Row(int step, double? share) => new(step, 1.5, 1.25, 0, 1e-3, 2, 1000, step, null, null) { AuxLosses = heads, ReplacedShare = share };
+        string path = dir.File("m.csv");
+        Trainer.WriteMetrics(path, [Row(1, 0.125), Row(2, 0.0625)]);
+        Assert.StartsWith("step,loss,", File.ReadLines(path).First());
+        Assert.EndsWith(",replaced_loss,token_document_loss,replaced_share", File.ReadLines(path).First());
+        var read = Trainer.ReadMetrics(path);
+        Assert.Equal([0.125, 0.0625], read.Select(r => r.ReplacedShare!.Value));
+        Assert.All(read, r => Assert.Equal(heads, r.AuxLosses));
+        Assert.Equal(-(0.125 * Math.Log(0.125) + 0.875 * Math.Log(0.875)), read[0].RateOnlyDetectionLoss!.Value, 12);
+
+        Trainer.WriteMetrics(path, [Row(1, null), Row(2, null)]);
+        Assert.DoesNotContain("replaced_share", File.ReadLines(path).First());
+        read = Trainer.ReadMetrics(path);
+        Assert.All(read, r => Assert.Null(r.ReplacedShare));
+        Assert.All(read, r => Assert.Equal(heads, r.AuxLosses));
     }
 
     /// <summary>ELECTRA with the contrastive objective on the discriminator's mean-pooled last layer: both losses are there and finite.</summary>

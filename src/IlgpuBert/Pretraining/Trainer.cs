@@ -26,6 +26,18 @@ public sealed record StepMetrics(int Step, double Loss, double MlmLoss, double S
 {
     /// <summary>Each auxiliary head's loss (part of <see cref="Loss"/>), by head name.</summary>
     public IReadOnlyDictionary<string, double> AuxLosses { get; init; } = new Dictionary<string, double>();
+
+    /// <summary>
+    /// ELECTRA: the share of real tokens the generator's draws replaced (RTD label 1). A detector that
+    /// knows only this rate reaches its binary entropy, so the detection loss below it is what the
+    /// discriminator learned from the context.
+    /// </summary>
+    public double? ReplacedShare { get; init; }
+
+    /// <summary>The binary entropy of <see cref="ReplacedShare"/> (nats): the detection loss of a detector that knows only the rate.</summary>
+    public double? RateOnlyDetectionLoss => ReplacedShare is { } q ? -(Xlogx(q) + Xlogx(1 - q)) : null;
+
+    private static double Xlogx(double x) => x > 0 ? x * Math.Log(x) : 0;
 }
 
 public sealed class NonFiniteLossException(string message) : Exception(message);
@@ -152,7 +164,7 @@ public sealed class Trainer
             var stepClock = Stopwatch.StartNew();
             model.ZeroGrad();
             generator?.ZeroGrad();
-            double mlm = 0, sentence = 0;
+            double mlm = 0, sentence = 0, replaced = 0;
             var aux = new double[heads.Length];
             long tokens = 0;
             int share = o.GradAccum / group.Size;
@@ -177,6 +189,7 @@ public sealed class Trainer
                     electra.Rtd.Weight = o.RtdWeight / o.GradAccum;
                     mlm += electra.Mlm.Read() / o.GradAccum;
                     aux[0] += electra.Rtd.Read() / o.GradAccum;
+                    replaced += (double)electra.RtdLabels.Count(l => l == 1) / electra.RtdLabels.Count(l => l != -100) / o.GradAccum;
                     if (ExampleGenerator.PairedRows(o.SentenceObjective))
                         sentence += Contrastive(electra.LastHiddenState);
                     tape.Backward();
@@ -198,10 +211,10 @@ public sealed class Trainer
                 tape.Backward();
             }
             group.AllReduceGradients(parameters);
-            double[] sums = [mlm, sentence, tokens, .. aux];
+            double[] sums = [mlm, sentence, tokens, replaced, .. aux];
             group.AllReduceSum(sums);
-            (mlm, sentence, tokens) = (sums[0], sums[1], (long)sums[2]);
-            aux = sums[3..];
+            (mlm, sentence, tokens, replaced) = (sums[0], sums[1], (long)sums[2], sums[3]);
+            aux = sums[4..];
             double loss = mlm + sentence + (generator is null ? aux.Sum() : o.RtdWeight * aux[0]); // what the step minimised
             if (!double.IsFinite(loss))
                 throw new NonFiniteLossException($"the loss became {loss} at step {step}; stopping (the last good checkpoint is kept). Try a lower --lr.");
@@ -214,6 +227,7 @@ public sealed class Trainer
             var row = new StepMetrics(step, loss, mlm, sentence, lr, gradNorm, tokens / seconds, elapsedBefore + clock.Elapsed.TotalSeconds)
             {
                 AuxLosses = heads.Select((h, a) => (h, a)).ToDictionary(x => x.h, x => aux[x.a]),
+                ReplacedShare = generator is null ? null : replaced,
             };
             if (group.IsRoot && o.EvalEvery > 0 && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
             {
@@ -352,17 +366,24 @@ public sealed class Trainer
     /// <summary>The column of an auxiliary head's loss: "token-document" → "token_document_loss".</summary>
     private static string AuxColumn(string head) => head.Replace('-', '_') + "_loss";
 
-    /// <summary>One row per step; after the fixed columns, one loss column per auxiliary head of the run.</summary>
+    /// <summary>ELECTRA's column after the heads' losses (<see cref="StepMetrics.ReplacedShare"/>).</summary>
+    private const string ReplacedShareColumn = "replaced_share";
+
+    /// <summary>
+    /// One row per step; after the fixed columns, one loss column per auxiliary head of the run, and
+    /// for ELECTRA the replaced share.
+    /// </summary>
     public static void WriteMetrics(string path, IEnumerable<StepMetrics> rows)
     {
         var list = rows.ToList();
         var heads = list.FirstOrDefault()?.AuxLosses.Keys.ToArray() ?? [];
-        var sb = new StringBuilder(string.Join(",", Columns.Concat(heads.Select(AuxColumn)))).Append('\n');
+        bool share = list.Count > 0 && list.All(m => m.ReplacedShare is not null);
+        var sb = new StringBuilder(string.Join(",", [.. Columns, .. heads.Select(AuxColumn), .. share ? [ReplacedShareColumn] : Array.Empty<string>()])).Append('\n');
         string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
         foreach (var m in list)
             sb.Append(string.Join(",", [m.Step.ToString(CultureInfo.InvariantCulture), F(m.Loss), F(m.MlmLoss), F(m.SentenceLoss), F(m.Lr), F(m.GradNorm),
                 F(m.TokensPerSecond), F(m.ElapsedSeconds), m.EvalMlmAccuracy is { } a ? F(a) : "", m.EvalPerplexity is { } p ? F(p) : "",
-                .. heads.Select(h => F(m.AuxLosses[h]))])).Append('\n');
+                .. heads.Select(h => F(m.AuxLosses[h])), .. share ? [F(m.ReplacedShare!.Value)] : Array.Empty<string>()])).Append('\n');
         AtomicFile.WriteText(path, sb.ToString());
     }
 
@@ -372,14 +393,19 @@ public sealed class Trainer
         double D(string s) => double.Parse(s, CultureInfo.InvariantCulture);
         var lines = File.ReadLines(path).Where(l => l.Length > 0).ToList();
         if (lines.Count == 0) return [];
-        var heads = lines[0].Split(',').Skip(Columns.Length).Select(c => c.EndsWith("_loss", StringComparison.Ordinal) ? c[..^"_loss".Length].Replace('_', '-') : c).ToArray();
+        var extra = lines[0].Split(',').Skip(Columns.Length).ToArray();
+        // Files written before the replaced share was recorded have none (their runs resume without it).
+        int share = Array.IndexOf(extra, ReplacedShareColumn);
+        var heads = extra.Select((name, j) => (name, j)).Where(x => x.j != share)
+            .Select(x => (Head: x.name.EndsWith("_loss", StringComparison.Ordinal) ? x.name[..^"_loss".Length].Replace('_', '-') : x.name, Column: Columns.Length + x.j)).ToArray();
         return lines.Skip(1).Select(l =>
         {
             var c = l.Split(',');
             return new StepMetrics(int.Parse(c[0], CultureInfo.InvariantCulture), D(c[1]), D(c[2]), D(c[3]), D(c[4]), D(c[5]), D(c[6]), D(c[7]),
                 c[8].Length > 0 ? D(c[8]) : null, c[9].Length > 0 ? D(c[9]) : null)
             {
-                AuxLosses = heads.Select((h, j) => (h, j)).ToDictionary(x => x.h, x => D(c[Columns.Length + x.j])),
+                AuxLosses = heads.ToDictionary(x => x.Head, x => D(c[x.Column])),
+                ReplacedShare = share >= 0 ? D(c[Columns.Length + share]) : null,
             };
         }).ToList();
     }
