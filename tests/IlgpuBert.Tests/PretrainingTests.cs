@@ -222,6 +222,45 @@ public class PretrainingTests : IDisposable
     }
 
     /// <summary>
+    /// --objective none: the contrastive objective alone, on the text as it is (no [MASK], nothing
+    /// to predict, the paired rows of the contrastive batch); its loss falls in a short run, and the
+    /// metrics carry no MLM loss.
+    /// </summary>
+    [Fact]
+    public void No_token_objective_trains_the_contrastive_objective_alone_on_unmasked_text()
+    {
+        var o = new PretrainingOptions { Objective = PretrainingObjective.None, Corpus = [SmallCorpus()], SeqLen = 32, VocabSize = 600 };
+        o.Validate();
+        Assert.Equal(SentenceObjective.Contrastive, o.SentenceObjective);
+        string vocab = dir.File("none-vocab.txt");
+        File.WriteAllLines(vocab, WordPieceTrainer.Train(PretrainingData.RawDocuments(o).SelectMany(d => d), 600));
+        var encoder = BertTextEncoder.FromVocab(vocab);
+        var data = new PretrainingData(o, encoder, vocab, File.ReadLines(vocab).Count(), TextWriter.Null);
+        var masked = new PretrainingData(o with { Objective = PretrainingObjective.Mlm }, encoder, vocab, File.ReadLines(vocab).Count(), TextWriter.Null);
+        for (long batch = 0; batch < 5; batch++)
+        {
+            var inputs = data.Batch(batch, 8);
+            var same = masked.Batch(batch, 8); // the same rows, masked for MLM
+            Assert.Equal(16, inputs.Batch);
+            Assert.DoesNotContain(encoder.MaskId, inputs.InputIds);
+            Assert.All(inputs.Labels!, l => Assert.Equal(-100, l));
+            Assert.Contains(encoder.MaskId, same.InputIds);
+            for (int i = 0; i < inputs.InputIds.Length; i++)
+                Assert.Equal(same.Labels![i] != -100 ? same.Labels[i] : same.InputIds[i], inputs.InputIds[i]);
+        }
+
+        var args = Quick("none", "--objective", "none", "--steps", "60", "--batch-size", "16", "--warmup", "5", "--seed", "3");
+        args[Array.IndexOf(args, "--eval-every") + 1] = "20"; // asked for, and said not to apply
+        var (code, stdout, err) = CliRunner.Run(args);
+        Assert.True(code == 0, err);
+        Assert.Contains("no MLM to evaluate", stdout);
+        var m = Metrics(dir.File("none"));
+        Assert.All(m, r => Assert.True(r.MlmLoss == 0 && r.Loss == r.SentenceLoss && r.EvalPerplexity is null));
+        double first = m.Take(10).Average(r => r.SentenceLoss), last = m.TakeLast(10).Average(r => r.SentenceLoss);
+        Assert.True(last < first - 0.5, $"contrastive loss {first:F3} → {last:F3}");
+    }
+
+    /// <summary>
     /// ELECTRA end to end: the step's loss (generator MLM + λ·RTD) and the detection loss fall; the
     /// output is a BERT folder whose config lists the replaced head, with the generator beside it;
     /// a checkpoint resumes to the same losses and weights (the draws derive from seed and step);
@@ -371,6 +410,10 @@ public class PretrainingTests : IDisposable
     [InlineData("--objective", "electra --generator-width 1.5")]
     [InlineData("--generator-width", "0.3")] // without --objective electra
     [InlineData("--objective", "electra --rtd-weight 0")]
+    [InlineData("--objective", "none --sentence-objective nsp")]
+    [InlineData("--objective", "none --mask-rate 0.3")]
+    [InlineData("--objective", "none --masking whole-word")]
+    [InlineData("--objective", "none --aux capitalization")]
     public void Bad_flags_are_one_line_errors(string flag, string value)
     {
         var (code, stdout, err) = CliRunner.Run(Quick("bad", ["--steps", "2", flag, .. value.Split(' ')]));

@@ -33,8 +33,8 @@ public static class PretrainCommand
         var masking = Opt("--masking", "token, whole-word, span or phrase", "token");
         var schedule = Opt("--mask-schedule", "static (N fixed masks per example) or dynamic (fresh each epoch)", "dynamic");
         var phrases = new Option<string?>("--phrases") { Description = "phrase masking: a file of multi-word units, one per line" };
-        var tokenObjective = Opt("--objective", "mlm (BERT's masked LM), electra (replaced-token detection with a small MLM generator; the discriminator is saved as a BERT folder) or unilm (masked LM under bidirectional, left-to-right and seq2seq attention masks, a third of the rows each)", "mlm");
-        var objective = new Option<string?>("--sentence-objective") { Description = "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (two segments of a document find each other among the batch's by mean-pooled encoding; the default with --objective mlm) or none (the default with electra and unilm)" };
+        var tokenObjective = Opt("--objective", "mlm (BERT's masked LM), electra (replaced-token detection with a small MLM generator; the discriminator is saved as a BERT folder) unilm (masked LM under bidirectional, left-to-right and seq2seq attention masks, a third of the rows each) or none (the contrastive sentence objective alone, on unmasked text)", "mlm");
+        var objective = new Option<string?>("--sentence-objective") { Description = "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (two segments of a document find each other among the batch's by mean-pooled encoding; the default with --objective mlm and none) or none (the default with electra and unilm)" };
         var generatorWidth = Opt("--generator-width", "ELECTRA: the generator's hidden size as a share of the discriminator's", d.GeneratorWidth);
         var rtdWeight = Opt("--rtd-weight", "ELECTRA: λ, the weight of replaced-token detection beside the generator's MLM loss", d.RtdWeight);
         var temperature = Opt("--contrastive-temperature", "τ of the contrastive objective", d.ContrastiveTemperature);
@@ -71,7 +71,7 @@ public static class PretrainCommand
                 Masking = Enum(masking, ("token", MaskingStrategy.Token), ("whole-word", MaskingStrategy.WholeWord), ("span", MaskingStrategy.Span), ("phrase", MaskingStrategy.Phrase)),
                 MaskSchedule = Enum(schedule, ("static", MaskSchedule.Static), ("dynamic", MaskSchedule.Dynamic)),
                 Phrases = parse.GetValue(phrases),
-                Objective = Enum(tokenObjective, ("mlm", PretrainingObjective.Mlm), ("electra", PretrainingObjective.Electra), ("unilm", PretrainingObjective.Unilm)),
+                Objective = Enum(tokenObjective, ("mlm", PretrainingObjective.Mlm), ("electra", PretrainingObjective.Electra), ("unilm", PretrainingObjective.Unilm), ("none", PretrainingObjective.None)),
                 GeneratorWidth = parse.GetValue(generatorWidth), RtdWeight = parse.GetValue(rtdWeight),
                 ContrastiveTemperature = parse.GetValue(temperature),
                 Aux = [.. (parse.GetValue(aux) ?? []).SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))],

@@ -21,7 +21,7 @@ public sealed class PretrainingData
     private readonly ulong seed;
     private readonly int sentenceClasses;
     private readonly string[] aux;
-    private readonly bool pairedRows, unilm;
+    private readonly bool pairedRows, unilm, unmasked;
 
     public PretrainingData(PretrainingOptions o, BertTextEncoder encoder, string vocabPath, int vocabSize, TextWriter log)
     {
@@ -29,6 +29,7 @@ public sealed class PretrainingData
         aux = o.Aux;
         pairedRows = ExampleGenerator.PairedRows(o.SentenceObjective);
         unilm = o.Objective == PretrainingObjective.Unilm;
+        unmasked = o.Objective == PretrainingObjective.None;
         Special = new SpecialIds(encoder.PadId, encoder.UnknownId, encoder.ClsId, encoder.SepId, encoder.MaskId);
         var documents = LoadDocuments(o, encoder, vocabPath, log);
         if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
@@ -95,7 +96,7 @@ public sealed class PretrainingData
             int epoch = (int)(k / Train.Count);
             int exampleIndex = EpochOrder(epoch)[k % Train.Count];
             var e = Train[exampleIndex];
-            items.Add((e, masker.Apply(e, masker.StreamFor(seed, exampleIndex, epoch))));
+            items.Add((e, unmasked ? Unmasked(e) : masker.Apply(e, masker.StreamFor(seed, exampleIndex, epoch))));
         }
         return Collate(items, batchIndex * batchSize);
     }
@@ -105,8 +106,11 @@ public sealed class PretrainingData
     {
         for (int start = 0; start < Eval.Count; start += batchSize)
             yield return Collate(Eval.Skip(start).Take(batchSize).Select((e, i) =>
-                (e, masker.Apply(e, masker.StreamFor(seed ^ 0xE7A1, start + i, 0)))).ToList(), start);
+                (e, unmasked ? Unmasked(e) : masker.Apply(e, masker.StreamFor(seed ^ 0xE7A1, start + i, 0)))).ToList(), start);
     }
+
+    /// <summary>The example as it is, nothing to predict (<see cref="PretrainingObjective.None"/>).</summary>
+    private static MaskedExample Unmasked(Example e) => new(e.Ids, Enumerable.Repeat(-100, e.Length).ToArray());
 
     private readonly Dictionary<int, int[]> orders = new();
 

@@ -5,10 +5,11 @@ namespace IlgpuBert.Pretraining;
 
 /// <summary>
 /// What the token-level loss is: BERT's masked LM; ELECTRA's replaced-token detection (with a small
-/// MLM generator); or UniLM's masked LM under a mix of attention masks (bidirectional,
-/// left-to-right and seq2seq, a third of the rows each).
+/// MLM generator); UniLM's masked LM under a mix of attention masks (bidirectional, left-to-right
+/// and seq2seq, a third of the rows each); or none, the contrastive sentence objective alone on
+/// unmasked text (the control for what a token objective adds; the MLM head stays untrained).
 /// </summary>
-public enum PretrainingObjective { Mlm, Electra, Unilm }
+public enum PretrainingObjective { Mlm, Electra, Unilm, None }
 
 /// <summary>
 /// Every setting of a pretraining run, with the defaults `ilgpu-bert pretrain` uses. A checkpoint
@@ -45,11 +46,12 @@ public sealed record PretrainingOptions
 
     /// <summary>
     /// Contrastive by default with MLM, the default recipe's (perf/RESULTS.md, "Pretraining that
-    /// transfers"); none by default with ELECTRA and UniLM, which take no sentence objective.
+    /// transfers"), and with no token objective, which trains nothing else; none by default with
+    /// ELECTRA and UniLM.
     /// </summary>
     public SentenceObjective SentenceObjective
     {
-        get => sentenceObjective ?? (Objective == PretrainingObjective.Mlm ? SentenceObjective.Contrastive : SentenceObjective.None);
+        get => sentenceObjective ?? (Objective is PretrainingObjective.Mlm or PretrainingObjective.None ? SentenceObjective.Contrastive : SentenceObjective.None);
         init => sentenceObjective = value;
     }
 
@@ -118,6 +120,15 @@ public sealed record PretrainingOptions
             throw new ArgumentException($"--objective electra takes no sentence head: --sentence-objective none (the default) or contrastive, not {Flag(SentenceObjective)}");
         if (Objective == PretrainingObjective.Electra && Aux.Length > 0)
             throw new ArgumentException("--objective electra trains the discriminator on replaced-token detection alone: drop --aux");
+        if (Objective == PretrainingObjective.None)
+        {
+            if (SentenceObjective != SentenceObjective.Contrastive)
+                throw new ArgumentException($"--objective none trains the contrastive sentence objective alone: --sentence-objective contrastive (the default), not {Flag(SentenceObjective)}");
+            var defaults = new PretrainingOptions();
+            if (MaskRate != defaults.MaskRate || MaskMix != defaults.MaskMix || MaskWithUnk || Masking != defaults.Masking || MaskSchedule != defaults.MaskSchedule || Phrases is not null)
+                throw new ArgumentException("--objective none masks nothing: drop --mask-rate, --mask-mix, --mask-token, --masking, --mask-schedule and --phrases");
+            if (Aux.Length > 0) throw new ArgumentException("--objective none trains no token objective: drop --aux");
+        }
         if (!(GeneratorWidth > 0 && GeneratorWidth <= 1)) throw new ArgumentException($"--generator-width must be in (0, 1], got {GeneratorWidth}");
         if (GeneratorWidth != DefaultGeneratorWidth && Objective != PretrainingObjective.Electra) throw new ArgumentException("--generator-width is used only by --objective electra");
         Positive("--rtd-weight", RtdWeight);

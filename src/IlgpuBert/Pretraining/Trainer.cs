@@ -149,6 +149,8 @@ public sealed class Trainer
         var data = new PretrainingData(o, encoder, vocabPath, model.Config.VocabSize, log);
         if (resume is null && o.Model is null && o.UnigramOutputBias)
             model.Parameters.Set("cls.predictions.bias", data.LogUnigram(model.Config.VocabSize));
+        bool evaluate = o.EvalEvery > 0 && o.Objective != PretrainingObjective.None;
+        if (o.EvalEvery > 0 && !evaluate) log.WriteLine("--objective none: no MLM to evaluate on the held-out examples (the MLM head is not trained)");
         if (newGenerator && o.UnigramOutputBias)
             generator!.Parameters.Set("generator.generator_lm_head.bias", data.LogUnigram(model.Config.VocabSize));
         group.Broadcast(parameters); // every rank starts from rank 0's weights
@@ -195,6 +197,12 @@ public sealed class Trainer
                     tape.Backward();
                     continue;
                 }
+                if (o.Objective == PretrainingObjective.None) // the sentence objective alone: no MLM head to run
+                {
+                    sentence += Contrastive(model.Bert.Forward(tape, batch, dropouts).LastHiddenState);
+                    tape.Backward();
+                    continue;
+                }
                 var outputs = model.Forward(tape, batch, dropouts, maskedOnly: true);
                 if (outputs.MlmLoss is not null) outputs.MlmLoss.Weight = 1f / o.GradAccum;
                 if (outputs.NspLoss is not null) outputs.NspLoss.Weight = 1f / o.GradAccum;
@@ -229,7 +237,7 @@ public sealed class Trainer
                 AuxLosses = heads.Select((h, a) => (h, a)).ToDictionary(x => x.h, x => aux[x.a]),
                 ReplacedShare = generator is null ? null : replaced,
             };
-            if (group.IsRoot && o.EvalEvery > 0 && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
+            if (group.IsRoot && evaluate && (step % o.EvalEvery == 0 || step == o.Steps) && data.Eval.Count > 0)
             {
                 var (accuracy, perplexity) = Evaluate(model, generator, data, o.MicroBatch);
                 row = row with { EvalMlmAccuracy = accuracy, EvalPerplexity = perplexity };
