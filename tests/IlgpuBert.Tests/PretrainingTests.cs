@@ -175,6 +175,22 @@ public class PretrainingTests : IDisposable
             Assert.Equal(value == "reorder" ? 9 : 3, config["ilgpu_bert_sentence_classes"]!.GetValue<int>());
     }
 
+    /// <summary>Validated options for a run of <paramref name="objective"/> on the small corpus, and the encoder of a 600-word-piece vocabulary built from it.</summary>
+    private (PretrainingOptions, BertTextEncoder) Options(PretrainingObjective objective)
+    {
+        var o = new PretrainingOptions { Objective = objective, Corpus = [SmallCorpus()], SeqLen = 32, VocabSize = 600 };
+        o.Validate();
+        string vocab = dir.File("small-vocab.txt");
+        if (!File.Exists(vocab)) File.WriteAllLines(vocab, WordPieceTrainer.Train(PretrainingData.RawDocuments(o).SelectMany(d => d), 600));
+        return (o, BertTextEncoder.FromVocab(vocab));
+    }
+
+    private PretrainingData Data(PretrainingOptions o)
+    {
+        string vocab = dir.File("small-vocab.txt");
+        return new PretrainingData(o, BertTextEncoder.FromVocab(vocab), vocab, File.ReadLines(vocab).Count(), TextWriter.Null);
+    }
+
     /// <summary>
     /// UniLM: rows take the bidirectional, left-to-right and seq2seq masks in turn, so every batch of
     /// six has two of each; seq2seq sources are [CLS] and at least a token, targets at least a token
@@ -183,12 +199,9 @@ public class PretrainingTests : IDisposable
     [Fact]
     public void UniLM_batches_mix_the_three_attention_masks_and_a_short_run_lowers_the_loss()
     {
-        var o = new PretrainingOptions { Objective = PretrainingObjective.Unilm, Corpus = [SmallCorpus()], SeqLen = 32, VocabSize = 600 };
-        o.Validate();
+        var (o, _) = Options(PretrainingObjective.Unilm);
         Assert.Equal(SentenceObjective.None, o.SentenceObjective);
-        string vocab = dir.File("unilm-vocab.txt");
-        File.WriteAllLines(vocab, WordPieceTrainer.Train(PretrainingData.RawDocuments(o).SelectMany(d => d), 600));
-        var data = new PretrainingData(o, BertTextEncoder.FromVocab(vocab), vocab, File.ReadLines(vocab).Count(), TextWriter.Null);
+        var data = Data(o);
         var splits = new HashSet<int>();
         for (long batch = 0; batch < 20; batch++)
         {
@@ -229,14 +242,10 @@ public class PretrainingTests : IDisposable
     [Fact]
     public void No_token_objective_trains_the_contrastive_objective_alone_on_unmasked_text()
     {
-        var o = new PretrainingOptions { Objective = PretrainingObjective.None, Corpus = [SmallCorpus()], SeqLen = 32, VocabSize = 600 };
-        o.Validate();
+        var (o, encoder) = Options(PretrainingObjective.None);
         Assert.Equal(SentenceObjective.Contrastive, o.SentenceObjective);
-        string vocab = dir.File("none-vocab.txt");
-        File.WriteAllLines(vocab, WordPieceTrainer.Train(PretrainingData.RawDocuments(o).SelectMany(d => d), 600));
-        var encoder = BertTextEncoder.FromVocab(vocab);
-        var data = new PretrainingData(o, encoder, vocab, File.ReadLines(vocab).Count(), TextWriter.Null);
-        var masked = new PretrainingData(o with { Objective = PretrainingObjective.Mlm }, encoder, vocab, File.ReadLines(vocab).Count(), TextWriter.Null);
+        var data = Data(o);
+        var masked = Data(o with { Objective = PretrainingObjective.Mlm });
         for (long batch = 0; batch < 5; batch++)
         {
             var inputs = data.Batch(batch, 8);
