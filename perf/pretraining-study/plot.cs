@@ -28,11 +28,11 @@ if (!double.IsNaN(random))
     plot.Add.HorizontalLine(random + 10, 1, ScottPlot.Colors.Green, ScottPlot.LinePattern.Dashed);
 }
 plot.Axes.Bottom.SetTicks(Enumerable.Range(0, rows.Count).Select(i => (double)i).ToArray(), rows.Select(r => r.Name).ToArray());
-plot.Axes.Bottom.TickLabelStyle.Rotation = 30;
+plot.Axes.Bottom.TickLabelStyle.Rotation = 60;
 plot.Axes.Bottom.TickLabelStyle.Alignment = ScottPlot.Alignment.MiddleLeft;
-plot.Axes.Bottom.MinimumSize = 140;
+plot.Axes.Bottom.MinimumSize = 260;
 plot.Axes.SetLimitsY(20, 90);
 plot.Title("Default task, held-out accuracy after default fine-tuning (tiny unless named)");
 plot.YLabel("accuracy (%)");
-plot.SavePng(Path.Combine(here, "study.png"), 1100, 600);
+plot.SavePng(Path.Combine(here, "study.png"), Math.Max(1100, 32 * rows.Count), 800); // a column per row, room for the names
 Console.WriteLine($"wrote {Path.Combine(here, "study.png")} ({rows.Count} rows)");
