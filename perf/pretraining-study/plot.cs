@@ -31,6 +31,7 @@ plot.Axes.Bottom.SetTicks(Enumerable.Range(0, rows.Count).Select(i => (double)i)
 plot.Axes.Bottom.TickLabelStyle.Rotation = 60;
 plot.Axes.Bottom.TickLabelStyle.Alignment = ScottPlot.Alignment.MiddleLeft;
 plot.Axes.Bottom.MinimumSize = 260;
+plot.Axes.Right.MinimumSize = 120; // the last names run past the last column
 plot.Axes.SetLimitsY(20, 90);
 plot.Title("Default task, held-out accuracy after default fine-tuning (tiny unless named)");
 plot.YLabel("accuracy (%)");
