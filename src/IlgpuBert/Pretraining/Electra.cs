@@ -212,4 +212,8 @@ public sealed class ElectraGenerator : IDisposable
 /// One ELECTRA step's outputs: the generator's MLM loss, the discriminator's detection loss, the
 /// discriminator's input and labels, and its last hidden states [B·S, H] (a sentence objective can use them).
 /// </summary>
-public sealed record ElectraStep(Loss Mlm, Loss Rtd, BertInputs Corrupted, int[] RtdLabels, Var LastHiddenState);
+public sealed record ElectraStep(Loss Mlm, Loss Rtd, BertInputs Corrupted, int[] RtdLabels, Var LastHiddenState)
+{
+    /// <summary>The share of real tokens the draws replaced (RTD label 1 among labels ≠ −100).</summary>
+    public double ReplacedShare => (double)RtdLabels.Count(l => l == 1) / RtdLabels.Count(l => l != -100);
+}

@@ -191,7 +191,7 @@ public sealed class Trainer
                     electra.Rtd.Weight = o.RtdWeight / o.GradAccum;
                     mlm += electra.Mlm.Read() / o.GradAccum;
                     aux[0] += electra.Rtd.Read() / o.GradAccum;
-                    replaced += (double)electra.RtdLabels.Count(l => l == 1) / electra.RtdLabels.Count(l => l != -100) / o.GradAccum;
+                    replaced += electra.ReplacedShare / o.GradAccum;
                     if (ExampleGenerator.PairedRows(o.SentenceObjective))
                         sentence += Contrastive(electra.LastHiddenState);
                     tape.Backward();
