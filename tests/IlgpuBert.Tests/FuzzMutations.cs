@@ -8,7 +8,7 @@ using CsCheck;
 namespace IlgpuBert.Tests;
 
 /// <summary>How a fuzzed file is built, so that mutations can respect or break its structure.</summary>
-public enum FileShape { Bytes, Lines, Json, JsonLines, SafeTensors }
+public enum FileShape { Bytes, Lines, Json, JsonLines, SafeTensors, TorchZip }
 
 /// <summary>
 /// One random change to a file: <see cref="Kind"/> picks the operation (0–7 on raw bytes, 8–15 on the
@@ -63,6 +63,7 @@ public static class FuzzMutations
 
     private static byte[] Apply(FileShape shape, byte[] data, Mutation m)
     {
+        if (shape == FileShape.TorchZip) return TorchZipFile(data, m);
         if (m.Kind < 8 || shape == FileShape.Bytes) return Bytes(data, m with { Kind = m.Kind % 8 });
         return shape switch
         {
@@ -265,5 +266,38 @@ public static class FuzzMutations
         newHeader.CopyTo(result, 8);
         body.CopyTo(result, 8 + newHeader.Length);
         return result;
+    }
+
+    /// <summary>
+    /// torch.save's zip: the pickle inside (archive/data.pkl) mutated as bytes and the archive written
+    /// again (mutating the zip itself mostly breaks its checksums), or, one time in eight, the zip's own bytes.
+    /// </summary>
+    private static byte[] TorchZipFile(byte[] data, Mutation m)
+    {
+        if (m.Pick % 8 == 0) return Bytes(data, m with { Kind = m.Kind % 8 });
+        var entries = new List<(string Name, byte[] Bytes)>();
+        try
+        {
+            using var zip = new System.IO.Compression.ZipArchive(new MemoryStream(data), System.IO.Compression.ZipArchiveMode.Read);
+            foreach (var e in zip.Entries)
+            {
+                using var s = e.Open();
+                var copy = new MemoryStream();
+                s.CopyTo(copy);
+                entries.Add((e.FullName, copy.ToArray()));
+            }
+        }
+        catch (InvalidDataException)
+        {
+            return Bytes(data, m with { Kind = m.Kind % 8 });
+        }
+        var result = new MemoryStream();
+        using (var zip = new System.IO.Compression.ZipArchive(result, System.IO.Compression.ZipArchiveMode.Create, leaveOpen: true))
+            foreach (var (name, bytes) in entries)
+            {
+                using var s = zip.CreateEntry(name, System.IO.Compression.CompressionLevel.NoCompression).Open();
+                s.Write(name.EndsWith("data.pkl", StringComparison.Ordinal) ? Bytes(bytes, m with { Kind = m.Kind % 8 }) : bytes);
+            }
+        return result.ToArray();
     }
 }

@@ -29,6 +29,8 @@ public sealed class FuzzInputs : IDisposable
             bert.Parameters.Initialize(1);
             BertFolder.Save(bert, Pretrained, vocab);
         }
+        foreach (var (dir, legacy) in new[] { (Torch, false), (TorchLegacy, true) })
+            PyTorchCheckpointTests.Twin(Pretrained, dir, legacy);
         foreach (var (dir, spec) in new[]
                  {
                      (Classifier, new TaskSpec(TaskKind.Classification, ["neg", "pos"])),
@@ -59,6 +61,8 @@ public sealed class FuzzInputs : IDisposable
 
     public TempDir Dir { get; } = new();
     public string Pretrained => Dir.File("pretrained");
+    public string Torch => Dir.File("torch");
+    public string TorchLegacy => Dir.File("torch-legacy");
     public string Classifier => Dir.File("classifier");
     public string Tagger => Dir.File("tagger");
     public string Reader => Dir.File("reader");
@@ -77,13 +81,13 @@ public sealed class FuzzInputs : IDisposable
 /// The fuzz suite: every file format the tool reads, mutated by <see cref="FuzzMutations"/> and run
 /// through the verb that reads it. Each case must either be read (exit 0) or be refused with exit 2, one
 /// line on stderr naming the file, no stack trace, nothing on stdout and no output written, within the
-/// time limit. Cases are drawn from fixed seeds, so CI runs the same 2,100 every time;
+/// time limit. Cases are drawn from fixed seeds, so CI runs the same 2,700 every time;
 /// ILGPU_BERT_FUZZ_SEED picks other ones and ILGPU_BERT_FUZZ_SCALE multiplies their number.
 /// </summary>
 public class FuzzTests(FuzzInputs inputs) : IClassFixture<FuzzInputs>
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(60);
-    private static readonly string[] ModelFiles = ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"];
+    private static readonly string[] ModelFiles = ["config.json", "model.safetensors", "pytorch_model.bin", "vocab.txt", "tokenizer_config.json"];
 
     private sealed record Target(string File, FileShape Shape, int Cases, string[] Args, bool InModel);
 
@@ -94,6 +98,8 @@ public class FuzzTests(FuzzInputs inputs) : IClassFixture<FuzzInputs>
         return name switch
         {
             "model.safetensors" => new(Path.Combine(inputs.Pretrained, "model.safetensors"), FileShape.SafeTensors, 400, Forward(inputs.Pretrained), true),
+            "pytorch_model.bin" => new(Path.Combine(inputs.Torch, "pytorch_model.bin"), FileShape.TorchZip, 300, Forward(inputs.Torch), true),
+            "legacy pytorch_model.bin" => new(Path.Combine(inputs.TorchLegacy, "pytorch_model.bin"), FileShape.Bytes, 300, Forward(inputs.TorchLegacy), true),
             "config.json" => new(Path.Combine(inputs.Pretrained, "config.json"), FileShape.Json, 250, Forward(inputs.Pretrained), true),
             "task config.json" => new(Path.Combine(inputs.Tagger, "config.json"), FileShape.Json, 150, Evaluate(inputs.Tagger, inputs.Conll), true),
             "vocab.txt" => new(Path.Combine(inputs.Classifier, "vocab.txt"), FileShape.Lines, 200, Evaluate(inputs.Classifier, inputs.Tsv), true),
@@ -109,7 +115,7 @@ public class FuzzTests(FuzzInputs inputs) : IClassFixture<FuzzInputs>
 
     public static TheoryData<string> Files() =>
     [
-        "model.safetensors", "config.json", "task config.json", "vocab.txt", "tokenizer_config.json",
+        "model.safetensors", "pytorch_model.bin", "legacy pytorch_model.bin", "config.json", "task config.json", "vocab.txt", "tokenizer_config.json",
         "batch.json", "train.tsv", "train.csv", "train.jsonl", "train.conll", "squad.json",
     ];
 

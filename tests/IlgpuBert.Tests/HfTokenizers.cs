@@ -12,7 +12,13 @@ public sealed record HfEncoding(int[] Ids, int[] TypeIds, int[][] Offsets);
 
 public static class HfTokenizers
 {
-    public sealed record Request(string Vocab, bool Lowercase, bool StripAccents, bool ChineseChars, int MaxLength, string?[][] Inputs);
+    /// <summary>
+    /// What encode.js encodes, and how: a tokenizer configured as BertTokenizerFast from the vocabulary
+    /// (its post-processor TemplateProcessing when <paramref name="Template"/>, else BertProcessing), saved
+    /// as tokenizer.json to <paramref name="Save"/> when given; or the tokenizer HF reads from <paramref name="TokenizerJson"/>.
+    /// </summary>
+    public sealed record Request(string Vocab, bool Lowercase, bool StripAccents, bool ChineseChars, int MaxLength, string?[][] Inputs,
+        bool Template = false, string? Save = null, string? TokenizerJson = null);
 
     /// <summary>tests/hf-tokenizers, found from the test binaries up (or ILGPU_BERT_HF_TOKENIZERS).</summary>
     private static string? Folder()

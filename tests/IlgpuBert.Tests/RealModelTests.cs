@@ -18,7 +18,7 @@ namespace IlgpuBert.Tests;
 public class RealModelTests
 {
     /// <summary>all-MiniLM-L6-v2 imported into an HF folder once per test run.</summary>
-    private static readonly Lazy<string> ImportedMiniLm = new(() =>
+    internal static readonly Lazy<string> ImportedMiniLm = new(() =>
     {
         string dir = Path.Combine(Path.GetTempPath(), $"ilgpu-bert-minilm-imported-{Environment.ProcessId}");
         OnnxImport.WriteFolder(OnnxImport.Read(MiniLm.Onnx), dir, MiniLm.Vocab, null);
@@ -36,7 +36,7 @@ public class RealModelTests
         "A", "Paris is the [MASK] of France.",
     ];
 
-    private static float[] RunOnnx(string model, BertInputs inputs, string output, out int[] shape)
+    internal static float[] RunOnnx(string model, BertInputs inputs, string output, out int[] shape)
     {
         using var session = new InferenceSession(model);
         long[] Long(int[] a) => a.Select(v => (long)v).ToArray();

@@ -97,7 +97,7 @@ public class TokenizerTests
         return n;
     }
 
-    private static void AssertSame(BertTextEncoder encoder, HfTokenizers.Request request, List<HfEncoding> reference, string what)
+    internal static void AssertSame(BertTextEncoder encoder, HfTokenizers.Request request, List<HfEncoding> reference, string what)
     {
         Assert.Equal(request.Inputs.Length, reference.Count);
         for (int i = 0; i < reference.Count; i++)

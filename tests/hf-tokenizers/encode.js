@@ -2,13 +2,15 @@
 // transformers' BertTokenizerFast is for a vocab.txt (WordPiece, BertNormalizer, BertPreTokenizer,
 // [CLS] a [SEP] b [SEP], the special tokens as added tokens, longest-first truncation).
 //   node encode.js REQUEST.json OUT.json
-// REQUEST: {vocab, lowercase, stripAccents, chineseChars, maxLength (0: none), inputs: [[a, b|null], ...]}
+// REQUEST: {vocab, lowercase, stripAccents, chineseChars, maxLength (0: none), inputs: [[a, b|null], ...],
+//           template (true: TemplateProcessing as transformers writes today, else BertProcessing),
+//           save (write the configured tokenizer as tokenizer.json there), tokenizerJson (load that
+//           file instead of configuring one: what Tokenizer.from_file gives)}
 // OUT: [{ids, typeIds, offsets}, ...] with offsets in code points of each input text.
 const fs = require('fs');
-const { Tokenizer, WordPiece, bertNormalizer, bertPreTokenizer, bertProcessing } = require('tokenizers');
+const { Tokenizer, WordPiece, bertNormalizer, bertPreTokenizer, bertProcessing, templateProcessing } = require('tokenizers');
 
-(async () => {
-  const req = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+async function configured(req) {
   const model = await WordPiece.fromFile(req.vocab, { unkToken: '[UNK]' });
   const tokenizer = new Tokenizer(model);
   tokenizer.setNormalizer(bertNormalizer({
@@ -16,8 +18,17 @@ const { Tokenizer, WordPiece, bertNormalizer, bertPreTokenizer, bertProcessing }
   }));
   tokenizer.setPreTokenizer(bertPreTokenizer());
   const id = t => { const i = tokenizer.tokenToId(t); if (i === null) throw new Error('no ' + t); return i; };
-  tokenizer.setPostProcessor(bertProcessing(['[SEP]', id('[SEP]')], ['[CLS]', id('[CLS]')]));
+  tokenizer.setPostProcessor(req.template
+    ? templateProcessing('[CLS] $A [SEP]', '[CLS] $A [SEP] $B:1 [SEP]:1', [['[CLS]', id('[CLS]')], ['[SEP]', id('[SEP]')]])
+    : bertProcessing(['[SEP]', id('[SEP]')], ['[CLS]', id('[CLS]')]));
   tokenizer.addSpecialTokens(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']);
+  return tokenizer;
+}
+
+(async () => {
+  const req = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+  const tokenizer = req.tokenizerJson ? Tokenizer.fromFile(req.tokenizerJson) : await configured(req);
+  if (req.save) tokenizer.save(req.save, true);
   if (req.maxLength > 0) tokenizer.setTruncation(req.maxLength, { strategy: 'LongestFirst' });
   const out = [];
   const batch = 512;

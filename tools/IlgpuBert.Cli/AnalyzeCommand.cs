@@ -126,7 +126,7 @@ public static class AnalyzeCommand
             var real = analyzer.Probe(trainItems, evalItems, labels.Count);
             using var random = new BertForPreTraining(device, analyzer.Model.Config);
             random.Parameters.Initialize(parse.GetValue(controlSeed));
-            var control = new Analyzer(random, encoder, File.ReadAllLines(Path.Combine(dir, BertFolder.VocabFile))).Probe(trainItems, evalItems, labels.Count);
+            var control = new Analyzer(random, encoder, [.. encoder.Vocabulary]).Probe(trainItems, evalItems, labels.Count);
             string outDir = parse.GetValue(output)!;
             Directory.CreateDirectory(outDir);
             var csv = new StringBuilder("layer,accuracy,random_model_accuracy\n");

@@ -39,7 +39,7 @@ public static class CompressCommands
 
     private static void CopyTokenizerFiles(string from, string to)
     {
-        foreach (var name in new[] { BertFolder.VocabFile, "tokenizer_config.json" })
+        foreach (var name in new[] { BertFolder.VocabFile, Text.TokenizerJson.FileName, "tokenizer_config.json" })
             if (File.Exists(Path.Combine(from, name))) BertFolder.CopyInto(Path.Combine(from, name), to, name);
     }
 

@@ -17,8 +17,11 @@ public sealed class Analyzer(BertForPreTraining model, BertTextEncoder encoder, 
     public int Layers => Model.Config.NumHiddenLayers;
     public int Heads => Model.Config.NumAttentionHeads;
 
-    public static Analyzer Load(BertDevice device, string dir) =>
-        new(BertFolder.Load(device, dir), BertTextEncoder.Load(dir), File.ReadAllLines(Path.Combine(dir, BertFolder.VocabFile)));
+    public static Analyzer Load(BertDevice device, string dir)
+    {
+        var encoder = BertTextEncoder.Load(dir);
+        return new(BertFolder.Load(device, dir), encoder, [.. encoder.Vocabulary]);
+    }
 
     public string Token(int id) => (uint)id < (uint)vocab.Length ? vocab[id] : $"[{id}]";
 

@@ -154,7 +154,7 @@ public sealed class Int8Model : IDisposable
         Directory.CreateDirectory(dir);
         (Model.Config with { Extra = extra }).Write(Path.Combine(dir, BertFolder.ConfigFile));
         SafeTensors.Write(Path.Combine(dir, BertFolder.WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt", ["quantization"] = Method });
-        if (vocabSource is not null) BertFolder.CopyInto(vocabSource, dir, BertFolder.VocabFile);
+        if (vocabSource is not null) BertFolder.CopyVocabulary(vocabSource, dir);
     }
 
     /// <summary>Whether a model folder holds an int8 model written by <see cref="Save"/>.</summary>

@@ -1,5 +1,5 @@
-// A model folder in HF's layout: config.json, model.safetensors, vocab.txt (and optionally
-// tokenizer_config.json). This is what `init` writes, `forward`/`grad` read, and what HF's
+// A model folder in HF's layout: config.json, model.safetensors (or an older folder's
+// pytorch_model.bin), vocab.txt or tokenizer.json (and optionally tokenizer_config.json). This is what `init` writes, `forward`/`grad` read, and what HF's
 // save_pretrained produces.
 using IlgpuBert.Checkpoints;
 using IlgpuBert.Runtime;
@@ -20,12 +20,13 @@ public static class BertFolder
         if (Path.TrimEndingDirectorySeparator(dir).EndsWith(".tmp", StringComparison.Ordinal))
             throw new CheckpointException($"{dir}: an unfinished checkpoint (a run stopped while writing it); use the folder without .tmp");
         var config = BertConfig.Read(Path.Combine(dir, ConfigFile));
-        string weights = Path.Combine(dir, WeightsFile);
-        if (!File.Exists(weights)) throw new CheckpointException($"{weights}: no such file (a model folder needs model.safetensors)");
+        string weights = WeightsPath(dir);
         var model = new BertForPreTraining(device, config);
         try
         {
-            var (initialized, unused) = model.Parameters.Load(weights);
+            var (initialized, unused) = weights.EndsWith(PyTorchCheckpoint.FileName, StringComparison.Ordinal)
+                ? model.Parameters.Load(PyTorchCheckpoint.Read(weights), weights)
+                : model.Parameters.Load(weights);
             initializedNames = initialized;
             if (initialized.Count > 0)
                 log?.WriteLine($"note: {weights} has no {string.Join(", ", initialized)}; initialised them (a BertModel checkpoint has no pre-training heads)");
@@ -40,6 +41,25 @@ public static class BertFolder
         }
     }
 
+    /// <summary>
+    /// The folder's weights: model.safetensors, or else (older HF folders) pytorch_model.bin, read by
+    /// a restricted unpickler (<see cref="PyTorchCheckpoint"/>).
+    /// </summary>
+    public static string WeightsPath(string dir)
+    {
+        string safetensors = Path.Combine(dir, WeightsFile), pickle = Path.Combine(dir, PyTorchCheckpoint.FileName);
+        if (File.Exists(safetensors)) return safetensors;
+        if (File.Exists(pickle)) return pickle;
+        throw new CheckpointException($"{safetensors}: no such file (a model folder needs model.safetensors or {PyTorchCheckpoint.FileName})");
+    }
+
+    /// <summary>The folder's weights as host tensors, from whichever file <see cref="WeightsPath"/> finds.</summary>
+    public static Dictionary<string, HostTensor> ReadWeights(string dir)
+    {
+        string path = WeightsPath(dir);
+        return path.EndsWith(PyTorchCheckpoint.FileName, StringComparison.Ordinal) ? PyTorchCheckpoint.Read(path) : SafeTensors.Read(path);
+    }
+
     /// <summary>Writes config.json and model.safetensors (each atomically), and copies the vocabulary if given.</summary>
     public static void Save(BertForPreTraining model, string dir, string? vocabSource = null) => Save(model.Config, model.Parameters, dir, vocabSource);
 
@@ -52,7 +72,7 @@ public static class BertFolder
         {
             parameters.Save(Path.Combine(dir, WeightsFile)); // the large file first: a full disk fails here, before the config says "model"
             config.Write(Path.Combine(dir, ConfigFile));
-            if (vocabSource is not null) CopyInto(vocabSource, dir, VocabFile);
+            if (vocabSource is not null) CopyVocabulary(vocabSource, dir);
         }
         catch when (!existed)
         {
@@ -60,6 +80,20 @@ public static class BertFolder
             try { Directory.Delete(dir, true); } catch (IOException) { }
             throw;
         }
+    }
+
+    /// <summary>
+    /// Copies a folder's vocabulary into <paramref name="dir"/>: <paramref name="vocabSource"/> (a
+    /// vocab.txt) and the tokenizer.json beside it, whichever exist (a folder from the hub may have only
+    /// tokenizer.json).
+    /// </summary>
+    public static void CopyVocabulary(string vocabSource, string dir)
+    {
+        string json = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(vocabSource))!, Text.TokenizerJson.FileName);
+        if (!File.Exists(vocabSource) && !File.Exists(json))
+            throw new CheckpointException($"{vocabSource}: no such file, and no {Text.TokenizerJson.FileName} beside it (the model's vocabulary)");
+        if (File.Exists(vocabSource)) CopyInto(vocabSource, dir, VocabFile);
+        if (File.Exists(json)) CopyInto(json, dir, Text.TokenizerJson.FileName);
     }
 
     /// <summary>Copies a file into <paramref name="dir"/> as <paramref name="name"/> (atomically), unless it is already that file.</summary>

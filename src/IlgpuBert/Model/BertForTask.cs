@@ -280,8 +280,8 @@ public sealed class BertForTask : IDisposable
         var model = new BertForTask(device, config, task);
         try
         {
-            var (initialized, _) = model.Parameters.Load(Weights(dir));
-            if (initialized.Count > 0) throw new CheckpointException($"{Weights(dir)}: missing {string.Join(", ", initialized)}");
+            var (initialized, _) = model.Parameters.Load(BertFolder.ReadWeights(dir), BertFolder.WeightsPath(dir));
+            if (initialized.Count > 0) throw new CheckpointException($"{BertFolder.WeightsPath(dir)}: missing {string.Join(", ", initialized)}");
             return model;
         }
         catch
@@ -302,7 +302,7 @@ public sealed class BertForTask : IDisposable
         var model = new BertForTask(device, config, task);
         try
         {
-            var (initialized, unused) = model.Parameters.Load(Weights(dir), seed, bodyOnly ? n => !IsHead(n) : null);
+            var (initialized, unused) = model.Parameters.Load(BertFolder.ReadWeights(dir), BertFolder.WeightsPath(dir), seed, bodyOnly ? n => !IsHead(n) : null);
             if (initialized.Count > 0) log?.WriteLine($"initialised {string.Join(", ", initialized)} (not in {dir})");
             if (unused.Count > 0) log?.WriteLine($"not used from {dir}: {string.Join(", ", unused.Take(6))}{(unused.Count > 6 ? $" and {unused.Count - 6} more" : "")}");
             return model;
@@ -312,13 +312,6 @@ public sealed class BertForTask : IDisposable
             model.Dispose();
             throw;
         }
-    }
-
-    private static string Weights(string dir)
-    {
-        string path = Path.Combine(dir, BertFolder.WeightsFile);
-        if (!File.Exists(path)) throw new CheckpointException($"{path}: no such file (a model folder needs model.safetensors)");
-        return path;
     }
 
     /// <summary>Writes config.json (with the task), model.safetensors and the vocabulary, each atomically.</summary>

@@ -45,34 +45,48 @@ public sealed class BertTextEncoder
     public IReadOnlyList<string> Vocabulary => wordPiece.Tokens;
 
     /// <summary>
-    /// From a folder with vocab.txt; do_lower_case (default true), strip_accents (default: as
-    /// do_lower_case) and tokenize_chinese_chars (default true) from tokenizer_config.json.
+    /// From a folder with vocab.txt or tokenizer.json (HF's tokenizers file, read by
+    /// <see cref="TokenizerJson"/>; used when the folder has it, as transformers does). do_lower_case,
+    /// strip_accents and tokenize_chinese_chars come from tokenizer_config.json where it gives them,
+    /// else from tokenizer.json's normaliser, else HF's defaults (true, as do_lower_case, true).
     /// </summary>
     public static BertTextEncoder Load(string dir)
     {
-        string vocab = Path.Combine(dir, BertFolder.VocabFile);
-        if (!File.Exists(vocab)) throw new CheckpointException($"{vocab}: no such file (the tokenizer needs vocab.txt)");
-        var normalizer = new BertNormalizer();
+        string vocab = Path.Combine(dir, BertFolder.VocabFile), json = Path.Combine(dir, TokenizerJson.FileName);
+        bool fromJson = File.Exists(json);
+        if (!fromJson && !File.Exists(vocab)) throw new CheckpointException($"{vocab}: no such file (the tokenizer needs vocab.txt or {TokenizerJson.FileName})");
+        var (tokens, normalizer) = fromJson ? TokenizerJson.Read(json) : (WordPiece.ReadVocabulary(vocab), new BertNormalizer());
         string cfg = Path.Combine(dir, "tokenizer_config.json");
         if (File.Exists(cfg))
         {
             try
             {
-                var json = StrictJson.Parse(BoundedFile.ReadAllText(cfg, BoundedFile.ConfigBytes, "tokenizer_config.json"), cfg);
-                normalizer = new BertNormalizer(json?["do_lower_case"]?.GetValue<bool>() ?? true,
-                    json?["strip_accents"]?.GetValue<bool?>(), json?["tokenize_chinese_chars"]?.GetValue<bool>() ?? true);
+                var config = StrictJson.Parse(BoundedFile.ReadAllText(cfg, BoundedFile.ConfigBytes, "tokenizer_config.json"), cfg);
+                bool lower = config?["do_lower_case"]?.GetValue<bool>() ?? normalizer.Lowercase;
+                normalizer = new BertNormalizer(lower,
+                    config?["strip_accents"] is { } strip ? strip.GetValue<bool?>() : config?["do_lower_case"] is null ? normalizer.StripAccents : null,
+                    config?["tokenize_chinese_chars"]?.GetValue<bool>() ?? normalizer.HandleChineseChars);
             }
             catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException)
             {
                 throw new CheckpointException($"{cfg}: invalid ({e.Message})");
             }
         }
-        var encoder = FromVocab(vocab, normalizer);
+        string source = fromJson ? json : vocab;
+        BertTextEncoder encoder;
+        try
+        {
+            encoder = new BertTextEncoder(new WordPiece(tokens), normalizer);
+        }
+        catch (Exception e) when (e is ArgumentException or CheckpointException)
+        {
+            throw new CheckpointException($"{source}: {e.Message}");
+        }
         // A vocabulary longer than the model's embedding table yields ids the model cannot look up;
         // refused here, naming the file, rather than at the first such token of some later batch.
         string configPath = Path.Combine(dir, BertFolder.ConfigFile);
         if (File.Exists(configPath) && BertConfig.Read(configPath).VocabSize is var size && encoder.VocabSize > size)
-            throw new CheckpointException($"{vocab}: {encoder.VocabSize} tokens, more than {BertFolder.ConfigFile}'s vocab_size {size} (ids from {size} on have no embedding)");
+            throw new CheckpointException($"{source}: {encoder.VocabSize} tokens, more than {BertFolder.ConfigFile}'s vocab_size {size} (ids from {size} on have no embedding)");
         return encoder;
     }
 
