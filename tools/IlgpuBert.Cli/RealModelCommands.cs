@@ -16,9 +16,9 @@ public static class RealModelCommands
     {
         yield return ImportOnnx(stdout);
         yield return ExportOnnx(stdout);
-        yield return Embed(stdout);
-        yield return Similarity(stdout);
-        yield return Search(stdout);
+        yield return Embed(stdout, stderr);
+        yield return Similarity(stdout, stderr);
+        yield return Search(stdout, stderr);
         yield return FillMask(stdout);
     }
 
@@ -66,15 +66,54 @@ public static class RealModelCommands
         return command;
     }
 
-    private static Option<string> PoolingOption() =>
-        new("--pooling") { Description = "mean (over the attention mask, as sentence-transformers) or cls", DefaultValueFactory = _ => "mean" };
-
-    private static EmbeddingPooling ParsePooling(string text) => text switch
+    /// <summary>
+    /// The embedding flags embed, similarity and search share. Without them a model folder embeds as
+    /// its modules.json says (pooling, Dense, Normalize, prompts), and a folder without one by mean
+    /// pooling and L2 normalisation; a flag that overrides the folder is said on standard error.
+    /// </summary>
+    private sealed class EmbeddingFlags
     {
-        "mean" => EmbeddingPooling.Mean,
-        "cls" => EmbeddingPooling.Cls,
-        _ => throw new ArgumentException($"--pooling must be mean or cls, got {text}"),
-    };
+        public readonly Option<string?> Pooling = new("--pooling") { Description = "mean (over the attention mask) or cls, instead of the model folder's own pooling (modules.json; mean without one)" };
+        public readonly Option<bool> Normalize = new("--normalize") { Description = "L2-normalise each vector even where the folder's modules.json has no Normalize" };
+        public readonly Option<bool> NoNormalize = new("--no-normalize") { Description = "do not L2-normalise (the default without modules.json, and with a Normalize module, is to normalise)" };
+        public readonly Option<string?> Prompt = new("--prompt") { Description = "one of the folder's named prompts (config_sentence_transformers.json), prepended to each text (default: its default_prompt_name)" };
+        public readonly Option<string?> PromptText = new("--prompt-text") { Description = "a text of your own prepended to each text" };
+
+        public void AddTo(Command command, bool normalizeFlags)
+        {
+            command.Options.Add(Pooling);
+            if (normalizeFlags)
+            {
+                command.Options.Add(Normalize);
+                command.Options.Add(NoNormalize);
+            }
+            command.Options.Add(Prompt);
+            command.Options.Add(PromptText);
+        }
+
+        public (EmbeddingPooling? Pooling, bool? Normalize, string? Prompt, string? PromptText) Parse(ParseResult parse)
+        {
+            var pooling = parse.GetValue(Pooling) switch
+            {
+                null => (EmbeddingPooling?)null,
+                "mean" => EmbeddingPooling.Mean,
+                "cls" => EmbeddingPooling.Cls,
+                var other => throw new ArgumentException($"--pooling must be mean or cls, got {other}"),
+            };
+            if (parse.GetValue(Normalize) && parse.GetValue(NoNormalize)) throw new ArgumentException("--normalize and --no-normalize contradict each other");
+            bool? normalize = parse.GetValue(Normalize) ? true : parse.GetValue(NoNormalize) ? false : null;
+            if (parse.GetValue(Prompt) is not null && parse.GetValue(PromptText) is not null) throw new ArgumentException("--prompt names one of the folder's prompts, --prompt-text gives one: not both");
+            return (pooling, normalize, parse.GetValue(Prompt), parse.GetValue(PromptText));
+        }
+
+        /// <summary>Says on standard error what the vector is when a flag changed what the folder asks for.</summary>
+        public static void Report(BertPipeline pipeline, EmbeddingPooling? pooling, bool? normalize, TextWriter stderr)
+        {
+            if (pooling is null && normalize is null) return;
+            var used = pipeline.Resolve(pooling, normalize);
+            if (used != pipeline.Sentence) stderr.WriteLine($"embedding: {used.Describe().Split(" (")[0]} (flags override the folder's {pipeline.Sentence.Describe()})");
+        }
+    }
 
     private static IReadOnlyList<string> ReadLines(string? path)
     {
@@ -88,16 +127,16 @@ public static class RealModelCommands
         for (string? line = reader.ReadLine(); line is not null; line = reader.ReadLine()) yield return line;
     }
 
-    private static Command Embed(TextWriter stdout)
+    private static Command Embed(TextWriter stdout, TextWriter stderr)
     {
-        var model = Cli.Required("--model", "model folder");
+        var model = Cli.Required("--model", "model folder (an HF folder, or a sentence-transformers folder with modules.json)");
         var input = new Option<string?>("--input") { Description = "one text per line (default: standard input)" };
-        var pooling = PoolingOption();
-        var normalize = new Option<bool>("--normalize") { Description = "L2-normalise each vector (sentence-transformers' models expect it)" };
+        var flags = new EmbeddingFlags();
         var output = new Option<string?>("--out") { Description = "write .npy or .safetensors (key \"embeddings\") instead of JSON lines on standard output" };
         var batch = Cli.Opt("--batch-size", "texts per forward pass", 32);
         var maxLength = Cli.Opt("--max-length", "tokens per text, [CLS] and [SEP] included (default: the model's maximum)", 0);
-        var command = new Command("embed", "Sentence embeddings: one vector per input line.") { model, input, pooling, normalize, output, batch, maxLength };
+        var command = new Command("embed", "Sentence embeddings: one vector per input line.") { model, input, output, batch, maxLength };
+        flags.AddTo(command, normalizeFlags: true);
         command.SetAction(parse =>
         {
             string? path = parse.GetValue(input);
@@ -105,11 +144,12 @@ public static class RealModelCommands
             string? outPath = parse.GetValue(output);
             if (outPath is not null && !outPath.EndsWith(".npy", StringComparison.Ordinal) && !outPath.EndsWith(".safetensors", StringComparison.Ordinal))
                 throw new ArgumentException($"--out must end in .npy or .safetensors, got {outPath}");
-            var mode = ParsePooling(parse.GetValue(pooling)!);
+            var (pooling, normalize, prompt, promptText) = flags.Parse(parse);
             var texts = ReadLines(path);
             using var device = Cli.OpenDevice(parse);
             using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
-            var vectors = pipeline.Embed(texts, mode, parse.GetValue(normalize), parse.GetValue(batch), parse.GetValue(maxLength));
+            EmbeddingFlags.Report(pipeline, pooling, normalize, stderr);
+            var vectors = pipeline.Embed(texts, pooling, normalize, parse.GetValue(batch), parse.GetValue(maxLength), prompt, promptText);
             if (outPath is null)
             {
                 foreach (var v in vectors) stdout.WriteLine(JsonSerializer.Serialize(v));
@@ -125,46 +165,50 @@ public static class RealModelCommands
         return command;
     }
 
-    private static Command Similarity(TextWriter stdout)
+    private static Command Similarity(TextWriter stdout, TextWriter stderr)
     {
         var model = Cli.Required("--model", "model folder");
         var first = new Argument<string>("first") { Description = "a text" };
         var second = new Argument<string>("second") { Description = "another text" };
-        var pooling = PoolingOption();
-        var command = new Command("similarity", "Cosine similarity of two texts' embeddings.") { model, first, second, pooling };
+        var flags = new EmbeddingFlags();
+        var command = new Command("similarity", "Cosine similarity of two texts' embeddings.") { model, first, second };
+        flags.AddTo(command, normalizeFlags: false); // a cosine does not depend on the vectors' lengths
         command.SetAction(parse =>
         {
-            var mode = ParsePooling(parse.GetValue(pooling)!);
+            var (pooling, _, prompt, promptText) = flags.Parse(parse);
             using var device = Cli.OpenDevice(parse);
             using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
-            var v = pipeline.Embed([parse.GetValue(first)!, parse.GetValue(second)!], mode, normalize: true);
+            EmbeddingFlags.Report(pipeline, pooling, null, stderr);
+            var v = pipeline.Embed([parse.GetValue(first)!, parse.GetValue(second)!], pooling, prompt: prompt, promptText: promptText);
             stdout.WriteLine(BertPipeline.Cosine(v[0], v[1]).ToString("F6", System.Globalization.CultureInfo.InvariantCulture));
             return 0;
         });
         return command;
     }
 
-    private static Command Search(TextWriter stdout)
+    private static Command Search(TextWriter stdout, TextWriter stderr)
     {
         var model = Cli.Required("--model", "model folder");
         var corpus = Cli.Required("--corpus", "texts to search, one per line; \"default\": the first summary sentence of every documented .NET SDK type");
         var query = new Argument<string>("query") { Description = "the query text" };
         var topK = Cli.Opt("--top-k", "results to print", 5);
-        var pooling = PoolingOption();
-        var command = new Command("search", "The corpus lines nearest to a query by cosine similarity of embeddings.") { model, corpus, query, topK, pooling };
+        var flags = new EmbeddingFlags();
+        var command = new Command("search", "The corpus lines nearest to a query by cosine similarity of embeddings.") { model, corpus, query, topK };
+        flags.AddTo(command, normalizeFlags: false);
         command.SetAction(parse =>
         {
             string path = parse.GetValue(corpus)!;
             if (path != "default" && !File.Exists(path)) throw new ArgumentException($"{path}: no such file");
             if (parse.GetValue(topK) < 1) throw new ArgumentException("--top-k must be positive");
-            var mode = ParsePooling(parse.GetValue(pooling)!);
+            var (pooling, _, prompt, promptText) = flags.Parse(parse);
             var lines = (path == "default"
                 ? DefaultCorpus.Summaries().Where(d => d.Member.StartsWith("T:", StringComparison.Ordinal)).Select(d => FineTuning.DefaultTask.FirstSentence(d.Text)).Distinct()
                 : File.ReadAllLines(path)).Where(l => l.Trim().Length > 0).ToList();
             if (lines.Count == 0) throw new ArgumentException($"{path}: no lines to search");
             using var device = Cli.OpenDevice(parse);
             using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
-            foreach (var hit in pipeline.Search(parse.GetValue(query)!, lines, parse.GetValue(topK), mode))
+            EmbeddingFlags.Report(pipeline, pooling, null, stderr);
+            foreach (var hit in pipeline.Search(parse.GetValue(query)!, lines, parse.GetValue(topK), pooling, prompt, promptText))
                 stdout.WriteLine($"{hit.Score:F4}\t{lines[hit.Index]}");
             return 0;
         });

@@ -1,6 +1,7 @@
-// What a user does with a trained model, in three calls: Embed (sentence vectors with
-// sentence-transformers' semantics: mean of the last hidden states over the attention mask, then L2
-// normalisation), FillMask (HF's fill-mask pipeline: the softmax over the vocabulary at the [MASK]),
+// What a user does with a trained model, in three calls: Embed (sentence vectors as
+// sentence-transformers computes them: the folder's own modules.json — pooling, Dense, Normalize,
+// prompts, max_seq_length — or, for a folder without one, the mean of the last hidden states over
+// the attention mask, then L2 normalisation; SentenceTransformer.cs), FillMask (HF's fill-mask pipeline: the softmax over the vocabulary at the [MASK]),
 // Classify (a fine-tuned head's label and probability). Any model folder embeds; fill-mask needs
 // the masked-language-model head of a pretraining folder, classify a fine-tuned classifier.
 // Inference only: nothing is recorded on the tape.
@@ -32,9 +33,10 @@ public sealed class BertPipeline : IDisposable
     private readonly string dir;
     private readonly PackedLinears linears = new(); // the weights never change here: pack each once
 
-    private BertPipeline(string dir, BertTextEncoder encoder, BertForPreTraining? pretraining, BertForTask? task, bool hasMlmHead)
+    private BertPipeline(string dir, SentenceTransformer sentence, BertTextEncoder encoder, BertForPreTraining? pretraining, BertForTask? task, bool hasMlmHead)
     {
         this.dir = dir;
+        Sentence = sentence;
         Encoder = encoder;
         this.pretraining = pretraining;
         this.task = task;
@@ -42,22 +44,27 @@ public sealed class BertPipeline : IDisposable
     }
 
     public BertTextEncoder Encoder { get; }
+
+    /// <summary>How <see cref="Embed"/> makes a sentence vector by default: the folder's modules.json, or mean pooling and L2 normalisation.</summary>
+    public SentenceTransformer Sentence { get; }
     public BertConfig Config => pretraining?.Config ?? task!.Config;
     private BertModel Body => pretraining?.Bert ?? task!.Bert;
 
     /// <summary>Loads a model folder: a fine-tuned one with its head, any other as encoder (and MLM head when it has one).</summary>
-    public static BertPipeline Load(BertDevice device, string dir)
+    public static BertPipeline Load(BertDevice device, string folder)
     {
-        if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
+        if (!Directory.Exists(folder)) throw new CheckpointException($"{folder}: no such model folder");
+        var sentence = SentenceTransformer.Read(folder);
+        string dir = sentence.TransformerDir;
         var config = BertConfig.Read(Path.Combine(dir, BertFolder.ConfigFile));
         if (Compression.Int8Model.IsQuantized(config))
             throw new CheckpointException($"{dir}: an int8 model; embed and fill-mask run float models (predict and evaluate run int8)");
         var encoder = BertTextEncoder.Load(dir);
         if (TaskSpec.FromConfig(config, Path.Combine(dir, BertFolder.ConfigFile)) is not null)
-            return new BertPipeline(dir, encoder, null, BertForTask.Load(device, dir), false);
+            return new BertPipeline(dir, sentence, encoder, null, BertForTask.Load(device, dir), false);
         var model = BertFolder.Load(device, dir, null, out var initialized);
         bool mlm = !initialized.Any(n => n.StartsWith("cls.predictions.", StringComparison.Ordinal));
-        return new BertPipeline(dir, encoder, model, null, mlm);
+        return new BertPipeline(dir, sentence, encoder, model, null, mlm);
     }
 
     /// <summary>The encoder's last hidden states [B, S, H] for a batch (dropout off, no tape bookkeeping).</summary>
@@ -68,17 +75,28 @@ public sealed class BertPipeline : IDisposable
     }
 
     /// <summary>
-    /// One vector per text: the mean of the last hidden states over the attention mask (or the
-    /// [CLS] state), optionally L2-normalised. <paramref name="maxLength"/> 0: the model's maximum.
+    /// One vector per text, as <see cref="Sentence"/> says (the folder's modules.json, or mean pooling
+    /// and L2 normalisation); <paramref name="pooling"/> and <paramref name="normalize"/>, when given,
+    /// override it. <paramref name="prompt"/>: the name of one of the folder's prompts (default: its
+    /// default_prompt_name, if any), prepended to every text; <paramref name="promptText"/> a prompt of
+    /// the caller's own. <paramref name="maxLength"/> 0: the
+    /// folder's max_seq_length, else the model's maximum.
     /// </summary>
-    public List<float[]> Embed(IReadOnlyList<string> texts, EmbeddingPooling pooling = EmbeddingPooling.Mean, bool normalize = true,
-        int batchSize = 32, int maxLength = 0)
+    public List<float[]> Embed(IReadOnlyList<string> texts, EmbeddingPooling? pooling = null, bool? normalize = null,
+        int batchSize = 32, int maxLength = 0, string? prompt = null, string? promptText = null)
     {
         if (batchSize < 1) throw new ArgumentException($"batch size must be positive, got {batchSize}");
-        int limit = maxLength <= 0 ? Config.MaxPositionEmbeddings : Math.Min(maxLength, Config.MaxPositionEmbeddings);
+        if (prompt is not null && promptText is not null) throw new ArgumentException("a prompt by name or a prompt text, not both");
+        var sentence = Resolve(pooling, normalize);
+        promptText ??= PromptText(prompt);
+        int limit = maxLength > 0 ? Math.Min(maxLength, Config.MaxPositionEmbeddings)
+            : sentence.MaxSeqLength > 0 ? Math.Min(sentence.MaxSeqLength, Config.MaxPositionEmbeddings) : Config.MaxPositionEmbeddings;
+        string Prepare(string text) => sentence.LowerCase ? (promptText + text).ToLowerInvariant() : promptText + text;
+        // sentence-transformers' prompt_length: the prompt's tokens with [CLS], without [SEP].
+        int promptLength = promptText.Length == 0 ? 0 : Encoder.EncodeRow(Prepare(""), null, limit).Ids.Length - 1;
         int h = Config.HiddenSize;
         // Batches of similar lengths (as sentence-transformers does), so little of each is padding.
-        var rows = texts.Select(t => Encoder.EncodeRow(t, null, limit)).ToList();
+        var rows = texts.Select(t => Encoder.EncodeRow(Prepare(t), null, limit)).ToList();
         int[] order = Enumerable.Range(0, texts.Count).OrderBy(i => rows[i].Ids.Length).ToArray();
         var result = new float[texts.Count][];
         for (int at = 0; at < texts.Count; at += batchSize)
@@ -86,27 +104,32 @@ public sealed class BertPipeline : IDisposable
             var chunk = order.Skip(at).Take(batchSize).ToList();
             var inputs = Encoder.Pad(chunk.Select(i => rows[i]).ToList());
             var hidden = Encode(inputs); // [B, S, H]
-            int s = inputs.SeqLen;
             for (int b = 0; b < chunk.Count; b++)
-            {
-                var v = new double[h];
-                int count = 0;
-                for (int i = 0; i < s; i++)
-                {
-                    if (pooling == EmbeddingPooling.Cls ? i > 0 : inputs.AttentionMask[b * s + i] == 0) continue;
-                    count++;
-                    for (int d = 0; d < h; d++) v[d] += hidden[((long)b * s + i) * h + d];
-                }
-                double scale = 1.0 / Math.Max(count, 1);
-                if (normalize)
-                {
-                    double norm = Math.Sqrt(v.Sum(x => x * x)) * scale;
-                    scale /= Math.Max(norm, 1e-12); // sentence-transformers' F.normalize: x / max(‖x‖, ε)
-                }
-                result[chunk[b]] = v.Select(x => (float)(x * scale)).ToArray();
-            }
+                result[chunk[b]] = sentence.Pool(hidden, inputs.AttentionMask, b, inputs.SeqLen, h, promptLength);
         }
         return [.. result];
+    }
+
+    /// <summary><see cref="Sentence"/> with the caller's overrides applied.</summary>
+    public SentenceTransformer Resolve(EmbeddingPooling? pooling, bool? normalize) => Sentence with
+    {
+        Pooling = pooling switch
+        {
+            EmbeddingPooling.Mean => PoolingModes.Mean with { IncludePrompt = Sentence.Pooling.IncludePrompt },
+            EmbeddingPooling.Cls => PoolingModes.Cls,
+            _ => Sentence.Pooling,
+        },
+        Normalize = normalize ?? Sentence.Normalize,
+    };
+
+    /// <summary>The text of a named prompt (null: the folder's default prompt, or none).</summary>
+    public string PromptText(string? name)
+    {
+        name ??= Sentence.DefaultPromptName;
+        if (name is null) return "";
+        return Sentence.Prompts.TryGetValue(name, out var text) ? text
+            : throw new ArgumentException(Sentence.Prompts.Count == 0 ? $"{dir} defines no prompts (config_sentence_transformers.json), so there is no prompt \"{name}\""
+                : $"no prompt \"{name}\" in {dir} (it has {string.Join(", ", Sentence.Prompts.Keys)})");
     }
 
     public static float Cosine(float[] a, float[] b)
@@ -122,11 +145,15 @@ public sealed class BertPipeline : IDisposable
         return (float)(dot / Math.Max(Math.Sqrt(na * nb), 1e-12));
     }
 
-    /// <summary>The <paramref name="topK"/> corpus texts most similar to the query (cosine of embeddings).</summary>
-    public List<SearchHit> Search(string query, IReadOnlyList<string> corpus, int topK = 5, EmbeddingPooling pooling = EmbeddingPooling.Mean)
+    /// <summary>
+    /// The <paramref name="topK"/> corpus texts most similar to the query (cosine of embeddings); the
+    /// prompt, when given, is put before the query only (as a retrieval model's "query: " is).
+    /// </summary>
+    public List<SearchHit> Search(string query, IReadOnlyList<string> corpus, int topK = 5, EmbeddingPooling? pooling = null,
+        string? prompt = null, string? promptText = null)
     {
-        var q = Embed([query], pooling)[0];
-        var vectors = Embed(corpus, pooling);
+        var q = Embed([query], pooling, prompt: prompt, promptText: promptText)[0];
+        var vectors = Embed(corpus, pooling, promptText: prompt is null && promptText is null && Sentence.DefaultPromptName is not null ? PromptText(null) : "");
         return vectors.Select((v, i) => new SearchHit(i, Cosine(q, v))).OrderByDescending(h => h.Score).ThenBy(h => h.Index).Take(topK).ToList();
     }
 
