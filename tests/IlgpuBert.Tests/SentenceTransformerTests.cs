@@ -200,6 +200,56 @@ public class SentenceTransformerTests
         Assert.Equal(pipeline.Embed([texts[0]], prompt: "passage")[0], pipeline.Embed([texts[0]], promptText: "w3 ")[0]);
         var e = Assert.Throws<ArgumentException>(() => pipeline.Embed(["w5"], prompt: "document"));
         Assert.Contains("query, passage", e.Message);
+
+        // export --sentence-transformers writes the same model back: read again, it embeds identically.
+        string exported = dir.File("exported");
+        var (code, stdout, err) = CliRunner.Run("export", "--model", folder, "--out", exported, "--sentence-transformers");
+        Assert.True(code == 0, err);
+        Assert.Contains("Dense 48→5 Tanh".Replace("48", $"{pooledWidth}"), stdout);
+        using var again = BertPipeline.Load(device, exported);
+        Assert.Equal(pipeline.Sentence.Describe(), again.Sentence.Describe());
+        Assert.Equal(pipeline.Sentence.Pooling, again.Sentence.Pooling);
+        Assert.Equal(pipeline.Sentence.Prompts, again.Sentence.Prompts);
+        var gotAgain = again.Embed(texts, batchSize: 3);
+        for (int t = 0; t < texts.Length; t++) Assert.Equal(got[t], gotAgain[t]);
+    }
+
+    [Fact]
+    public void Export_writes_the_layout_sentence_transformers_saves_and_embeds_as_the_source()
+    {
+        using var dir = new TempDir();
+        string source = RealModelTests.ImportedMiniLm.Value, exported = dir.File("st");
+        var (code, stdout, err) = CliRunner.Run("export", "--model", source, "--out", exported, "--sentence-transformers");
+        Assert.True(code == 0, err);
+        Assert.Contains("mean pooling, L2-normalised", stdout);
+        // What SentenceTransformer.save writes for a Transformer + Pooling + Normalize model.
+        using var modules = JsonDocument.Parse(File.ReadAllText(Path.Combine(exported, "modules.json")));
+        Assert.Equal(["0::sentence_transformers.models.Transformer", "1:1_Pooling:sentence_transformers.models.Pooling", "2:2_Normalize:sentence_transformers.models.Normalize"],
+            modules.RootElement.EnumerateArray().Select(m => $"{m.GetProperty("idx").GetInt32()}:{m.GetProperty("path").GetString()}:{m.GetProperty("type").GetString()}"));
+        using var pooling = JsonDocument.Parse(File.ReadAllText(Path.Combine(exported, "1_Pooling", "config.json")));
+        Assert.Equal(384, pooling.RootElement.GetProperty("word_embedding_dimension").GetInt32());
+        Assert.True(pooling.RootElement.GetProperty("pooling_mode_mean_tokens").GetBoolean());
+        using var sbert = JsonDocument.Parse(File.ReadAllText(Path.Combine(exported, "sentence_bert_config.json")));
+        Assert.Equal(512, sbert.RootElement.GetProperty("max_seq_length").GetInt32());
+        foreach (var f in new[] { "config.json", "model.safetensors", "vocab.txt" }) Assert.True(File.Exists(Path.Combine(exported, f)), f);
+
+        string texts = dir.File("texts.txt");
+        File.WriteAllLines(texts, ["A man is eating food.", "Gets the value of the property."]);
+        string Embed(params string[] args) => CliRunner.Run(["embed", "--input", texts, "--device", "cpu", .. args]).Out;
+        Assert.Equal(Embed("--model", source), Embed("--model", exported));
+        // Overrides are written into the folder: CLS, not normalised, embeds as those flags do on the source.
+        string cls = dir.File("cls");
+        (code, stdout, err) = CliRunner.Run("export", "--model", source, "--out", cls, "--sentence-transformers", "--pooling", "cls", "--no-normalize");
+        Assert.True(code == 0, err);
+        Assert.False(Directory.Exists(Path.Combine(cls, "2_Normalize")));
+        Assert.Equal(Embed("--model", source, "--pooling", "cls", "--no-normalize"), Embed("--model", cls));
+        // An existing model is not replaced without --overwrite; the flag is needed.
+        (code, _, err) = CliRunner.Run("export", "--model", source, "--out", cls, "--sentence-transformers");
+        Assert.Equal(2, code);
+        Assert.Contains("--overwrite", err);
+        (code, _, err) = CliRunner.Run("export", "--model", source, "--out", dir.File("x"));
+        Assert.Equal(2, code);
+        Assert.Contains("--sentence-transformers", err);
     }
 
     public static TheoryData<string, string, string> BadFolders() => new()

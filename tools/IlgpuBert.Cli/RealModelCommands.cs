@@ -16,6 +16,7 @@ public static class RealModelCommands
     {
         yield return ImportOnnx(stdout);
         yield return ExportOnnx(stdout);
+        yield return Export(stdout);
         yield return Embed(stdout, stderr);
         yield return Similarity(stdout, stderr);
         yield return Search(stdout, stderr);
@@ -66,6 +67,30 @@ public static class RealModelCommands
         return command;
     }
 
+    private static Command Export(TextWriter stdout)
+    {
+        var model = Cli.Required("--model", "model folder (an HF folder, or a sentence-transformers folder)");
+        var output = Cli.Required("--out", "the folder to write");
+        var st = new Option<bool>("--sentence-transformers") { Description = "write a sentence-transformers folder (modules.json, 1_Pooling, Dense, Normalize) that SentenceTransformer(path) loads" };
+        var flags = new EmbeddingFlags();
+        var command = new Command("export", "Write a model folder in another library's layout (ONNX: export-onnx).") { model, output, st, flags.Pooling, flags.Normalize, flags.NoNormalize };
+        Cli.ProtectModelOutput(command, output);
+        command.SetAction(parse =>
+        {
+            if (!parse.GetValue(st)) throw new ArgumentException("say which layout to write: --sentence-transformers (for ONNX, use export-onnx)");
+            var (pooling, normalize, _, _) = flags.Parse(parse);
+            string source = parse.GetValue(model)!, dir = parse.GetValue(output)!;
+            if (!File.Exists(Path.Combine(source, Model.BertFolder.ConfigFile)) && !File.Exists(Path.Combine(source, SentenceTransformer.ModulesFile)))
+                throw new ArgumentException($"{source}: not a model folder (no {Model.BertFolder.ConfigFile})");
+            var sentence = SentenceTransformer.Read(source).With(pooling, normalize);
+            if (Path.GetFullPath(source) == Path.GetFullPath(dir)) throw new ArgumentException("--out must be another folder than --model");
+            sentence.Save(dir);
+            stdout.WriteLine($"wrote {dir}: a sentence-transformers folder, {sentence.Summary}");
+            return 0;
+        });
+        return command;
+    }
+
     /// <summary>
     /// The embedding flags embed, similarity and search share. Without them a model folder embeds as
     /// its modules.json says (pooling, Dense, Normalize, prompts), and a folder without one by mean
@@ -111,7 +136,7 @@ public static class RealModelCommands
         {
             if (pooling is null && normalize is null) return;
             var used = pipeline.Resolve(pooling, normalize);
-            if (used != pipeline.Sentence) stderr.WriteLine($"embedding: {used.Describe().Split(" (")[0]} (flags override the folder's {pipeline.Sentence.Describe()})");
+            if (used != pipeline.Sentence) stderr.WriteLine($"embedding: {used.Summary} (flags override the folder's {pipeline.Sentence.Describe()})");
         }
     }
 

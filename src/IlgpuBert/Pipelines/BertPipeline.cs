@@ -111,16 +111,7 @@ public sealed class BertPipeline : IDisposable
     }
 
     /// <summary><see cref="Sentence"/> with the caller's overrides applied.</summary>
-    public SentenceTransformer Resolve(EmbeddingPooling? pooling, bool? normalize) => Sentence with
-    {
-        Pooling = pooling switch
-        {
-            EmbeddingPooling.Mean => PoolingModes.Mean with { IncludePrompt = Sentence.Pooling.IncludePrompt },
-            EmbeddingPooling.Cls => PoolingModes.Cls,
-            _ => Sentence.Pooling,
-        },
-        Normalize = normalize ?? Sentence.Normalize,
-    };
+    public SentenceTransformer Resolve(EmbeddingPooling? pooling, bool? normalize) => Sentence.With(pooling, normalize);
 
     /// <summary>The text of a named prompt (null: the folder's default prompt, or none).</summary>
     public string PromptText(string? name)

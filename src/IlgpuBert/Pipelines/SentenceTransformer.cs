@@ -92,8 +92,24 @@ public sealed record SentenceTransformer
     public bool FromModules { get; init; }
 
     /// <summary>What the vector is, in one line (printed by the CLI).</summary>
-    public string Describe() => $"{Pooling} pooling{string.Concat(Dense.Select(d => $", Dense {d.In}→{d.Out} {d.Activation}"))}{(Normalize ? ", L2-normalised" : ", not normalised")}" +
-        (FromModules ? " (the folder's modules.json)" : " (no modules.json: mean pooling and L2 normalisation)");
+    public string Describe() => Summary + (FromModules ? " (the folder's modules.json)" : " (no modules.json: mean pooling and L2 normalisation)");
+
+    /// <summary>The pooling, Dense modules and normalisation, without where they came from.</summary>
+    public string Summary => $"{Pooling} pooling{string.Concat(Dense.Select(d => $", Dense {d.In}→{d.Out} {d.Activation}"))}{(Normalize ? ", L2-normalised" : ", not normalised")}";
+
+    /// <summary>This model with its pooling and normalisation overridden where given (mean keeps the folder's include_prompt).</summary>
+    public SentenceTransformer With(EmbeddingPooling? pooling, bool? normalize)
+    {
+        var modes = pooling switch
+        {
+            EmbeddingPooling.Mean => PoolingModes.Mean with { IncludePrompt = Pooling.IncludePrompt },
+            EmbeddingPooling.Cls => PoolingModes.Cls,
+            _ => Pooling,
+        };
+        if (Dense.Count > 0 && modes.Count != Pooling.Count)
+            throw new ArgumentException($"{modes} pooling gives {modes.Count} vector(s) per text where the model's {Pooling} gives {Pooling.Count}, and its Dense module takes {Dense[0].In} inputs");
+        return this with { Pooling = modes, Normalize = normalize ?? Normalize };
+    }
 
     /// <summary>The folder's modules.json, followed; or, without one, mean pooling and L2 normalisation over the folder itself.</summary>
     public static SentenceTransformer Read(string dir)
@@ -256,6 +272,75 @@ public sealed record SentenceTransformer
             throw new CheckpointException($"{path}: default_prompt_name \"{StrictJson.Short(defaultName)}\" is not one of the prompts");
         return (prompts, defaultName);
     }
+
+    /// <summary>The HF folder's files a sentence-transformers folder carries at its root (the Transformer module).</summary>
+    private static readonly string[] TransformerFiles =
+        [Model.BertFolder.ConfigFile, Model.BertFolder.WeightsFile, PyTorchCheckpoint.FileName, Model.BertFolder.VocabFile,
+         Text.TokenizerJson.FileName, "tokenizer_config.json", "special_tokens_map.json"];
+
+    /// <summary>
+    /// Writes this model as a sentence-transformers folder in <paramref name="dir"/>, laid out as
+    /// SentenceTransformer.save does: the Transformer's HF files at the root with sentence_bert_config.json,
+    /// modules.json, 1_Pooling/config.json, each Dense module as {n}_Dense/ (config.json, model.safetensors
+    /// with linear.weight and linear.bias), {n}_Normalize/, and config_sentence_transformers.json
+    /// (prompts, cosine similarity). Every file is written atomically; reading the folder back gives this model.
+    /// </summary>
+    public void Save(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        var config = Model.BertConfig.Read(Path.Combine(TransformerDir, Model.BertFolder.ConfigFile));
+        // The weights first (the large file), then what says "model": a full disk fails before modules.json exists.
+        foreach (var name in TransformerFiles)
+            if (File.Exists(Path.Combine(TransformerDir, name)) && !(name == PyTorchCheckpoint.FileName && File.Exists(Path.Combine(TransformerDir, Model.BertFolder.WeightsFile))))
+                Model.BertFolder.CopyInto(Path.Combine(TransformerDir, name), dir, name);
+        var modules = new JsonArray { Module(0, "", "Transformer") };
+        AtomicFile.WriteText(Path.Combine(dir, "sentence_bert_config.json"), new JsonObject
+        {
+            ["max_seq_length"] = MaxSeqLength > 0 ? MaxSeqLength : config.MaxPositionEmbeddings, ["do_lower_case"] = LowerCase,
+        }.ToJsonString(Indented));
+        Directory.CreateDirectory(Path.Combine(dir, "1_Pooling"));
+        AtomicFile.WriteText(Path.Combine(dir, "1_Pooling", "config.json"), new JsonObject
+        {
+            ["word_embedding_dimension"] = config.HiddenSize,
+            ["pooling_mode_cls_token"] = Pooling.ClsToken, ["pooling_mode_mean_tokens"] = Pooling.MeanTokens,
+            ["pooling_mode_max_tokens"] = Pooling.MaxTokens, ["pooling_mode_mean_sqrt_len_tokens"] = Pooling.MeanSqrtLenTokens,
+            ["pooling_mode_weightedmean_tokens"] = Pooling.WeightedMeanTokens, ["pooling_mode_lasttoken"] = Pooling.LastToken,
+            ["include_prompt"] = Pooling.IncludePrompt,
+        }.ToJsonString(Indented));
+        modules.Add(Module(1, "1_Pooling", "Pooling"));
+        foreach (var d in Dense)
+        {
+            string path = $"{modules.Count}_Dense", denseDir = Path.Combine(dir, path);
+            Directory.CreateDirectory(denseDir);
+            var tensors = new Dictionary<string, HostTensor> { ["linear.weight"] = new([d.Out, d.In], d.Weight) };
+            if (d.Bias is not null) tensors["linear.bias"] = new([d.Out], d.Bias);
+            SafeTensors.Write(Path.Combine(denseDir, Model.BertFolder.WeightsFile), tensors);
+            string activation = d.Activation == "Identity" ? "torch.nn.modules.linear.Identity" : $"torch.nn.modules.activation.{d.Activation}";
+            AtomicFile.WriteText(Path.Combine(denseDir, "config.json"), new JsonObject
+            {
+                ["in_features"] = d.In, ["out_features"] = d.Out, ["bias"] = d.Bias is not null, ["activation_function"] = activation,
+            }.ToJsonString(Indented));
+            modules.Add(Module(modules.Count, path, "Dense"));
+        }
+        if (Normalize)
+        {
+            string path = $"{modules.Count}_Normalize";
+            Directory.CreateDirectory(Path.Combine(dir, path));
+            modules.Add(Module(modules.Count, path, "Normalize"));
+        }
+        var prompts = new JsonObject();
+        foreach (var (name, text) in Prompts) prompts[name] = text;
+        AtomicFile.WriteText(Path.Combine(dir, "config_sentence_transformers.json"), new JsonObject
+        {
+            ["prompts"] = prompts, ["default_prompt_name"] = DefaultPromptName, ["similarity_fn_name"] = "cosine",
+        }.ToJsonString(Indented));
+        AtomicFile.WriteText(Path.Combine(dir, ModulesFile), modules.ToJsonString(Indented));
+    }
+
+    private static readonly System.Text.Json.JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    private static JsonObject Module(int idx, string path, string type) =>
+        new() { ["idx"] = idx, ["name"] = $"{idx}", ["path"] = path, ["type"] = $"sentence_transformers.models.{type}" };
 
     /// <summary>
     /// The sentence vector of row <paramref name="b"/> of a padded batch: pooling over
