@@ -11,6 +11,7 @@
 #:property Optimize=true
 using System.Diagnostics;
 using IlgpuBert.Checkpoints;
+using IlgpuBert.Interop;
 using IlgpuBert.Model;
 using IlgpuBert.Pipelines;
 using IlgpuBert.Runtime;

@@ -77,7 +77,7 @@ public class ReadmeExample
         Assert.Equal(Between(source, "// readme-pipeline-start", "// readme-pipeline-end"),
             Between(readme, "<!-- readme-pipeline-start -->", "<!-- readme-pipeline-end -->").Replace("```csharp", "").Replace("```", "").Trim());
         using var dir = new TempDir();
-        Checkpoints.OnnxImport.WriteFolder(Checkpoints.OnnxImport.Read(MiniLm.Onnx), dir.Path, MiniLm.Vocab, null);
+        Interop.OnnxImport.WriteFolder(Interop.OnnxImport.Read(MiniLm.Onnx), dir.Path, MiniLm.Vocab, null);
         string[] corpus = ["Opens a text file, reads all lines of the file, and then closes the file.", "Gets the number of elements in the list.",
             "Represents a point in two-dimensional space.", "Writes a string to the console."];
         var (similarity, hits) = RunPipeline(dir.Path, corpus);

@@ -5,6 +5,7 @@
 // back to the same model.
 using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
+using IlgpuBert.Interop;
 using IlgpuBert.FineTuning;
 using IlgpuBert.Model;
 using IlgpuBert.Pipelines;

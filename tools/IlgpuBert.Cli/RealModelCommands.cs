@@ -5,6 +5,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using IlgpuBert.Checkpoints;
+using IlgpuBert.Interop;
 using IlgpuBert.Pipelines;
 using IlgpuBert.Text;
 

@@ -17,6 +17,7 @@ using IlgpuBert.Checkpoints;
 using IlgpuBert.Model;
 using IlgpuBert.Pretraining;
 using IlgpuBert.Runtime;
+using IlgpuBert.Training;
 
 namespace IlgpuBert.Compression;
 
@@ -29,7 +30,7 @@ public sealed record HeadImportance(IReadOnlyList<IReadOnlyDictionary<int, doubl
 
 public static class Pruning
 {
-    public const string SparsityKey = "ilgpu_bert_sparsity";
+    public const string SparsityKey = MagnitudeMasks.SparsityKey;
 
     /// <summary>
     /// The gradient of the task loss w.r.t. a mask of ones on every head, |·| per batch, averaged
@@ -217,7 +218,7 @@ public static class Pruning
     }
 
     /// <summary>The encoder's Linear weights, the ones magnitude pruning thins.</summary>
-    public static IEnumerable<Var> MagnitudeTargets(BertModel bert) => bert.Layers.SelectMany(l => l.LinearWeights);
+    public static IEnumerable<Var> MagnitudeTargets(BertModel bert) => MagnitudeMasks.Targets(bert);
 
     /// <summary>
     /// Sets the fraction <paramref name="sparsity"/> of smallest-magnitude encoder Linear weights to
@@ -250,42 +251,5 @@ public static class Pruning
         extra[SparsityKey] = sparsity;
         pruned = config with { Extra = extra };
         return zeroed;
-    }
-}
-
-/// <summary>
-/// The masks of a magnitude-pruned model (its zero weights), re-applied after each optimizer step so
-/// pruned weights stay zero through fine-tuning (Gordon et al. 2020).
-/// </summary>
-public sealed class MagnitudeMasks : IDisposable
-{
-    private readonly List<(Var Weight, Tensor Mask)> masks = new();
-
-    private MagnitudeMasks(BertModel bert)
-    {
-        foreach (var w in Pruning.MagnitudeTargets(bert))
-        {
-            var mask = w.Value.ToHost().Select(v => v == 0f ? 0f : 1f).ToArray();
-            masks.Add((w, Tensor.FromHost(bert.Device, mask, mask.Length)));
-        }
-    }
-
-    /// <summary>The masks of a model whose config says it was magnitude-pruned; null otherwise.</summary>
-    public static MagnitudeMasks? For(BertModel bert, BertConfig config) =>
-        config.Extra[Pruning.SparsityKey]?.GetValue<double>() > 0 ? new MagnitudeMasks(bert) : null;
-
-    public long Zeros => masks.Sum(m => m.Mask.ToHost().LongCount(v => v == 0f));
-
-    /// <summary>w ← w ⊙ mask for every masked weight.</summary>
-    public void Apply()
-    {
-        foreach (var (w, mask) in masks)
-            w.Device.Kernels.Elementwise.ScaleBlocks(w.Value.View, mask.View, w.Value.View, 1, (int)w.Length, 1);
-    }
-
-    public void Dispose()
-    {
-        foreach (var (_, m) in masks) m.Dispose();
-        masks.Clear();
     }
 }

@@ -22,7 +22,6 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
-using IlgpuBert.Compression;
 using IlgpuBert.Distributed;
 using IlgpuBert.Kernels;
 using IlgpuBert.Model;
@@ -41,7 +40,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
 {
     private readonly ProcessGroup group = group ?? ProcessGroup.Single();
 
-    public const string EvalFile = "eval.json", MetricsFile = "metrics.csv";
+    public const string EvalFile = BertFolder.EvalFile, MetricsFile = "metrics.csv";
 
     /// <summary>Set from another thread (Ctrl-C): the loop saves the model after the current step and returns.</summary>
     public volatile bool StopRequested;

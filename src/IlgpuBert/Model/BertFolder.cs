@@ -8,7 +8,10 @@ namespace IlgpuBert.Model;
 
 public static class BertFolder
 {
-    public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", VocabFile = "vocab.txt";
+    public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", VocabFile = "vocab.txt", TokenizerFile = "tokenizer.json";
+
+    /// <summary>A fine-tuned folder's evaluation results (what tells it from a pretraining folder).</summary>
+    public const string EvalFile = "eval.json";
 
     /// <summary>Loads config and weights; messages about initialised or unused tensors go to <paramref name="log"/>.</summary>
     public static BertForPreTraining Load(BertDevice device, string dir, TextWriter? log = null) => Load(device, dir, log, out _);
@@ -89,11 +92,11 @@ public static class BertFolder
     /// </summary>
     public static void CopyVocabulary(string vocabSource, string dir)
     {
-        string json = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(vocabSource))!, Text.TokenizerJson.FileName);
+        string json = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(vocabSource))!, TokenizerFile);
         if (!File.Exists(vocabSource) && !File.Exists(json))
-            throw new CheckpointException($"{vocabSource}: no such file, and no {Text.TokenizerJson.FileName} beside it (the model's vocabulary)");
+            throw new CheckpointException($"{vocabSource}: no such file, and no {TokenizerFile} beside it (the model's vocabulary)");
         if (File.Exists(vocabSource)) CopyInto(vocabSource, dir, VocabFile);
-        if (File.Exists(json)) CopyInto(json, dir, Text.TokenizerJson.FileName);
+        if (File.Exists(json)) CopyInto(json, dir, TokenizerFile);
     }
 
     /// <summary>Copies a file into <paramref name="dir"/> as <paramref name="name"/> (atomically), unless it is already that file.</summary>

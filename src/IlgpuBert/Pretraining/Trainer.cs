@@ -77,7 +77,7 @@ public sealed class Trainer
         o.Validate();
         if (o.GradAccum % group.Size != 0)
             throw new ArgumentException($"--grad-accum {o.GradAccum} is not a multiple of the {group.Size} ranks (each rank runs grad-accum / ranks micro-batches per step)");
-        if (File.Exists(Path.Combine(outDir, FineTuning.FineTuner.EvalFile)))
+        if (File.Exists(Path.Combine(outDir, BertFolder.EvalFile)))
             throw new ArgumentException($"{outDir} holds a fine-tuned model (eval.json); pretraining would overwrite it: choose another --out");
         using var outputLock = group.IsRoot ? OutputLock.Acquire(outDir) : null;
         if (outputLock is { Leftovers.Count: > 0 } held)

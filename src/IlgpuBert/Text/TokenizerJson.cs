@@ -12,7 +12,7 @@ namespace IlgpuBert.Text;
 
 public static class TokenizerJson
 {
-    public const string FileName = "tokenizer.json";
+    public const string FileName = Model.BertFolder.TokenizerFile;
 
     private static readonly string[] Specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 

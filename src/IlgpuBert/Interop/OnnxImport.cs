@@ -13,11 +13,12 @@
 // be mapped is refused with the node or tensor that stopped it.
 using System.Text.Json.Nodes;
 using Google.Protobuf;
+using IlgpuBert.Checkpoints;
 using IlgpuBert.Model;
 using IlgpuBert.Text;
 using Onnx;
 
-namespace IlgpuBert.Checkpoints;
+namespace IlgpuBert.Interop;
 
 public sealed record OnnxImportResult(BertConfig Config, Dictionary<string, HostTensor> Tensors, string Architecture);
 

@@ -13,12 +13,13 @@
 // by their biases; the decoder stays tied to the word embeddings. Pruned heads export as the
 // smaller layers they are. Int8 models are refused.
 using Google.Protobuf;
+using IlgpuBert.Checkpoints;
 using IlgpuBert.FineTuning;
 using IlgpuBert.Model;
 using IlgpuBert.Runtime;
 using Onnx;
 
-namespace IlgpuBert.Checkpoints;
+namespace IlgpuBert.Interop;
 
 public sealed record OnnxExportResult(string Architecture, IReadOnlyList<string> Inputs, IReadOnlyList<string> Outputs);
 
