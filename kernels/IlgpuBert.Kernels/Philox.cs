@@ -116,7 +116,7 @@ public static class Philox
         w3 = Avx512F.PermuteVar8x64x2(b01, second, b23).AsUInt32();
     }
 
-    /// <summary><see cref="Uniform"/> of sixteen words at once (exactly: the top 24 bits fit a float).</summary>
+    /// <summary><see cref="Uniform(uint)"/> of sixteen words at once (exactly: the top 24 bits fit a float).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     public static Vector512<float> Uniform(Vector512<uint> bits) =>
         Vector512.ConvertToSingle((bits >>> 8).AsInt32()) * (1f / 16777216f);

@@ -3,6 +3,7 @@ using System.Diagnostics;
 namespace IlgpuBert.Tests;
 
 /// <summary>The CLI as a user installs it: dotnet pack, dotnet tool install into a folder, and the installed command runs.</summary>
+[Collection("Packages")]
 public class ToolPackageTests : IDisposable
 {
     private readonly TempDir dir = new();

@@ -169,7 +169,7 @@ public static unsafe class RegularFile
 /// <summary>
 /// JSON as every input file must be: valid UTF-8 and syntax, no key twice in one object (System.Text.Json
 /// would keep one or throw later, far from the file), no string with a lone surrogate; each failure is
-/// one line naming the file and the place in it. <paramref name="error"/> makes the exception a
+/// one line naming the file and the place in it. <c>error</c> makes the exception a
 /// caller's users expect (a checkpoint, data or argument error).
 /// </summary>
 public static class StrictJson

@@ -160,7 +160,7 @@ public sealed unsafe class MpiProcessGroup : ProcessGroup
 
     /// <summary>
     /// Streams the tensors, concatenated, through the host bucket: fill it from consecutive pieces,
-    /// run <paramref name="collective"/> on the filled part, copy the pieces back.
+    /// run <c>collective</c> on the filled part, copy the pieces back.
     /// </summary>
     private delegate void Collective(float* data, int count);
 

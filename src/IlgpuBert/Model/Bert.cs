@@ -104,7 +104,7 @@ public sealed class BertLayer
     public IEnumerable<Var> LinearWeights => [QkvWeight, AttentionOutputWeight, IntermediateWeight, OutputWeight];
 }
 
-/// <summary>A Linear layer y = act(x·Wᵀ + b): <see cref="Ops.Linear"/> or a replacement for it.</summary>
+/// <summary>A Linear layer y = act(x·Wᵀ + b): <see cref="Ops.Linear(Tape, Var, Var, Var?, ActivationKind?)"/> or a replacement for it.</summary>
 public delegate Var LinearLayer(Tape tape, Var x, Var weight, Var? bias, ActivationKind? activation);
 
 /// <summary>

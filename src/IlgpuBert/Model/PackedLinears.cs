@@ -10,7 +10,7 @@ namespace IlgpuBert.Model;
 /// Linear layers whose weights are packed on first use and reused (<see cref="GemmKernels.PackB"/>):
 /// pass <see cref="Hooks"/> to a forward. The packed copies are snapshots, so only code that owns a
 /// model it never trains again uses this (the pipelines, predict, compare). Where the GEMM reads B as
-/// it is (GPU kernels), layers run as <see cref="Ops.Linear"/> and nothing is kept.
+/// it is (GPU kernels), layers run as <see cref="Ops.Linear(Tape, Var, Var, Var?, ActivationKind?)"/> and nothing is kept.
 /// </summary>
 public sealed class PackedLinears
 {
