@@ -30,7 +30,7 @@ public class ReadmeExample
         using var device = BertDevice.Open(DeviceSpec.Parse("auto"));
         using var pipeline = BertPipeline.Load(device, modelDir);              // any model folder
         var vectors = pipeline.Embed(["How do I read a file?", "Reads all lines of a text file."]);
-        float similarity = BertPipeline.Cosine(vectors[0], vectors[1]);      // mean-pooled, L2-normalised
+        float similarity = BertPipeline.Cosine(vectors[0], vectors[1]);      // pooled as the folder says (modules.json), else mean + L2
         var hits = pipeline.Search("read a file", corpus, topK: 3);           // corpus: a list of texts
         // readme-pipeline-end
         return (similarity, hits);

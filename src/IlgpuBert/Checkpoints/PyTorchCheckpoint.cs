@@ -17,8 +17,10 @@ using System.Text;
 
 namespace IlgpuBert.Checkpoints;
 
+/// <summary>Reads a state dict saved by torch.save, running nothing the file names.</summary>
 public static class PyTorchCheckpoint
 {
+    /// <summary>The name HF gives the file.</summary>
     public const string FileName = "pytorch_model.bin";
 
     /// <summary>The globals a state dict's pickle may name; everything else is refused.</summary>
@@ -30,6 +32,7 @@ public static class PyTorchCheckpoint
 
     private const long MaxEntryBytes = int.MaxValue;
 
+    /// <summary>The tensors of the state dict in <paramref name="path"/> by name, as FP32 (their stored dtype recorded); a malformed or unsafe file throws <see cref="CheckpointException"/>.</summary>
     public static Dictionary<string, HostTensor> Read(string path)
     {
         RegularFile.Require(path, "a PyTorch checkpoint");

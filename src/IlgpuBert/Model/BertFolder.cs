@@ -6,8 +6,10 @@ using IlgpuBert.Runtime;
 
 namespace IlgpuBert.Model;
 
+/// <summary>An HF model folder: its file names, and loading and saving a model in it.</summary>
 public static class BertFolder
 {
+    /// <summary>The file names of an HF folder: the config, the weights, the WordPiece vocabulary, HF tokenizers' file.</summary>
     public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", VocabFile = "vocab.txt", TokenizerFile = "tokenizer.json";
 
     /// <summary>A fine-tuned folder's evaluation results (what tells it from a pretraining folder).</summary>

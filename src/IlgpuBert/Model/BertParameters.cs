@@ -146,10 +146,7 @@ public sealed class BertParameters : IDisposable
     /// <param name="take">When given, only the file's tensors whose (normalised) names it accepts are used (two-stage fine-tuning keeps the encoder, not the head).</param>
     public (List<string> Initialized, List<string> Unused) Load(string path, int seedForMissingHeads = 0, Func<string, bool>? take = null)
     {
-        var file = SafeTensors.Read(path);
-        if (file.FirstOrDefault(kv => kv.Value.Dtype == "I8") is { Key: { } int8 })
-            throw new CheckpointException($"{path}: tensor {int8} is int8 (a quantized model); quantized models run inference only (evaluate, predict, compare)");
-        return Load(file, path, seedForMissingHeads, take);
+        return Load(SafeTensors.Read(path), path, seedForMissingHeads, take);
     }
 
     /// <summary>The encoder layer a tensor belongs to ("bert.encoder.layer.N."), or −1.</summary>
@@ -173,6 +170,8 @@ public sealed class BertParameters : IDisposable
     /// <summary>Loads tensors already read (<paramref name="path"/> names them in messages).</summary>
     public (List<string> Initialized, List<string> Unused) Load(Dictionary<string, HostTensor> file, string path, int seedForMissingHeads = 0, Func<string, bool>? take = null)
     {
+        if (file.FirstOrDefault(kv => kv.Value.Dtype == "I8") is { Key: { } int8 })
+            throw new CheckpointException($"{path}: tensor {int8} is int8 (a quantized model); quantized models run inference only (evaluate, predict, compare)");
         bool bare = !file.Keys.Any(k => k.StartsWith("bert.", StringComparison.Ordinal))
             && file.Keys.Any(k => k.StartsWith("embeddings.", StringComparison.Ordinal) || k.StartsWith("encoder.", StringComparison.Ordinal));
         var tensors = new Dictionary<string, HostTensor>(StringComparer.Ordinal);

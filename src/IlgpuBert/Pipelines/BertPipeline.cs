@@ -14,7 +14,14 @@ using IlgpuBert.Text;
 
 namespace IlgpuBert.Pipelines;
 
-public enum EmbeddingPooling { Mean, Cls }
+/// <summary>A pooling that overrides a folder's own: the mean over the attention mask, or the [CLS] vector.</summary>
+public enum EmbeddingPooling
+{
+    /// <summary>The mean of the token vectors where the attention mask is 1.</summary>
+    Mean,
+    /// <summary>The first token's ([CLS]) vector.</summary>
+    Cls,
+}
 
 /// <summary>A candidate for the [MASK]: the token, its probability and the text with it filled in.</summary>
 public sealed record FillMaskCandidate(int TokenId, string Token, float Probability, string Sequence);
@@ -25,6 +32,10 @@ public sealed record SearchHit(int Index, float Score);
 /// <summary>A fine-tuned classifier's answer for one text.</summary>
 public sealed record Classification(string Label, float Probability);
 
+/// <summary>
+/// A model folder ready to use: sentence embeddings and search (as the folder's modules.json says),
+/// fill-mask on a pretraining folder, classification on a fine-tuned one. Load with <see cref="Load"/>.
+/// </summary>
 public sealed class BertPipeline : IDisposable
 {
     private readonly BertForPreTraining? pretraining;
@@ -43,10 +54,13 @@ public sealed class BertPipeline : IDisposable
         this.hasMlmHead = hasMlmHead;
     }
 
+    /// <summary>The folder's tokenizer (vocab.txt or tokenizer.json).</summary>
     public BertTextEncoder Encoder { get; }
 
     /// <summary>How <see cref="Embed"/> makes a sentence vector by default: the folder's modules.json, or mean pooling and L2 normalisation.</summary>
     public SentenceTransformer Sentence { get; }
+
+    /// <summary>The model's config.json.</summary>
     public BertConfig Config => pretraining?.Config ?? task!.Config;
     private BertModel Body => pretraining?.Bert ?? task!.Bert;
 
@@ -123,6 +137,7 @@ public sealed class BertPipeline : IDisposable
                 : $"no prompt \"{name}\" in {dir} (it has {string.Join(", ", Sentence.Prompts.Keys)})");
     }
 
+    /// <summary>The cosine similarity of two vectors (0 when either is all zeros).</summary>
     public static float Cosine(float[] a, float[] b)
     {
         if (a.Length != b.Length) throw new ArgumentException($"vectors of {a.Length} and {b.Length} dimensions");
@@ -188,6 +203,7 @@ public sealed class BertPipeline : IDisposable
         return Predictor.Predict(task, featurizer, features, batchSize, linears.Hooks).Select(p => new Classification(task.Task.Labels[p.Label], p.Probability)).ToList();
     }
 
+    /// <summary>Frees the model's device memory.</summary>
     public void Dispose()
     {
         pretraining?.Dispose();

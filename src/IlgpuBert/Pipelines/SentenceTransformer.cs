@@ -16,19 +16,28 @@ namespace IlgpuBert.Pipelines;
 /// <summary>sentence_transformers.models.Pooling's modes; the vector is the concatenation of the enabled ones in this order.</summary>
 public sealed record PoolingModes
 {
+    /// <summary>pooling_mode_cls_token: the [CLS] vector.</summary>
     public bool ClsToken { get; init; }
+    /// <summary>pooling_mode_max_tokens: the element-wise maximum over the tokens.</summary>
     public bool MaxTokens { get; init; }
+    /// <summary>pooling_mode_mean_tokens: the mean over the tokens.</summary>
     public bool MeanTokens { get; init; }
+    /// <summary>pooling_mode_mean_sqrt_len_tokens: the sum over the tokens divided by √count.</summary>
     public bool MeanSqrtLenTokens { get; init; }
+    /// <summary>pooling_mode_weightedmean_tokens: the mean with position i (from 1) weighing i.</summary>
     public bool WeightedMeanTokens { get; init; }
+    /// <summary>pooling_mode_lasttoken: the last token's vector.</summary>
     public bool LastToken { get; init; }
 
     /// <summary>false: the prompt's tokens (and [CLS]) are left out of the pooling, as sentence-transformers' include_prompt = false.</summary>
     public bool IncludePrompt { get; init; } = true;
 
+    /// <summary>Mean pooling alone.</summary>
     public static readonly PoolingModes Mean = new() { MeanTokens = true };
+    /// <summary>[CLS] pooling alone.</summary>
     public static readonly PoolingModes Cls = new() { ClsToken = true };
 
+    /// <summary>How many modes are on (the pooled vector is this many times the hidden size).</summary>
     public int Count => (ClsToken ? 1 : 0) + (MaxTokens ? 1 : 0) + (MeanTokens ? 1 : 0) + (MeanSqrtLenTokens ? 1 : 0) + (WeightedMeanTokens ? 1 : 0) + (LastToken ? 1 : 0);
 
     /// <summary>The modes as sentence-transformers names them (cls, max, mean, mean_sqrt_len, weightedmean, lasttoken), joined with '+'.</summary>
@@ -45,6 +54,7 @@ public sealed record DenseModule(int In, int Out, float[] Weight, float[]? Bias,
     /// <summary>The activations sentence-transformers writes as activation_function (torch.nn module paths), by their last name.</summary>
     public static readonly string[] Activations = ["Identity", "Tanh", "ReLU", "Sigmoid"];
 
+    /// <summary>activation(W·x + b).</summary>
     public float[] Apply(float[] x)
     {
         if (x.Length != In) throw new ArgumentException($"the Dense module takes {In} inputs, got a {x.Length}-dimensional vector");
@@ -69,6 +79,7 @@ public sealed record DenseModule(int In, int Out, float[] Weight, float[]? Bias,
 /// <summary>How a model folder turns hidden states into one sentence vector.</summary>
 public sealed record SentenceTransformer
 {
+    /// <summary>The file that makes a folder a sentence-transformers model.</summary>
     public const string ModulesFile = "modules.json";
 
     /// <summary>The HF model folder the Transformer module reads (the folder itself for most models).</summary>
@@ -80,12 +91,16 @@ public sealed record SentenceTransformer
     /// <summary>sentence_bert_config.json's do_lower_case: texts are lower-cased before the tokenizer sees them.</summary>
     public bool LowerCase { get; init; }
 
+    /// <summary>The Pooling module's modes.</summary>
     public PoolingModes Pooling { get; init; } = PoolingModes.Mean;
+    /// <summary>The Dense modules after the pooling, in order.</summary>
     public IReadOnlyList<DenseModule> Dense { get; init; } = [];
+    /// <summary>Whether a Normalize module (L2) ends the model.</summary>
     public bool Normalize { get; init; } = true;
 
     /// <summary>config_sentence_transformers.json's prompts (name → text prepended to every input) and default_prompt_name.</summary>
     public IReadOnlyDictionary<string, string> Prompts { get; init; } = new Dictionary<string, string>();
+    /// <summary>The prompt used when none is asked for (null: none).</summary>
     public string? DefaultPromptName { get; init; }
 
     /// <summary>True when the folder had modules.json (false: IlgpuBert's rule for plain HF folders).</summary>

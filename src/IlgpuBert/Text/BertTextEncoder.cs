@@ -11,6 +11,7 @@ using IlgpuBert.Model;
 
 namespace IlgpuBert.Text;
 
+/// <summary>HF's BertTokenizerFast exactly: BertNormalizer, BertPreTokenizer, WordPiece, [CLS] A [SEP] B [SEP], with offsets.</summary>
 public sealed class BertTextEncoder
 {
     /// <summary>Changes whenever tokenization changes, so caches keyed by it (pretraining shards) are rebuilt.</summary>
@@ -36,12 +37,19 @@ public sealed class BertTextEncoder
     /// <summary>Tokens in the vocabulary (ids run from 0 to this − 1).</summary>
     public int VocabSize => wordPiece.Tokens.Count;
 
+    /// <summary>The id of [CLS].</summary>
     public int ClsId { get; }
+    /// <summary>The id of [SEP].</summary>
     public int SepId { get; }
+    /// <summary>The id of [PAD].</summary>
     public int PadId { get; }
+    /// <summary>The id of [MASK].</summary>
     public int MaskId { get; }
+    /// <summary>The id of [UNK].</summary>
     public int UnknownId { get; }
+    /// <summary>How text is cleaned, lower-cased and split before WordPiece.</summary>
     public BertNormalizer Normalizer { get; }
+    /// <summary>The tokens, by id.</summary>
     public IReadOnlyList<string> Vocabulary => wordPiece.Tokens;
 
     /// <summary>
@@ -90,8 +98,10 @@ public sealed class BertTextEncoder
         return encoder;
     }
 
+    /// <summary>From a vocab.txt, lower-cased (and accents stripped) or not.</summary>
     public static BertTextEncoder FromVocab(string vocabPath, bool lowerCase = true) => FromVocab(vocabPath, new BertNormalizer(lowerCase));
 
+    /// <summary>From a vocab.txt with the given normaliser.</summary>
     public static BertTextEncoder FromVocab(string vocabPath, BertNormalizer normalizer)
     {
         var vocabulary = WordPiece.ReadVocabulary(vocabPath); // its own errors name the file

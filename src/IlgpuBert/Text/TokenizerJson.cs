@@ -10,8 +10,10 @@ using IlgpuBert.Checkpoints;
 
 namespace IlgpuBert.Text;
 
+/// <summary>Reads HF tokenizers' tokenizer.json when it describes BERT's tokenizer; refuses any other.</summary>
 public static class TokenizerJson
 {
+    /// <summary>tokenizer.json.</summary>
     public const string FileName = Model.BertFolder.TokenizerFile;
 
     private static readonly string[] Specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
