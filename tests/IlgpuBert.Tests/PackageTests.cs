@@ -21,7 +21,8 @@ public class PackageTests : IDisposable
 
     public void Dispose() => dir.Dispose();
 
-    private static (int Code, string Out) Run(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? env = null, string? workingDirectory = null)
+    /// <summary>Runs a program to its end (8 minutes at most): exit code, stdout then stderr.</summary>
+    internal static (int Code, string Out) Run(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? env = null, string? workingDirectory = null)
     {
         var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = workingDirectory ?? "" };
         foreach (var a in args) start.ArgumentList.Add(a);

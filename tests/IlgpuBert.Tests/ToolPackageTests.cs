@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace IlgpuBert.Tests;
 
 /// <summary>The CLI as a user installs it: dotnet pack, dotnet tool install into a folder, and the installed command runs.</summary>
@@ -10,22 +8,7 @@ public class ToolPackageTests : IDisposable
 
     public void Dispose() => dir.Dispose();
 
-    private static (int Code, string Out) Run(string file, params string[] args)
-    {
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args) start.ArgumentList.Add(a);
-        start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
-        start.Environment["DOTNET_NOLOGO"] = "1";
-        using var p = Process.Start(start)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(5)))
-        {
-            p.Kill(entireProcessTree: true);
-            Assert.Fail($"{file} {string.Join(' ', args)} did not finish within 5 minutes");
-        }
-        return (p.ExitCode, stdout.Result + stderr.Result);
-    }
+    private static (int Code, string Out) Run(string file, params string[] args) => PackageTests.Run(file, args);
 
     [Fact]
     public void The_tool_packs_installs_and_runs()

@@ -16,18 +16,27 @@ public sealed record FineTuneOptions
     public string? Model { get; init; }
     /// <summary>Two-stage fine-tuning: a model fine-tuned on an intermediate task; its encoder is kept, the head is new.</summary>
     public string? InitFrom { get; init; }
+    /// <summary>The task: classification, pair classification, regression, token classification or question answering.</summary>
     public TaskKind Task { get; init; } = TaskKind.Classification;
     /// <summary>Training and evaluation files; with no Train, the embedded default task.</summary>
     public string? Train { get; init; }
+    /// <summary>The held-out file scored after each epoch (eval.json); none: no evaluation.</summary>
     public string? Eval { get; init; }
+    /// <summary>Which columns of the training file hold the text, pair and label.</summary>
     public ColumnSpec Columns { get; init; } = new();
+    /// <summary>Passes over the training data.</summary>
     public int Epochs { get; init; } = 3;
     /// <summary>Peak learning rate; null picks <see cref="DefaultLearningRate"/> for the model's width.</summary>
     public float? LearningRate { get; init; }
+    /// <summary>Examples per optimizer step (over all ranks).</summary>
     public int BatchSize { get; init; } = 32;
+    /// <summary>Tokens per example, [CLS] and [SEP] included.</summary>
     public int MaxLength { get; init; } = 128;
+    /// <summary>The seed of the head's initialisation, the shuffling and dropout.</summary>
     public int Seed { get; init; } = 42;
+    /// <summary>The share of steps over which the learning rate rises linearly from 0.</summary>
     public double WarmupRatio { get; init; } = 0.1;
+    /// <summary>AdamW's decoupled weight decay (not on biases and LayerNorm).</summary>
     public double WeightDecay { get; init; } = 0.01;
     /// <summary>What the head reads; null: mean for sequence-level tasks, each token's last layer (cls) for per-token ones.</summary>
     public Pooling? Pooling { get; init; }
@@ -36,14 +45,21 @@ public sealed record FineTuneOptions
     public Pooling HeadPooling => Pooling ?? (TaskSpec.SequenceLevel(Task) ? IlgpuBert.Model.Pooling.Mean : IlgpuBert.Model.Pooling.Cls);
 
     // FreeLB (Zhu et al. 2020): K ascent steps on the embedding output inside an L2 ball of radius ε.
+    /// <summary>FreeLB (Zhu et al. 2020): adversarial ascent steps per batch on the embeddings; 0: off.</summary>
     public int FreeLbSteps { get; init; }
+    /// <summary>FreeLB: the bound on the perturbation's norm.</summary>
     public float FreeLbEps { get; init; } = 0.3f;
+    /// <summary>FreeLB: the ascent step size.</summary>
     public float FreeLbLr { get; init; } = 0.1f;
 
     // SMART (Jiang et al. 2020): λ·symmetric KL between clean and adversarially perturbed predictions.
+    /// <summary>SMART (Jiang et al. 2020): the weight of the smoothness regulariser; 0: off.</summary>
     public float SmartWeight { get; init; }
+    /// <summary>SMART: the bound on the perturbation.</summary>
     public float SmartEps { get; init; } = 1e-3f;
+    /// <summary>SMART: the ascent step size.</summary>
     public float SmartStep { get; init; } = 1e-3f;
+    /// <summary>SMART: the initial noise's standard deviation.</summary>
     public float SmartNoise { get; init; } = 1e-5f;
 
     /// <summary>Mixout (Lee et al. 2020) probability for the encoder's Linear weights.</summary>
@@ -51,6 +67,7 @@ public sealed record FineTuneOptions
 
     /// <summary>Freeze the embeddings / the lowest N encoder layers.</summary>
     public bool FreezeEmbeddings { get; init; }
+    /// <summary>Encoder layers, from the bottom, kept frozen.</summary>
     public int FreezeLayers { get; init; }
 
     /// <summary>Layer-wise learning-rate decay ξ (Sun et al. 2019): the head gets lr, each layer below ξ times the one above.</summary>
@@ -63,6 +80,7 @@ public sealed record FineTuneOptions
     /// </summary>
     public static float DefaultLearningRate(int hiddenSize) => (float)Math.Round(5e-5 * Math.Pow(768.0 / hiddenSize, 1.5), 6);
 
+    /// <summary>Throws an ArgumentException naming the first option that is out of range.</summary>
     public void Validate()
     {
         void Positive(string flag, double v) { if (!(v > 0 && double.IsFinite(v))) throw new ArgumentException($"{flag} must be a positive number, got {v}"); }

@@ -8,20 +8,34 @@ using IlgpuBert.Kernels;
 
 namespace IlgpuBert.Model;
 
+/// <summary>A BERT's hyperparameters as HF's config.json holds them (unknown keys kept in <see cref="Extra"/>).</summary>
 public sealed record BertConfig
 {
+    /// <summary>vocab_size: rows of the word-embedding table.</summary>
     public int VocabSize { get; init; } = 30522;
+    /// <summary>hidden_size: the width of every layer.</summary>
     public int HiddenSize { get; init; } = 768;
+    /// <summary>num_hidden_layers: encoder layers.</summary>
     public int NumHiddenLayers { get; init; } = 12;
+    /// <summary>num_attention_heads: heads per layer (hidden_size must divide by it).</summary>
     public int NumAttentionHeads { get; init; } = 12;
+    /// <summary>intermediate_size: the feed-forward width.</summary>
     public int IntermediateSize { get; init; } = 3072;
+    /// <summary>hidden_act: gelu, gelu_new, gelu_pytorch_tanh or relu.</summary>
     public string HiddenAct { get; init; } = "gelu";
+    /// <summary>hidden_dropout_prob: dropout after embeddings, attention output and feed-forward.</summary>
     public float HiddenDropoutProb { get; init; } = 0.1f;
+    /// <summary>attention_probs_dropout_prob: dropout on the attention probabilities.</summary>
     public float AttentionProbsDropoutProb { get; init; } = 0.1f;
+    /// <summary>max_position_embeddings: the longest sequence, in tokens.</summary>
     public int MaxPositionEmbeddings { get; init; } = 512;
+    /// <summary>type_vocab_size: token type (segment) ids.</summary>
     public int TypeVocabSize { get; init; } = 2;
+    /// <summary>initializer_range: the standard deviation of the truncated-normal initialisation.</summary>
     public float InitializerRange { get; init; } = 0.02f;
+    /// <summary>layer_norm_eps: the ε of every LayerNorm.</summary>
     public float LayerNormEps { get; init; } = 1e-12f;
+    /// <summary>pad_token_id: the id of [PAD].</summary>
     public int PadTokenId { get; init; }
 
     /// <summary>
@@ -48,6 +62,7 @@ public sealed record BertConfig
     /// <summary>Every other key of config.json, untouched.</summary>
     public JsonObject Extra { get; init; } = new();
 
+    /// <summary>hidden_size / num_attention_heads.</summary>
     public int HeadDim => HiddenSize / NumAttentionHeads;
 
     /// <summary>
@@ -88,6 +103,7 @@ public sealed record BertConfig
         else extra.Remove("pruned_heads");
         return (this with { Extra = extra }).Validate();
     }
+    /// <summary>hidden_act as the kernels' activation.</summary>
     public ActivationKind Activation => ActivationKernels.Parse(HiddenAct);
 
     private static readonly string[] Known =
@@ -179,6 +195,7 @@ public sealed record BertConfig
         return this;
     }
 
+    /// <summary>Parses config.json's text; <paramref name="source"/> names the file in errors.</summary>
     public static BertConfig Parse(string json, string source = "config.json")
     {
         var obj = StrictJson.Parse(json, source) as JsonObject ?? throw new CheckpointException($"{source}: not a JSON object");
@@ -224,12 +241,14 @@ public sealed record BertConfig
             : throw new CheckpointException($"{source}: ilgpu_bert_aux_heads must be a list of head names"))];
     }
 
+    /// <summary>Reads config.json.</summary>
     public static BertConfig Read(string path)
     {
         if (!File.Exists(path)) throw new CheckpointException($"{path}: no such file (a model folder needs config.json)");
         return Parse(BoundedFile.ReadAllText(path, BoundedFile.ConfigBytes, "config.json"), path);
     }
 
+    /// <summary>The config as config.json's JSON (HF's keys, then the kept extra keys).</summary>
     public string ToJson()
     {
         var obj = new JsonObject();
@@ -254,5 +273,6 @@ public sealed record BertConfig
         return obj.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 
+    /// <summary>Writes config.json atomically.</summary>
     public void Write(string path) => AtomicFile.WriteText(path, ToJson() + "\n");
 }

@@ -16,6 +16,7 @@ namespace IlgpuBert.Runtime;
 public sealed record DeviceInfo(string Spec, DeviceKind Kind, string Name, long MemoryBytes, int WarpSize,
     int MaxGroupSize, int Multiprocessors, string? ComputeCapability, bool IsAutoChoice);
 
+/// <summary>One ILGPU accelerator (CUDA, OpenCL or the CPU) with its kernels and buffer pool; open with <see cref="Open"/>.</summary>
 public sealed class BertDevice : IDisposable
 {
     private BertDevice(Context context, Accelerator accelerator, string spec, KernelSet? kernels = null)
@@ -27,16 +28,22 @@ public sealed class BertDevice : IDisposable
         Pool = new BufferPool(accelerator);
     }
 
+    /// <summary>The ILGPU context the accelerator belongs to.</summary>
     public Context Context { get; }
+    /// <summary>The ILGPU accelerator everything runs on.</summary>
     public Accelerator Accelerator { get; }
+    /// <summary>Every kernel family, compiled for this accelerator.</summary>
     public KernelSet Kernels { get; }
+    /// <summary>The device memory pool tensors draw from.</summary>
     public BufferPool Pool { get; }
 
     /// <summary>The concrete device chosen, e.g. "cuda:0" or "cpu:0".</summary>
     public string Spec { get; }
 
+    /// <summary>Which kind of accelerator this is.</summary>
     public DeviceKind Kind => KindOf(Accelerator.AcceleratorType);
 
+    /// <summary>The accelerator's name as ILGPU reports it.</summary>
     public string Name => Accelerator.Name;
 
     /// <summary>Opens the device the spec names; throws <see cref="DeviceException"/> when it is absent.</summary>
@@ -160,6 +167,7 @@ public sealed class BertDevice : IDisposable
         _ => DeviceKind.Cpu,
     };
 
+    /// <summary>Frees the pooled buffers, the accelerator and its context.</summary>
     public void Dispose()
     {
         // Buffers, then the accelerator, then the context (ILGPU-NOTES.md).

@@ -17,6 +17,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuBert.Runtime;
 
+/// <summary>Device buffers by size, reused instead of allocated each step (allocation is slow on GPUs).</summary>
 public sealed class BufferPool : IDisposable
 {
     private readonly Accelerator accelerator;
@@ -36,6 +37,7 @@ public sealed class BufferPool : IDisposable
     /// </summary>
     public long Budget { get; set; }
 
+    /// <summary>How much memory the pool may keep for reuse on this accelerator.</summary>
     public static long DefaultBudget(Accelerator accelerator) => accelerator.AcceleratorType == AcceleratorType.CPU
         ? (long)(GC.GetGCMemoryInfo().TotalAvailableMemoryBytes * 0.75)
         : (long)(accelerator.MemorySize * 0.95);
@@ -137,6 +139,7 @@ public sealed class BufferPool : IDisposable
         }
     }
 
+    /// <summary>Zeroes the hit, miss and peak counters.</summary>
     public void ResetStatistics()
     {
         lock (gate)
@@ -146,6 +149,7 @@ public sealed class BufferPool : IDisposable
         }
     }
 
+    /// <summary>Frees every pooled buffer.</summary>
     public void Dispose()
     {
         lock (gate)
@@ -170,11 +174,14 @@ public sealed class PooledBuffer : IDisposable
         Length = length;
     }
 
+    /// <summary>Elements in the buffer.</summary>
     public long Length { get; }
 
+    /// <summary>The buffer's device memory.</summary>
     public ArrayView<float> View =>
         (buffer ?? throw new ObjectDisposedException(nameof(PooledBuffer))).View.SubView(0, Length);
 
+    /// <summary>Returns the buffer to its pool.</summary>
     public void Dispose()
     {
         var b = Interlocked.Exchange(ref buffer, null);

@@ -1,6 +1,17 @@
 namespace IlgpuBert.Runtime;
 
-public enum DeviceKind { Auto, Cuda, OpenCL, Cpu }
+/// <summary>The kinds of accelerator ILGPU offers.</summary>
+public enum DeviceKind
+{
+    /// <summary>The first that works: CUDA, then OpenCL, then the CPU.</summary>
+    Auto,
+    /// <summary>An NVIDIA GPU through CUDA.</summary>
+    Cuda,
+    /// <summary>An OpenCL 2.0 device (AMD and Intel GPUs; PoCL on CPUs).</summary>
+    OpenCL,
+    /// <summary>ILGPU's CPU accelerator (hot ops as host SIMD code).</summary>
+    Cpu,
+}
 
 /// <summary>
 /// What the user asked for with <c>--device auto|cuda|opencl|cpu[:N]</c> or ILGPU_BERT_DEVICE.
@@ -8,10 +19,13 @@ public enum DeviceKind { Auto, Cuda, OpenCL, Cpu }
 /// </summary>
 public readonly record struct DeviceSpec(DeviceKind Kind, int? Index)
 {
+    /// <summary>The environment variable that sets the default device.</summary>
     public const string EnvironmentVariable = "ILGPU_BERT_DEVICE";
 
+    /// <summary>The first device auto finds (CUDA, then OpenCL, then the CPU).</summary>
     public static DeviceSpec Auto => new(DeviceKind.Auto, null);
 
+    /// <summary>Parses auto, cuda, opencl or cpu, each optionally :N; null or blank means auto.</summary>
     public static DeviceSpec Parse(string? text)
     {
         if (string.IsNullOrWhiteSpace(text))
@@ -40,6 +54,7 @@ public readonly record struct DeviceSpec(DeviceKind Kind, int? Index)
     /// <summary>The spec from ILGPU_BERT_DEVICE, or auto when it is unset.</summary>
     public static DeviceSpec FromEnvironment() => Parse(Environment.GetEnvironmentVariable(EnvironmentVariable));
 
+    /// <summary>The spec as --device takes it.</summary>
     public override string ToString() =>
         (Kind == DeviceKind.OpenCL ? "opencl" : Kind.ToString().ToLowerInvariant()) + (Index is { } i ? $":{i}" : "");
 }

@@ -12,6 +12,7 @@ public sealed class Int8Tensor : IDisposable
 {
     private readonly PooledBuffer buffer;
 
+    /// <summary>An uninitialised int8 tensor of the given shape, from the device's pool.</summary>
     public Int8Tensor(BertDevice device, params int[] shape)
     {
         Device = device;
@@ -20,14 +21,19 @@ public sealed class Int8Tensor : IDisposable
         buffer = device.Pool.Rent(Math.Max(1, (Length + 3) / 4));
     }
 
+    /// <summary>The device the data lives on.</summary>
     public BertDevice Device { get; }
+    /// <summary>The shape, row-major.</summary>
     public int[] Shape { get; }
+    /// <summary>Elements in the tensor.</summary>
     public long Length { get; }
+    /// <summary>The device memory.</summary>
     public ArrayView<sbyte> View => buffer.View.Cast<sbyte>().SubView(0, Length);
 
     /// <summary>A [N, K] weight packed for the CPU's int8 kernel, made on first use (weights are not written after upload).</summary>
     internal PackedInt8Weight? HostPacked { get; set; }
 
+    /// <summary>A tensor holding a copy of host data.</summary>
     public static Int8Tensor FromHost(BertDevice device, sbyte[] data, params int[] shape)
     {
         var t = new Int8Tensor(device, shape);
@@ -40,6 +46,7 @@ public sealed class Int8Tensor : IDisposable
         return t;
     }
 
+    /// <summary>A host copy of the data.</summary>
     public sbyte[] ToHost()
     {
         var result = new sbyte[Length];
@@ -48,5 +55,6 @@ public sealed class Int8Tensor : IDisposable
         return result;
     }
 
+    /// <summary>Returns the memory to the pool.</summary>
     public void Dispose() => buffer.Dispose();
 }

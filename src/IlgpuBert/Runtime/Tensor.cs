@@ -8,6 +8,7 @@ public sealed class Tensor : IDisposable
 {
     private readonly PooledBuffer buffer;
 
+    /// <summary>An uninitialised FP32 tensor of the given shape, from the device's pool.</summary>
     public Tensor(BertDevice device, params int[] shape)
     {
         Device = device;
@@ -21,11 +22,16 @@ public sealed class Tensor : IDisposable
         buffer = device.Pool.Rent(n);
     }
 
+    /// <summary>The device the data lives on.</summary>
     public BertDevice Device { get; }
+    /// <summary>The shape, row-major.</summary>
     public int[] Shape { get; }
+    /// <summary>Elements in the tensor.</summary>
     public long Length => buffer.Length;
+    /// <summary>The device memory.</summary>
     public ArrayView<float> View => buffer.View;
 
+    /// <summary>A tensor holding a copy of host data.</summary>
     public static Tensor FromHost(BertDevice device, ReadOnlySpan<float> data, params int[] shape)
     {
         var t = new Tensor(device, shape);
@@ -38,8 +44,10 @@ public sealed class Tensor : IDisposable
         return t;
     }
 
+    /// <summary>Overwrites the data with a host copy of the same length.</summary>
     public void CopyFrom(ReadOnlySpan<float> data) => View.CopyFromCPU(Device.Accelerator.DefaultStream, data);
 
+    /// <summary>A host copy of the data.</summary>
     public float[] ToHost()
     {
         var result = new float[Length];
@@ -48,5 +56,6 @@ public sealed class Tensor : IDisposable
         return result;
     }
 
+    /// <summary>Returns the memory to the pool.</summary>
     public void Dispose() => buffer.Dispose();
 }
