@@ -254,7 +254,7 @@ public sealed record SentenceTransformer
         string activation = activationPath.Split('.')[^1];
         if (!activationPath.StartsWith("torch.nn.", StringComparison.Ordinal) || !DenseModule.Activations.Contains(activation))
             throw new CheckpointException($"{configPath}: activation_function {activationPath} is not supported ({string.Join(", ", DenseModule.Activations)})");
-        var tensors = ReadWeights(moduleDir);
+        var tensors = Model.BertFolder.ReadWeights(moduleDir); // model.safetensors, else pytorch_model.bin
         float[] Take(string key, int[] shape)
         {
             if (!tensors.TryGetValue(key, out var t)) throw new CheckpointException($"{moduleDir}: the Dense weights have no {key}");
@@ -262,16 +262,6 @@ public sealed record SentenceTransformer
             return t.Data;
         }
         return new DenseModule(n, m, Take("linear.weight", [m, n]), bias ? Take("linear.bias", [m]) : null, activation);
-    }
-
-    /// <summary>A module folder's model.safetensors, else its pytorch_model.bin.</summary>
-    private static Dictionary<string, HostTensor> ReadWeights(string moduleDir)
-    {
-        string safetensors = Path.Combine(moduleDir, Model.BertFolder.WeightsFile);
-        if (File.Exists(safetensors)) return SafeTensors.Read(safetensors);
-        string pickle = Path.Combine(moduleDir, PyTorchCheckpoint.FileName);
-        if (File.Exists(pickle)) return PyTorchCheckpoint.Read(pickle);
-        throw new CheckpointException($"{moduleDir}: no {Model.BertFolder.WeightsFile} or {PyTorchCheckpoint.FileName}");
     }
 
     private static (Dictionary<string, string>, string?) ReadPrompts(string path)
