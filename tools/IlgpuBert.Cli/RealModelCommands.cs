@@ -228,7 +228,7 @@ public static class RealModelCommands
             if (parse.GetValue(topK) < 1) throw new ArgumentException("--top-k must be positive");
             var (pooling, _, prompt, promptText) = flags.Parse(parse);
             var lines = (path == "default"
-                ? DefaultCorpus.Summaries().Where(d => d.Member.StartsWith("T:", StringComparison.Ordinal)).Select(d => FineTuning.DefaultTask.FirstSentence(d.Text)).Distinct()
+                ? BertPipeline.DefaultSearchCorpus()
                 : File.ReadAllLines(path)).Where(l => l.Trim().Length > 0).ToList();
             if (lines.Count == 0) throw new ArgumentException($"{path}: no lines to search");
             using var device = Cli.OpenDevice(parse);

@@ -62,7 +62,8 @@ public static partial class Ops
         if (w.Shape[1] != inDim) throw new ArgumentException($"Linear: input has {inDim} features, weight {w.Name} expects {w.Shape[1]}");
         var shape = x.Shape.ToArray();
         shape[^1] = outDim;
-        bool grad = x.RequiresGrad || w.RequiresGrad || (b?.RequiresGrad ?? false);
+        // Not recording (inference): no pre-activation kept, and the output needs no gradient.
+        bool grad = tape.Recording && (x.RequiresGrad || w.RequiresGrad || (b?.RequiresGrad ?? false));
         var y = Output(tape, x.Device, grad, shape);
         var k = K(x);
         Tensor? pre = null;

@@ -125,6 +125,19 @@ public sealed class Tape(bool recording = true) : IDisposable
     }
 
     /// <summary>
+    /// Hands a value this tape owns to the caller (to keep it past this tape's disposal, e.g. on an
+    /// outer tape): only on a tape that records nothing, whose values no backward step refers to.
+    /// </summary>
+    public T Release<T>(T value) where T : IDisposable
+    {
+        if (Recording) throw new InvalidOperationException("a recording tape keeps its values for backward");
+        int at = owned.LastIndexOf(value);
+        if (at < 0) throw new ArgumentException("the value is not owned by this tape");
+        owned.RemoveAt(at);
+        return value;
+    }
+
+    /// <summary>
     /// Runs every recorded backward in reverse, freeing each op's saved state right after its
     /// step and the intermediate gradients at the end; parameter gradients stay. The caller has
     /// put the loss gradients in place (a Loss carries its own weight).

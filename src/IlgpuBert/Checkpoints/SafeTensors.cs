@@ -4,6 +4,7 @@
 // quantized weights) and reads F32, F16, BF16 and I8 (held as float: every int8 is exact). Every inconsistency is a CheckpointException naming the file
 // and the problem; nothing is read past the file or trusted before it is checked.
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -28,16 +29,121 @@ public sealed record HostTensor(int[] Shape, float[] Data, string Dtype = "F32")
 /// <summary>A checkpoint file or folder that cannot be used; the message says which and why.</summary>
 public sealed class CheckpointException(string message) : Exception(message);
 
+/// <summary>One tensor in a safetensors header: its stored dtype, shape and byte range in the data section.</summary>
+public sealed record SafeTensorsEntry(string Dtype, int[] Shape, long Begin, long End)
+{
+    /// <summary>The number of values.</summary>
+    public long Elements => HostTensor.Elements(Shape);
+}
+
+/// <summary>
+/// An open safetensors file whose header has been checked: its tensors are read one at a time,
+/// straight into memory the caller gives (a model's own buffers), so loading a model holds no
+/// second copy of its weights.
+/// </summary>
+public sealed class SafeTensorsFile : IDisposable
+{
+    private readonly FileStream file;
+    private readonly long dataStart;
+
+    private SafeTensorsFile(string path, FileStream file, long dataStart, List<(string Name, SafeTensorsEntry Entry)> entries)
+    {
+        Path = path;
+        this.file = file;
+        this.dataStart = dataStart;
+        Entries = entries.ToDictionary(e => e.Name, e => e.Entry, StringComparer.Ordinal);
+    }
+
+    /// <summary>The file's path (named in every message).</summary>
+    public string Path { get; }
+
+    /// <summary>Every tensor's entry, by name.</summary>
+    public IReadOnlyDictionary<string, SafeTensorsEntry> Entries { get; }
+
+    /// <summary>Opens a file and checks its header (dtypes, shapes against byte ranges, the ranges tiling the data).</summary>
+    public static SafeTensorsFile Open(string path)
+    {
+        if (!File.Exists(path)) throw new CheckpointException($"{path}: no such file");
+        RegularFile.Require(path, "safetensors");
+        var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.RandomAccess);
+        try
+        {
+            var (dataStart, entries) = SafeTensors.ReadHeader(path, file);
+            return new SafeTensorsFile(path, file, dataStart, entries);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>One tensor as a float32 host tensor (Dtype I8 for int8 ones, whose values are exact).</summary>
+    public HostTensor Read(string name)
+    {
+        var entry = Entry(name);
+        var data = new float[entry.Elements];
+        ReadInto(name, data);
+        return new HostTensor(entry.Shape, data, entry.Dtype == "I8" ? "I8" : "F32");
+    }
+
+    /// <summary>Decodes one tensor into <paramref name="destination"/>, which must hold exactly its values.</summary>
+    public void ReadInto(string name, Span<float> destination)
+    {
+        var entry = Entry(name);
+        if (destination.Length != entry.Elements)
+            throw new ArgumentException($"{Path}: tensor {name} has {entry.Elements} values, the destination {destination.Length}");
+        long offset = dataStart + entry.Begin;
+        if (entry.Dtype == "F32" && BitConverter.IsLittleEndian)
+        {
+            ReadExactly(MemoryMarshal.AsBytes(destination), offset, name);
+            return;
+        }
+        int size = (int)((entry.End - entry.Begin) / Math.Max(1, entry.Elements));
+        var buffer = new byte[Math.Min(entry.End - entry.Begin, 1 << 20) / Math.Max(1, size) * size];
+        for (int at = 0; at < destination.Length;)
+        {
+            int n = Math.Min(destination.Length - at, buffer.Length / size);
+            ReadExactly(buffer.AsSpan(0, n * size), offset + (long)at * size, name);
+            SafeTensors.Decode(buffer.AsSpan(0, n * size), entry.Dtype, destination.Slice(at, n));
+            at += n;
+        }
+    }
+
+    private SafeTensorsEntry Entry(string name) =>
+        Entries.TryGetValue(name, out var entry) ? entry : throw new ArgumentException($"{Path}: no tensor {name}");
+
+    private void ReadExactly(Span<byte> target, long offset, string name)
+    {
+        while (target.Length > 0)
+        {
+            int n = RandomAccess.Read(file.SafeFileHandle, target, offset);
+            if (n <= 0) throw new CheckpointException($"{Path}: the file ended inside tensor {name} (it changed while being read?)");
+            target = target[n..];
+            offset += n;
+        }
+    }
+
+    /// <summary>Closes the file.</summary>
+    public void Dispose() => file.Dispose();
+}
+
+/// <summary>Reading and writing HF's safetensors files.</summary>
 public static class SafeTensors
 {
     /// <summary>Headers beyond this are refused as absurd (HF's own limit is 100 MB).</summary>
     public const long MaxHeaderBytes = 100L << 20;
 
+    /// <summary>Every tensor of the file, as float32 host tensors (I8 ones marked I8).</summary>
     public static Dictionary<string, HostTensor> Read(string path)
     {
-        if (!File.Exists(path)) throw new CheckpointException($"{path}: no such file");
-        RegularFile.Require(path, "safetensors");
-        using var file = File.OpenRead(path);
+        using var file = SafeTensorsFile.Open(path);
+        return file.Entries.ToDictionary(kv => kv.Key, kv => file.Read(kv.Key), StringComparer.Ordinal);
+    }
+
+    /// <summary>The header of a file: every tensor's dtype, shape and byte range, checked as <see cref="Read"/> checks them.</summary>
+    internal static (long DataStart, List<(string Name, SafeTensorsEntry Entry)> Entries) ReadHeader(string path, FileStream file)
+    {
         long fileLength = file.Length;
         if (fileLength < 8) throw new CheckpointException($"{path}: truncated safetensors file ({fileLength} bytes, no header length)");
         Span<byte> lengthBytes = stackalloc byte[8];
@@ -51,27 +157,22 @@ public static class SafeTensors
         long dataStart = 8 + (long)headerLength, dataLength = fileLength - dataStart;
         var entries = header.Where(kv => kv.Key != "__metadata__").Select(kv => (Name: kv.Key, Entry: ParseEntry(path, kv.Key, kv.Value))).ToList();
         CheckTiling(path, entries.Select(e => (e.Name, e.Entry.Begin, e.Entry.End)).ToList(), dataLength);
-        var result = new Dictionary<string, HostTensor>(StringComparer.Ordinal);
-        foreach (var (name, (dtype, shape, begin, end)) in entries)
+        foreach (var (name, entry) in entries)
         {
-            int size = dtype switch
+            int size = entry.Dtype switch
             {
                 "F32" => 4,
                 "F16" or "BF16" => 2,
                 "I8" => 1,
-                _ => throw new CheckpointException($"{path}: tensor {name} has dtype {dtype}; supported: F32, F16, BF16, I8"),
+                _ => throw new CheckpointException($"{path}: tensor {name} has dtype {entry.Dtype}; supported: F32, F16, BF16, I8"),
             };
-            long elements = HostTensor.Elements(shape);
-            if (end - begin != elements * size)
-                throw new CheckpointException($"{path}: tensor {name} of shape [{string.Join(", ", shape)}] and dtype {dtype} needs {elements * size} bytes, has {end - begin}");
+            long elements = entry.Elements;
+            if (entry.End - entry.Begin != elements * size)
+                throw new CheckpointException($"{path}: tensor {name} of shape [{string.Join(", ", entry.Shape)}] and dtype {entry.Dtype} needs {elements * size} bytes, has {entry.End - entry.Begin}");
             if (elements > Array.MaxLength)
                 throw new CheckpointException($"{path}: tensor {name} is too large ({elements} elements)");
-            var raw = new byte[end - begin];
-            file.Position = dataStart + begin;
-            file.ReadExactly(raw);
-            result[name] = new HostTensor(shape, Decode(raw, dtype, (int)elements), dtype == "I8" ? "I8" : "F32");
         }
-        return result;
+        return (dataStart, entries);
     }
 
     /// <summary>
@@ -98,7 +199,7 @@ public static class SafeTensors
             throw new CheckpointException($"{path}: the tensors cover {expected} bytes but the data section has {dataLength} (is the header length right?)");
     }
 
-    private static (string Dtype, int[] Shape, long Begin, long End) ParseEntry(string path, string name, JsonNode? node)
+    private static SafeTensorsEntry ParseEntry(string path, string name, JsonNode? node)
     {
         try
         {
@@ -109,7 +210,7 @@ public static class SafeTensors
                 ? throw new FormatException($"dimension {d}") : (int)d).ToArray();
             var offsets = entry["data_offsets"] as JsonArray ?? throw new FormatException("no data_offsets");
             if (offsets.Count != 2) throw new FormatException("data_offsets must have two entries");
-            return (dtype, shape, offsets[0]!.GetValue<long>(), offsets[1]!.GetValue<long>());
+            return new SafeTensorsEntry(dtype, shape, offsets[0]!.GetValue<long>(), offsets[1]!.GetValue<long>());
         }
         catch (Exception e) when (e is FormatException or InvalidOperationException or NullReferenceException or JsonException)
         {
@@ -117,26 +218,25 @@ public static class SafeTensors
         }
     }
 
-    private static float[] Decode(byte[] raw, string dtype, int elements)
+    /// <summary>Decodes little-endian <paramref name="dtype"/> values into floats (every dtype here is exact in float32).</summary>
+    internal static void Decode(ReadOnlySpan<byte> raw, string dtype, Span<float> data)
     {
-        var data = new float[elements];
         switch (dtype)
         {
             case "F32":
-                for (int i = 0; i < elements; i++) data[i] = BinaryPrimitives.ReadSingleLittleEndian(raw.AsSpan(4 * i));
+                for (int i = 0; i < data.Length; i++) data[i] = BinaryPrimitives.ReadSingleLittleEndian(raw[(4 * i)..]);
                 break;
             case "F16":
-                for (int i = 0; i < elements; i++) data[i] = (float)BinaryPrimitives.ReadHalfLittleEndian(raw.AsSpan(2 * i));
+                for (int i = 0; i < data.Length; i++) data[i] = (float)BinaryPrimitives.ReadHalfLittleEndian(raw[(2 * i)..]);
                 break;
             case "I8":
-                for (int i = 0; i < elements; i++) data[i] = (sbyte)raw[i];
+                for (int i = 0; i < data.Length; i++) data[i] = (sbyte)raw[i];
                 break;
             default: // BF16: the top half of an F32
-                for (int i = 0; i < elements; i++)
-                    data[i] = BitConverter.Int32BitsToSingle(BinaryPrimitives.ReadUInt16LittleEndian(raw.AsSpan(2 * i)) << 16);
+                for (int i = 0; i < data.Length; i++)
+                    data[i] = BitConverter.Int32BitsToSingle(BinaryPrimitives.ReadUInt16LittleEndian(raw[(2 * i)..]) << 16);
                 break;
         }
-        return data;
     }
 
     /// <summary>

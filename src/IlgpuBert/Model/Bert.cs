@@ -134,10 +134,21 @@ public sealed class BertEncoderOutputs
 }
 
 /// <summary>HF's BertModel: embeddings, the encoder layers and (optionally) the pooler — the body every head sits on.</summary>
-public sealed class BertModel
+/// <summary>
+/// HF's BertModel: embeddings, the encoder layers and optionally the pooler. Inside a model with
+/// heads it shares that model's parameters; loaded alone (<see cref="BertFolder.LoadBody"/>) it owns
+/// them, and <see cref="Dispose"/> frees them.
+/// </summary>
+public sealed class BertModel : IDisposable
 {
-    public BertModel(BertParameters p, bool addPoolingLayer = true)
+    private readonly bool ownsParameters;
+
+    public BertModel(BertParameters p, bool addPoolingLayer = true) : this(p, addPoolingLayer, ownsParameters: false) { }
+
+    internal BertModel(BertParameters p, bool addPoolingLayer, bool ownsParameters)
     {
+        this.ownsParameters = ownsParameters;
+        Parameters = p;
         Config = p.Config;
         Device = p.Device;
         int h = Config.HiddenSize;
@@ -152,6 +163,9 @@ public sealed class BertModel
 
     public BertConfig Config { get; }
     public BertDevice Device { get; }
+
+    /// <summary>The parameters its modules use (a model with heads has more in the same set).</summary>
+    public BertParameters Parameters { get; }
     public BertEmbeddings Embeddings { get; }
     public BertLayer[] Layers { get; }
     public Var? PoolerWeight { get; }
@@ -179,7 +193,15 @@ public sealed class BertModel
         foreach (var layer in Layers)
         {
             var probs = outputAttentions ? tape.Own(new Tensor(Device, b, layer.Heads, s, s)) : null;
-            hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs, hooks, maps);
+            if (!tape.Recording && maps is null)
+            {
+                // Inference: a layer's intermediates are freed when it is done, only its output kept,
+                // so a forward holds one layer's activations at a time (and the pool reuses them).
+                using var layerTape = new Tape(recording: false);
+                var output = layer.Forward(layerTape, c, hidden, mask, b, s, dropouts, probs, hooks, maps);
+                hidden = output == hidden ? hidden : tape.Own(layerTape.Release(output));
+            }
+            else hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs, hooks, maps);
             states.Add(hidden);
             if (probs is not null) attentions!.Add(probs);
         }
@@ -191,6 +213,12 @@ public sealed class BertModel
             pooled = (hooks?.Linear ?? Ops.Linear)(tape, cls, PoolerWeight, PoolerBias, ActivationKind.Tanh);
         }
         return new BertEncoderOutputs { LastHiddenState = hidden, PoolerOutput = pooled, HiddenStates = states, Attentions = attentions, AttentionMaps = maps };
+    }
+
+    /// <summary>Frees the parameters when this model owns them (loaded alone); otherwise nothing.</summary>
+    public void Dispose()
+    {
+        if (ownsParameters) Parameters.Dispose();
     }
 }
 

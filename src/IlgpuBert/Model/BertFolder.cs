@@ -29,9 +29,7 @@ public static class BertFolder
         var model = new BertForPreTraining(device, config);
         try
         {
-            var (initialized, unused) = weights.EndsWith(PyTorchCheckpoint.FileName, StringComparison.Ordinal)
-                ? model.Parameters.Load(PyTorchCheckpoint.Read(weights), weights)
-                : model.Parameters.Load(weights);
+            var (initialized, unused) = LoadInto(model.Parameters, dir);
             initializedNames = initialized;
             if (initialized.Count > 0)
                 log?.WriteLine($"note: {weights} has no {string.Join(", ", initialized)}; initialised them (a BertModel checkpoint has no pre-training heads)");
@@ -44,6 +42,49 @@ public static class BertFolder
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// HF's BertModel alone — embeddings, encoder and (with <paramref name="addPoolingLayer"/>) the
+    /// pooler — from any model folder, its heads left in the file: what inference that needs only
+    /// hidden states loads (nothing is initialised at random). The model owns its parameters.
+    /// </summary>
+    public static BertModel LoadBody(BertDevice device, string dir, bool addPoolingLayer)
+    {
+        if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
+        var config = BertConfig.Read(Path.Combine(dir, ConfigFile)).Validate();
+        var parameters = new BertParameters(device, config);
+        try
+        {
+            var model = new BertModel(parameters, addPoolingLayer, ownsParameters: true);
+            var (initialized, _) = LoadInto(parameters, dir);
+            if (initialized.Count > 0)
+                throw new CheckpointException($"{WeightsPath(dir)}: has no {string.Join(", ", initialized)}");
+            return model;
+        }
+        catch
+        {
+            parameters.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Loads a folder's weights into <paramref name="parameters"/> (<see cref="BertParameters.Load(string, int, Func{string, bool}?)"/>).</summary>
+    public static (List<string> Initialized, List<string> Unused) LoadInto(BertParameters parameters, string dir, int seedForMissingHeads = 0, Func<string, bool>? take = null)
+    {
+        string weights = WeightsPath(dir);
+        return weights.EndsWith(PyTorchCheckpoint.FileName, StringComparison.Ordinal)
+            ? parameters.Load(PyTorchCheckpoint.Read(weights), weights, seedForMissingHeads, take)
+            : parameters.Load(weights, seedForMissingHeads, take);
+    }
+
+    /// <summary>The tensor names in a folder's weights, as the file has them (of model.safetensors only its header is read).</summary>
+    public static IReadOnlyCollection<string> WeightNames(string dir)
+    {
+        string weights = WeightsPath(dir);
+        if (weights.EndsWith(PyTorchCheckpoint.FileName, StringComparison.Ordinal)) return PyTorchCheckpoint.Read(weights).Keys;
+        using var file = SafeTensorsFile.Open(weights);
+        return file.Entries.Keys.ToList();
     }
 
     /// <summary>

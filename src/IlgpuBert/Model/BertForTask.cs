@@ -280,7 +280,7 @@ public sealed class BertForTask : IDisposable
         var model = new BertForTask(device, config, task);
         try
         {
-            var (initialized, _) = model.Parameters.Load(BertFolder.ReadWeights(dir), BertFolder.WeightsPath(dir));
+            var (initialized, _) = BertFolder.LoadInto(model.Parameters, dir);
             if (initialized.Count > 0) throw new CheckpointException($"{BertFolder.WeightsPath(dir)}: missing {string.Join(", ", initialized)}");
             return model;
         }
@@ -302,7 +302,7 @@ public sealed class BertForTask : IDisposable
         var model = new BertForTask(device, config, task);
         try
         {
-            var (initialized, unused) = model.Parameters.Load(BertFolder.ReadWeights(dir), BertFolder.WeightsPath(dir), seed, bodyOnly ? n => !IsHead(n) : null);
+            var (initialized, unused) = BertFolder.LoadInto(model.Parameters, dir, seed, bodyOnly ? n => !IsHead(n) : null);
             if (initialized.Count > 0) log?.WriteLine($"initialised {string.Join(", ", initialized)} (not in {dir})");
             if (unused.Count > 0) log?.WriteLine($"not used from {dir}: {string.Join(", ", unused.Take(6))}{(unused.Count > 6 ? $" and {unused.Count - 6} more" : "")}");
             return model;

@@ -69,22 +69,27 @@ public sealed class BertParameters : IDisposable
 
     private void InitializeWhere(int seed, Func<string, bool> which)
     {
+        // One random stream over every name in order, so a tensor's initial values do not depend on
+        // which others are initialised; a name not chosen only advances the stream (no arithmetic).
         var rng = new Random(seed);
         foreach (var name in Names.ToList())
         {
-            var host = InitialValue(name, rng);
-            if (which(name)) Set(name, host);
+            if (which(name)) Set(name, InitialValue(name, rng));
+            else if (IsGaussian(name))
+                for (long i = 2 * HostTensor.Elements(byName[name].Shape); i > 0; i--) rng.NextDouble();
         }
     }
+
+    private static bool IsGaussian(string name) => !name.EndsWith(".bias", StringComparison.Ordinal) && !name.EndsWith("scalar_mix.weights", StringComparison.Ordinal)
+        && !name.EndsWith("scalar_mix.gamma", StringComparison.Ordinal) && !name.Contains("LayerNorm", StringComparison.Ordinal);
 
     private float[] InitialValue(string name, Random rng)
     {
         var (_, _, shape) = byName[name];
         var data = new float[HostTensor.Elements(shape)];
-        if (name.EndsWith(".bias", StringComparison.Ordinal) || name.EndsWith("scalar_mix.weights", StringComparison.Ordinal)) return data;
-        if (name.EndsWith("scalar_mix.gamma", StringComparison.Ordinal) || name.Contains("LayerNorm", StringComparison.Ordinal))
+        if (!IsGaussian(name))
         {
-            Array.Fill(data, 1f);
+            if (!name.EndsWith(".bias", StringComparison.Ordinal) && !name.EndsWith("scalar_mix.weights", StringComparison.Ordinal)) Array.Fill(data, 1f);
             return data;
         }
         for (int i = 0; i < data.Length; i++)
@@ -146,7 +151,10 @@ public sealed class BertParameters : IDisposable
     /// <param name="take">When given, only the file's tensors whose (normalised) names it accepts are used (two-stage fine-tuning keeps the encoder, not the head).</param>
     public (List<string> Initialized, List<string> Unused) Load(string path, int seedForMissingHeads = 0, Func<string, bool>? take = null)
     {
-        return Load(SafeTensors.Read(path), path, seedForMissingHeads, take);
+        // Each tensor is read straight into its parameter's memory (on the CPU, the device buffer
+        // itself): no second copy of the weights is ever held.
+        using var file = SafeTensorsFile.Open(path);
+        return Load(file.Entries.ToDictionary(kv => kv.Key, kv => (kv.Value.Shape, kv.Value.Dtype), StringComparer.Ordinal), path, seedForMissingHeads, take, file.ReadInto);
     }
 
     /// <summary>The encoder layer a tensor belongs to ("bert.encoder.layer.N."), or −1.</summary>
@@ -168,58 +176,87 @@ public sealed class BertParameters : IDisposable
     }
 
     /// <summary>Loads tensors already read (<paramref name="path"/> names them in messages).</summary>
-    public (List<string> Initialized, List<string> Unused) Load(Dictionary<string, HostTensor> file, string path, int seedForMissingHeads = 0, Func<string, bool>? take = null)
+    public (List<string> Initialized, List<string> Unused) Load(Dictionary<string, HostTensor> file, string path, int seedForMissingHeads = 0, Func<string, bool>? take = null) =>
+        Load(file.ToDictionary(kv => kv.Key, kv => (kv.Value.Shape, kv.Value.Dtype), StringComparer.Ordinal), path, seedForMissingHeads, take,
+            (key, destination) => file[key].Data.CopyTo(destination));
+
+    private delegate void TensorReader(string key, Span<float> destination);
+
+    // Every check that needs only names and shapes comes before any value is read; a tensor with NaN
+    // or ∞ is found as it is read, after which the parameters hold part of the file (callers dispose).
+    private (List<string> Initialized, List<string> Unused) Load(Dictionary<string, (int[] Shape, string Dtype)> file, string path, int seedForMissingHeads,
+        Func<string, bool>? take, TensorReader read)
     {
         if (file.FirstOrDefault(kv => kv.Value.Dtype == "I8") is { Key: { } int8 })
             throw new CheckpointException($"{path}: tensor {int8} is int8 (a quantized model); quantized models run inference only (evaluate, predict, compare)");
         bool bare = !file.Keys.Any(k => k.StartsWith("bert.", StringComparison.Ordinal))
             && file.Keys.Any(k => k.StartsWith("embeddings.", StringComparison.Ordinal) || k.StartsWith("encoder.", StringComparison.Ordinal));
-        var tensors = new Dictionary<string, HostTensor>(StringComparer.Ordinal);
-        foreach (var (key, t) in file)
+        var keys = new Dictionary<string, string>(StringComparer.Ordinal); // our name → the file's key
+        foreach (var key in file.Keys)
         {
             string name = Canonical(key, bare);
-            if (!tensors.TryAdd(name, t))
+            if (!keys.TryAdd(name, key))
                 throw new CheckpointException($"{path}: two tensors are {name} ({string.Join(" and ", file.Keys.Where(k => Canonical(k, bare) == name))}); which one is meant is unclear");
         }
-        if (!tensors.ContainsKey("cls.predictions.bias") && tensors.TryGetValue("cls.predictions.decoder.bias", out var decoderBias))
-            tensors["cls.predictions.bias"] = decoderBias;
+        if (!keys.ContainsKey("cls.predictions.bias") && keys.TryGetValue("cls.predictions.decoder.bias", out var decoderBias))
+            keys["cls.predictions.bias"] = decoderBias;
         if (take is not null)
-            foreach (var key in tensors.Keys.Where(k => !take(k)).ToList()) tensors.Remove(key);
+            foreach (var name in keys.Keys.Where(k => !take(k)).ToList()) keys.Remove(name);
+        int[] ShapeOf(string name) => file[keys[name]].Shape;
 
-        var missing = Names.Where(n => !tensors.ContainsKey(n)).ToList();
+        var missing = Names.Where(n => !keys.ContainsKey(n)).ToList();
         var missingBody = missing.Where(n => n.StartsWith("bert.", StringComparison.Ordinal) && !n.StartsWith("bert.pooler.", StringComparison.Ordinal)).ToList();
         if (missingBody.Count > 0)
             throw new CheckpointException($"{path}: missing tensor{(missingBody.Count > 1 ? "s" : "")} {string.Join(", ", missingBody.Take(5))}{(missingBody.Count > 5 ? $" and {missingBody.Count - 5} more" : "")}");
-        foreach (var name in Names.Where(tensors.ContainsKey))
+        foreach (var name in Names.Where(keys.ContainsKey))
         {
             var expected = byName[name].Shape;
-            if (!tensors[name].Shape.SequenceEqual(expected))
-                throw new CheckpointException($"{path}: tensor {name} has shape {tensors[name].ShapeText}, the config needs [{string.Join(", ", expected)}]");
+            if (!ShapeOf(name).SequenceEqual(expected))
+                throw new CheckpointException($"{path}: tensor {name} has shape [{string.Join(", ", ShapeOf(name))}], the config needs [{string.Join(", ", expected)}]");
         }
-        var extraLayer = tensors.Keys.Select(LayerOf).Where(l => l >= Config.NumHiddenLayers).DefaultIfEmpty(-1).Max();
+        var extraLayer = keys.Keys.Select(LayerOf).Where(l => l >= Config.NumHiddenLayers).DefaultIfEmpty(-1).Max();
         if (extraLayer >= 0)
             throw new CheckpointException($"{path}: holds encoder layer {extraLayer} but config.json says num_hidden_layers {Config.NumHiddenLayers}; the config does not describe these weights");
-        var tied = tensors.GetValueOrDefault("cls.predictions.decoder.weight");
-        if (tied is not null && !tied.Shape.SequenceEqual(byName["bert.embeddings.word_embeddings.weight"].Shape))
-            throw new CheckpointException($"{path}: tied decoder weight has shape {tied.ShapeText}, unlike the word embeddings");
+        if (keys.ContainsKey("cls.predictions.decoder.weight") && !ShapeOf("cls.predictions.decoder.weight").SequenceEqual(byName["bert.embeddings.word_embeddings.weight"].Shape))
+            throw new CheckpointException($"{path}: tied decoder weight has shape [{string.Join(", ", ShapeOf("cls.predictions.decoder.weight"))}], unlike the word embeddings");
 
-        foreach (var name in Names.Where(tensors.ContainsKey))
+        foreach (var name in Names.Where(keys.ContainsKey))
         {
-            int bad = tensors[name].Data.Count(v => !float.IsFinite(v));
+            var destination = Destination(name, out var staging);
+            read(keys[name], destination);
+            int bad = 0;
+            foreach (float v in destination) if (!float.IsFinite(v)) bad++;
             if (bad > 0)
                 throw new CheckpointException($"{path}: tensor {name} holds {bad} NaN or infinite value{(bad > 1 ? "s" : "")}; a model with them computes nothing useful");
+            if (staging is not null) Set(name, staging);
         }
-        foreach (var name in Names.Where(tensors.ContainsKey))
-            Set(name, tensors[name].Data);
         if (missing.Count > 0)
         {
             var set = missing.ToHashSet();
             InitializeWhere(seedForMissingHeads, set.Contains);
         }
         var known = Names.ToHashSet();
-        var unused = tensors.Keys.Where(k => !known.Contains(k)
+        var unused = keys.Keys.Where(k => !known.Contains(k)
             && k is not ("cls.predictions.decoder.weight" or "cls.predictions.decoder.bias" or "bert.embeddings.position_ids")).ToList();
         return (missing, unused);
+    }
+
+    /// <summary>
+    /// Where a parameter's values can be written from the host: on a CPU accelerator its own buffer
+    /// (host memory), elsewhere a staging array (<paramref name="staging"/>) to copy over with <see cref="Set"/>.
+    /// </summary>
+    private unsafe Span<float> Destination(string name, out float[]? staging)
+    {
+        var (v, offset, shape) = byName[name];
+        long n = HostTensor.Elements(shape);
+        if (Device.Accelerator.AcceleratorType == AcceleratorType.CPU && n > 0)
+        {
+            Device.Accelerator.DefaultStream.Synchronize();
+            staging = null;
+            return new Span<float>((float*)v.Value.View.SubView(offset, n).LoadEffectiveAddressAsPtr(), checked((int)n));
+        }
+        staging = new float[n];
+        return staging;
     }
 
     public void Dispose()

@@ -38,20 +38,20 @@ public sealed record Classification(string Label, float Probability);
 /// </summary>
 public sealed class BertPipeline : IDisposable
 {
-    private readonly BertForPreTraining? pretraining;
-    private readonly BertForTask? task;
-    private readonly bool hasMlmHead;
+    private readonly BertForPreTraining? pretraining; // a folder with a masked-language-model head (fill-mask)
+    private readonly BertForTask? task;               // a fine-tuned folder (classify)
+    private readonly BertModel? body;                 // any other folder: the encoder alone, its weights only
     private readonly string dir;
     private readonly PackedLinears linears = new(); // the weights never change here: pack each once
 
-    private BertPipeline(string dir, SentenceTransformer sentence, BertTextEncoder encoder, BertForPreTraining? pretraining, BertForTask? task, bool hasMlmHead)
+    private BertPipeline(string dir, SentenceTransformer sentence, BertTextEncoder encoder, BertForPreTraining? pretraining, BertForTask? task, BertModel? body)
     {
         this.dir = dir;
         Sentence = sentence;
         Encoder = encoder;
         this.pretraining = pretraining;
         this.task = task;
-        this.hasMlmHead = hasMlmHead;
+        this.body = body;
     }
 
     /// <summary>The folder's tokenizer (vocab.txt or tokenizer.json).</summary>
@@ -61,10 +61,13 @@ public sealed class BertPipeline : IDisposable
     public SentenceTransformer Sentence { get; }
 
     /// <summary>The model's config.json.</summary>
-    public BertConfig Config => pretraining?.Config ?? task!.Config;
-    private BertModel Body => pretraining?.Bert ?? task!.Bert;
+    public BertConfig Config => Body.Config;
+    private BertModel Body => pretraining?.Bert ?? task?.Bert ?? body!;
 
-    /// <summary>Loads a model folder: a fine-tuned one with its head, any other as encoder (and MLM head when it has one).</summary>
+    /// <summary>
+    /// Loads a model folder: a fine-tuned one with its head, one with a masked-language-model head
+    /// with it, any other as the encoder alone (no head is made up for a file that has none).
+    /// </summary>
     public static BertPipeline Load(BertDevice device, string folder)
     {
         if (!Directory.Exists(folder)) throw new CheckpointException($"{folder}: no such model folder");
@@ -75,10 +78,10 @@ public sealed class BertPipeline : IDisposable
             throw new CheckpointException($"{dir}: an int8 model; embed and fill-mask run float models (predict and evaluate run int8)");
         var encoder = BertTextEncoder.Load(dir);
         if (TaskSpec.FromConfig(config, Path.Combine(dir, BertFolder.ConfigFile)) is not null)
-            return new BertPipeline(dir, sentence, encoder, null, BertForTask.Load(device, dir), false);
-        var model = BertFolder.Load(device, dir, null, out var initialized);
-        bool mlm = !initialized.Any(n => n.StartsWith("cls.predictions.", StringComparison.Ordinal));
-        return new BertPipeline(dir, sentence, encoder, model, null, mlm);
+            return new BertPipeline(dir, sentence, encoder, null, BertForTask.Load(device, dir), null);
+        if (BertFolder.WeightNames(dir).Any(n => n.StartsWith("cls.predictions.", StringComparison.Ordinal)))
+            return new BertPipeline(dir, sentence, encoder, BertFolder.Load(device, dir), null, null);
+        return new BertPipeline(dir, sentence, encoder, null, null, BertFolder.LoadBody(device, dir, addPoolingLayer: false));
     }
 
     /// <summary>The encoder's last hidden states [B, S, H] for a batch (dropout off, no tape bookkeeping).</summary>
@@ -163,10 +166,18 @@ public sealed class BertPipeline : IDisposable
         return vectors.Select((v, i) => new SearchHit(i, Cosine(q, v))).OrderByDescending(h => h.Score).ThenBy(h => h.Index).Take(topK).ToList();
     }
 
+    /// <summary>
+    /// The corpus `search --corpus default` searches: the first summary sentence of every documented
+    /// .NET SDK type (<see cref="DefaultCorpus"/>), each once, in the documentation's order.
+    /// </summary>
+    public static IEnumerable<string> DefaultSearchCorpus() =>
+        DefaultCorpus.Summaries().Where(d => d.Member.StartsWith("T:", StringComparison.Ordinal)).Select(d => DefaultTask.FirstSentence(d.Text))
+            .Where(l => l.Trim().Length > 0).Distinct();
+
     /// <summary>The <paramref name="topK"/> most probable tokens at the text's one [MASK].</summary>
     public List<FillMaskCandidate> FillMask(string text, int topK = 5)
     {
-        if (pretraining is null || !hasMlmHead)
+        if (pretraining is null)
             throw new ArgumentException($"{dir} has no masked-language-model head (cls.predictions.*): fill-mask needs a pretraining model folder");
         var (ids, types) = Encoder.EncodeRow(text, null, Config.MaxPositionEmbeddings);
         int[] masks = ids.Select((id, i) => (id, i)).Where(p => p.id == Encoder.MaskId).Select(p => p.i).ToArray();
@@ -208,5 +219,6 @@ public sealed class BertPipeline : IDisposable
     {
         pretraining?.Dispose();
         task?.Dispose();
+        body?.Dispose();
     }
 }
