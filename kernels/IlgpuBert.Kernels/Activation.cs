@@ -73,8 +73,8 @@ public readonly struct TanhActivation : IActivation
 public sealed class ActivationKernels
 {
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>[] forward;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>[] backward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>>[] forward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>>[] backward;
 
     internal ActivationKernels(KernelSet set)
     {
@@ -82,17 +82,17 @@ public sealed class ActivationKernels
         var acc = set.Accelerator;
         forward =
         [
-            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluErf>),
-            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluTanh>),
-            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<Relu>),
-            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<TanhActivation>),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluErf>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluTanh>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<Relu>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<TanhActivation>)),
         ];
         backward =
         [
-            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluErf>),
-            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluTanh>),
-            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<Relu>),
-            acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<TanhActivation>),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluErf>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluTanh>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<Relu>)),
+            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<TanhActivation>)),
         ];
     }
 
@@ -123,7 +123,7 @@ public sealed class ActivationKernels
                 default: HostRows.ActivationForward<TanhActivation>(x, bias, hasBias, y, rows, cols); break;
             }
         }
-        else if (n > 0) forward[(int)kind](set.GridStride(n), x, hasBias ? bias : x, y, cols, hasBias ? 1 : 0, n);
+        else if (n > 0) forward[(int)kind].Value(set.GridStride(n), x, hasBias ? bias : x, y, cols, hasBias ? 1 : 0, n);
     }
 
     /// <summary>
@@ -149,7 +149,7 @@ public sealed class ActivationKernels
                 default: HostRows.ActivationBackward<TanhActivation>(x, bias, hasBias, dy, dx, rows, cols); break;
             }
         }
-        else if (n > 0) backward[(int)kind](set.GridStride(n), x, hasBias ? bias : x, dy, dx, cols, hasBias ? 1 : 0, n);
+        else if (n > 0) backward[(int)kind].Value(set.GridStride(n), x, hasBias ? bias : x, dy, dx, cols, hasBias ? 1 : 0, n);
         if (dBias.IsValid && dBias.Length > 0)
         {
             Check.Vector("dBias", dBias, cols);

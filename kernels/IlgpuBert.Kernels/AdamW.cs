@@ -22,22 +22,22 @@ public sealed class AdamWKernels
     public const int PartialsPerTensor = 32;
 
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs> update;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, long> sumSquares;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, int> finishNorm;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs>> update;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, long>> sumSquares;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, int>> finishNorm;
 
     internal AdamWKernels(KernelSet set)
     {
         this.set = set;
         var acc = set.Accelerator;
-        update = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs>(UpdateKernel);
+        update = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs>(UpdateKernel));
         bool tree = set.RowReduction == RowReduction.Tree;
-        sumSquares = tree
+        sumSquares = new(() => tree
             ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<WarpReduce>);
-        finishNorm = tree
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<WarpReduce>));
+        finishNorm = new(() => tree
             ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<WarpReduce>);
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<WarpReduce>));
     }
 
     /// <summary>norm[0] ← √(Σ over all tensors of Σ g²).</summary>
@@ -53,8 +53,8 @@ public sealed class AdamWKernels
         var partials = set.FloatScratch((long)Math.Max(grads.Count, 1) * PartialsPerTensor);
         var rows = set.Rows(PartialsPerTensor);
         for (int i = 0; i < grads.Count; i++)
-            sumSquares(rows, grads[i], partials.SubView((long)i * PartialsPerTensor, PartialsPerTensor), grads[i].Length);
-        finishNorm(set.Rows(1), partials, norm, grads.Count * PartialsPerTensor);
+            sumSquares.Value(rows, grads[i], partials.SubView((long)i * PartialsPerTensor, PartialsPerTensor), grads[i].Length);
+        finishNorm.Value(set.Rows(1), partials, norm, grads.Count * PartialsPerTensor);
     }
 
     /// <summary>
@@ -81,7 +81,7 @@ public sealed class AdamWKernels
             set.Accelerator.Synchronize();
             if (n > 0) HostRows.AdamWUpdate(param, grad, m, v, norm, n, args);
         }
-        else if (n > 0) update(set.GridStride(n), param, grad, m, v, s.MaxGradNorm > 0f ? norm : param, n, args);
+        else if (n > 0) update.Value(set.GridStride(n), param, grad, m, v, s.MaxGradNorm > 0f ? norm : param, n, args);
     }
 
     [GpuGroup(KernelSet.GpuStrideGroup)]

@@ -124,22 +124,22 @@ public sealed class AttentionKernels
     internal const int DqShared = 3 * DqQ * Hd + 2 * DqK * Hd + DqQ * DqK + 2 * DqQ;
 
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> forward, flash;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> rowDot;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> dKdV;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape> dQ;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, AttentionShape> maskScores;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> forward, flash;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> rowDot;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dKdV;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dQ;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, AttentionShape>> maskScores;
 
     internal AttentionKernels(KernelSet set)
     {
         this.set = set;
         var acc = set.Accelerator;
-        forward = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(ForwardKernel);
-        flash = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashForwardKernel);
-        rowDot = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(RowDotKernel);
-        dKdV = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DkDvKernel);
-        dQ = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DqKernel);
-        maskScores = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, AttentionShape>(MaskScoresKernel);
+        forward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(ForwardKernel));
+        flash = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashForwardKernel));
+        rowDot = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(RowDotKernel));
+        dKdV = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DkDvKernel));
+        dQ = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DqKernel));
+        maskScores = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, AttentionShape>(MaskScoresKernel));
     }
 
     /// <summary>When true on the CPU accelerator, run the ILGPU kernels instead of host SIMD code (tests).</summary>
@@ -175,11 +175,11 @@ public sealed class AttentionKernels
         if (shape.HeadDim <= FlashHd)
         {
             if (((IContiguousArrayView)context).Index % 4 != 0) shape.Vec = 0;
-            flash(new KernelConfig(new Index3D((shape.SeqLen + FlashQ - 1) / FlashQ, shape.Heads, shape.Batch), new Index3D(FlashGroup, 1, 1)),
+            flash.Value(new KernelConfig(new Index3D((shape.SeqLen + FlashQ - 1) / FlashQ, shape.Heads, shape.Batch), new Index3D(FlashGroup, 1, 1)),
                 qkv, m, context, lse, p, shape);
         }
         else
-            forward(Config((shape.SeqLen + FwdQ - 1) / FwdQ, shape), qkv, m, context, lse, p, shape);
+            forward.Value(Config((shape.SeqLen + FwdQ - 1) / FwdQ, shape), qkv, m, context, lse, p, shape);
     }
 
     /// <summary>
@@ -203,9 +203,9 @@ public sealed class AttentionKernels
         }
         var m = shape.HasMask != 0 ? mask : Dummy();
         var d = set.FloatScratch(shape.RowCount); // D = rowsum(dO ⊙ O), [B, NH, S]
-        rowDot(set.GridStride(shape.RowCount), dContext, context, d, shape);
-        dKdV(Config((shape.SeqLen + DkvK - 1) / DkvK, shape), qkv, m, lse, d, dContext, dQkv, shape);
-        dQ(Config((shape.SeqLen + DqQ - 1) / DqQ, shape), qkv, m, lse, d, dContext, dQkv, shape);
+        rowDot.Value(set.GridStride(shape.RowCount), dContext, context, d, shape);
+        dKdV.Value(Config((shape.SeqLen + DkvK - 1) / DkvK, shape), qkv, m, lse, d, dContext, dQkv, shape);
+        dQ.Value(Config((shape.SeqLen + DqQ - 1) / DqQ, shape), qkv, m, lse, d, dContext, dQkv, shape);
     }
 
     /// <summary>
@@ -229,7 +229,7 @@ public sealed class AttentionKernels
                 probs.SubView(b * nh * ss, nh * ss), s, default, nh, hd, hd, ss);
         }
         if (shape.HasMask != 0)
-            maskScores(set.GridStride(shape.RowCount * s), probs, mask, shape);
+            maskScores.Value(set.GridStride(shape.RowCount * s), probs, mask, shape);
         set.Softmax.Forward(probs, probs, (int)shape.RowCount, s);
         if (shape.DropoutP > 0f)
             set.Dropout.Forward(probs, probs, shape.RowCount * s, shape.DropoutP, new DropoutKey(shape.Seed, shape.Step, shape.TensorId));

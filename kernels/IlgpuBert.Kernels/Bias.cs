@@ -15,17 +15,17 @@ public sealed class BiasKernels
     public const int RowsPerChunk = 32;
 
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, long> forward;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int> partials;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int> reduce;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, long>> forward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int>> partials;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int>> reduce;
 
     internal BiasKernels(KernelSet set)
     {
         this.set = set;
         var acc = set.Accelerator;
-        forward = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, long>(ForwardKernel);
-        partials = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int>(ChunkSumsKernel);
-        reduce = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int, int>(ReduceChunksKernel);
+        forward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, long>(ForwardKernel));
+        partials = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int>(ChunkSumsKernel));
+        reduce = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int, int>(ReduceChunksKernel));
     }
 
     /// <summary>y = x + bias broadcast over rows; x: [rows, cols], bias: [cols]. y may be x.</summary>
@@ -34,7 +34,7 @@ public sealed class BiasKernels
         long n = Check.Matrix("x", x, rows, cols);
         Check.Matrix("y", y, rows, cols);
         Check.Vector("bias", bias, cols);
-        if (n > 0) forward(set.GridStride(n), x, bias, y, cols, n);
+        if (n > 0) forward.Value(set.GridStride(n), x, bias, y, cols, n);
     }
 
     /// <summary>dBias (+)= Σ over rows of dy; dy: [rows, cols].</summary>
@@ -59,7 +59,7 @@ public sealed class BiasKernels
             return;
         }
         if (chunks > 0)
-            partials(set.GridStride((long)chunks * cols), x, scratch, rows, cols);
+            partials.Value(set.GridStride((long)chunks * cols), x, scratch, rows, cols);
         ReduceChunks(scratch, result, chunks, cols, accumulate);
     }
 
@@ -72,7 +72,7 @@ public sealed class BiasKernels
             HostRows.ReduceChunks(chunkSums, result, chunks, cols, accumulate);
         }
         else
-            reduce(set.GridStride(cols), chunkSums, result, chunks, cols, accumulate ? 1 : 0);
+            reduce.Value(set.GridStride(cols), chunkSums, result, chunks, cols, accumulate ? 1 : 0);
     }
 
     [GpuGroup(KernelSet.GpuStrideGroup)]

@@ -19,22 +19,22 @@ public sealed class CrossEntropyKernels
     public const int IgnoreIndex = -100;
 
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int> rowLoss;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, int> mean;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float> backward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>> rowLoss;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, int>> mean;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>> backward;
 
     internal CrossEntropyKernels(KernelSet set)
     {
         this.set = set;
         var acc = set.Accelerator;
         bool tree = set.RowReduction == RowReduction.Tree;
-        rowLoss = tree
+        rowLoss = new(() => tree
             ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<WarpReduce>);
-        mean = tree
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<WarpReduce>));
+        mean = new(() => tree
             ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<WarpReduce>);
-        backward = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(BackwardKernel);
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<WarpReduce>));
+        backward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(BackwardKernel));
     }
 
     /// <summary>
@@ -51,8 +51,8 @@ public sealed class CrossEntropyKernels
             HostRows.CrossEntropyForward(logits, labels, lse, loss, perRow, rows, vocab);
             return;
         }
-        if (rows > 0) rowLoss(set.Rows(rows), logits, labels, lse, perRow, rows, vocab);
-        mean(set.Rows(1), perRow, loss, rows);
+        if (rows > 0) rowLoss.Value(set.Rows(rows), logits, labels, lse, perRow, rows, vocab);
+        mean.Value(set.Rows(1), perRow, loss, rows);
     }
 
     /// <summary>
@@ -70,7 +70,7 @@ public sealed class CrossEntropyKernels
             set.Accelerator.Synchronize();
             HostRows.CrossEntropyBackward(logits, labels, lse, loss, dlogits, rows, vocab, dLoss);
         }
-        else if (n > 0) backward(set.GridStride(n), logits, labels, lse, loss, dlogits, rows, vocab, dLoss);
+        else if (n > 0) backward.Value(set.GridStride(n), logits, labels, lse, loss, dlogits, rows, vocab, dLoss);
     }
 
     private static void CheckArgs(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> lse, ArrayView<float> loss, int rows, int vocab)

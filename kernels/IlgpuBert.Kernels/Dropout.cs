@@ -14,12 +14,12 @@ public readonly record struct DropoutKey(ulong Seed, uint Step, uint TensorId);
 public sealed class DropoutKernels
 {
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, long, float, ulong, uint, uint> apply;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, long, float, ulong, uint, uint>> apply;
 
     internal DropoutKernels(KernelSet set)
     {
         this.set = set;
-        apply = set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long, float, ulong, uint, uint>(ApplyKernel);
+        apply = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long, float, ulong, uint, uint>(ApplyKernel));
     }
 
     /// <summary>y = dropout(x) with drop probability p; y may alias x. p = 0 copies.</summary>
@@ -38,7 +38,7 @@ public sealed class DropoutKernels
             set.Accelerator.Synchronize();
             HostRows.Dropout(src, dst, n, p, key);
         }
-        else if (n > 0) apply(set.GridStride((n + 3) / 4), src, dst, n, p, key.Seed, key.Step, key.TensorId);
+        else if (n > 0) apply.Value(set.GridStride((n + 3) / 4), src, dst, n, p, key.Seed, key.Step, key.TensorId);
     }
 
     /// <summary>Whether element i survives: the definition both the kernel and host references use.</summary>

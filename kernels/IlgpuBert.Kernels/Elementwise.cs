@@ -14,18 +14,18 @@ namespace IlgpuBert.Kernels;
 public sealed class ElementwiseKernels
 {
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, float, long> axpy;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ColumnBlock> copyColumns;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale> scaleBlocks;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale> blockDot;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, float, long>> axpy;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ColumnBlock>> copyColumns;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>> scaleBlocks;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>> blockDot;
 
     internal ElementwiseKernels(KernelSet set)
     {
         this.set = set;
-        axpy = set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, float, long>(AxpyKernel);
-        copyColumns = set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ColumnBlock>(CopyColumnsKernel);
-        scaleBlocks = set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>(ScaleBlocksKernel);
-        blockDot = set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>(BlockDotKernel);
+        axpy = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, float, long>(AxpyKernel));
+        copyColumns = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ColumnBlock>(CopyColumnsKernel));
+        scaleBlocks = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>(ScaleBlocksKernel));
+        blockDot = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>(BlockDotKernel));
     }
 
     /// <summary>
@@ -36,7 +36,7 @@ public sealed class ElementwiseKernels
     {
         var b = Blocks(rows, cols, blockCols, x, scale);
         Check.Vector("y", y, b.Count);
-        if (b.Count > 0) scaleBlocks(set.GridStride(b.Count), x, scale, y, b);
+        if (b.Count > 0) scaleBlocks.Value(set.GridStride(b.Count), x, scale, y, b);
     }
 
     /// <summary>dScale[h] (+)= Σ_r Σ_{c in block h} dy[r, c]·x[r, c].</summary>
@@ -45,7 +45,7 @@ public sealed class ElementwiseKernels
         var b = Blocks(rows, cols, blockCols, x, dScale);
         Check.Vector("dy", dy, b.Count);
         b.Accumulate = accumulate ? 1 : 0;
-        blockDot(set.GridStride(cols / blockCols), dy, x, dScale, b);
+        blockDot.Value(set.GridStride(cols / blockCols), dy, x, dScale, b);
     }
 
     private static BlockScale Blocks(int rows, int cols, int blockCols, ArrayView<float> x, ArrayView<float> scale)
@@ -68,7 +68,7 @@ public sealed class ElementwiseKernels
         Check.Vector("src", src, (long)rows * srcCols);
         Check.Vector("dst", dst, (long)rows * dstCols);
         long n = (long)rows * cols;
-        if (n > 0) copyColumns(set.GridStride(n), src, dst, new ColumnBlock
+        if (n > 0) copyColumns.Value(set.GridStride(n), src, dst, new ColumnBlock
         {
             SrcCols = srcCols, SrcOffset = srcOffset, DstCols = dstCols, DstOffset = dstOffset, Cols = cols, Count = n, Accumulate = accumulate ? 1 : 0,
         });
@@ -79,7 +79,7 @@ public sealed class ElementwiseKernels
     {
         Check.Vector("x", x, n);
         Check.Vector("y", y, n);
-        if (n > 0) axpy(set.GridStride(n), x, y, alpha, n);
+        if (n > 0) axpy.Value(set.GridStride(n), x, y, alpha, n);
     }
 
     /// <summary>y = 0 over its whole length.</summary>

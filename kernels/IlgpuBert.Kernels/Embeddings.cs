@@ -16,17 +16,17 @@ namespace IlgpuBert.Kernels;
 public sealed class EmbeddingKernels
 {
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape> forward;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> scatter;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int> gather;
+    private readonly Lazy<Action<KernelConfig, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>> forward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>> scatter;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>> gather;
 
     internal EmbeddingKernels(KernelSet set)
     {
         this.set = set;
         var acc = set.Accelerator;
-        forward = acc.LoadStreamKernel<ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>(ForwardKernel);
-        scatter = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ScatterAddKernel);
-        gather = acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>(GatherKernel);
+        forward = new(() => acc.LoadStreamKernel<ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>(ForwardKernel));
+        scatter = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ScatterAddKernel));
+        gather = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>(GatherKernel));
     }
 
     /// <summary>
@@ -47,7 +47,7 @@ public sealed class EmbeddingKernels
             HostRows.Gather(table, rows, output, hidden);
             return;
         }
-        gather(set.GridStride((long)rows.Length * hidden), table, set.IntScratch(rows), output, rows.Length, hidden, tableRows);
+        gather.Value(set.GridStride((long)rows.Length * hidden), table, set.IntScratch(rows), output, rows.Length, hidden, tableRows);
     }
 
     /// <summary>
@@ -71,7 +71,7 @@ public sealed class EmbeddingKernels
             HostRows.EmbeddingsForward(ids, typeIds, word, position, tokenType, output, shape);
             return;
         }
-        if (n > 0) forward(set.GridStride(n), ids, typeIds, word, position, tokenType, output, shape);
+        if (n > 0) forward.Value(set.GridStride(n), ids, typeIds, word, position, tokenType, output, shape);
     }
 
     /// <summary>dWord, dPosition, dTokenType += their shares of dOut [T, H] (any may be default to skip).</summary>
@@ -108,7 +108,7 @@ public sealed class EmbeddingKernels
             HostRows.ScatterAdd(dOut, index, table, hidden);
             return;
         }
-        scatter(set.GridStride((long)distinct * hidden), dOut, set.IntScratch(index), table, hidden, rowOf.Length);
+        scatter.Value(set.GridStride((long)distinct * hidden), dOut, set.IntScratch(index), table, hidden, rowOf.Length);
     }
 
     /// <summary>

@@ -1,4 +1,7 @@
 // Every kernel family, loaded once for one accelerator and kept (ILGPU reloads are slow, #192).
+// Each kernel is compiled on its first launch, not with its family: on the CPU accelerator most ops
+// run as host SIMD code and never launch their ILGPU kernel, and compiling them all cost an
+// inference process 0.3 s before its first token.
 //
 // Launch geometry is the one decision that differs per accelerator, and it is made here only:
 // - GPUs get 256-thread groups and many groups; each thread does little.

@@ -16,22 +16,22 @@ namespace IlgpuBert.Kernels;
 public sealed class LayerNormKernels
 {
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float> forward;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> backward;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> paramPartials;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>> forward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>> backward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>> paramPartials;
 
     internal LayerNormKernels(KernelSet set)
     {
         this.set = set;
         var acc = set.Accelerator;
         bool tree = set.RowReduction == RowReduction.Tree;
-        forward = tree
+        forward = new(() => tree
             ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(ForwardKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(ForwardKernel<WarpReduce>);
-        backward = tree
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(ForwardKernel<WarpReduce>));
+        backward = new(() => tree
             ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(BackwardKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(BackwardKernel<WarpReduce>);
-        paramPartials = acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(ParamPartialsKernel);
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(BackwardKernel<WarpReduce>));
+        paramPartials = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(ParamPartialsKernel));
     }
 
     /// <summary>
@@ -53,7 +53,7 @@ public sealed class LayerNormKernels
             HostRows.LayerNormForward(x, r, hasR, gamma, beta, y, mean, rstd, rows, cols, eps);
             return;
         }
-        if (rows > 0) forward(set.Rows(rows), x, hasR ? r : x, gamma, beta, y, mean, rstd, cols, hasR ? 1 : 0, eps);
+        if (rows > 0) forward.Value(set.Rows(rows), x, hasR ? r : x, gamma, beta, y, mean, rstd, cols, hasR ? 1 : 0, eps);
     }
 
     /// <summary>
@@ -74,7 +74,7 @@ public sealed class LayerNormKernels
             set.Accelerator.Synchronize();
             HostRows.LayerNormBackward(x, r, hasR, gamma, mean, rstd, dy, dx, rows, cols);
         }
-        else if (rows > 0) backward(set.Rows(rows), x, rr, gamma, mean, rstd, dy, dx, cols, hasR ? 1 : 0);
+        else if (rows > 0) backward.Value(set.Rows(rows), x, rr, gamma, mean, rstd, dy, dx, cols, hasR ? 1 : 0);
         bool wantGamma = dGamma.IsValid && dGamma.Length > 0, wantBeta = dBeta.IsValid && dBeta.Length > 0;
         if (!wantGamma && !wantBeta) return;
         if (wantGamma) Check.Vector("dGamma", dGamma, cols);
@@ -85,7 +85,7 @@ public sealed class LayerNormKernels
         if (chunks > 0 && set.UseHostRows)
             HostRows.LayerNormParamPartials(x, r, hasR, mean, rstd, dy, scratch, rows, cols);
         else if (chunks > 0)
-            paramPartials(set.GridStride((long)chunks * cols), x, rr, mean, rstd, dy, scratch, rows, cols, hasR ? 1 : 0);
+            paramPartials.Value(set.GridStride((long)chunks * cols), x, rr, mean, rstd, dy, scratch, rows, cols, hasR ? 1 : 0);
         if (wantGamma) set.Bias.ReduceChunks(scratch.SubView(0, plane), dGamma, chunks, cols, accumulateParams);
         if (wantBeta) set.Bias.ReduceChunks(scratch.SubView(plane, plane), dBeta, chunks, cols, accumulateParams);
     }

@@ -33,17 +33,17 @@ public sealed class QuantizationKernels
     public const int Tile = 4;
 
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<sbyte>, Int8Args> quantize;
-    private readonly Action<KernelConfig, ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args> gemm;
-    private readonly Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args> dequantize;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<sbyte>, Int8Args>> quantize;
+    private readonly Lazy<Action<KernelConfig, ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args>> gemm;
+    private readonly Lazy<Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>> dequantize;
 
     internal QuantizationKernels(KernelSet set)
     {
         this.set = set;
         var acc = set.Accelerator;
-        quantize = acc.LoadStreamKernel<ArrayView<float>, ArrayView<sbyte>, Int8Args>(QuantizeKernel);
-        gemm = acc.LoadStreamKernel<ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args>(Int8GemmKernel);
-        dequantize = acc.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>(DequantizeKernel);
+        quantize = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<sbyte>, Int8Args>(QuantizeKernel));
+        gemm = new(() => acc.LoadStreamKernel<ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args>(Int8GemmKernel));
+        dequantize = new(() => acc.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>(DequantizeKernel));
     }
 
     /// <summary>When true on the CPU accelerator, run the ILGPU kernel instead of host SIMD code (tests).</summary>
@@ -62,7 +62,7 @@ public sealed class QuantizationKernels
         if (!(scale > 0f) || !float.IsFinite(scale)) throw new ArgumentOutOfRangeException(nameof(scale), $"quantization scale must be positive and finite, got {scale}");
         Check.Vector("x", x, n);
         Check.Vector("q", q, n);
-        if (n > 0) quantize(set.GridStride(n), x, q, new Int8Args { InvScale = 1f / scale, Count = n });
+        if (n > 0) quantize.Value(set.GridStride(n), x, q, new Int8Args { InvScale = 1f / scale, Count = n });
     }
 
     /// <summary>acc [M, N] = a [M, K] · bᵀ (b [N, K]), int8 inputs, exact int32 accumulation.</summary>
@@ -80,7 +80,7 @@ public sealed class QuantizationKernels
             HostInt8Gemm.Run(a, b, acc, m, n, k);
             return;
         }
-        if (tiles > 0) gemm(set.GridStride(tiles), a, b, acc, new Int8Args { M = m, N = n, K = k, Count = tiles });
+        if (tiles > 0) gemm.Value(set.GridStride(tiles), a, b, acc, new Int8Args { M = m, N = n, K = k, Count = tiles });
     }
 
     /// <summary>
@@ -118,7 +118,7 @@ public sealed class QuantizationKernels
     }
 
     /// <summary>
-    /// y [M, N] = act((quantize(x, inputScale)·wᵀ)·(inputScale·wScale[n]) (+ bias[n])): what Quantize,
+    /// y [M, N] = act((quantize.Value(x, inputScale)·wᵀ)·(inputScale·wScale[n]) (+ bias[n])): what Quantize,
     /// Gemm, Dequantize and the bias kernel compute (bit for bit), in one pass over the CPU's buffers;
     /// BERT's GELU is applied in the same pass, other activations after it.
     /// </summary>
@@ -149,7 +149,7 @@ public sealed class QuantizationKernels
         Check.Vector("weight scales", wScale, n);
         Check.Vector("y", y, (long)m * n);
         long count = (long)m * n;
-        if (count > 0) dequantize(set.GridStride(count), acc, wScale, y, new Int8Args { M = m, N = n, InputScale = inputScale, Count = count });
+        if (count > 0) dequantize.Value(set.GridStride(count), acc, wScale, y, new Int8Args { M = m, N = n, InputScale = inputScale, Count = count });
     }
 
     [GpuGroup(KernelSet.GpuStrideGroup)]

@@ -10,20 +10,20 @@ namespace IlgpuBert.Kernels;
 public sealed class SoftmaxKernels
 {
     private readonly KernelSet set;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, int> forward;
-    private readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> backward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, int>> forward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>> backward;
 
     internal SoftmaxKernels(KernelSet set)
     {
         this.set = set;
         var acc = set.Accelerator;
         bool tree = set.RowReduction == RowReduction.Tree;
-        forward = tree
+        forward = new(() => tree
             ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<WarpReduce>);
-        backward = tree
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<WarpReduce>));
+        backward = new(() => tree
             ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<WarpReduce>);
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<WarpReduce>));
     }
 
     /// <summary>y = softmax(x) row by row; x, y: [rows, cols]; y may alias x.</summary>
@@ -31,7 +31,7 @@ public sealed class SoftmaxKernels
     {
         Check.Matrix("x", x, rows, cols);
         Check.Matrix("y", y, rows, cols);
-        if (rows > 0 && cols > 0) forward(set.Rows(rows), x, y, cols);
+        if (rows > 0 && cols > 0) forward.Value(set.Rows(rows), x, y, cols);
     }
 
     /// <summary>dx = y ⊙ (dy − Σ_j dy ⊙ y); all [rows, cols]; dx may alias dy.</summary>
@@ -40,7 +40,7 @@ public sealed class SoftmaxKernels
         Check.Matrix("y", y, rows, cols);
         Check.Matrix("dy", dy, rows, cols);
         Check.Matrix("dx", dx, rows, cols);
-        if (rows > 0 && cols > 0) backward(set.Rows(rows), y, dy, dx, cols);
+        if (rows > 0 && cols > 0) backward.Value(set.Rows(rows), y, dy, dx, cols);
     }
 
     [GpuGroup(KernelSet.GpuRowGroup)]

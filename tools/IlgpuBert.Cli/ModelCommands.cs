@@ -65,37 +65,86 @@ public static class ModelCommands
         return command;
     }
 
+    /// <summary>What forward can write, in this order.</summary>
+    private static readonly string[] ForwardOutputs = ["last_hidden_state", "pooler_output", "prediction_logits", "seq_relationship_logits", "loss", "hidden_states", "attentions"];
+
     private static Command Forward(TextWriter stderr)
     {
         var model = Required("--model", "model folder (config.json, model.safetensors)");
         var input = Required("--input", "BATCH.json with input_ids, token_type_ids, attention_mask, optional labels and next_sentence_label");
         var output = Required("--out", "OUT.safetensors to write");
-        var hidden = new Option<bool>("--hidden-states") { Description = "also write hidden_states.{0..L}" };
-        var attentions = new Option<bool>("--attentions") { Description = "also write attentions.{0..L-1} [B, NH, S, S]" };
-        var command = new Command("forward", "Run BertForPreTraining on a batch (dropout off) and write its outputs.") { model, input, output, hidden, attentions };
+        var outputs = new Option<string?>("--outputs")
+        {
+            Description = $"comma-separated, of {string.Join(", ", ForwardOutputs)} (default: what the checkpoint has: last_hidden_state, and pooler_output, prediction_logits, "
+                + "seq_relationship_logits where its file holds that part, loss when the batch has labels for them); a part the file lacks is refused, never made up",
+        };
+        var hidden = new Option<bool>("--hidden-states") { Description = "also write hidden_states.{0..L} (as --outputs …,hidden_states)" };
+        var attentions = new Option<bool>("--attentions") { Description = "also write attentions.{0..L-1} [B, NH, S, S] (as --outputs …,attentions)" };
+        var command = new Command("forward", "Run the model on a batch (dropout off) and write its outputs: the encoder's, and its heads' where the checkpoint has them.") { model, input, output, outputs, hidden, attentions };
         command.SetAction(parse =>
         {
             var inputs = ReadBatch(parse.GetValue(input)!);
-            using var device = Cli.OpenDevice(parse);
-            using var bert = BertFolder.Load(device, parse.GetValue(model)!, stderr);
-            CheckBatch(inputs, bert.Config, parse.GetValue(input)!);
-            using var tape = new Tape(recording: false);
-            bool wantAttentions = parse.GetValue(attentions);
-            var o = bert.Forward(tape, inputs, Dropouts.Off, outputAttentions: wantAttentions);
-            int b = inputs.Batch, s = inputs.SeqLen, h = bert.Config.HiddenSize;
-            var result = new Dictionary<string, HostTensor>
+            string dir = parse.GetValue(model)!;
+            var config = BertConfig.Read(Path.Combine(dir, BertFolder.ConfigFile));
+            CheckBatch(inputs, config, parse.GetValue(input)!);
+            var (pooler, mlm, nsp) = BertFolder.Heads(dir);
+            string Lacks(string name) => name switch
             {
-                ["last_hidden_state"] = new([b, s, h], o.LastHiddenState.Value.ToHost()),
-                ["pooler_output"] = new([b, h], o.PoolerOutput.Value.ToHost()),
-                ["prediction_logits"] = new([b, s, bert.Config.VocabSize], o.PredictionLogits.Value.ToHost()),
-                ["seq_relationship_logits"] = new([b, bert.Config.SentenceClasses], o.SeqRelationshipLogits.Value.ToHost()),
+                "pooler_output" => "bert.pooler.*",
+                "prediction_logits" => "the masked-language-model head (cls.predictions.*)",
+                _ => "the next-sentence head (cls.seq_relationship.*)",
             };
-            if (o.ReadLoss() is { } loss) result["loss"] = new([], [loss]);
-            if (parse.GetValue(hidden))
-                for (int i = 0; i < o.HiddenStates.Count; i++) result[$"hidden_states.{i}"] = new([b, s, h], o.HiddenStates[i].Value.ToHost());
+            bool has(string name) => name switch { "pooler_output" => pooler, "prediction_logits" => mlm, "seq_relationship_logits" => nsp, _ => true };
+            bool lossPossible = (inputs.Labels is not null || inputs.NextSentenceLabel is not null)
+                && (inputs.Labels is null || mlm) && (inputs.NextSentenceLabel is null || nsp);
+            List<string> wanted;
+            if (parse.GetValue(outputs) is { } list)
+            {
+                wanted = list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Distinct().ToList();
+                if (wanted.Count == 0) throw new ArgumentException("--outputs names no output");
+                if (wanted.FirstOrDefault(w => !ForwardOutputs.Contains(w)) is { } unknown)
+                    throw new ArgumentException($"--outputs: no output {unknown} (there are {string.Join(", ", ForwardOutputs)})");
+                if (wanted.FirstOrDefault(w => !has(w)) is { } absent)
+                    throw new ArgumentException($"--outputs: {absent} needs {Lacks(absent)}, which {dir} does not have (it has {string.Join(", ", ForwardOutputs.Where(has).Where(o => o != "loss"))})");
+                if (wanted.Contains("loss") && !lossPossible)
+                    throw new ArgumentException(inputs.Labels is null && inputs.NextSentenceLabel is null
+                        ? "--outputs: loss needs labels or next_sentence_label in the batch"
+                        : $"--outputs: loss needs {(inputs.Labels is not null && !mlm ? Lacks("prediction_logits") : Lacks("seq_relationship_logits"))} for the batch's labels, which {dir} does not have");
+            }
+            else
+            {
+                wanted = ForwardOutputs.Take(4).Where(has).ToList();
+                if (lossPossible) wanted.Add("loss");
+            }
+            if (parse.GetValue(hidden)) wanted.Add("hidden_states");
+            if (parse.GetValue(attentions)) wanted.Add("attentions");
+            bool heads = wanted.Any(w => w is "prediction_logits" or "seq_relationship_logits" or "loss");
+
+            using var device = Cli.OpenDevice(parse);
+            using var tape = new Tape(recording: false);
+            bool wantAttentions = wanted.Contains("attentions");
+            int b = inputs.Batch, s = inputs.SeqLen, h = config.HiddenSize;
+            var result = new Dictionary<string, HostTensor>();
+            BertEncoderOutputs encoded;
+            // Only the parts asked for are computed: the vocabulary-wide logits alone are [B, S, V].
+            using var full = heads ? BertFolder.Load(device, dir, stderr) : null;
+            using var body = heads ? null : BertFolder.LoadBody(device, dir, addPoolingLayer: wanted.Contains("pooler_output"));
+            if (full is not null)
+            {
+                var o = full.Forward(tape, inputs, Dropouts.Off, outputAttentions: wantAttentions);
+                encoded = new BertEncoderOutputs { LastHiddenState = o.LastHiddenState, PoolerOutput = o.PoolerOutput, HiddenStates = o.HiddenStates, Attentions = o.Attentions };
+                if (wanted.Contains("prediction_logits")) result["prediction_logits"] = new([b, s, config.VocabSize], o.PredictionLogits.Value.ToHost());
+                if (wanted.Contains("seq_relationship_logits")) result["seq_relationship_logits"] = new([b, config.SentenceClasses], o.SeqRelationshipLogits.Value.ToHost());
+                if (wanted.Contains("loss") && o.ReadLoss() is { } loss) result["loss"] = new([], [loss]);
+            }
+            else encoded = body!.Forward(tape, inputs, Dropouts.Off, outputAttentions: wantAttentions);
+            if (wanted.Contains("last_hidden_state")) result["last_hidden_state"] = new([b, s, h], encoded.LastHiddenState.Value.ToHost());
+            if (wanted.Contains("pooler_output")) result["pooler_output"] = new([b, h], encoded.PoolerOutput!.Value.ToHost());
+            if (wanted.Contains("hidden_states"))
+                for (int i = 0; i < encoded.HiddenStates.Count; i++) result[$"hidden_states.{i}"] = new([b, s, h], encoded.HiddenStates[i].Value.ToHost());
             if (wantAttentions)
-                for (int i = 0; i < o.Attentions!.Count; i++)
-                    result[$"attentions.{i}"] = new(o.Attentions[i].Shape, o.Attentions[i].ToHost());
+                for (int i = 0; i < encoded.Attentions!.Count; i++)
+                    result[$"attentions.{i}"] = new(encoded.Attentions[i].Shape, encoded.Attentions[i].ToHost());
             SafeTensors.Write(parse.GetValue(output)!, result);
             return 0;
         });

@@ -153,16 +153,39 @@ public static class RealModelCommands
         for (string? line = reader.ReadLine(); line is not null; line = reader.ReadLine()) yield return line;
     }
 
+    /// <summary>How embed and search batch and cut texts.</summary>
+    private sealed class BatchingFlags
+    {
+        public readonly Option<int> BatchSize = Cli.Opt("--batch-size", "at most this many texts per forward pass (default: as many as --batch-tokens allows)", 0);
+        public readonly Option<int> BatchTokens = Cli.Opt("--batch-tokens", "tokens per forward pass: texts sorted by length, each batch as many rows as fit (rows × its longest row)", BertPipeline.DefaultBatchTokens);
+        public readonly Option<string> Truncate = Cli.Opt("--truncate", "a text longer than the model takes: cut (warned once, with the count) or error", "cut");
+
+        public void AddTo(Command command)
+        {
+            command.Options.Add(BatchSize);
+            command.Options.Add(BatchTokens);
+            command.Options.Add(Truncate);
+        }
+
+        public (int BatchSize, int BatchTokens, bool Truncate) Parse(ParseResult parse) => (parse.GetValue(BatchSize), parse.GetValue(BatchTokens), parse.GetValue(Truncate) switch
+        {
+            "cut" => true,
+            "error" => false,
+            var other => throw new ArgumentException($"--truncate must be cut or error, got {other}"),
+        });
+    }
+
     private static Command Embed(TextWriter stdout, TextWriter stderr)
     {
         var model = Cli.Required("--model", "model folder (an HF folder, or a sentence-transformers folder with modules.json)");
-        var input = new Option<string?>("--input") { Description = "one text per line (default: standard input)" };
+        var input = new Option<string?>("--input") { Description = "one text per line (default: standard input); a blank line's vector is zeros" };
         var flags = new EmbeddingFlags();
-        var output = new Option<string?>("--out") { Description = "write .npy or .safetensors (key \"embeddings\") instead of JSON lines on standard output" };
-        var batch = Cli.Opt("--batch-size", "texts per forward pass", 32);
-        var maxLength = Cli.Opt("--max-length", "tokens per text, [CLS] and [SEP] included (default: the model's maximum)", 0);
-        var command = new Command("embed", "Sentence embeddings: one vector per input line.") { model, input, output, batch, maxLength };
+        var batching = new BatchingFlags();
+        var output = new Option<string?>("--out") { Description = "write .npy, or .safetensors (tensor \"embeddings\", with what it was made from: `search --index` reads it), instead of JSON lines on standard output" };
+        var maxLength = Cli.Opt("--max-length", "tokens per text, [CLS] and [SEP] included (default: the folder's max_seq_length, else the model's maximum)", 0);
+        var command = new Command("embed", "Sentence embeddings: one vector per input line.") { model, input, output, maxLength };
         flags.AddTo(command, normalizeFlags: true);
+        batching.AddTo(command);
         command.SetAction(parse =>
         {
             string? path = parse.GetValue(input);
@@ -171,11 +194,21 @@ public static class RealModelCommands
             if (outPath is not null && !outPath.EndsWith(".npy", StringComparison.Ordinal) && !outPath.EndsWith(".safetensors", StringComparison.Ordinal))
                 throw new ArgumentException($"--out must end in .npy or .safetensors, got {outPath}");
             var (pooling, normalize, prompt, promptText) = flags.Parse(parse);
+            var (batchSize, batchTokens, truncate) = batching.Parse(parse);
             var texts = ReadLines(path);
             using var device = Cli.OpenDevice(parse);
             using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
+            pipeline.Warn = stderr.WriteLine;
             EmbeddingFlags.Report(pipeline, pooling, normalize, stderr);
-            var vectors = pipeline.Embed(texts, pooling, normalize, parse.GetValue(batch), parse.GetValue(maxLength), prompt, promptText);
+            promptText ??= pipeline.PromptText(prompt);
+            if (outPath is not null && outPath.EndsWith(".safetensors", StringComparison.Ordinal))
+            {
+                var index = pipeline.Index(texts, pooling, normalize, parse.GetValue(maxLength), promptText, batchSize, batchTokens, truncate);
+                index.Save(outPath);
+                stdout.WriteLine($"wrote {outPath}: {index.Vectors.Count} × {index.Vectors[0].Length}");
+                return 0;
+            }
+            var vectors = pipeline.Embed(texts, pooling, normalize, batchSize, parse.GetValue(maxLength), promptText: promptText, batchTokens: batchTokens, truncate: truncate);
             if (outPath is null)
             {
                 foreach (var v in vectors) stdout.WriteLine(JsonSerializer.Serialize(v));
@@ -183,8 +216,7 @@ public static class RealModelCommands
             }
             var flat = vectors.SelectMany(v => v).ToArray();
             int[] shape = [vectors.Count, vectors[0].Length];
-            if (outPath.EndsWith(".npy", StringComparison.Ordinal)) Npy.Write(outPath, flat, shape);
-            else SafeTensors.Write(outPath, new Dictionary<string, HostTensor> { ["embeddings"] = new(shape, flat) });
+            Npy.Write(outPath, flat, shape);
             stdout.WriteLine($"wrote {outPath}: {shape[0]} × {shape[1]}");
             return 0;
         });
@@ -204,6 +236,7 @@ public static class RealModelCommands
             var (pooling, _, prompt, promptText) = flags.Parse(parse);
             using var device = Cli.OpenDevice(parse);
             using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
+            pipeline.Warn = stderr.WriteLine;
             EmbeddingFlags.Report(pipeline, pooling, null, stderr);
             var v = pipeline.Embed([parse.GetValue(first)!, parse.GetValue(second)!], pooling, prompt: prompt, promptText: promptText);
             stdout.WriteLine(BertPipeline.Cosine(v[0], v[1]).ToString("F6", System.Globalization.CultureInfo.InvariantCulture));
@@ -215,27 +248,32 @@ public static class RealModelCommands
     private static Command Search(TextWriter stdout, TextWriter stderr)
     {
         var model = Cli.Required("--model", "model folder");
-        var corpus = Cli.Required("--corpus", "texts to search, one per line; \"default\": the first summary sentence of every documented .NET SDK type");
+        var corpus = Cli.Required("--corpus", "texts to search, one per line (blank lines never match); \"default\": the first summary sentence of every documented .NET SDK type");
+        var index = new Option<string?>("--index") { Description = "the corpus's vectors: read from this .safetensors file when it exists (refused unless made from these texts with this model and embedding), else computed and written there" };
         var query = new Argument<string>("query") { Description = "the query text" };
         var topK = Cli.Opt("--top-k", "results to print", 5);
         var flags = new EmbeddingFlags();
-        var command = new Command("search", "The corpus lines nearest to a query by cosine similarity of embeddings.") { model, corpus, query, topK };
+        var command = new Command("search", "The corpus lines nearest to a query by cosine similarity of embeddings.") { model, corpus, index, query, topK };
         flags.AddTo(command, normalizeFlags: false);
         command.SetAction(parse =>
         {
             string path = parse.GetValue(corpus)!;
             if (path != "default" && !File.Exists(path)) throw new ArgumentException($"{path}: no such file");
             if (parse.GetValue(topK) < 1) throw new ArgumentException("--top-k must be positive");
+            string? indexPath = parse.GetValue(index);
+            if (indexPath is not null && !indexPath.EndsWith(".safetensors", StringComparison.Ordinal))
+                throw new ArgumentException($"--index must end in .safetensors, got {indexPath}");
             var (pooling, _, prompt, promptText) = flags.Parse(parse);
-            var lines = (path == "default"
-                ? BertPipeline.DefaultSearchCorpus()
-                : File.ReadAllLines(path)).Where(l => l.Trim().Length > 0).ToList();
-            if (lines.Count == 0) throw new ArgumentException($"{path}: no lines to search");
+            var lines = (path == "default" ? BertPipeline.DefaultSearchCorpus() : File.ReadAllLines(path)).ToList();
+            if (lines.All(string.IsNullOrWhiteSpace)) throw new ArgumentException($"{path}: no lines to search");
             using var device = Cli.OpenDevice(parse);
             using var pipeline = BertPipeline.Load(device, parse.GetValue(model)!);
+            pipeline.Warn = stderr.WriteLine;
             EmbeddingFlags.Report(pipeline, pooling, null, stderr);
-            foreach (var hit in pipeline.Search(parse.GetValue(query)!, lines, parse.GetValue(topK), pooling, prompt, promptText))
+            bool made = indexPath is not null && !File.Exists(indexPath);
+            foreach (var hit in pipeline.Search(parse.GetValue(query)!, lines, parse.GetValue(topK), pooling, prompt, promptText, indexPath))
                 stdout.WriteLine($"{hit.Score:F4}\t{lines[hit.Index]}");
+            if (made) stderr.WriteLine($"wrote {indexPath}: the corpus's {lines.Count} vectors (later searches read them)");
             return 0;
         });
         return command;

@@ -46,8 +46,9 @@ public sealed class SafeTensorsFile : IDisposable
     private readonly FileStream file;
     private readonly long dataStart;
 
-    private SafeTensorsFile(string path, FileStream file, long dataStart, List<(string Name, SafeTensorsEntry Entry)> entries)
+    private SafeTensorsFile(string path, FileStream file, long dataStart, List<(string Name, SafeTensorsEntry Entry)> entries, Dictionary<string, string> metadata)
     {
+        Metadata = metadata;
         Path = path;
         this.file = file;
         this.dataStart = dataStart;
@@ -56,6 +57,9 @@ public sealed class SafeTensorsFile : IDisposable
 
     /// <summary>The file's path (named in every message).</summary>
     public string Path { get; }
+
+    /// <summary>The header's __metadata__ (empty when it has none).</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
 
     /// <summary>Every tensor's entry, by name.</summary>
     public IReadOnlyDictionary<string, SafeTensorsEntry> Entries { get; }
@@ -68,8 +72,8 @@ public sealed class SafeTensorsFile : IDisposable
         var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.RandomAccess);
         try
         {
-            var (dataStart, entries) = SafeTensors.ReadHeader(path, file);
-            return new SafeTensorsFile(path, file, dataStart, entries);
+            var (dataStart, entries, metadata) = SafeTensors.ReadHeader(path, file);
+            return new SafeTensorsFile(path, file, dataStart, entries, metadata);
         }
         catch
         {
@@ -142,7 +146,7 @@ public static class SafeTensors
     }
 
     /// <summary>The header of a file: every tensor's dtype, shape and byte range, checked as <see cref="Read"/> checks them.</summary>
-    internal static (long DataStart, List<(string Name, SafeTensorsEntry Entry)> Entries) ReadHeader(string path, FileStream file)
+    internal static (long DataStart, List<(string Name, SafeTensorsEntry Entry)> Entries, Dictionary<string, string> Metadata) ReadHeader(string path, FileStream file)
     {
         long fileLength = file.Length;
         if (fileLength < 8) throw new CheckpointException($"{path}: truncated safetensors file ({fileLength} bytes, no header length)");
@@ -172,7 +176,12 @@ public static class SafeTensors
             if (elements > Array.MaxLength)
                 throw new CheckpointException($"{path}: tensor {name} is too large ({elements} elements)");
         }
-        return (dataStart, entries);
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+        // The format's metadata map strings to strings; anything else in it is not ours to read.
+        if (header["__metadata__"] is JsonObject meta)
+            foreach (var (key, value) in meta)
+                if (value is JsonValue v && v.GetValueKind() == JsonValueKind.String) metadata[key] = v.GetValue<string>();
+        return (dataStart, entries, metadata);
     }
 
     /// <summary>

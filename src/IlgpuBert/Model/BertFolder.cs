@@ -87,6 +87,15 @@ public static class BertFolder
         return file.Entries.Keys.ToList();
     }
 
+    /// <summary>Which of BertForPreTraining's parts beyond the encoder a folder's weights hold.</summary>
+    public static (bool Pooler, bool MlmHead, bool NspHead) Heads(string dir)
+    {
+        var names = WeightNames(dir);
+        return (names.Any(n => n is "bert.pooler.dense.weight" or "pooler.dense.weight"),
+            names.Any(n => n.StartsWith("cls.predictions.", StringComparison.Ordinal)),
+            names.Any(n => n.StartsWith("cls.seq_relationship.", StringComparison.Ordinal)));
+    }
+
     /// <summary>
     /// The folder's weights: model.safetensors, or else (older HF folders) pytorch_model.bin, read by
     /// a restricted unpickler (<see cref="PyTorchCheckpoint"/>).

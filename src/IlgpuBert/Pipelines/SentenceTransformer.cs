@@ -347,6 +347,13 @@ public sealed record SentenceTransformer
     private static JsonObject Module(int idx, string path, string type) =>
         new() { ["idx"] = idx, ["name"] = $"{idx}", ["path"] = path, ["type"] = $"sentence_transformers.models.{type}" };
 
+    /// <summary>The length of a sentence vector from hidden states of width <paramref name="h"/>: the pooled modes side by side, or the last Dense module's output.</summary>
+    public int Dimension(int h) => Dense.Count > 0 ? Dense[^1].Out
+        : h * new[] { Pooling.ClsToken, Pooling.MaxTokens, Pooling.MeanTokens, Pooling.MeanSqrtLenTokens, Pooling.WeightedMeanTokens, Pooling.LastToken }.Count(m => m);
+
+    /// <summary>The vector of a blank text: zeros of <see cref="Dimension"/>.</summary>
+    public float[] ZeroVector(int h) => new float[Dimension(h)];
+
     /// <summary>
     /// The sentence vector of row <paramref name="b"/> of a padded batch: pooling over
     /// <paramref name="hidden"/> [B, S, H] where <paramref name="mask"/> [B, S] is 1 (the first

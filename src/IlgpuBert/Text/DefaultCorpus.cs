@@ -74,6 +74,38 @@ public static partial class DefaultCorpus
             .Where(d => d.Text.Length > 0);
 
     /// <summary>
+    /// The summaries of the documented types only (members named "T:…"), as <see cref="Summaries"/>
+    /// gives them, read without building each file's tree: a fifth of the time of the whole corpus.
+    /// </summary>
+    public static IEnumerable<DocDocument> TypeSummaries()
+    {
+        // Whitespace-only text dropped, as XDocument.Load drops it for Summaries (the same texts).
+        var settings = new XmlReaderSettings { DtdProcessing = DtdProcessing.Ignore, XmlResolver = null, IgnoreWhitespace = true };
+        foreach (var file in Directory.GetFiles(Folder(), "*.xml").Order(StringComparer.Ordinal))
+        {
+            var found = new List<DocDocument>();
+            try
+            {
+                using var reader = XmlReader.Create(file, settings);
+                // ReadFrom leaves the reader on the node after the member, which may be the next member.
+                while (reader.NodeType == XmlNodeType.Element && reader.Name == "member" || reader.ReadToFollowing("member"))
+                {
+                    string name = reader.GetAttribute("name") ?? "";
+                    if (!name.StartsWith("T:", StringComparison.Ordinal))
+                    {
+                        reader.Skip();
+                        continue;
+                    }
+                    var member = (XElement)XNode.ReadFrom(reader);
+                    if (member.Element("summary") is { } summary && Prose(summary) is { Length: > 0 } text) found.Add(new DocDocument(name, text));
+                }
+            }
+            catch (XmlException) { continue; } // as Members(): an unreadable file is skipped whole
+            foreach (var d in found) yield return d;
+        }
+    }
+
+    /// <summary>
     /// The documentation of one type as one document: the type's own text, then its members' in
     /// file order. Members alone are a sentence or two, too short for BERT's segment pairs.
     /// </summary>
