@@ -99,7 +99,7 @@ public sealed class GemmKernels
         ArrayView<float> c, int ldc, ArrayView<float> bias = default,
         int batch = 1, long strideA = 0, long strideB = 0, long strideC = 0, PackedMatrix? packedB = null)
     {
-        var args = Args(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, batch, strideA, strideB, strideC);
+        var args = Args(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, batch, strideA, strideB, strideC, packedB);
         if (m == 0 || n == 0 || batch == 0)
             return;
         if (UseHost)
@@ -122,7 +122,7 @@ public sealed class GemmKernels
     {
         bool keepPre = pre.IsValid && pre.Length > 0;
         if (!keepPre && !FusesWithoutPre(act)) throw new ArgumentException($"pre is needed for {act} on {set.Accelerator.AcceleratorType}");
-        var args = Args(ta, tb, m, n, k, 1f, a, lda, b, ldb, 0f, keepPre ? pre : y, ldc, bias, 1, 0, 0, 0);
+        var args = Args(ta, tb, m, n, k, 1f, a, lda, b, ldb, 0f, keepPre ? pre : y, ldc, bias, 1, 0, 0, 0, packedB);
         Check.Vector("y", y, (long)(m - 1) * ldc + n);
         if (m == 0 || n == 0)
             return;
@@ -165,7 +165,7 @@ public sealed class GemmKernels
 
     private GemmArgs Args(Transpose ta, Transpose tb, int m, int n, int k, float alpha, ArrayView<float> a, int lda,
         ArrayView<float> b, int ldb, float beta, ArrayView<float> c, int ldc, ArrayView<float> bias,
-        int batch, long strideA, long strideB, long strideC)
+        int batch, long strideA, long strideB, long strideC, PackedMatrix? packedB = null)
     {
         var args = new GemmArgs
         {
@@ -174,7 +174,8 @@ public sealed class GemmKernels
             HasBias = bias.IsValid && bias.Length > 0 ? 1 : 0,
             Alpha = alpha, Beta = beta, StrideA = strideA, StrideB = strideB, StrideC = strideC,
         };
-        Validate(args, batch, a.Length, b.Length, c.Length, bias.IsValid ? bias.Length : 0);
+        // B may be absent when its packed copy is given: the copy is then all there is of it (PackedMatrix.Matches checks the shape).
+        Validate(args, batch, a.Length, !b.IsValid && packedB is not null ? long.MaxValue : b.Length, c.Length, bias.IsValid ? bias.Length : 0);
         args.VecA = Vectorizable(a, lda, strideA);
         args.VecB = Vectorizable(b, ldb, strideB);
         args.VecC = Vectorizable(c, ldc, strideC);

@@ -56,7 +56,7 @@ internal static unsafe class HostGemm
         PackedMatrix? packedB = null)
     {
         float* pa = (float*)a.LoadEffectiveAddressAsPtr();
-        float* pb = (float*)b.LoadEffectiveAddressAsPtr();
+        float* pb = b.IsValid ? (float*)b.LoadEffectiveAddressAsPtr() : null;
         if (packedB is not null && (batch != 1 || !packedB.Matches(p, pb)))
             throw new ArgumentException($"packed B ({packedB}) was not packed from this product's B");
         var packed = new Prepacked(packedB is null ? null : packedB.Pointer, packedB?.PaddedN ?? 0);
@@ -645,9 +645,12 @@ public sealed unsafe class PackedMatrix
     internal int PaddedN { get; }
     internal float* Pointer => (float*)System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(data, 0);
 
-    /// <summary>Same matrix (its first element's address), shape, leading dimension and transposition.</summary>
+    /// <summary>
+    /// Same matrix (its first element's address), shape, leading dimension and transposition; with no B given
+    /// (null: the packed copy is all there is of it, PackedLinears with released weights) the shape alone.
+    /// </summary>
     internal bool Matches(GemmArgs p, float* b) =>
-        (nint)b == source && p.N == shape.N && p.K == shape.K && p.Ldb == shape.Ldb && p.TransB == shape.TransB;
+        (b == null || (nint)b == source) && p.N == shape.N && p.K == shape.K && p.Ldb == shape.Ldb && p.TransB == shape.TransB;
 
     public override string ToString() => $"{shape.K}×{shape.N}, {(shape.TransB != 0 ? "T" : "N")}, ldb {shape.Ldb}";
 }

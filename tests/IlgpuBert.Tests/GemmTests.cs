@@ -372,6 +372,14 @@ public class GemmTests
             using var c = d.Poisoned(m * n);
             Assert.Throws<ArgumentException>(() => d.Kernels.Gemm.Forward(Transpose.N, op, m, n, k, 1f, bx.View, k, other.View, ldb, 0f, c.View, n, packedB: packed));
             Assert.Throws<ArgumentException>(() => d.Kernels.Gemm.Forward(Transpose.N, op, m, n - 1, k, 1f, bx.View, k, bw.View, ldb, 0f, c.View, n, packedB: packed));
+            // With no B at all (its buffer released, PackedLinears), the packed copy is the operand; a shape it was not packed for is still refused.
+            using (var cNoB = d.Upload(c0))
+            {
+                d.Kernels.Gemm.Forward(Transpose.N, op, m, n, k, 0.5f, bx.View, k, default, ldb, -2f, cNoB.View, n, bBias.View, packedB: packed);
+                AssertSameBits(plain, d.Read(cNoB, m * n), "C with no B but its packed copy");
+            }
+            Assert.Throws<ArgumentException>(() => d.Kernels.Gemm.Forward(Transpose.N, op, m, n, k - 1, 1f, bx.View, k - 1, default, ldb, 0f, c.View, n, packedB: packed));
+            Assert.Throws<ArgumentException>(() => d.Kernels.Gemm.Forward(Transpose.N, op, m, n, k, 1f, bx.View, k, default, ldb, 0f, c.View, n));
         }
         finally { d.Kernels.Gemm.HostVector512 = before; }
     }

@@ -52,8 +52,20 @@ public class InferenceTests : IDisposable
         Assert.False(mlm || nsp);
         using (var body = BertFolder.LoadBody(device, MiniLm, addPoolingLayer: false))
             Assert.DoesNotContain(body.Parameters.Names, n => n.StartsWith("cls.", StringComparison.Ordinal) || n.StartsWith("bert.pooler.", StringComparison.Ordinal));
+        long weightBytes, otherBytes; // the pool's buffers (size classes) for all parameters, and for all but the Linear weights
+        using (var body = BertFolder.LoadBody(device, MiniLm, addPoolingLayer: false))
+        {
+            var linear = body.LinearWeights.ToHashSet();
+            weightBytes = body.Parameters.All.Sum(p => BufferPool.Capacity(p.Var.Length)) * sizeof(float);
+            otherBytes = body.Parameters.All.Where(p => !linear.Contains(p.Var)).Sum(p => BufferPool.Capacity(p.Var.Length)) * sizeof(float);
+        }
+        device.Pool.Trim();
         using (var pipeline = BertPipeline.Load(device, MiniLm))
+        {
+            // The Linear weights live on only as their packed copies (host arrays, outside the pool).
+            Assert.True(device.Pool.BytesAllocated == otherBytes, $"{device.Pool.BytesAllocated} B in the pool, all weights {weightBytes} B, all but the Linear ones {otherBytes} B");
             Assert.Contains("no masked-language-model head", Assert.Throws<ArgumentException>(() => pipeline.FillMask("The [MASK].")).Message);
+        }
 
         // The body alone from a pretraining folder equals that folder's full model's encoder.
         string tiny = InitTiny();

@@ -67,14 +67,16 @@ public static partial class Ops
         var y = Output(tape, x.Device, grad, shape);
         var k = K(x);
         Tensor? pre = null;
+        // Inference with a packed copy never reads w itself (which PackedLinears may have released).
+        var wView = packedWeight is not null && !grad ? default : w.Value.View;
         if (act is null)
-            k.Gemm.Forward(Transpose.N, Transpose.T, n, outDim, inDim, 1f, x.Value.View, inDim, w.Value.View, inDim, 0f, y.Value.View, outDim, b?.Value.View ?? default,
+            k.Gemm.Forward(Transpose.N, Transpose.T, n, outDim, inDim, 1f, x.Value.View, inDim, wView, inDim, 0f, y.Value.View, outDim, b?.Value.View ?? default,
                 packedB: packedWeight);
         else
         {
             // One pass (the GEMM's epilogue applies the activation); pre is what backward needs.
             pre = grad || !k.Gemm.FusesWithoutPre(act.Value) ? new Tensor(x.Device, shape) : null;
-            k.Gemm.ForwardActivation(Transpose.N, Transpose.T, n, outDim, inDim, x.Value.View, inDim, w.Value.View, inDim, pre?.View ?? default, outDim,
+            k.Gemm.ForwardActivation(Transpose.N, Transpose.T, n, outDim, inDim, x.Value.View, inDim, wView, inDim, pre?.View ?? default, outDim,
                 b?.Value.View ?? default, act.Value, y.Value.View, packedWeight);
         }
         if (!grad) { pre?.Dispose(); return y; }

@@ -3,6 +3,7 @@
 // MatMul's constant weight once; this does the same for a model that only runs forward.
 using IlgpuBert.Autograd;
 using IlgpuBert.Kernels;
+using IlgpuBert.Runtime;
 
 namespace IlgpuBert.Model;
 
@@ -27,6 +28,33 @@ public sealed class PackedLinears
         {
             lock (packed) return packed.Values.Count(p => p is not null);
         }
+    }
+
+    /// <summary>
+    /// Packs <paramref name="weights"/> now. With <paramref name="release"/>, each weight that was packed
+    /// (the CPU path) gives its own buffer back and the pool frees it: the packed copy is then the only
+    /// one, so weights are held once. Only for a model used through <see cref="Hooks"/> alone and never
+    /// read otherwise again (saving it, or a forward without these hooks, would fail on the released
+    /// weights); on GPUs nothing is packed and nothing released.
+    /// </summary>
+    public void Pack(IEnumerable<Var> weights, bool release)
+    {
+        BertDevice? device = null;
+        foreach (var w in weights)
+        {
+            PackedMatrix? p;
+            lock (packed)
+            {
+                if (!packed.TryGetValue(w, out p))
+                    packed[w] = p = w.Device.Kernels.Gemm.PackB(Transpose.T, w.Shape[0], w.Shape[1], w.Value.View, w.Shape[1]);
+            }
+            if (release && p is not null)
+            {
+                w.Value.Dispose();
+                device = w.Device;
+            }
+        }
+        device?.Pool.Trim();
     }
 
     public Var Linear(Tape tape, Var x, Var w, Var? b, ActivationKind? act)

@@ -83,7 +83,10 @@ public sealed class BertPipeline : IDisposable
             return new BertPipeline(dir, sentence, encoder, null, BertForTask.Load(device, dir), null);
         if (BertFolder.Heads(dir).MlmHead)
             return new BertPipeline(dir, sentence, encoder, BertFolder.Load(device, dir), null, null);
-        return new BertPipeline(dir, sentence, encoder, null, null, BertFolder.LoadBody(device, dir, addPoolingLayer: false));
+        var pipeline = new BertPipeline(dir, sentence, encoder, null, null, BertFolder.LoadBody(device, dir, addPoolingLayer: false));
+        // The encoder alone runs only through the packed Linears here: their packed copies replace the weights.
+        pipeline.linears.Pack(pipeline.Body.LinearWeights, release: true);
+        return pipeline;
     }
 
     /// <summary>The encoder's last hidden states [B, S, H] for a batch (dropout off, no tape bookkeeping).</summary>
