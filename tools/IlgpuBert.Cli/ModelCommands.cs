@@ -85,8 +85,8 @@ public static class ModelCommands
         {
             var inputs = ReadBatch(parse.GetValue(input)!);
             string dir = parse.GetValue(model)!;
+            BertFolder.Require(dir);
             var config = BertConfig.Read(Path.Combine(dir, BertFolder.ConfigFile));
-            CheckBatch(inputs, config, parse.GetValue(input)!);
             var (pooler, mlm, nsp) = BertFolder.Heads(dir);
             string Lacks(string name) => name switch
             {
@@ -129,6 +129,8 @@ public static class ModelCommands
             // Only the parts asked for are computed: the vocabulary-wide logits alone are [B, S, V].
             using var full = heads ? BertFolder.Load(device, dir, stderr) : null;
             using var body = heads ? null : BertFolder.LoadBody(device, dir, addPoolingLayer: wanted.Contains("pooler_output"));
+            // After the model: a config that does not describe its weights is the model folder's fault, not the batch's.
+            CheckBatch(inputs, config, parse.GetValue(input)!);
             if (full is not null)
             {
                 var o = full.Forward(tape, inputs, Dropouts.Off, outputAttentions: wantAttentions);

@@ -21,9 +21,7 @@ public static class BertFolder
     /// <summary>As <see cref="Load(BertDevice, string, TextWriter?)"/>, also naming the parameters the file lacked (initialised instead).</summary>
     public static BertForPreTraining Load(BertDevice device, string dir, TextWriter? log, out IReadOnlyList<string> initializedNames)
     {
-        if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
-        if (Path.TrimEndingDirectorySeparator(dir).EndsWith(".tmp", StringComparison.Ordinal))
-            throw new CheckpointException($"{dir}: an unfinished checkpoint (a run stopped while writing it); use the folder without .tmp");
+        Require(dir);
         var config = BertConfig.Read(Path.Combine(dir, ConfigFile));
         string weights = WeightsPath(dir);
         var model = new BertForPreTraining(device, config);
@@ -51,7 +49,7 @@ public static class BertFolder
     /// </summary>
     public static BertModel LoadBody(BertDevice device, string dir, bool addPoolingLayer)
     {
-        if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
+        Require(dir);
         var config = BertConfig.Read(Path.Combine(dir, ConfigFile)).Validate();
         var parameters = new BertParameters(device, config);
         try
@@ -81,10 +79,19 @@ public static class BertFolder
     /// <summary>The tensor names in a folder's weights, as the file has them (of model.safetensors only its header is read).</summary>
     public static IReadOnlyCollection<string> WeightNames(string dir)
     {
+        Require(dir);
         string weights = WeightsPath(dir);
         if (weights.EndsWith(PyTorchCheckpoint.FileName, StringComparison.Ordinal)) return PyTorchCheckpoint.Read(weights).Keys;
         using var file = SafeTensorsFile.Open(weights);
         return file.Entries.Keys.ToList();
+    }
+
+    /// <summary>Refuses what is not a finished model folder: a missing one, or one a run stopped while writing (.tmp).</summary>
+    public static void Require(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new CheckpointException($"{dir}: no such model folder");
+        if (Path.TrimEndingDirectorySeparator(dir).EndsWith(".tmp", StringComparison.Ordinal))
+            throw new CheckpointException($"{dir}: an unfinished checkpoint (a run stopped while writing it); use the folder without .tmp");
     }
 
     /// <summary>Which of BertForPreTraining's parts beyond the encoder a folder's weights hold.</summary>
