@@ -1,4 +1,4 @@
-// `ilgpu-bert analyze attention|heads|probe|similarity`: the BERTology questions of "where does
+// `ilgpu-bert analyze attention|heads|probe|similarity|cloze`: the BERTology questions of "where does
 // BERT look" and "what does each layer know", answered as CSV/safetensors and pictures.
 using System.CommandLine;
 using System.Globalization;
@@ -17,11 +17,12 @@ public static class AnalyzeCommand
 
     public static Command Create(TextWriter stdout)
     {
-        var analyze = new Command("analyze", "Attention maps, head statistics, layer-wise probes and similarity of a model.");
+        var analyze = new Command("analyze", "Attention maps, head statistics, layer-wise probes, similarity and cloze knowledge of a model.");
         analyze.Subcommands.Add(Attention(stdout));
         analyze.Subcommands.Add(Heads(stdout));
         analyze.Subcommands.Add(Probe(stdout));
         analyze.Subcommands.Add(Similarity(stdout));
+        analyze.Subcommands.Add(ClozeVerb(stdout));
         return analyze;
     }
 
@@ -165,6 +166,50 @@ public static class AnalyzeCommand
         });
         return command;
     }
+
+    private static Command ClozeVerb(TextWriter stdout)
+    {
+        var model = Req("--model", "model folder with a masked-language-model head (a pretraining folder)");
+        var facts = Req("--facts", "facts as JSON lines: {\"template\": \"[X] is the capital of [Y].\", \"subject\": \"Paris\", \"object\": \"France\", \"relation\": \"capital\"}");
+        var output = Req("--out", "output folder");
+        var command = new Command("cloze", "What the MLM knows as cloze answers (LAMA, Petroni et al. 2019): P@1, P@10 and MRR per relation.") { model, facts, output };
+        command.SetAction(parse =>
+        {
+            string dir = parse.GetValue(model)!;
+            if (!BertFolder.Heads(dir).MlmHead)
+                throw new ArgumentException($"{dir} has no masked-language-model head (cls.predictions.*): cloze asks that head for the object, so it needs a pretraining folder");
+            var list = Cloze.Read(parse.GetValue(facts)!);
+            using var device = Cli.OpenDevice(parse);
+            using var bert = BertFolder.Load(device, dir);
+            var (scores, answers) = Cloze.Run(bert, BertTextEncoder.Load(dir), list);
+            string outDir = parse.GetValue(output)!;
+            Directory.CreateDirectory(outDir);
+            var csv = new StringBuilder("relation,facts,scored,skipped,p_at_1,p_at_10,mrr\n");
+            foreach (var r in scores) csv.Append($"{Csv(r.Relation)},{r.Facts},{r.Scored},{r.Skipped},{F(r.PrecisionAt1)},{F(r.PrecisionAt10)},{F(r.Mrr)}\n");
+            AtomicFile.WriteText(Path.Combine(outDir, "cloze.csv"), csv.ToString());
+            var rows = new StringBuilder("relation,subject,object,top1,rank\n");
+            foreach (var a in answers) rows.Append($"{Csv(a.Fact.Relation)},{Csv(a.Fact.Subject)},{Csv(a.Fact.Object)},{Csv(a.Top1)},{a.Rank}\n");
+            AtomicFile.WriteText(Path.Combine(outDir, "answers.csv"), rows.ToString());
+            var plotted = scores.Where(r => r.Scored > 0).ToList();
+            if (plotted.Count > 0)
+                AnalysisPlots.Bars(Path.Combine(outDir, "cloze.png"), "cloze answers per relation", "fraction of facts", (0, 1), plotted.Select(r => r.Relation.Length > 24 ? r.Relation[..24] + "…" : r.Relation).ToArray(),
+                    ("P@1", plotted.Select(r => r.PrecisionAt1).ToArray()), ("P@10", plotted.Select(r => r.PrecisionAt10).ToArray()), ("MRR", plotted.Select(r => r.Mrr).ToArray()));
+            var ranked = answers.Where(a => a.Rank > 0).ToList();
+            int skipped = answers.Count - ranked.Count;
+            stdout.WriteLine($"wrote {outDir}: cloze.csv, answers.csv{(plotted.Count > 0 ? ", cloze.png" : "")}");
+            stdout.WriteLine(ranked.Count == 0
+                ? $"None of the {answers.Count} facts has a one-piece object, so none could be asked as one [MASK] (LAMA scores only those); nothing was scored."
+                : $"Asked as cloze queries, the model ranks the object first for {ranked.Count(a => a.Rank == 1)} of {ranked.Count} facts (P@1 {F(ranked.Average(a => a.Rank == 1 ? 1.0 : 0))}), "
+                  + $"in its top 10 for {ranked.Count(a => a.Rank <= 10)} (P@10 {F(ranked.Average(a => a.Rank <= 10 ? 1.0 : 0))}), mean reciprocal rank {F(ranked.Average(a => 1.0 / a.Rank))}, "
+                  + $"over {scores.Count} relation{(scores.Count > 1 ? "s" : "")}"
+                  + (skipped > 0 ? $"; {skipped} fact{(skipped > 1 ? "s" : "")} with a multi-piece object {(skipped > 1 ? "were" : "was")} skipped, as LAMA skips them" : "")
+                  + ". Petroni et al. (2019) found BERT answering many such queries without any fine-tuning: the knowledge is in the MLM, though how much depends on the relation and the template's wording.");
+            return 0;
+        });
+        return command;
+    }
+
+    private static string Csv(string v) => v.Contains(',') || v.Contains('"') ? "\"" + v.Replace("\"", "\"\"") + "\"" : v;
 }
 
 /// <summary>Probe files → items: CoNLL-style tokens (label on each word's first piece) or sentence TSV.</summary>

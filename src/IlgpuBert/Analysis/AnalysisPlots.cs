@@ -112,4 +112,27 @@ public static class AnalysisPlots
         plot.ShowLegend();
         Save(plot, path, 800, 480);
     }
+
+    /// <summary>Grouped bars: one group per category, one bar per series in it; <paramref name="yRange"/> fixes the y axis.</summary>
+    public static void Bars(string path, string title, string yLabel, (double Min, double Max) yRange, string[] categories, params (string Name, double[] Values)[] series)
+    {
+        var plot = new Plot();
+        var palette = new ScottPlot.Palettes.Category10();
+        double width = 0.8 / series.Length;
+        for (int k = 0; k < series.Length; k++)
+        {
+            var bars = series[k].Values.Select((v, i) => new Bar
+            {
+                Position = i + (k - (series.Length - 1) / 2.0) * width, Value = double.IsNaN(v) ? 0 : v, Size = width * 0.9, FillColor = palette.GetColor(k),
+            }).ToArray();
+            plot.Add.Bars(bars).LegendText = series[k].Name;
+        }
+        plot.Axes.SetLimitsY(yRange.Min, yRange.Max * 1.05);
+        plot.Axes.Bottom.SetTicks(Enumerable.Range(0, categories.Length).Select(i => (double)i).ToArray(), categories);
+        plot.Axes.Bottom.TickLabelStyle.Rotation = categories.Length > 4 ? 30 : 0;
+        plot.Title(title);
+        plot.YLabel(yLabel);
+        plot.ShowLegend();
+        Save(plot, path, Math.Max(640, 90 * categories.Length), 480);
+    }
 }
