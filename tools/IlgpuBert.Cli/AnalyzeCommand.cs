@@ -1,4 +1,4 @@
-// `ilgpu-bert analyze attention|heads|probe|similarity|cloze`: the BERTology questions of "where does
+// `ilgpu-bert analyze attention|heads|probe|similarity|cloze|numeracy`: the BERTology questions of "where does
 // BERT look" and "what does each layer know", answered as CSV/safetensors and pictures.
 using System.CommandLine;
 using System.Globalization;
@@ -17,12 +17,13 @@ public static class AnalyzeCommand
 
     public static Command Create(TextWriter stdout)
     {
-        var analyze = new Command("analyze", "Attention maps, head statistics, layer-wise probes, similarity and cloze knowledge of a model.");
+        var analyze = new Command("analyze", "Attention maps, head statistics, layer-wise probes, similarity and cloze knowledge and numeracy of a model.");
         analyze.Subcommands.Add(Attention(stdout));
         analyze.Subcommands.Add(Heads(stdout));
         analyze.Subcommands.Add(Probe(stdout));
         analyze.Subcommands.Add(Similarity(stdout));
         analyze.Subcommands.Add(ClozeVerb(stdout));
+        analyze.Subcommands.Add(NumeracyVerb(stdout));
         return analyze;
     }
 
@@ -204,6 +205,54 @@ public static class AnalyzeCommand
                   + $"over {scores.Count} relation{(scores.Count > 1 ? "s" : "")}"
                   + (skipped > 0 ? $"; {skipped} fact{(skipped > 1 ? "s" : "")} with a multi-piece object {(skipped > 1 ? "were" : "was")} skipped, as LAMA skips them" : "")
                   + ". Petroni et al. (2019) found BERT answering many such queries without any fine-tuning: the knowledge is in the MLM, though how much depends on the relation and the template's wording.");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command NumeracyVerb(TextWriter stdout)
+    {
+        var model = Req("--model", "model folder");
+        var range = new Option<int>("--range") { Description = "train on 80% of the integers [0, range), test on the rest and on [range, 2·range)", DefaultValueFactory = _ => 1000 };
+        var seed = new Option<int>("--seed") { Description = "which numbers are held out, and the random model's seed", DefaultValueFactory = _ => 0 };
+        var output = Req("--out", "output folder");
+        var command = new Command("numeracy", "Wallace et al. (2019)'s numeracy probes per layer: decoding a number's value, and the list maximum, beside a random model.") { model, range, seed, output };
+        command.SetAction(parse =>
+        {
+            string dir = parse.GetValue(model)!;
+            int n = parse.GetValue(range), s = parse.GetValue(seed);
+            Numeracy.Numbers(n, s); // refuses a bad range before any model is loaded
+            using var device = Cli.OpenDevice(parse);
+            var analyzer = Analyzer.Load(device, dir);
+            using var _ = analyzer.Model;
+            var encoder = BertTextEncoder.Load(dir);
+            var real = Numeracy.Run(analyzer, encoder, n, s);
+            using var random = new BertForPreTraining(device, analyzer.Model.Config);
+            random.Parameters.Initialize(s + 1);
+            var control = Numeracy.Run(new Analyzer(random, encoder, [.. encoder.Vocabulary]), encoder, n, s);
+            string outDir = parse.GetValue(output)!;
+            Directory.CreateDirectory(outDir);
+            var csv = new StringBuilder("layer,interpolation_rmse,extrapolation_rmse,mean_predictor_rmse,mean_predictor_extrapolation_rmse,list_max_accuracy,"
+                + "random_model_interpolation_rmse,random_model_extrapolation_rmse,random_model_list_max_accuracy\n");
+            for (int l = 0; l < real.Count; l++)
+            {
+                var (r, c) = (real[l], control[l]);
+                csv.Append($"{(l == 0 ? "embeddings" : l.ToString())},{F(r.InterpolationRmse)},{F(r.ExtrapolationRmse)},{F(r.MeanPredictorRmse)},{F(r.MeanPredictorExtrapolationRmse)},"
+                    + $"{F(r.ListMaxAccuracy)},{F(c.InterpolationRmse)},{F(c.ExtrapolationRmse)},{F(c.ListMaxAccuracy)}\n");
+            }
+            AtomicFile.WriteText(Path.Combine(outDir, "numeracy.csv"), csv.ToString());
+            double[] Ratio(List<NumeracyLayer> x) => x.Select(v => v.InterpolationRmse / v.MeanPredictorRmse).ToArray();
+            AnalysisPlots.PerLayer(Path.Combine(outDir, "numeracy.png"), "numeracy probes (Wallace et al. 2019)", "RMSE / mean predictor's, or accuracy",
+                (0, Math.Max(1, Ratio(real).Concat(Ratio(control)).Max())), ("decoding RMSE ratio", Ratio(real)), ("list maximum accuracy", real.Select(v => v.ListMaxAccuracy).ToArray()),
+                ("random model: decoding", Ratio(control)), ("random model: list maximum", control.Select(v => v.ListMaxAccuracy).ToArray()));
+            stdout.Write(csv.ToString());
+            var best = real.MinBy(v => v.InterpolationRmse)!;
+            var bestMax = real.MaxBy(v => v.ListMaxAccuracy)!;
+            stdout.WriteLine($"Decoding a number's value from its representation works best at layer {best.Layer}: RMSE {F(best.InterpolationRmse)} on held-out numbers of [0, {n}) "
+                + $"against {F(best.MeanPredictorRmse)} for always guessing the mean, and {F(best.ExtrapolationRmse)} on [{n}, {2 * n}) against {F(best.MeanPredictorExtrapolationRmse)}; "
+                + $"the random model's best is {F(control.Min(v => v.InterpolationRmse))}. The list maximum of five is picked right {F(bestMax.ListMaxAccuracy)} of the time at layer {bestMax.Layer} "
+                + $"(chance 0.2; random model {F(control.Max(v => v.ListMaxAccuracy))}). Wallace et al. (2019) found BERT's embeddings to carry magnitude within the training range "
+                + "but to extrapolate poorly beyond it, the Primer's \"BERT struggles with numbers\".");
             return 0;
         });
         return command;
