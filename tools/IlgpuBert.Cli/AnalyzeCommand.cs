@@ -195,13 +195,14 @@ public static class AnalyzeCommand
             if (plotted.Count > 0)
                 AnalysisPlots.Bars(Path.Combine(outDir, "cloze.png"), "cloze answers per relation", "fraction of facts", (0, 1), plotted.Select(r => r.Relation.Length > 24 ? r.Relation[..24] + "…" : r.Relation).ToArray(),
                     ("P@1", plotted.Select(r => r.PrecisionAt1).ToArray()), ("P@10", plotted.Select(r => r.PrecisionAt10).ToArray()), ("MRR", plotted.Select(r => r.Mrr).ToArray()));
+            var overall = Cloze.Score("all", answers);
             var ranked = answers.Where(a => a.Rank > 0).ToList();
-            int skipped = answers.Count - ranked.Count;
+            int skipped = overall.Skipped;
             stdout.WriteLine($"wrote {outDir}: cloze.csv, answers.csv{(plotted.Count > 0 ? ", cloze.png" : "")}");
-            stdout.WriteLine(ranked.Count == 0
+            stdout.WriteLine(overall.Scored == 0
                 ? $"None of the {answers.Count} facts has a one-piece object, so none could be asked as one [MASK] (LAMA scores only those); nothing was scored."
-                : $"Asked as cloze queries, the model ranks the object first for {ranked.Count(a => a.Rank == 1)} of {ranked.Count} facts (P@1 {F(ranked.Average(a => a.Rank == 1 ? 1.0 : 0))}), "
-                  + $"in its top 10 for {ranked.Count(a => a.Rank <= 10)} (P@10 {F(ranked.Average(a => a.Rank <= 10 ? 1.0 : 0))}), mean reciprocal rank {F(ranked.Average(a => 1.0 / a.Rank))}, "
+                : $"Asked as cloze queries, the model ranks the object first for {ranked.Count(a => a.Rank == 1)} of {overall.Scored} facts (P@1 {F(overall.PrecisionAt1)}), "
+                  + $"in its top 10 for {ranked.Count(a => a.Rank <= 10)} (P@10 {F(overall.PrecisionAt10)}), mean reciprocal rank {F(overall.Mrr)}, "
                   + $"over {scores.Count} relation{(scores.Count > 1 ? "s" : "")}"
                   + (skipped > 0 ? $"; {skipped} fact{(skipped > 1 ? "s" : "")} with a multi-piece object {(skipped > 1 ? "were" : "was")} skipped, as LAMA skips them" : "")
                   + ". Petroni et al. (2019) found BERT answering many such queries without any fine-tuning: the knowledge is in the MLM, though how much depends on the relation and the template's wording.");

@@ -113,12 +113,14 @@ public static class Cloze
             }
         }
         var all = answers.Select(a => a!).ToList();
-        var scores = all.GroupBy(a => a.Fact.Relation).Select(g =>
-        {
-            var ranks = g.Where(a => a.Rank > 0).Select(a => a.Rank).ToList();
-            double Mean(Func<int, double> f) => ranks.Count == 0 ? double.NaN : ranks.Average(f);
-            return new ClozeScore(g.Key, g.Count(), ranks.Count, g.Count() - ranks.Count, Mean(r => r == 1 ? 1 : 0), Mean(r => r <= 10 ? 1 : 0), Mean(r => 1.0 / r));
-        }).ToList();
-        return (scores, all);
+        return ([.. all.GroupBy(a => a.Fact.Relation).Select(g => Score(g.Key, [.. g]))], all);
+    }
+
+    /// <summary>P@1, P@10 and MRR over the scored answers (NaN when none is), with the counts.</summary>
+    public static ClozeScore Score(string relation, IReadOnlyList<ClozeAnswer> answers)
+    {
+        var ranks = answers.Where(a => a.Rank > 0).Select(a => a.Rank).ToList();
+        double Mean(Func<int, double> f) => ranks.Count == 0 ? double.NaN : ranks.Average(f);
+        return new ClozeScore(relation, answers.Count, ranks.Count, answers.Count - ranks.Count, Mean(r => r == 1 ? 1 : 0), Mean(r => r <= 10 ? 1 : 0), Mean(r => 1.0 / r));
     }
 }

@@ -198,8 +198,7 @@ public sealed class BertModel : IDisposable
                 // Inference: a layer's intermediates are freed when it is done, only its output kept,
                 // so a forward holds one layer's activations at a time (and the pool reuses them).
                 using var layerTape = new Tape(recording: false);
-                var output = layer.Forward(layerTape, c, hidden, mask, b, s, dropouts, probs, hooks, maps);
-                hidden = output == hidden ? hidden : tape.Own(layerTape.Release(output));
+                hidden = tape.Own(layerTape.Release(layer.Forward(layerTape, c, hidden, mask, b, s, dropouts, probs, hooks, maps)));
             }
             else hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs, hooks, maps);
             states.Add(hidden);

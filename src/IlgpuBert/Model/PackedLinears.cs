@@ -42,13 +42,7 @@ public sealed class PackedLinears
         BertDevice? device = null;
         foreach (var w in weights)
         {
-            PackedMatrix? p;
-            lock (packed)
-            {
-                if (!packed.TryGetValue(w, out p))
-                    packed[w] = p = w.Device.Kernels.Gemm.PackB(Transpose.T, w.Shape[0], w.Shape[1], w.Value.View, w.Shape[1]);
-            }
-            if (release && p is not null)
+            if (release && PackedFor(w) is not null)
             {
                 w.Value.Dispose();
                 device = w.Device;
@@ -57,14 +51,16 @@ public sealed class PackedLinears
         device?.Pool.Trim();
     }
 
-    public Var Linear(Tape tape, Var x, Var w, Var? b, ActivationKind? act)
+    public Var Linear(Tape tape, Var x, Var w, Var? b, ActivationKind? act) => Ops.Linear(tape, x, w, b, act, PackedFor(w));
+
+    /// <summary>w's packed copy, made on first request (null where the GEMM reads B as it is).</summary>
+    private PackedMatrix? PackedFor(Var w)
     {
-        PackedMatrix? p;
         lock (packed)
         {
-            if (!packed.TryGetValue(w, out p))
+            if (!packed.TryGetValue(w, out var p))
                 packed[w] = p = w.Device.Kernels.Gemm.PackB(Transpose.T, w.Shape[0], w.Shape[1], w.Value.View, w.Shape[1]);
+            return p;
         }
-        return Ops.Linear(tape, x, w, b, act, p);
     }
 }

@@ -67,11 +67,11 @@ public static partial class DefaultCorpus
     }
 
     /// <summary>Every documented member's summary (references reduced to names), file by file in name order.</summary>
-    public static IEnumerable<DocDocument> Summaries() =>
-        Members().Select(m => (Member: m, Summary: m.Element("summary")))
-            .Where(x => x.Summary is not null)
-            .Select(x => new DocDocument((string?)x.Member.Attribute("name") ?? "", Prose(x.Summary!)))
-            .Where(d => d.Text.Length > 0);
+    public static IEnumerable<DocDocument> Summaries() => Members().Select(SummaryOf).OfType<DocDocument>();
+
+    /// <summary>A member's summary as a document, or null when it has none (or only an empty one).</summary>
+    private static DocDocument? SummaryOf(XElement member) =>
+        member.Element("summary") is { } summary && Prose(summary) is { Length: > 0 } text ? new DocDocument((string?)member.Attribute("name") ?? "", text) : null;
 
     /// <summary>
     /// The summaries of the documented types only (members named "T:…"), as <see cref="Summaries"/>
@@ -96,8 +96,7 @@ public static partial class DefaultCorpus
                         reader.Skip();
                         continue;
                     }
-                    var member = (XElement)XNode.ReadFrom(reader);
-                    if (member.Element("summary") is { } summary && Prose(summary) is { Length: > 0 } text) found.Add(new DocDocument(name, text));
+                    if (SummaryOf((XElement)XNode.ReadFrom(reader)) is { } document) found.Add(document);
                 }
             }
             catch (XmlException) { continue; } // as Members(): an unreadable file is skipped whole
