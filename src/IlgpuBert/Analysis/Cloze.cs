@@ -88,20 +88,40 @@ public static class Cloze
                 throw new ArgumentException($"fact {i + 1} ({facts[i].Query}): the query's [MASK] was cut at the model's {limit} tokens");
             scored.Add((i, pieces[0], ids));
         }
+        var predicted = MaskedPredictions(model, encoder, scored.Select(c => (c.Ids, c.Object)).ToList(), batchSize);
+        for (int r = 0; r < scored.Count; r++)
+            answers[scored[r].Fact] = new ClozeAnswer(facts[scored[r].Fact], vocab[predicted[r].Top1], predicted[r].Rank);
+        var all = answers.Select(a => a!).ToList();
+        return ([.. all.GroupBy(a => a.Fact.Relation).Select(g => Score(g.Key, [.. g]))], all);
+    }
+
+    /// <summary>
+    /// For each input (one [MASK] in its ids) the MLM head's first word piece at the mask and the rank
+    /// of <c>Target</c> there (1 = first), both over the vocabulary less the five special tokens.
+    /// </summary>
+    public static (int Top1, int Rank)[] MaskedPredictions(BertForPreTraining model, BertTextEncoder encoder, IReadOnlyList<(int[] Ids, int Target)> inputs, int batchSize = 32)
+    {
+        if (batchSize < 1) throw new ArgumentException($"batch size must be positive, got {batchSize}");
+        var special = new HashSet<int> { encoder.PadId, encoder.UnknownId, encoder.ClsId, encoder.SepId, encoder.MaskId };
         int v = model.Config.VocabSize;
-        for (int at = 0; at < scored.Count; at += batchSize)
+        var result = new (int, int)[inputs.Count];
+        for (int at = 0; at < inputs.Count; at += batchSize)
         {
-            var chunk = scored.Skip(at).Take(batchSize).ToList();
+            var chunk = inputs.Skip(at).Take(batchSize).ToList();
             var padded = encoder.Pad(chunk.Select(c => (c.Ids, new int[c.Ids.Length])).ToList());
             var labels = Enumerable.Repeat(-100, padded.Batch * padded.SeqLen).ToArray();
-            for (int r = 0; r < chunk.Count; r++) labels[r * padded.SeqLen + Array.IndexOf(chunk[r].Ids, encoder.MaskId)] = chunk[r].Object;
+            for (int r = 0; r < chunk.Count; r++)
+            {
+                if (chunk[r].Ids.Count(id => id == encoder.MaskId) != 1) throw new ArgumentException($"input {at + r + 1} holds no single [MASK]");
+                labels[r * padded.SeqLen + Array.IndexOf(chunk[r].Ids, encoder.MaskId)] = Math.Max(0, chunk[r].Target);
+            }
             using var tape = new Tape(recording: false);
-            // Logits at the masked positions only: row r is query r's [MASK].
+            // Logits at the masked positions only: row r is input r's [MASK].
             var logits = model.Forward(tape, padded with { Labels = labels }, Dropouts.Off, maskedOnly: true).PredictionLogits.Value.ToHost();
             for (int r = 0; r < chunk.Count; r++)
             {
                 var row = logits.AsSpan(r * v, v);
-                float target = row[chunk[r].Object];
+                float target = row[Math.Max(0, chunk[r].Target)];
                 int rank = 1, best = -1;
                 for (int j = 0; j < v; j++)
                 {
@@ -109,11 +129,10 @@ public static class Cloze
                     if (row[j] > target) rank++;
                     if (best < 0 || row[j] > row[best]) best = j;
                 }
-                answers[chunk[r].Fact] = new ClozeAnswer(facts[chunk[r].Fact], vocab[best], rank);
+                result[at + r] = (best, rank);
             }
         }
-        var all = answers.Select(a => a!).ToList();
-        return ([.. all.GroupBy(a => a.Fact.Relation).Select(g => Score(g.Key, [.. g]))], all);
+        return result;
     }
 
     /// <summary>P@1, P@10 and MRR over the scored answers (NaN when none is), with the counts.</summary>

@@ -1,0 +1,123 @@
+// Sensitivity to malformed input (Ettinger 2020): a model with no position information is a bag of
+// words, so shuffling whole words leaves its predictions exactly as they were (classifier and MLM),
+// while the same model with position embeddings moves; the perturbations do what they are named
+// (n-grams kept whole, halves, tagged words gone), the masked word survives every one of them, and
+// tag files that do not fit the texts are refused.
+using IlgpuBert.Analysis;
+using IlgpuBert.FineTuning;
+using IlgpuBert.Model;
+using IlgpuBert.Runtime;
+using IlgpuBert.Text;
+
+namespace IlgpuBert.Tests;
+
+public class PerturbationTests : IDisposable
+{
+    private readonly TempDir dir = new();
+
+    public void Dispose() => dir.Dispose();
+
+    private static readonly string[] Vocabulary = ["red", "green", "blue", "cat", "dog", "sees", "runs", "big", "small", "the", "a", "and"];
+
+    private BertTextEncoder Encoder()
+    {
+        File.WriteAllLines(dir.File("vocab.txt"), WordPieceTrainer.SpecialTokens.Concat(Vocabulary));
+        return BertTextEncoder.FromVocab(dir.File("vocab.txt"));
+    }
+
+    private static List<string> Texts(int count, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, count).Select(_ => string.Join(' ', Enumerable.Range(0, rng.Next(4, 11)).Select(_ => Vocabulary[rng.Next(Vocabulary.Length)]))).ToList();
+    }
+
+    private static BertConfig Config(BertTextEncoder encoder) =>
+        BertConfig.ForSize("tiny", encoder.Vocabulary.Count) with { HiddenSize = 32, NumAttentionHeads = 2, IntermediateSize = 64, MaxPositionEmbeddings = 16 };
+
+    /// <summary>Random weights scaled up (so that predictions depend on the input), position embeddings zeroed when <paramref name="bagOfWords"/>.</summary>
+    private static void Randomise(BertParameters parameters, int seed, bool bagOfWords)
+    {
+        parameters.Initialize(seed);
+        foreach (var name in parameters.Names.Where(n => !n.Contains("LayerNorm")).ToList())
+            parameters.Set(name, parameters.Get(name).Select(v => v * 25).ToArray());
+        if (bagOfWords) parameters.Set("bert.embeddings.position_embeddings.weight", new float[parameters.Get("bert.embeddings.position_embeddings.weight").Length]);
+    }
+
+    [Fact]
+    public void A_bag_of_words_model_is_exactly_insensitive_to_shuffled_words_and_a_positional_one_is_not()
+    {
+        var encoder = Encoder();
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var texts = Texts(200, 1);
+        var labels = new[] { "x", "y", "z" };
+        var examples = texts.Select((t, i) => new TaskExample { Text = t, Label = labels[i % 3] }).ToList();
+        foreach (bool bag in new[] { true, false })
+        {
+            using var classifier = new BertForTask(device, Config(encoder), new TaskSpec(TaskKind.Classification, labels));
+            Randomise(classifier.Parameters, 3, bag);
+            var rows = Perturbation.Classifier(classifier, encoder, examples, null, seed: 5);
+            Assert.Equal(["none", "shuffle-1", "shuffle-2", "shuffle-3", "truncate"], rows.Select(r => r.Perturbation));
+            Assert.Equal(1.0, rows[0].SamePrediction);
+            using var mlm = new BertForPreTraining(device, Config(encoder));
+            Randomise(mlm.Parameters, 4, bag);
+            var masked = Perturbation.MaskedLanguageModel(mlm, encoder, texts, null, out int skipped, seed: 5);
+            Assert.Equal(0, skipped);
+            foreach (var shuffle in new[] { "shuffle-1", "shuffle-2", "shuffle-3" })
+            {
+                double same = rows.Single(r => r.Perturbation == shuffle).SamePrediction, sameTop1 = masked.Single(r => r.Perturbation == shuffle).SamePrediction;
+                if (bag)
+                {
+                    Assert.True(same == 1.0, $"bag of words, {shuffle}: {same} of the classifier's predictions unchanged");
+                    Assert.True(sameTop1 == 1.0, $"bag of words, {shuffle}: {sameTop1} of the MLM's top-1 unchanged");
+                }
+                else
+                {
+                    Assert.True(same < 0.95, $"with positions, {shuffle}: {same} of the classifier's predictions unchanged");
+                    Assert.True(sameTop1 < 0.95, $"with positions, {shuffle}: {sameTop1} of the MLM's top-1 unchanged");
+                }
+            }
+            // A truncated input is another bag: it moves even the bag-of-words model.
+            Assert.True(masked.Single(r => r.Perturbation == "truncate").SamePrediction < 1.0);
+        }
+    }
+
+    [Fact]
+    public void Each_perturbation_does_what_it_is_named_and_the_mask_survives()
+    {
+        string[] words = ["a", "b", "c", "d", "e", "f", "g"];
+        var rng = new Random(2);
+        for (int n = 1; n <= 3; n++)
+            for (int trial = 0; trial < 20; trial++)
+            {
+                var shuffled = Perturbation.Apply($"shuffle-{n}", words, null, rng);
+                Assert.Equal(words.Order(), shuffled.Order());
+                // Every n-gram of the original (cut from the start) is still contiguous and in order.
+                var joined = string.Join(' ', shuffled);
+                foreach (var gram in words.Chunk(n)) Assert.Contains(string.Join(' ', gram), joined);
+            }
+        Assert.Equal(["a", "b", "c", "d"], Perturbation.Apply("truncate", words, null, rng));
+        Assert.Equal(["a", "b"], Perturbation.Apply("truncate", ["a", "b", "c"], null, rng));
+        string[] tags = ["SUBJ", "_", "OBJ", "O", "SUBJ", "_", "_"];
+        Assert.Equal(["b", "c", "d", "f", "g"], Perturbation.Apply("remove-SUBJ", words, tags, rng));
+        Assert.Equal(["shuffle-1", "shuffle-2", "shuffle-3", "truncate", "remove-OBJ", "remove-SUBJ"], Perturbation.Names(tags));
+        Assert.Throws<ArgumentException>(() => Perturbation.Apply("reverse", words, null, rng));
+
+        // The MLM's masked word is a one-piece, untagged word of the first half: present after every perturbation.
+        var encoder = Encoder();
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        using var mlm = new BertForPreTraining(device, Config(encoder));
+        Randomise(mlm.Parameters, 1, bagOfWords: false);
+        var texts = new List<string> { "the cat sees a dog", "red zzzz blue", "zzzz qqqq" };
+        File.WriteAllLines(dir.File("tags.txt"), ["SUBJ O O O OBJ", "_ _ _", "_ _"]);
+        var tagLines = Perturbation.ReadTags(dir.File("tags.txt"), texts);
+        var rows = Perturbation.MaskedLanguageModel(mlm, encoder, texts, tagLines, out int skipped);
+        Assert.Equal(1, skipped); // "zzzz qqqq": no word of the vocabulary
+        Assert.All(rows, r => Assert.Equal(2, r.Examples));
+        Assert.Equal(["none", "shuffle-1", "shuffle-2", "shuffle-3", "truncate", "remove-OBJ", "remove-SUBJ"], rows.Select(r => r.Perturbation));
+
+        File.WriteAllLines(dir.File("short.txt"), ["SUBJ O O O", "_ _ _", "_ _"]);
+        Assert.Contains("4 tags for the 5 words", Assert.Throws<DataFormatException>(() => Perturbation.ReadTags(dir.File("short.txt"), texts)).Message);
+        File.WriteAllLines(dir.File("few.txt"), ["SUBJ O O O OBJ"]);
+        Assert.Contains("1 lines of tags for 3", Assert.Throws<DataFormatException>(() => Perturbation.ReadTags(dir.File("few.txt"), texts)).Message);
+    }
+}
