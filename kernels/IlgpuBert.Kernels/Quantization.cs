@@ -28,6 +28,12 @@ public struct Int8Args
     public long Count;
 }
 
+/// <summary>Fake quantization's launch: elements, and how many share one scale (a row).</summary>
+public struct FakeQuantArgs
+{
+    public long Count, Cols;
+}
+
 public sealed class QuantizationKernels
 {
     public const int Tile = 4;
@@ -36,6 +42,8 @@ public sealed class QuantizationKernels
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<sbyte>, Int8Args>> quantize;
     private readonly Lazy<Action<KernelConfig, ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args>> gemm;
     private readonly Lazy<Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>> dequantize;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>> fakeQuantize;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>> fakeQuantizeBackward;
 
     internal QuantizationKernels(KernelSet set)
     {
@@ -44,6 +52,8 @@ public sealed class QuantizationKernels
         quantize = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<sbyte>, Int8Args>(QuantizeKernel));
         gemm = new(() => acc.LoadStreamKernel<ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args>(Int8GemmKernel));
         dequantize = new(() => acc.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>(DequantizeKernel));
+        fakeQuantize = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>(FakeQuantizeKernel));
+        fakeQuantizeBackward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>(FakeQuantizeBackwardKernel));
     }
 
     /// <summary>When true on the CPU accelerator, run the ILGPU kernel instead of host SIMD code (tests).</summary>
@@ -63,6 +73,38 @@ public sealed class QuantizationKernels
         Check.Vector("x", x, n);
         Check.Vector("q", q, n);
         if (n > 0) quantize.Value(set.GridStride(n), x, q, new Int8Args { InvScale = 1f / scale, Count = n });
+    }
+
+    /// <summary>
+    /// Fake quantization (quantization-aware training, Q8BERT): y[i] = q·s with s = scales[i / cols]
+    /// and q = clamp(⌊x[i]/s + ½⌋, −127, 127) exactly as <see cref="QuantizeValue"/> rounds, so y is
+    /// what the int8 path computes with. cols = n for one scale over the tensor, the row length for
+    /// one per row (output channel). Every scale must be positive and finite (the caller checks).
+    /// </summary>
+    public void FakeQuantize(ArrayView<float> x, ArrayView<float> scales, ArrayView<float> y, long n, long cols)
+    {
+        CheckFakeQuant(x, scales, n, cols);
+        Check.Vector("y", y, n);
+        if (n > 0) fakeQuantize.Value(set.GridStride(n), x, scales, y, new FakeQuantArgs { Count = n, Cols = cols });
+    }
+
+    /// <summary>
+    /// The straight-through estimator with clipping: dx[i] = dy[i] where x[i]'s integer code was not
+    /// clamped (−127 ≤ ⌊x/s + ½⌋ ≤ 127), 0 where it was.
+    /// </summary>
+    public void FakeQuantizeBackward(ArrayView<float> x, ArrayView<float> scales, ArrayView<float> dy, ArrayView<float> dx, long n, long cols)
+    {
+        CheckFakeQuant(x, scales, n, cols);
+        Check.Vector("dy", dy, n);
+        Check.Vector("dx", dx, n);
+        if (n > 0) fakeQuantizeBackward.Value(set.GridStride(n), x, scales, dy, dx, new FakeQuantArgs { Count = n, Cols = cols });
+    }
+
+    private static void CheckFakeQuant(ArrayView<float> x, ArrayView<float> scales, long n, long cols)
+    {
+        if (cols < 1 || n % cols != 0) throw new ArgumentException($"fake quantization: {n} elements are not rows of {cols}");
+        Check.Vector("x", x, n);
+        Check.Vector("scales", scales, n / cols);
     }
 
     /// <summary>acc [M, N] = a [M, K] · bᵀ (b [N, K]), int8 inputs, exact int32 accumulation.</summary>
@@ -161,6 +203,31 @@ public sealed class QuantizationKernels
         {
             float v = MathF.Floor(x[i] * a.InvScale + 0.5f);
             q[i] = (sbyte)(v > 127f ? 127 : v < -127f ? -127 : (int)v);
+        }
+    }
+
+    [GpuGroup(KernelSet.GpuStrideGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void FakeQuantizeKernel(ArrayView<float> x, ArrayView<float> scales, ArrayView<float> y, FakeQuantArgs a)
+    {
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < a.Count; i += step)
+        {
+            float s = scales[i / a.Cols];
+            float v = MathF.Floor(x[i] * (1f / s) + 0.5f);
+            y[i] = (v > 127f ? 127f : v < -127f ? -127f : v) * s;
+        }
+    }
+
+    [GpuGroup(KernelSet.GpuStrideGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void FakeQuantizeBackwardKernel(ArrayView<float> x, ArrayView<float> scales, ArrayView<float> dy, ArrayView<float> dx, FakeQuantArgs a)
+    {
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < a.Count; i += step)
+        {
+            float v = MathF.Floor(x[i] * (1f / scales[i / a.Cols]) + 0.5f);
+            dx[i] = v >= -127f && v <= 127f ? dy[i] : 0f;
         }
     }
 

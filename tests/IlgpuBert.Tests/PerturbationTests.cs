@@ -120,4 +120,39 @@ public class PerturbationTests : IDisposable
         File.WriteAllLines(dir.File("few.txt"), ["SUBJ O O O OBJ"]);
         Assert.Contains("1 lines of tags for 3", Assert.Throws<DataFormatException>(() => Perturbation.ReadTags(dir.File("few.txt"), texts)).Message);
     }
+
+    [Fact]
+    public void The_cli_scores_a_classifier_and_an_mlm_and_refuses_a_model_with_neither_head()
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        string pretrained = FineTuningTests.PretrainedModel(dir, device);
+        FineTuningTests.WriteClassification(dir.File("train.tsv"), 48, 1);
+        FineTuningTests.WriteClassification(dir.File("dev.tsv"), 24, 2);
+        var (code, stdout, err) = CliRunner.Run("finetune", "--model", pretrained, "--train", dir.File("train.tsv"), "--eval", dir.File("dev.tsv"), "--out", dir.File("clf"),
+            "--epochs", "1", "--batch-size", "16", "--text-column", "sentence", "--device", "cpu");
+        Assert.True(code == 0, err);
+        var texts = File.ReadAllLines(dir.File("dev.tsv")).Skip(1).Select(l => l.Split('\t')[1]).ToList();
+        File.WriteAllLines(dir.File("tags.txt"), texts.Select(t => string.Join(' ', Perturbation.Words(t).Select((_, i) => i == 0 ? "SUBJ" : "_"))));
+        (code, stdout, err) = CliRunner.Run("analyze", "perturbation", "--model", dir.File("clf"), "--eval", dir.File("dev.tsv"), "--tags", dir.File("tags.txt"),
+            "--text-column", "sentence", "--out", dir.File("out"), "--device", "cpu");
+        Assert.True(code == 0, err);
+        var csv = File.ReadAllLines(dir.File("out/perturbation.csv"));
+        Assert.Equal("perturbation,examples,accuracy,same_prediction_as_unperturbed", csv[0]);
+        Assert.Equal(["none", "shuffle-1", "shuffle-2", "shuffle-3", "truncate", "remove-SUBJ"], csv.Skip(1).Select(l => l.Split(',')[0]));
+        Assert.StartsWith("none,24,", csv[1]);
+        Assert.EndsWith(",1", csv[1]);
+        Assert.Contains("Ettinger (2020)", stdout);
+        Assert.True(File.Exists(dir.File("out/perturbation.png")));
+
+        File.WriteAllLines(dir.File("texts.txt"), texts);
+        (code, stdout, err) = CliRunner.Run("analyze", "perturbation", "--model", pretrained, "--eval", dir.File("texts.txt"), "--out", dir.File("out-mlm"), "--device", "cpu");
+        Assert.True(code == 0, err);
+        Assert.Equal("perturbation,examples,top1_is_original_word,same_prediction_as_unperturbed", File.ReadAllLines(dir.File("out-mlm/perturbation.csv"))[0]);
+
+        (code, _, err) = CliRunner.Run("analyze", "perturbation", "--model", RealModelTests.ImportedMiniLm.Value, "--out", dir.File("out2"), "--device", "cpu");
+        Assert.Equal(2, code);
+        Assert.Contains("neither a fine-tuned classifier nor", err);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.False(Directory.Exists(dir.File("out2")));
+    }
 }

@@ -153,4 +153,32 @@ public class StructuralProbeTests : IDisposable
         Assert.Equal(1.5 / Math.Sqrt(3.0), StructuralProbe.Spearman([5, 5, 9], [1, 2, 3]), 12);
         Assert.True(double.IsNaN(StructuralProbe.Spearman([1, 1, 1], [1, 2, 3])));
     }
+
+    [Fact]
+    public void The_cli_writes_per_layer_scores_and_baselines_and_refuses_a_broken_treebank()
+    {
+        File.WriteAllLines(dir.File("vocab.txt"), WordPieceTrainer.SpecialTokens.Concat(["a", "b", "c"]));
+        var (code, _, err) = CliRunner.Run("init", "--size", "tiny", "--vocab", dir.File("vocab.txt"), "--out", dir.File("m"), "--device", "cpu");
+        Assert.True(code == 0, err);
+        var trees = RandomTrees(30, 7).Select(t => t with { Words = t.Words.Select((_, i) => "abc"[i % 3].ToString()).ToArray() }).ToList();
+        File.WriteAllText(dir.File("train.conllu"), Conllu(trees[..20]));
+        File.WriteAllText(dir.File("eval.conllu"), Conllu(trees[20..]));
+        (code, var stdout, err) = CliRunner.Run("analyze", "structural-probe", "--model", dir.File("m"), "--train", dir.File("train.conllu"), "--eval", dir.File("eval.conllu"),
+            "--epochs", "3", "--out", dir.File("out"), "--device", "cpu");
+        Assert.True(code == 0, err);
+        var csv = File.ReadAllLines(dir.File("out/structural-probe.csv"));
+        Assert.Equal("layer,uuas,distance_spearman,root_accuracy,depth_spearman,random_model_uuas,random_model_distance_spearman,random_model_root_accuracy,random_model_depth_spearman", csv[0]);
+        Assert.Equal(["embeddings", "1", "2"], csv.Skip(1).Select(l => l.Split(',')[0]));
+        Assert.Equal(["position", "linear"], File.ReadAllLines(dir.File("out/baselines.csv")).Skip(1).Select(l => l.Split(',')[0]));
+        Assert.True(File.Exists(dir.File("out/structural-probe.png")));
+        Assert.Contains("Hewitt and Manning (2019)", stdout);
+
+        File.WriteAllText(dir.File("bad.conllu"), "1\ta\t_\t_\t_\t_\t2\t_\t_\t_\n2\tb\t_\t_\t_\t_\t1\t_\t_\t_\n");
+        (code, _, err) = CliRunner.Run("analyze", "structural-probe", "--model", dir.File("m"), "--train", dir.File("bad.conllu"), "--eval", dir.File("eval.conllu"),
+            "--out", dir.File("out2"), "--device", "cpu");
+        Assert.Equal(2, code);
+        Assert.Contains("bad.conllu:1: a tree has one root", err);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.False(Directory.Exists(dir.File("out2")));
+    }
 }

@@ -4,6 +4,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using IlgpuBert.Autograd;
 using IlgpuBert.Checkpoints;
 using IlgpuBert.Compression;
 using IlgpuBert.FineTuning;
@@ -102,7 +103,7 @@ public static class CompressCommands
         var batch = Opt("--batch-size", "examples per forward pass", 32);
         var maxLength = Opt("--max-length", "word pieces per example", 128);
         var columns = FineTuneCommands.ColumnOptions.Create();
-        var command = new Command("quantize", "Post-training int8 quantization: int8 weights per output channel, activations per tensor from calibration data.")
+        var command = new Command("quantize", "int8 quantization: int8 weights per output channel, activations per tensor from calibration data (post-training) or from the ranges a --qat int8 fine-tuning learned.")
         {
             model, output, calibrate, count, batch, maxLength,
         };
@@ -116,11 +117,20 @@ public static class CompressCommands
             var m = BertForTask.Load(device, dir);
             Int8Model int8;
             int used;
+            Dictionary<Var, float>? learned;
             try
             {
-                var examples = Examples(parse.GetValue(calibrate), m.Task, columns.Read(parse), heldOut: false, labelled: false, stdout).Take(parse.GetValue(count)).ToList();
-                used = examples.Count;
-                var ranges = Int8Model.Calibrate(m, Batches(m, dir, examples, parse.GetValue(batch), parse.GetValue(maxLength), labelled: false));
+                learned = QuantizationAware.FromConfig(m.Config, m.Parameters, Path.Combine(dir, BertFolder.ConfigFile));
+                if (learned is not null && parse.GetValue(calibrate) is not null)
+                    throw new ArgumentException($"{dir} was fine-tuned quantization-aware: its input ranges were learned in training, so --calibrate has nothing to do");
+                used = 0;
+                var ranges = learned;
+                if (ranges is null)
+                {
+                    var examples = Examples(parse.GetValue(calibrate), m.Task, columns.Read(parse), heldOut: false, labelled: false, stdout).Take(parse.GetValue(count)).ToList();
+                    used = examples.Count;
+                    ranges = Int8Model.Calibrate(m, Batches(m, dir, examples, parse.GetValue(batch), parse.GetValue(maxLength), labelled: false));
+                }
                 int8 = Int8Model.Quantize(m, ranges);
             }
             catch
@@ -130,9 +140,10 @@ public static class CompressCommands
             }
             using (int8)
             {
-                int8.Save(outDir, Path.Combine(dir, BertFolder.VocabFile), used);
+                int8.Save(outDir, Path.Combine(dir, BertFolder.VocabFile), learned is null ? used : null);
                 CopyTokenizerFiles(dir, outDir);
-                stdout.WriteLine($"wrote {outDir}: {int8.QuantizedLayers} Linear layers in int8, activation ranges from {used} examples");
+                stdout.WriteLine($"wrote {outDir}: {int8.QuantizedLayers} Linear layers in int8, activation ranges "
+                    + (learned is null ? $"from {used} calibration examples" : "learned in quantization-aware training (EMA of max |x|)"));
             }
             return 0;
         });

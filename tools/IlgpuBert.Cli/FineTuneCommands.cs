@@ -56,6 +56,7 @@ public static class FineTuneCommands
         var smartStep = Opt("--smart-step", "SMART: ascent step size", d.SmartStep);
         var smartNoise = Opt("--smart-noise", "SMART: standard deviation of the initial noise", d.SmartNoise);
         var mixout = Opt("--mixout", "Mixout probability p for the encoder's Linear weights (0: off)", d.Mixout);
+        var qat = new Option<string?>("--qat") { Description = "int8: quantization-aware training (Q8BERT): every Linear layer computes with fake-quantized int8 weights and inputs; `quantize` then uses the learned input ranges" };
         var freezeEmbeddings = new Option<bool>("--freeze-embeddings") { Description = "do not train the embedding layer" };
         var freezeLayers = Opt("--freeze-layers", "do not train the lowest N encoder layers", d.FreezeLayers);
         var layerDecay = Opt("--layer-lr-decay", "layer-wise learning-rate decay ξ (1: off)", d.LayerLrDecay);
@@ -64,7 +65,7 @@ public static class FineTuneCommands
         var command = new Command("finetune", "Fine-tune a pretrained model on a classification, regression, tagging or QA task.")
         {
             model, initFrom, task, train, eval, output, epochs, lr, batch, maxLength, seed, warmup, decay, pooling,
-            freelbSteps, freelbEps, freelbLr, smartWeight, smartEps, smartStep, smartNoise, mixout, freezeEmbeddings, freezeLayers, layerDecay, distributed,
+            freelbSteps, freelbEps, freelbLr, smartWeight, smartEps, smartStep, smartNoise, mixout, qat, freezeEmbeddings, freezeLayers, layerDecay, distributed,
         };
         Cli.ProtectModelOutput(command, output);
         foreach (var o in columns.All) command.Options.Add(o);
@@ -79,7 +80,7 @@ public static class FineTuneCommands
                 WeightDecay = parse.GetValue(decay), Pooling = parse.GetValue(pooling) is { Length: > 0 } p ? TaskSpec.ParsePooling(p) : null,
                 FreeLbSteps = parse.GetValue(freelbSteps), FreeLbEps = parse.GetValue(freelbEps), FreeLbLr = parse.GetValue(freelbLr),
                 SmartWeight = parse.GetValue(smartWeight), SmartEps = parse.GetValue(smartEps), SmartStep = parse.GetValue(smartStep),
-                SmartNoise = parse.GetValue(smartNoise), Mixout = parse.GetValue(mixout), FreezeEmbeddings = parse.GetValue(freezeEmbeddings),
+                SmartNoise = parse.GetValue(smartNoise), Mixout = parse.GetValue(mixout), Qat = parse.GetValue(qat), FreezeEmbeddings = parse.GetValue(freezeEmbeddings),
                 FreezeLayers = parse.GetValue(freezeLayers), LayerLrDecay = parse.GetValue(layerDecay),
             };
             options.Validate();

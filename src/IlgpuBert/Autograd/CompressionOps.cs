@@ -49,6 +49,31 @@ public static partial class Ops
     }
 
     /// <summary>
+    /// Fake quantization for quantization-aware training (Q8BERT): y = clamp(⌊x/s + ½⌋, ±127)·s, the
+    /// values the int8 path computes with, with one scale s for the whole tensor (<paramref name="scales"/>
+    /// of one element) or one per row (an output channel of a weight [out, in]). The backward is the
+    /// straight-through estimator with clipping: the gradient passes unchanged where x's code was not
+    /// clamped, and is 0 where it was. The scales get no gradient; the tape keeps them until backward.
+    /// </summary>
+    public static Var FakeQuantize(Tape tape, Var x, Tensor scales)
+    {
+        long cols = scales.Length == 1 ? x.Length : Cols(x);
+        if (scales.Length != 1 && scales.Length != Rows(x)) throw new ArgumentException($"FakeQuantize: {scales.Length} scales for {Rows(x)} rows of {x.Name}");
+        var y = Output(tape, x.Device, tape.Recording && x.RequiresGrad, x.Shape.ToArray());
+        var k = K(x);
+        k.Quantization.FakeQuantize(x.Value.View, scales.View, y.Value.View, x.Length, cols);
+        if (y.RequiresGrad)
+            tape.Record(() =>
+            {
+                if (y.Grad is null) return;
+                using var dx = new Tensor(x.Device, x.Shape.ToArray());
+                k.Quantization.FakeQuantizeBackward(x.Value.View, scales.View, y.Grad.View, dx.View, x.Length, cols);
+                x.AddGrad(dx);
+            });
+        return y;
+    }
+
+    /// <summary>
     /// y[r, h·HD + d] = x[r, h·HD + d]·ξ[h]: a mask (or gate) per attention head on the context
     /// [B, S, NH·HD]. With a ξ that requires a gradient, ∂L/∂ξ_h is the head-importance signal of
     /// Michel et al. (2019).

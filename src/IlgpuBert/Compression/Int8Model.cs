@@ -131,15 +131,17 @@ public sealed class Int8Model : IDisposable
     }
 
     /// <summary>Writes the quantized model (I8 weights with their scales) in HF's folder layout.</summary>
-    public void Save(string dir, string? vocabSource, int calibrationExamples)
+    /// <param name="calibrationExamples">how many examples the input ranges were measured on; null: learned in quantization-aware training.</param>
+    public void Save(string dir, string? vocabSource, int? calibrationExamples)
     {
         var extra = (JsonObject)Model.Config.Extra.DeepClone();
         extra["quantization_config"] = new JsonObject
         {
             ["quant_method"] = Method, ["bits"] = 8,
             ["weights"] = "int8, symmetric, per output channel", ["activations"] = "int8, symmetric, per tensor, static",
-            ["calibration_examples"] = calibrationExamples,
         };
+        if (calibrationExamples is { } n) extra["quantization_config"]!["calibration_examples"] = n;
+        else extra["quantization_config"]!["activation_ranges"] = "quantization-aware training (" + FineTuning.QuantizationAware.Method + ", EMA of max |x|)";
         var tensors = Model.Parameters.ToHost();
         foreach (var name in Model.Parameters.Names)
         {

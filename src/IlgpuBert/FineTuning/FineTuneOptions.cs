@@ -65,6 +65,9 @@ public sealed record FineTuneOptions
     /// <summary>Mixout (Lee et al. 2020) probability for the encoder's Linear weights.</summary>
     public float Mixout { get; init; }
 
+    /// <summary>Quantization-aware training (Q8BERT): "int8" fake-quantizes every Linear layer's weights and inputs; null: off.</summary>
+    public string? Qat { get; init; }
+
     /// <summary>Freeze the embeddings / the lowest N encoder layers.</summary>
     public bool FreezeEmbeddings { get; init; }
     /// <summary>Encoder layers, from the bottom, kept frozen.</summary>
@@ -101,6 +104,7 @@ public sealed record FineTuneOptions
         if (SmartWeight > 0) { Positive("--smart-eps", SmartEps); Positive("--smart-step", SmartStep); Positive("--smart-noise", SmartNoise); }
         if (FreeLbSteps > 0 && SmartWeight > 0) throw new ArgumentException("--freelb-steps and --smart-weight are two adversarial methods; use one at a time");
         if (!(Mixout >= 0 && Mixout < 1)) throw new ArgumentException($"--mixout must be in [0, 1), got {Mixout}");
+        if (Qat is not (null or "int8")) throw new ArgumentException($"--qat takes int8 (the only precision the int8 path has), got {Qat}");
         if (FreezeLayers < 0) throw new ArgumentException("--freeze-layers must not be negative");
         if (!(LayerLrDecay > 0 && LayerLrDecay <= 1)) throw new ArgumentException($"--layer-lr-decay must be in (0, 1], got {LayerLrDecay}");
     }

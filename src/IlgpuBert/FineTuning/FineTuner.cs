@@ -94,6 +94,8 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
         }
         using var optimizer = new AdamWOptimizer(device, setup.Trainable, new AdamWSettings(WeightDecay: o.WeightDecay), setup.LrScales);
         using var mixout = new MixoutTargets(model, o.Mixout);
+        var qat = o.Qat is null ? null : new QuantizationAware();
+        if (qat is not null) log.WriteLine("quantization-aware training: every Linear layer computes with int8 fake-quantized weights (per channel) and inputs (per tensor, EMA of max |x|)");
         using var sparsity = MagnitudeMasks.For(model.Bert, model.Config);
         if (sparsity is not null) log.WriteLine($"magnitude-pruned model: {sparsity.Zeros} zero weights kept at zero through training");
         int stepsPerEpoch = (trainFeatures.Count + o.BatchSize - 1) / o.BatchSize, total = stepsPerEpoch * o.Epochs;
@@ -125,7 +127,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
                 if (to > from)
                 {
                     var batch = featurizer.Collate(chunk.GetRange(from, to - from), labelled: true);
-                    loss = custom is null ? TrainStep(model, batch, o, step, mixout) : custom.Step(model, batch, step);
+                    loss = custom is null ? TrainStep(model, batch, o, step, mixout, qat) : custom.Step(model, batch, step);
                 }
                 else
                     foreach (var p in setup.Trainable) device.Kernels.Elementwise.Zero(p.Var.EnsureGrad().View); // a batch smaller than the group
@@ -153,13 +155,13 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
             group.VerifyIdentical(setup.Trainable, $"epoch {epoch}");
             if (evalFeatures.Count > 0 && group.IsRoot)
             {
-                last = Predictor.Metrics(model.Task, Predictor.Predict(model, featurizer, evalFeatures, o.BatchSize), baselineLabels);
+                last = Predictor.Metrics(model.Task, Predictor.Predict(model, featurizer, evalFeatures, o.BatchSize, qat?.Hooks(training: false)), baselineLabels);
                 var summary = new JsonObject { ["epoch"] = epoch, ["train_loss"] = steps.Where(s => s.Epoch == epoch).Average(s => s.Loss) };
                 foreach (var (k, v) in last) if (v is JsonValue value && value.TryGetValue(out double _)) summary[k] = v.DeepClone();
                 epochs.Add(summary);
                 log.WriteLine($"epoch {epoch}: {Describe(last)}");
             }
-            if (group.IsRoot) Save(model, outDir, vocabPath, steps, last, epochs, o);
+            if (group.IsRoot) Save(model, outDir, vocabPath, steps, last, epochs, o, qat);
             stopped = stopped || group.Any(StopRequested); // decided together: a rank that stopped alone would wait forever
             if (stopped)
             {
@@ -243,13 +245,15 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
     /// One step's forward and backward passes (optimizer excluded): plain, FreeLB or SMART, with
     /// Mixout when enabled. Gradients are left in the parameters; returns the loss it optimised.
     /// </summary>
-    public double TrainStep(BertForTask model, TaskBatch batch, FineTuneOptions o, int step, MixoutTargets? mixout = null)
+    public double TrainStep(BertForTask model, TaskBatch batch, FineTuneOptions o, int step, MixoutTargets? mixout = null, QuantizationAware? qat = null)
     {
         model.ZeroGrad();
         var dropouts = Dropouts.Training(model.Config, DropoutSeed(o.Seed), (uint)step);
+        LinearLayer? mixed = mixout is { Active: true } ? (t, x, w, b, act) => Ops.Linear(t, x, mixout.Apply(t, w, (ulong)o.Seed, (uint)step), b, act) : null;
+        var linear = qat is null ? mixed : qat.Hooks(training: true, mixed).Linear;
         BertHooks Hooks(Tape tape, Var? delta) => new()
         {
-            Linear = mixout is { Active: true } ? (t, x, w, b, act) => Ops.Linear(t, x, mixout.Apply(t, w, (ulong)o.Seed, (uint)step), b, act) : null,
+            Linear = linear,
             EmbeddingOutput = delta is null ? null : h => Ops.Add(tape, h, delta),
         };
         if (o.FreeLbSteps > 0) return FreeLb(model, batch, o, dropouts, Hooks, step);
@@ -391,9 +395,15 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
         return result;
     }
 
-    private static void Save(BertForTask model, string outDir, string vocabPath, List<FineTuneStep> steps, JsonObject? eval, JsonArray epochs, FineTuneOptions o)
+    private static void Save(BertForTask model, string outDir, string vocabPath, List<FineTuneStep> steps, JsonObject? eval, JsonArray epochs, FineTuneOptions o, QuantizationAware? qat)
     {
         model.Save(outDir, vocabPath);
+        if (qat is not null)
+        {
+            var extra = (JsonObject)model.Config.Extra.DeepClone();
+            extra[QuantizationAware.ConfigKey] = qat.ToConfig(model.Parameters);
+            (model.Config with { Extra = extra }).Write(Path.Combine(outDir, BertFolder.ConfigFile));
+        }
         string tokenizerConfig = Path.Combine(Path.GetDirectoryName(vocabPath)!, "tokenizer_config.json");
         if (File.Exists(tokenizerConfig)) AtomicFile.WriteText(Path.Combine(outDir, "tokenizer_config.json"), File.ReadAllText(tokenizerConfig));
         var sb = new StringBuilder("step,epoch,loss,lr,grad_norm,examples_per_s,elapsed_s\n");
