@@ -144,6 +144,15 @@ public class PerturbationTests : IDisposable
         Assert.Contains("Ettinger (2020)", stdout);
         Assert.True(File.Exists(dir.File("out/perturbation.png")));
 
+        // A treebank: unlabelled (accuracy blank, flips measured), subjects and objects tagged from its relations.
+        File.WriteAllText(dir.File("t.conllu"), "1\tthe\t_\t_\t_\t_\t2\tdet\t_\t_\n2\tcat\t_\t_\t_\t_\t3\tnsubj\t_\t_\n3\tsees\t_\t_\t_\t_\t0\troot\t_\t_\n"
+            + "4\ta\t_\t_\t_\t_\t5\tdet\t_\t_\n5\tdog\t_\t_\t_\t_\t3\tobj\t_\t_\n\n");
+        Assert.Equal(["SUBJ", "SUBJ", "_", "OBJ", "OBJ"], Perturbation.TagsFromTrees(IlgpuBert.Analysis.Treebank.Read(dir.File("t.conllu")))[0]);
+        (code, stdout, err) = CliRunner.Run("analyze", "perturbation", "--model", dir.File("clf"), "--eval", dir.File("t.conllu"), "--out", dir.File("out-tb"), "--device", "cpu");
+        Assert.True(code == 0, err);
+        var tb = File.ReadAllLines(dir.File("out-tb/perturbation.csv"));
+        Assert.Equal(["none,1,,1", "remove-OBJ", "remove-SUBJ"], [tb[1], tb[^2].Split(',')[0], tb[^1].Split(',')[0]]);
+
         File.WriteAllLines(dir.File("texts.txt"), texts);
         (code, stdout, err) = CliRunner.Run("analyze", "perturbation", "--model", pretrained, "--eval", dir.File("texts.txt"), "--out", dir.File("out-mlm"), "--device", "cpu");
         Assert.True(code == 0, err);

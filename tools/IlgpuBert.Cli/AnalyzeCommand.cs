@@ -345,7 +345,7 @@ public static class AnalyzeCommand
     private static Command PerturbationVerb(TextWriter stdout)
     {
         var model = Req("--model", "a fine-tuned classifier folder, or a pretraining folder (its masked-language-model head is scored)");
-        var eval = new Option<string?>("--eval") { Description = "classifier: a labelled file in the training format; MLM: a text file, one text per line. Default: the default task's held-out sentences" };
+        var eval = new Option<string?>("--eval") { Description = "classifier: a labelled file in the training format or a .txt file of unlabelled texts, one per line; MLM: a text file, one text per line; either: a .conllu treebank, its subjects and objects tagged. Default: the default task's held-out sentences" };
         var tags = new Option<string?>("--tags") { Description = "one line per evaluation example, one tag per word of its text (e.g. SUBJ, OBJ; _ or O for none): each tag's words are removed as a perturbation" };
         var seed = new Option<int>("--seed") { Description = "seed of the shuffles and of the masked words", DefaultValueFactory = _ => 0 };
         var batch = new Option<int>("--batch-size") { Description = "examples per forward pass", DefaultValueFactory = _ => 32 };
@@ -368,36 +368,46 @@ public static class AnalyzeCommand
             var encoder = BertTextEncoder.Load(dir);
             List<PerturbationRow> rows;
             int examples, skipped = 0;
+            bool Ends(string ext) => evalPath?.EndsWith(ext, StringComparison.OrdinalIgnoreCase) == true;
+            List<DependencyTree>? trees = Ends(".conllu") ? Treebank.Read(evalPath!) : null;
+            if (trees is not null && tagPath is not null) throw new ArgumentException("a .conllu --eval tags its own subjects and objects; give --tags with a text file");
+            List<string> PlainTexts() => File.Exists(evalPath) ? File.ReadAllLines(evalPath).Where(l => l.Trim().Length > 0).ToList() : throw new ArgumentException($"{evalPath}: no such file");
+            List<string[]>? Tags(IReadOnlyList<string> texts) => trees is not null ? Perturbation.TagsFromTrees(trees) : tagPath is null ? null : Perturbation.ReadTags(tagPath, texts);
             if (classifier)
             {
                 using var loaded = LoadedModel.Load(device, dir);
-                var list = evalPath is null ? DefaultTask.Build().HeldOut : TaskData.Read(evalPath, loaded.Model.Task.Kind, columns.Read(parse));
-                var tagLines = tagPath is null ? null : Perturbation.ReadTags(tagPath, list.Select(e => e.Text).ToList());
-                rows = Perturbation.Classifier(loaded.Model, encoder, list, tagLines, s, batchSize, loaded.Hooks);
+                var list = evalPath is null ? DefaultTask.Build().HeldOut
+                    : trees is not null ? trees.Select(t => new TaskExample { Text = string.Join(' ', t.Words) }).ToList()
+                    : Ends(".txt") ? PlainTexts().Select(t => new TaskExample { Text = t }).ToList()
+                    : TaskData.Read(evalPath, loaded.Model.Task.Kind, columns.Read(parse));
+                rows = Perturbation.Classifier(loaded.Model, encoder, list, Tags(list.Select(e => e.Text).ToList()), s, batchSize, loaded.Hooks);
                 examples = list.Count;
             }
             else
             {
                 var texts = evalPath is null ? DefaultTask.Build().HeldOut.Select(e => e.Text).ToList()
-                    : File.Exists(evalPath) ? File.ReadAllLines(evalPath).Where(l => l.Trim().Length > 0).ToList() : throw new ArgumentException($"{evalPath}: no such file");
-                var tagLines = tagPath is null ? null : Perturbation.ReadTags(tagPath, texts);
+                    : trees is not null ? trees.Select(t => string.Join(' ', t.Words)).ToList() : PlainTexts();
                 using var bert = BertFolder.Load(device, dir);
-                rows = Perturbation.MaskedLanguageModel(bert, encoder, texts, tagLines, out skipped, s, batchSize);
+                rows = Perturbation.MaskedLanguageModel(bert, encoder, texts, Tags(texts), out skipped, s, batchSize);
                 examples = texts.Count;
             }
             string outDir = parse.GetValue(output)!;
             Directory.CreateDirectory(outDir);
             string accuracy = classifier ? "accuracy" : "top1_is_original_word";
             var csv = new StringBuilder($"perturbation,examples,{accuracy},same_prediction_as_unperturbed\n");
-            foreach (var r in rows) csv.Append($"{r.Perturbation},{r.Examples},{F(r.Accuracy)},{F(r.SamePrediction)}\n");
+            foreach (var r in rows) csv.Append($"{r.Perturbation},{r.Examples},{(double.IsFinite(r.Accuracy) ? F(r.Accuracy) : "")},{F(r.SamePrediction)}\n");
             AtomicFile.WriteText(Path.Combine(outDir, "perturbation.csv"), csv.ToString());
             AnalysisPlots.Bars(Path.Combine(outDir, "perturbation.png"), classifier ? "classifier under perturbed input" : "MLM top-1 under perturbed input", "fraction of examples", (0, 1),
-                rows.Select(r => r.Perturbation).ToArray(), (classifier ? "accuracy" : "original word", rows.Select(r => r.Accuracy).ToArray()), ("same as unperturbed", rows.Select(r => r.SamePrediction).ToArray()));
+                rows.Select(r => r.Perturbation).ToArray(), [
+                    .. double.IsFinite(rows[0].Accuracy) ? [(classifier ? "accuracy" : "original word", rows.Select(r => r.Accuracy).ToArray())] : Array.Empty<(string, double[])>(),
+                    ("same as unperturbed", rows.Select(r => r.SamePrediction).ToArray())]);
             stdout.Write(csv.ToString());
             var shuffle = rows.First(r => r.Perturbation == "shuffle-1");
             var truncate = rows.First(r => r.Perturbation == "truncate");
             stdout.WriteLine((classifier
-                    ? $"Of {examples} examples, shuffling the words changes {F(shuffle.Changed)} of the classifier's predictions (accuracy {F(rows[0].Accuracy)} → {F(shuffle.Accuracy)}) and truncating to the first half {F(truncate.Changed)} (→ {F(truncate.Accuracy)})"
+                    ? $"Of {examples} examples, shuffling the words changes {F(shuffle.Changed)} of the classifier's predictions"
+                      + (double.IsFinite(shuffle.Accuracy) ? $" (accuracy {F(rows[0].Accuracy)} → {F(shuffle.Accuracy)})" : "")
+                      + $" and truncating to the first half {F(truncate.Changed)}" + (double.IsFinite(truncate.Accuracy) ? $" (→ {F(truncate.Accuracy)})" : "")
                     : $"Of {examples - skipped} texts with a one-piece word to mask{(skipped > 0 ? $" ({skipped} without one left out)" : "")}, the MLM's top-1 at the mask stays the same for {F(shuffle.SamePrediction)} of them when the other words are shuffled and for {F(truncate.SamePrediction)} when the sentence is cut to its first half (the original word is top-1 for {F(rows[0].Accuracy)} unperturbed)")
                 + string.Concat(rows.Where(r => r.Perturbation.StartsWith("remove-", StringComparison.Ordinal)).Select(r => $"; removing the {r.Perturbation["remove-".Length..]} words changes {F(r.Changed)}"))
                 + ". Ettinger (2020) found BERT's predictions barely moved by shuffled word order, truncation or removed subjects and objects: it is insensitive to malformed input (the Primer §3.1).");

@@ -3,7 +3,9 @@
 // how predictions move when the input is damaged. Each perturbation works on whitespace words:
 // - shuffle-n: the words cut into consecutive n-grams (n = 1, 2, 3), the n-grams put in a random order;
 // - truncate: the first half of the words kept (⌈count / 2⌉);
-// - remove-TAG: the words a tag file marks with TAG left out (one tag per word, "_" or "O" for none).
+// - remove-TAG: the words a tag file marks with TAG left out (one tag per word, "_" or "O" for none);
+//   from a CoNLL-U treebank the tags are SUBJ and OBJ: every word of the phrase (the subtree) of a
+//   nominal subject (nsubj, nsubj:pass) or an object (obj, iobj), the outermost such phrase deciding.
 // A fine-tuned classifier is scored by accuracy and by the share of predictions that changed; an MLM
 // by the top-1 word piece at one masked word: the share that agree with the unperturbed input's, and
 // the share that are the original word. The masked word is a one-piece word drawn (seeded) from the
@@ -14,7 +16,7 @@ using IlgpuBert.Text;
 
 namespace IlgpuBert.Analysis;
 
-/// <summary>One perturbation's effect: examples, accuracy (classifier: against the labels; MLM: the original word) and the share of predictions equal to the unperturbed input's.</summary>
+/// <summary>One perturbation's effect: examples, accuracy (classifier: against the labels, NaN without; MLM: the original word) and the share of predictions equal to the unperturbed input's.</summary>
 public sealed record PerturbationRow(string Perturbation, int Examples, double Accuracy, double SamePrediction)
 {
     public double Changed => 1 - SamePrediction;
@@ -69,6 +71,20 @@ public static class Perturbation
         return lines;
     }
 
+    /// <summary>SUBJ / OBJ / _ per word of each tree (its DEPREL column): the subtrees of subjects and objects.</summary>
+    public static List<string[]> TagsFromTrees(IReadOnlyList<DependencyTree> trees) =>
+        trees.Select(t =>
+        {
+            var relations = t.Relations ?? throw new ArgumentException("subject and object tags need the trees' relations (DEPREL)");
+            string Kind(int w) => relations[w].Split(':')[0] switch { "nsubj" => "SUBJ", "obj" or "iobj" => "OBJ", _ => "_" };
+            return Enumerable.Range(0, t.Words.Length).Select(w =>
+            {
+                string tag = "_";
+                for (int a = w; a >= 0; a = t.Heads[a]) if (Kind(a) != "_") tag = Kind(a); // the outermost phrase wins
+                return tag;
+            }).ToArray();
+        }).ToList();
+
     public static string[] Words(string text) => text.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
 
     /// <summary>
@@ -85,8 +101,11 @@ public static class Perturbation
         var featurizer = new Featurizer(encoder, model.Task, model.Config.MaxPositionEmbeddings);
         int[] Predict(IEnumerable<TaskExample> xs) =>
             [.. Predictor.Predict(model, featurizer, xs.Select(e => featurizer.Make(e, labelled: false)).ToList(), batchSize, hooks).Select(p => p.Label)];
-        var gold = examples.Select(e => e.Label is null ? -1 : model.Task.Labels.ToList().IndexOf(e.Label)).ToArray();
-        if (gold.Any(g => g < 0)) throw new ArgumentException($"every evaluation example needs one of the model's labels ({string.Join(", ", model.Task.Labels)})");
+        // Unlabelled examples (all of them): flips are still measured, accuracy is NaN.
+        bool labelled = examples[0].Label is not null;
+        if (examples.Any(e => (e.Label is not null) != labelled)) throw new ArgumentException("some evaluation examples have labels and some do not");
+        var gold = examples.Select(e => labelled ? model.Task.Labels.ToList().IndexOf(e.Label!) : -1).ToArray();
+        if (labelled && gold.Any(g => g < 0)) throw new ArgumentException($"every evaluation example needs one of the model's labels ({string.Join(", ", model.Task.Labels)})");
         var reference = Predict(examples);
         var rows = new List<PerturbationRow> { Row(Unperturbed, reference, reference, gold) };
         foreach (var name in Names(tags?.SelectMany(t => t)))
@@ -143,6 +162,8 @@ public static class Perturbation
         return rows;
     }
 
+    /// <summary>A row; <paramref name="truth"/> −1 everywhere: no labels, accuracy NaN.</summary>
     private static PerturbationRow Row(string name, int[] predicted, int[] reference, int[] truth) =>
-        new(name, predicted.Length, predicted.Zip(truth).Average(p => p.First == p.Second ? 1.0 : 0.0), predicted.Zip(reference).Average(p => p.First == p.Second ? 1.0 : 0.0));
+        new(name, predicted.Length, truth.All(t => t < 0) ? double.NaN : predicted.Zip(truth).Average(p => p.First == p.Second ? 1.0 : 0.0),
+            predicted.Zip(reference).Average(p => p.First == p.Second ? 1.0 : 0.0));
 }

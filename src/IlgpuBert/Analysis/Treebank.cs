@@ -10,6 +10,9 @@ namespace IlgpuBert.Analysis;
 /// <summary>A sentence's words and its tree: Heads[i] is word i's head (0-based), −1 for the root.</summary>
 public sealed record DependencyTree(string[] Words, int[] Heads)
 {
+    /// <summary>Each word's relation to its head (DEPREL: nsubj, obj, …), where the file gives them.</summary>
+    public string[]? Relations { get; init; }
+
     public int Root => Array.IndexOf(Heads, -1);
 
     /// <summary>The number of edges between every two words.</summary>
@@ -60,6 +63,7 @@ public static class Treebank
         var trees = new List<DependencyTree>();
         var words = new List<string>();
         var heads = new List<int>();
+        var relations = new List<string>();
         int start = 0, line = 0;
         void Flush()
         {
@@ -71,7 +75,7 @@ public static class Treebank
                 if (h[i] < 0 || h[i] > n) throw new DataFormatException($"{where}: word {i + 1} has head {h[i]}, outside 0..{n}");
             int roots = h.Count(v => v == 0);
             if (roots != 1) throw new DataFormatException($"{where}: a tree has one root (HEAD 0), this sentence has {roots}");
-            var tree = new DependencyTree([.. words], h.Select(v => v - 1).ToArray());
+            var tree = new DependencyTree([.. words], h.Select(v => v - 1).ToArray()) { Relations = [.. relations] };
             for (int i = 0; i < n; i++)
             {
                 int steps = 0;
@@ -81,6 +85,7 @@ public static class Treebank
             trees.Add(tree);
             words.Clear();
             heads.Clear();
+            relations.Clear();
         }
         foreach (var raw in BoundedFile.ReadAllLines(path, BoundedFile.DataBytes, "CoNLL-U file"))
         {
@@ -98,6 +103,7 @@ public static class Treebank
                 throw new DataFormatException($"{path}:{line}: HEAD \"{columns[6]}\" is not a number");
             words.Add(columns[1]);
             heads.Add(head);
+            relations.Add(columns[7]);
         }
         Flush();
         if (trees.Count == 0) throw new DataFormatException($"{path}: no sentences");
