@@ -85,7 +85,9 @@ public sealed class QuantizationKernels
     {
         CheckFakeQuant(x, scales, n, cols);
         Check.Vector("y", y, n);
-        if (n > 0) fakeQuantize.Value(set.GridStride(n), x, scales, y, new FakeQuantArgs { Count = n, Cols = cols });
+        if (n == 0) return;
+        if (set.IsCpu && !ForceDeviceKernel) HostFakeQuantize(x, scales, y, default, n, cols);
+        else fakeQuantize.Value(set.GridStride(n), x, scales, y, new FakeQuantArgs { Count = n, Cols = cols });
     }
 
     /// <summary>
@@ -97,7 +99,32 @@ public sealed class QuantizationKernels
         CheckFakeQuant(x, scales, n, cols);
         Check.Vector("dy", dy, n);
         Check.Vector("dx", dx, n);
-        if (n > 0) fakeQuantizeBackward.Value(set.GridStride(n), x, scales, dy, dx, new FakeQuantArgs { Count = n, Cols = cols });
+        if (n == 0) return;
+        if (set.IsCpu && !ForceDeviceKernel) HostFakeQuantize(x, scales, dx, dy, n, cols);
+        else fakeQuantizeBackward.Value(set.GridStride(n), x, scales, dy, dx, new FakeQuantArgs { Count = n, Cols = cols });
+    }
+
+    /// <summary>
+    /// The two fake-quantization kernels as host code on the CPU accelerator's buffers, the same
+    /// float operations in the same order: forward when <paramref name="dy"/> is invalid (into y),
+    /// else the straight-through backward (into y = dx). Blocks of 64K elements go to the cores.
+    /// </summary>
+    private static unsafe void HostFakeQuantize(ArrayView<float> x, ArrayView<float> scales, ArrayView<float> y, ArrayView<float> dy, long n, long cols)
+    {
+        float* px = (float*)x.LoadEffectiveAddressAsPtr(), ps = (float*)scales.LoadEffectiveAddressAsPtr(), py = (float*)y.LoadEffectiveAddressAsPtr();
+        float* pdy = dy.IsValid ? (float*)dy.LoadEffectiveAddressAsPtr() : null;
+        const int block = 1 << 16;
+        int blocks = (int)((n + block - 1) / block);
+        HostParallel.For(0, blocks, b =>
+        {
+            long from = (long)b * block, to = Math.Min(n, from + block);
+            for (long i = from; i < to; i++)
+            {
+                float s = ps[i / cols];
+                float v = MathF.Floor(px[i] * (1f / s) + 0.5f);
+                py[i] = pdy is null ? (v > 127f ? 127f : v < -127f ? -127f : v) * s : v >= -127f && v <= 127f ? pdy[i] : 0f;
+            }
+        });
     }
 
     private static void CheckFakeQuant(ArrayView<float> x, ArrayView<float> scales, long n, long cols)
