@@ -114,6 +114,8 @@ public class PerturbationTests : IDisposable
         Assert.Equal(1, skipped); // "zzzz qqqq": no word of the vocabulary
         Assert.All(rows, r => Assert.Equal(2, r.Examples));
         Assert.Equal(["none", "shuffle-1", "shuffle-2", "shuffle-3", "truncate", "remove-OBJ", "remove-SUBJ"], rows.Select(r => r.Perturbation));
+        Assert.Equal(2, rows.Single(r => r.Perturbation == "truncate").InputsChanged);
+        Assert.Equal(1, rows.Single(r => r.Perturbation == "remove-SUBJ").InputsChanged); // "red zzzz blue" has no tag
 
         File.WriteAllLines(dir.File("short.txt"), ["SUBJ O O O", "_ _ _", "_ _"]);
         Assert.Contains("4 tags for the 5 words", Assert.Throws<DataFormatException>(() => Perturbation.ReadTags(dir.File("short.txt"), texts)).Message);
@@ -137,9 +139,10 @@ public class PerturbationTests : IDisposable
             "--text-column", "sentence", "--out", dir.File("out"), "--device", "cpu");
         Assert.True(code == 0, err);
         var csv = File.ReadAllLines(dir.File("out/perturbation.csv"));
-        Assert.Equal("perturbation,examples,accuracy,same_prediction_as_unperturbed", csv[0]);
+        Assert.Equal("perturbation,examples,inputs_changed,accuracy,same_prediction_as_unperturbed", csv[0]);
         Assert.Equal(["none", "shuffle-1", "shuffle-2", "shuffle-3", "truncate", "remove-SUBJ"], csv.Skip(1).Select(l => l.Split(',')[0]));
-        Assert.StartsWith("none,24,", csv[1]);
+        Assert.StartsWith("none,24,0,", csv[1]);
+        Assert.StartsWith("remove-SUBJ,24,24,", csv[^1]); // every text's first word is tagged
         Assert.EndsWith(",1", csv[1]);
         Assert.Contains("Ettinger (2020)", stdout);
         Assert.True(File.Exists(dir.File("out/perturbation.png")));
@@ -151,12 +154,12 @@ public class PerturbationTests : IDisposable
         (code, stdout, err) = CliRunner.Run("analyze", "perturbation", "--model", dir.File("clf"), "--eval", dir.File("t.conllu"), "--out", dir.File("out-tb"), "--device", "cpu");
         Assert.True(code == 0, err);
         var tb = File.ReadAllLines(dir.File("out-tb/perturbation.csv"));
-        Assert.Equal(["none,1,,1", "remove-OBJ", "remove-SUBJ"], [tb[1], tb[^2].Split(',')[0], tb[^1].Split(',')[0]]);
+        Assert.Equal(["none,1,0,,1", "remove-OBJ", "remove-SUBJ"], [tb[1], tb[^2].Split(',')[0], tb[^1].Split(',')[0]]);
 
         File.WriteAllLines(dir.File("texts.txt"), texts);
         (code, stdout, err) = CliRunner.Run("analyze", "perturbation", "--model", pretrained, "--eval", dir.File("texts.txt"), "--out", dir.File("out-mlm"), "--device", "cpu");
         Assert.True(code == 0, err);
-        Assert.Equal("perturbation,examples,top1_is_original_word,same_prediction_as_unperturbed", File.ReadAllLines(dir.File("out-mlm/perturbation.csv"))[0]);
+        Assert.Equal("perturbation,examples,inputs_changed,top1_is_original_word,same_prediction_as_unperturbed", File.ReadAllLines(dir.File("out-mlm/perturbation.csv"))[0]);
 
         (code, _, err) = CliRunner.Run("analyze", "perturbation", "--model", RealModelTests.ImportedMiniLm.Value, "--out", dir.File("out2"), "--device", "cpu");
         Assert.Equal(2, code);

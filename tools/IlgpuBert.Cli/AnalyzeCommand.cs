@@ -394,8 +394,8 @@ public static class AnalyzeCommand
             string outDir = parse.GetValue(output)!;
             Directory.CreateDirectory(outDir);
             string accuracy = classifier ? "accuracy" : "top1_is_original_word";
-            var csv = new StringBuilder($"perturbation,examples,{accuracy},same_prediction_as_unperturbed\n");
-            foreach (var r in rows) csv.Append($"{r.Perturbation},{r.Examples},{(double.IsFinite(r.Accuracy) ? F(r.Accuracy) : "")},{F(r.SamePrediction)}\n");
+            var csv = new StringBuilder($"perturbation,examples,inputs_changed,{accuracy},same_prediction_as_unperturbed\n");
+            foreach (var r in rows) csv.Append($"{r.Perturbation},{r.Examples},{r.InputsChanged},{(double.IsFinite(r.Accuracy) ? F(r.Accuracy) : "")},{F(r.SamePrediction)}\n");
             AtomicFile.WriteText(Path.Combine(outDir, "perturbation.csv"), csv.ToString());
             AnalysisPlots.Bars(Path.Combine(outDir, "perturbation.png"), classifier ? "classifier under perturbed input" : "MLM top-1 under perturbed input", "fraction of examples", (0, 1),
                 rows.Select(r => r.Perturbation).ToArray(), [
@@ -409,7 +409,7 @@ public static class AnalyzeCommand
                       + (double.IsFinite(shuffle.Accuracy) ? $" (accuracy {F(rows[0].Accuracy)} → {F(shuffle.Accuracy)})" : "")
                       + $" and truncating to the first half {F(truncate.Changed)}" + (double.IsFinite(truncate.Accuracy) ? $" (→ {F(truncate.Accuracy)})" : "")
                     : $"Of {examples - skipped} texts with a one-piece word to mask{(skipped > 0 ? $" ({skipped} without one left out)" : "")}, the MLM's top-1 at the mask stays the same for {F(shuffle.SamePrediction)} of them when the other words are shuffled and for {F(truncate.SamePrediction)} when the sentence is cut to its first half (the original word is top-1 for {F(rows[0].Accuracy)} unperturbed)")
-                + string.Concat(rows.Where(r => r.Perturbation.StartsWith("remove-", StringComparison.Ordinal)).Select(r => $"; removing the {r.Perturbation["remove-".Length..]} words changes {F(r.Changed)}"))
+                + string.Concat(rows.Where(r => r.Perturbation.StartsWith("remove-", StringComparison.Ordinal)).Select(r => $"; removing the {r.Perturbation["remove-".Length..]} words (from {r.InputsChanged} of them) changes {F(r.Changed)}"))
                 + ". Ettinger (2020) found BERT's predictions barely moved by shuffled word order, truncation or removed subjects and objects: it is insensitive to malformed input (the Primer §3.1).");
             return 0;
         });

@@ -19,6 +19,9 @@ namespace IlgpuBert.Analysis;
 /// <summary>One perturbation's effect: examples, accuracy (classifier: against the labels, NaN without; MLM: the original word) and the share of predictions equal to the unperturbed input's.</summary>
 public sealed record PerturbationRow(string Perturbation, int Examples, double Accuracy, double SamePrediction)
 {
+    /// <summary>How many examples the perturbation changed at all (a one-word text has no other order; a text with no tagged word loses none).</summary>
+    public int InputsChanged { get; init; }
+
     public double Changed => 1 - SamePrediction;
 }
 
@@ -115,8 +118,10 @@ public static class Perturbation
             {
                 Text = string.Join(' ', Apply(name, Words(e.Text), tags?[i], rng)),
                 TextPair = e.TextPair is null ? null : string.Join(' ', Apply(name.StartsWith("remove-", StringComparison.Ordinal) ? Unperturbed : name, Words(e.TextPair), null, rng)),
-            });
-            rows.Add(Row(name, Predict(perturbed), reference, gold));
+            }).ToList();
+            int changed = perturbed.Zip(examples).Count(p => Words(p.First.Text).SequenceEqual(Words(p.Second.Text)) is false
+                || (p.Second.TextPair is not null && !Words(p.First.TextPair!).SequenceEqual(Words(p.Second.TextPair))));
+            rows.Add(Row(name, Predict(perturbed), reference, gold) with { InputsChanged = changed });
         }
         return rows;
     }
@@ -157,7 +162,8 @@ public static class Perturbation
         foreach (var name in Names(tags?.SelectMany(t => t)))
         {
             var order = new Random(seed);
-            rows.Add(Row(name, Top1(chosen.Select(c => Apply(name, c.Words, c.Tags, order))), reference, targets));
+            var perturbed = chosen.Select(c => Apply(name, c.Words, c.Tags, order)).ToList();
+            rows.Add(Row(name, Top1(perturbed), reference, targets) with { InputsChanged = perturbed.Zip(chosen).Count(p => !p.First.SequenceEqual(p.Second.Words)) });
         }
         return rows;
     }
