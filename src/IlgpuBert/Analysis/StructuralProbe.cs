@@ -16,6 +16,7 @@
 // probe's are not (it has no offset in the paper, and an offset would change what it can fit).
 
 using System.Numerics;
+using IlgpuBert.FineTuning;
 using IlgpuBert.Model;
 using IlgpuBert.Text;
 
@@ -146,28 +147,9 @@ public static class StructuralProbe
         return edges;
     }
 
-    /// <summary>Spearman's rank correlation, ties given their mean rank; NaN when either side is constant.</summary>
-    public static double Spearman(IReadOnlyList<double> a, IReadOnlyList<double> b)
-    {
-        var (ra, rb) = (Ranks(a), Ranks(b));
-        double ma = ra.Average(), mb = rb.Average(), cov = 0, va = 0, vb = 0;
-        for (int i = 0; i < ra.Length; i++) { cov += (ra[i] - ma) * (rb[i] - mb); va += (ra[i] - ma) * (ra[i] - ma); vb += (rb[i] - mb) * (rb[i] - mb); }
-        return va == 0 || vb == 0 ? double.NaN : cov / Math.Sqrt(va * vb);
-    }
-
-    private static double[] Ranks(IReadOnlyList<double> v)
-    {
-        var order = Enumerable.Range(0, v.Count).OrderBy(i => v[i]).ToArray();
-        var ranks = new double[v.Count];
-        for (int i = 0; i < order.Length;)
-        {
-            int j = i;
-            while (j + 1 < order.Length && v[order[j + 1]] == v[order[i]]) j++;
-            for (int m = i; m <= j; m++) ranks[order[m]] = (i + j) / 2.0;
-            i = j + 1;
-        }
-        return ranks;
-    }
+    /// <summary>Spearman's rank correlation (TaskMetrics', ties given their mean rank), NaN when either side is constant: no ranking to agree with.</summary>
+    public static double Spearman(IReadOnlyList<double> a, IReadOnlyList<double> b) =>
+        a.Distinct().Count() < 2 || b.Distinct().Count() < 2 ? double.NaN : TaskMetrics.Spearman(a, b);
 
     /// <summary>The four scores of predicted distances and depths (by evaluation tree index) against the trees.</summary>
     private static StructuralScores Score(IReadOnlyList<DependencyTree> eval, Func<int, double[][]> distances, Func<int, double[]> depths)
