@@ -28,6 +28,16 @@ public struct Int8Args
     public long Count;
 }
 
+/// <summary>What a batch does to an input range: start it, update its EMA, or give a scale of its own and leave it.</summary>
+public enum RangeMode { Start, Update, Batch }
+
+/// <summary>The range kernel's arguments: partial maxima, EMA decay, <see cref="RangeMode"/>.</summary>
+public struct RangeArgs
+{
+    public int Count, Mode;
+    public float Decay;
+}
+
 /// <summary>Fake quantization's launch: elements, and how many share one scale (a row).</summary>
 public struct FakeQuantArgs
 {
@@ -44,6 +54,9 @@ public sealed class QuantizationKernels
     private readonly Lazy<Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>> dequantize;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>> fakeQuantize;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>> fakeQuantizeBackward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, int>> rowScales;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, long>> maxAbsPartials;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, RangeArgs>> range;
 
     internal QuantizationKernels(KernelSet set)
     {
@@ -54,6 +67,16 @@ public sealed class QuantizationKernels
         dequantize = new(() => acc.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>(DequantizeKernel));
         fakeQuantize = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>(FakeQuantizeKernel));
         fakeQuantizeBackward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>(FakeQuantizeBackwardKernel));
+        bool tree = set.RowReduction == RowReduction.Tree;
+        rowScales = new(() => tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(RowScalesKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(RowScalesKernel<WarpReduce>));
+        maxAbsPartials = new(() => tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(MaxAbsPartialsKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(MaxAbsPartialsKernel<WarpReduce>));
+        range = new(() => tree
+            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, RangeArgs>(RangeKernel<TreeReduce>)
+            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, RangeArgs>(RangeKernel<WarpReduce>));
     }
 
     /// <summary>When true on the CPU accelerator, run the ILGPU kernel instead of host SIMD code (tests).</summary>
@@ -86,7 +109,7 @@ public sealed class QuantizationKernels
         CheckFakeQuant(x, scales, n, cols);
         Check.Vector("y", y, n);
         if (n == 0) return;
-        if (set.IsCpu && !ForceDeviceKernel) HostFakeQuantize(x, scales, y, default, n, cols);
+        if (UseHostCode) HostFakeQuantize(x, scales, y, default, n, cols);
         else fakeQuantize.Value(set.GridStride(n), x, scales, y, new FakeQuantArgs { Count = n, Cols = cols });
     }
 
@@ -100,7 +123,7 @@ public sealed class QuantizationKernels
         Check.Vector("dy", dy, n);
         Check.Vector("dx", dx, n);
         if (n == 0) return;
-        if (set.IsCpu && !ForceDeviceKernel) HostFakeQuantize(x, scales, dx, dy, n, cols);
+        if (UseHostCode) HostFakeQuantize(x, scales, dx, dy, n, cols);
         else fakeQuantizeBackward.Value(set.GridStride(n), x, scales, dy, dx, new FakeQuantArgs { Count = n, Cols = cols });
     }
 
@@ -124,6 +147,92 @@ public sealed class QuantizationKernels
                 float v = MathF.Floor(px[i] * (1f / s) + 0.5f);
                 py[i] = pdy is null ? (v > 127f ? 127f : v < -127f ? -127f : v) * s : v >= -127f && v <= 127f ? pdy[i] : 0f;
             }
+        });
+    }
+
+    /// <summary>Fake quantization's statistics and rounding as host code: the CPU accelerator with fat row groups, not the GPU-shaped run.</summary>
+    private bool UseHostCode
+    {
+        get
+        {
+            if (!set.UseHostRows || ForceDeviceKernel) return false;
+            set.Accelerator.Synchronize();
+            return true;
+        }
+    }
+
+    /// <summary>Partial maxima per input tensor (the range statistic's first pass).</summary>
+    public const int RangePartials = 32;
+
+    /// <summary>scales[r] = max_c |w[r, c]| / 127, or 1 for a row of zeros: the per-output-channel scales of a weight [rows, cols].</summary>
+    public unsafe void RowScales(ArrayView<float> w, ArrayView<float> scales, int rows, int cols)
+    {
+        Check.Matrix("w", w, rows, cols);
+        Check.Vector("scales", scales, rows);
+        if (rows == 0) return;
+        if (UseHostCode) HostRanges(w, scales, rows, cols);
+        else rowScales.Value(set.Rows(rows), w, scales, cols);
+    }
+
+    /// <summary>
+    /// The input range statistic of a tensor x of n elements, on the device: m = max |x|, then by
+    /// <paramref name="mode"/> ema ← m (<see cref="RangeMode.Start"/>) or ema ← decay·ema + (1 − decay)·m
+    /// (<see cref="RangeMode.Update"/>), and scale ← ema / 127; or, leaving ema alone, scale ← m / 127
+    /// (<see cref="RangeMode.Batch"/>). A zero range gives scale 1.
+    /// </summary>
+    public unsafe void UpdateRange(ArrayView<float> x, long n, ArrayView<float> ema, ArrayView<float> scale, float decay, RangeMode mode)
+    {
+        Check.Vector("x", x, n);
+        Check.Vector("ema", ema, 1);
+        Check.Vector("scale", scale, 1);
+        if (UseHostCode)
+        {
+            var max = new float[1];
+            unsafe
+            {
+                fixed (float* pm = max)
+                    HostRanges(x, default, 1, n, pm);
+                float* pe = (float*)ema.LoadEffectiveAddressAsPtr(), ps = (float*)scale.LoadEffectiveAddressAsPtr();
+                float r = NextRange(pe[0], max[0], decay, mode);
+                if (mode != RangeMode.Batch) pe[0] = r;
+                ps[0] = r > 0f ? r / 127f : 1f;
+            }
+            return;
+        }
+        var partials = set.FloatScratch(RangePartials);
+        maxAbsPartials.Value(set.Rows(RangePartials), x, partials, n);
+        range.Value(set.Rows(1), partials, ema, scale, new RangeArgs { Count = RangePartials, Decay = decay, Mode = (int)mode });
+    }
+
+    /// <summary>The range after one batch whose max |x| is m (the host and the kernel share it).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float NextRange(float ema, float m, float decay, RangeMode mode) =>
+        mode == RangeMode.Update ? decay * ema + (1f - decay) * m : m;
+
+    /// <summary>Per row the max |x| over cols, into scales as max/127 (or 1), or, with <paramref name="max"/>, the max of one row of n (in blocks of 64K on the cores).</summary>
+    private static unsafe void HostRanges(ArrayView<float> x, ArrayView<float> scales, int rows, long cols, float* max = null)
+    {
+        float* px = (float*)x.LoadEffectiveAddressAsPtr();
+        if (max is not null)
+        {
+            const int block = 1 << 16;
+            var partial = new float[(int)((cols + block - 1) / block)];
+            HostParallel.For(0, partial.Length, b =>
+            {
+                float m = 0f;
+                for (long i = (long)b * block, end = Math.Min(cols, i + block); i < end; i++) m = MathF.Max(m, MathF.Abs(px[i]));
+                partial[b] = m;
+            });
+            max[0] = partial.Length == 0 ? 0f : partial.Max();
+            return;
+        }
+        float* ps = (float*)scales.LoadEffectiveAddressAsPtr();
+        HostParallel.For(0, rows, r =>
+        {
+            float m = 0f;
+            float* row = px + r * cols;
+            for (long c = 0; c < cols; c++) m = MathF.Max(m, MathF.Abs(row[c]));
+            ps[r] = m > 0f ? m / 127f : 1f;
         });
     }
 
@@ -255,6 +364,56 @@ public sealed class QuantizationKernels
         {
             float v = MathF.Floor(x[i] * (1f / scales[i / a.Cols]) + 0.5f);
             dx[i] = v >= -127f && v <= 127f ? dy[i] : 0f;
+        }
+    }
+
+    [GpuGroup(KernelSet.GpuRowGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void RowScalesKernel<TReduce>(ArrayView<float> w, ArrayView<float> scales, int cols)
+        where TReduce : struct, IGroupReduce
+    {
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        long off = (long)Grid.IdxX * cols;
+        float m = 0f;
+        for (int c = Group.IdxX; c < cols; c += Group.DimX)
+            m = MathF.Max(m, MathF.Abs(w[off + c]));
+        m = default(TReduce).Max(shared, m);
+        if (Group.IdxX == 0)
+            scales[Grid.IdxX] = m > 0f ? m / 127f : 1f;
+    }
+
+    /// <summary>Group g's max |x| over the elements its grid-stride threads visit.</summary>
+    [GpuGroup(KernelSet.GpuRowGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void MaxAbsPartialsKernel<TReduce>(ArrayView<float> x, ArrayView<float> partial, long n)
+        where TReduce : struct, IGroupReduce
+    {
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        float m = 0f;
+        long step = GridStride.Step;
+        for (long i = GridStride.Start; i < n; i += step)
+            m = MathF.Max(m, MathF.Abs(x[i]));
+        m = default(TReduce).Max(shared, m);
+        if (Group.IdxX == 0)
+            partial[Grid.IdxX] = m;
+    }
+
+    [GpuGroup(KernelSet.GpuRowGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void RangeKernel<TReduce>(ArrayView<float> partial, ArrayView<float> ema, ArrayView<float> scale, RangeArgs a)
+        where TReduce : struct, IGroupReduce
+    {
+        var shared = SharedMemory.Allocate<float>(GroupReduce.RowScratch);
+        float m = 0f;
+        for (int i = Group.IdxX; i < a.Count; i += Group.DimX)
+            m = MathF.Max(m, partial[i]);
+        m = default(TReduce).Max(shared, m);
+        if (Group.IdxX == 0)
+        {
+            var mode = (RangeMode)a.Mode;
+            float r = NextRange(ema[0], m, a.Decay, mode);
+            if (mode != RangeMode.Batch) ema[0] = r;
+            scale[0] = r > 0f ? r / 127f : 1f;
         }
     }
 

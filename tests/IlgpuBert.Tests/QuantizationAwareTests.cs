@@ -67,6 +67,55 @@ public class QuantizationAwareTests
         if (n == 0) { Assert.True(float.IsNaN(y[0])); Assert.True(float.IsNaN(dx[0])); }
     }
 
+    public static TheoryData<string, int, int> RangeShapes()
+    {
+        var data = new TheoryData<string, int, int>();
+        foreach (var dev in Devices.Names)
+            foreach (var (rows, cols) in new[] { (1, 1), (3, 1000), (37, 129), (300, 7) })
+                data.Add(dev, rows, cols);
+        return data;
+    }
+
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(RangeShapes))]
+    public void Row_scales_and_the_input_range_statistic_are_the_plain_maxima(string device, int rows, int cols)
+    {
+        var d = Devices.Get(device);
+        var rng = new Random(rows * 7 + cols);
+        int n = rows * cols;
+        var w = Rand.Normal(rng, n);
+        if (rows > 1) for (int c = 0; c < cols; c++) w[cols + c] = 0f; // a row of zeros: scale 1
+        w[rng.Next(n)] = -9.5f; // the largest magnitude is negative
+        using var bw = d.Accelerator.Allocate1D(w);
+        using var bs = d.Accelerator.Allocate1D(Enumerable.Repeat(float.NaN, rows).ToArray());
+        d.Kernels.Quantization.RowScales(bw.View, bs.View, rows, cols);
+        var scales = bs.GetAsArray1D();
+        for (int r = 0; r < rows; r++)
+        {
+            float m = w.Skip(r * cols).Take(cols).Max(MathF.Abs);
+            Assert.Equal(m > 0f ? m / 127f : 1f, scales[r]);
+        }
+
+        float max = w.Max(MathF.Abs), decay = QuantizationAware.Decay;
+        using var ema = d.Accelerator.Allocate1D(new[] { float.NaN });
+        using var scale = d.Accelerator.Allocate1D(new[] { float.NaN });
+        var q = d.Kernels.Quantization;
+        q.UpdateRange(bw.View, n, ema.View, scale.View, decay, RangeMode.Start);
+        Assert.Equal(max, ema.GetAsArray1D()[0]);
+        Assert.Equal(max / 127f, scale.GetAsArray1D()[0]);
+        var half = w.Select(v => v / 2).ToArray();
+        using var bh = d.Accelerator.Allocate1D(half);
+        q.UpdateRange(bh.View, n, ema.View, scale.View, decay, RangeMode.Update);
+        float expected = decay * max + (1f - decay) * (max / 2);
+        // One multiply-add, which a GPU compiler may fuse: within 2 units in the last place.
+        Assert.True(Math.Abs(ema.GetAsArray1D()[0] - expected) <= 2 * MathF.BitIncrement(expected) - 2 * expected, $"EMA {ema.GetAsArray1D()[0]}, expected {expected}");
+        float kept = ema.GetAsArray1D()[0];
+        q.UpdateRange(bh.View, n, ema.View, scale.View, decay, RangeMode.Batch);
+        Assert.Equal(kept, ema.GetAsArray1D()[0]);
+        Assert.Equal(max / 2 / 127f, scale.GetAsArray1D()[0]);
+    }
+
     [Fact]
     public void The_straight_through_gradient_is_the_quantizer_s_slope_over_many_steps_and_zero_beyond_the_clip()
     {
@@ -118,7 +167,7 @@ public class QuantizationAwareTests
         var spec = TaskModelTests.Spec(TaskKind.Classification, Pooling.Cls);
         using var model = TaskModelTests.RandomModel(device, spec, 12);
         var batch = TaskModelTests.Batch(TaskKind.Classification);
-        var qat = new QuantizationAware { FakeQuantizeInputs = false };
+        using var qat = new QuantizationAware { FakeQuantizeInputs = false };
         double loss;
         using (var tape = new Tape())
         {
@@ -160,7 +209,7 @@ public class QuantizationAwareTests
         var spec = TaskModelTests.Spec(TaskKind.Classification, Pooling.Cls);
         using var model = TaskModelTests.RandomModel(device, spec, 13);
         var batch = TaskModelTests.Batch(TaskKind.Classification);
-        var qat = new QuantizationAware();
+        using var qat = new QuantizationAware();
         var classifier = model.Parameters["classifier.weight"].Var;
         var seen = new List<float>();
         var spy = new BertHooks

@@ -94,7 +94,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
         }
         using var optimizer = new AdamWOptimizer(device, setup.Trainable, new AdamWSettings(WeightDecay: o.WeightDecay), setup.LrScales);
         using var mixout = new MixoutTargets(model, o.Mixout);
-        var qat = o.Qat is null ? null : new QuantizationAware();
+        using var qat = o.Qat is null ? null : new QuantizationAware();
         if (qat is not null) log.WriteLine("quantization-aware training: every Linear layer computes with int8 fake-quantized weights (per channel) and inputs (per tensor, EMA of max |x|)");
         using var sparsity = MagnitudeMasks.For(model.Bert, model.Config);
         if (sparsity is not null) log.WriteLine($"magnitude-pruned model: {sparsity.Zeros} zero weights kept at zero through training");
