@@ -286,7 +286,7 @@ public static class AnalyzeCommand
             var evalTrees = Treebank.Read(parse.GetValue(eval)!).Take(limit).ToList();
             using var device = Cli.OpenDevice(parse);
             var analyzer = Analyzer.Load(device, dir);
-            using var _ = analyzer.Model;
+            using var owned = analyzer.Model;
             var encoder = BertTextEncoder.Load(dir);
             using var random = new BertForPreTraining(device, analyzer.Model.Config);
             random.Parameters.Initialize(s + 1);
@@ -296,16 +296,19 @@ public static class AnalyzeCommand
             var trainY = keptTrain.Select(i => trainTrees[i]).ToList();
             var evalY = keptEval.Select(i => evalTrees[i]).ToList();
             if (trainY.Count == 0 || evalY.Count == 0) throw new ArgumentException($"no sentence of the {(trainY.Count == 0 ? "training" : "evaluation")} file fits the model's {analyzer.Model.Config.MaxPositionEmbeddings} positions");
-            var twinTrain = StructuralProbe.WordFeatures(twin, encoder, trainY, out var _1);
-            var twinEval = StructuralProbe.WordFeatures(twin, encoder, evalY, out var _2);
+            var twinTrain = StructuralProbe.WordFeatures(twin, encoder, trainY, out _);
+            var twinEval = StructuralProbe.WordFeatures(twin, encoder, evalY, out _);
             int layers = trainX.Length;
             var real = new StructuralScores[layers];
             var control = new StructuralScores[layers];
+            stdout.WriteLine($"probing {layers} layers of the model and of its random twin on {trainY.Count} training and {evalY.Count} evaluation trees ({options.Epochs} epochs each)");
+            int done = 0;
             Parallel.For(0, 2 * layers, j =>
             {
                 int l = j / 2;
                 if (j % 2 == 0) real[l] = StructuralProbe.TrainAndEvaluate(trainX[l], trainY, evalX[l], evalY, options);
                 else control[l] = StructuralProbe.TrainAndEvaluate(twinTrain[l], trainY, twinEval[l], evalY, options);
+                lock (stdout) stdout.WriteLine($"  {Interlocked.Increment(ref done)} of {2 * layers + 1} probe pairs done");
             });
             int longest = trainY.Concat(evalY).Max(t => t.Words.Length);
             var position = StructuralProbe.TrainAndEvaluate(StructuralProbe.PositionFeatures(trainY, longest), trainY, StructuralProbe.PositionFeatures(evalY, longest), evalY, options);
