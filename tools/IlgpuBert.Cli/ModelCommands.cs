@@ -1,5 +1,5 @@
-// Model verbs: init, forward, grad (the contract scripts rely on, see the model issue), vocab and
-// tokenize. Every failure is an exception the entry point turns into one line and exit code 2;
+// Model verbs: init, forward, grad (the contract scripts rely on, see the model issue), vocab,
+// tokenize and convert (a folder's weights in another dtype). Every failure is an exception the entry point turns into one line and exit code 2;
 // outputs are written only after everything succeeded, atomically.
 using System.CommandLine;
 using System.Text.Json;
@@ -20,6 +20,32 @@ public static class ModelCommands
         yield return Grad(stderr);
         yield return Vocab(stdout);
         yield return Tokenize(stdout);
+        yield return Convert(stdout);
+    }
+
+    private static Command Convert(TextWriter stdout)
+    {
+        var model = Required("--model", "float model folder");
+        var dtype = Required("--dtype", "bf16, f16 or f32: how the copy stores its weights (rounded to nearest, ties to even)");
+        var output = Required("--out", "folder for the copy");
+        var command = new Command("convert", "Copy a model folder with its weights stored as bf16, f16 or f32 (HF keeps many models in F16/BF16; every dtype loads).") { model, dtype, output };
+        Cli.ProtectModelOutput(command, output);
+        command.SetAction(parse =>
+        {
+            string d = parse.GetValue(dtype)!.ToLowerInvariant() switch
+            {
+                "bf16" or "bfloat16" => "BF16",
+                "f16" or "fp16" or "float16" => "F16",
+                "f32" or "fp32" or "float32" => "F32",
+                var v => throw new ArgumentException($"--dtype must be bf16, f16 or f32, got {v}"),
+            };
+            string dir = parse.GetValue(model)!, outDir = parse.GetValue(output)!;
+            int n = BertFolder.Convert(dir, d, outDir);
+            long before = new FileInfo(BertFolder.WeightsPath(dir)).Length, after = new FileInfo(Path.Combine(outDir, BertFolder.WeightsFile)).Length;
+            stdout.WriteLine($"wrote {outDir}: {n} tensors as {d}, {after / 1e6:F1} MB (from {before / 1e6:F1} MB)");
+            return 0;
+        });
+        return command;
     }
 
     private static Option<string> Required(string name, string description) => Cli.Required(name, description);

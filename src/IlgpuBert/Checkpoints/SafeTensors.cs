@@ -1,7 +1,8 @@
 // The safetensors format (huggingface/safetensors): an 8-byte little-endian header length N, N
 // bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then
-// the raw little-endian data, offsets relative to its start. IlgpuBert writes F32 and I8 (int8
-// quantized weights) and reads F32, F16, BF16 and I8 (held as float: every int8 is exact). Every inconsistency is a CheckpointException naming the file
+// the raw little-endian data, offsets relative to its start. IlgpuBert writes F32, F16, BF16 (each
+// value rounded to nearest, ties to even) and I8 (int8 quantized weights), and reads the same four
+// (held as float: every one of them is exact in float32). Every inconsistency is a CheckpointException naming the file
 // and the problem; nothing is read past the file or trusted before it is checked.
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
@@ -11,7 +12,7 @@ using System.Text.Json.Nodes;
 
 namespace IlgpuBert.Checkpoints;
 
-/// <summary>A host tensor: row-major shape and float32 data; <paramref name="Dtype"/> is how it is stored (F32, or I8 for integers in [−128, 127]).</summary>
+/// <summary>A host tensor: row-major shape and float32 data; <paramref name="Dtype"/> is how it is stored (F32; F16 or BF16, rounded to nearest even on writing; or I8 for integers in [−128, 127]).</summary>
 public sealed record HostTensor(int[] Shape, float[] Data, string Dtype = "F32")
 {
     public long Length => Data.LongLength;
@@ -248,9 +249,22 @@ public static class SafeTensors
         }
     }
 
+    /// <summary>bfloat16's bits for a float: the top 16 bits rounded to nearest, ties to even; NaN stays a (quiet) NaN of its sign.</summary>
+    public static ushort BFloat16Bits(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        if (float.IsNaN(value)) return (ushort)((bits >> 16) | 0x0040);
+        return (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    }
+
+    /// <summary>Bytes per value of a dtype this writer stores.</summary>
+    private static int WriteSize(string dtype) => dtype switch { "F32" => 4, "F16" or "BF16" => 2, "I8" => 1, _ => 0 };
+
     /// <summary>
-    /// Writes F32 (and I8) tensors, names sorted, header padded to 8 bytes, atomically: a temporary file in
-    /// the same folder, then a rename, so a crash never leaves a half-written checkpoint.
+    /// Writes F32, F16, BF16 and I8 tensors, names sorted, header padded to 8 bytes, atomically: a
+    /// temporary file in the same folder, then a rename, so a crash never leaves a half-written
+    /// checkpoint. F16 and BF16 round each value to nearest, ties to even; a finite value beyond
+    /// F16's range (|v| ≥ 65520 rounds to infinity) is refused rather than written as ∞.
     /// </summary>
     public static void Write(string path, IReadOnlyDictionary<string, HostTensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
@@ -264,10 +278,15 @@ public static class SafeTensors
             var t = tensors[name];
             if (HostTensor.Elements(t.Shape) != t.Data.LongLength)
                 throw new ArgumentException($"tensor {name}: {t.Data.LongLength} values do not fill shape {t.ShapeText}");
-            if (t.Dtype is not ("F32" or "I8")) throw new ArgumentException($"tensor {name}: cannot write dtype {t.Dtype} (F32 or I8)");
+            int size = WriteSize(t.Dtype);
+            if (size == 0) throw new ArgumentException($"tensor {name}: cannot write dtype {t.Dtype} (F32, F16, BF16 or I8)");
             if (t.Dtype == "I8" && t.Data.Any(v => v != MathF.Round(v) || v < -128 || v > 127))
                 throw new ArgumentException($"tensor {name}: I8 data must be integers in [-128, 127]");
-            long bytes = t.Data.LongLength * (t.Dtype == "I8" ? 1 : 4);
+            if (t.Dtype == "F16" && t.Data.Count(v => float.IsFinite(v) && Half.IsInfinity((Half)v)) is int over and > 0)
+                throw new ArgumentException($"tensor {name}: {over} value{(over > 1 ? "s" : "")} beyond F16's range (largest {t.Data.Where(float.IsFinite).Max(MathF.Abs)}, F16 holds up to 65504)");
+            if (t.Dtype == "BF16" && t.Data.Count(v => float.IsFinite(v) && (BFloat16Bits(v) & 0x7FFF) == 0x7F80) is int huge and > 0)
+                throw new ArgumentException($"tensor {name}: {huge} value{(huge > 1 ? "s" : "")} beyond BF16's range (largest finite BF16 is 3.39e38)");
+            long bytes = t.Data.LongLength * size;
             header[name] = new JsonObject
             {
                 ["dtype"] = t.Dtype,
@@ -288,19 +307,24 @@ public static class SafeTensors
             var buffer = new byte[1 << 16];
             foreach (var name in names)
             {
-                var data = tensors[name].Data;
-                if (tensors[name].Dtype == "I8")
-                {
-                    var bytes = new byte[data.Length];
-                    for (int i = 0; i < data.Length; i++) bytes[i] = (byte)(sbyte)data[i];
-                    stream.Write(bytes);
-                    continue;
-                }
+                var (data, dtype) = (tensors[name].Data, tensors[name].Dtype);
+                int size = WriteSize(dtype);
                 for (int i = 0; i < data.Length;)
                 {
-                    int n = Math.Min(data.Length - i, buffer.Length / 4);
-                    for (int j = 0; j < n; j++) BinaryPrimitives.WriteSingleLittleEndian(buffer.AsSpan(4 * j), data[i + j]);
-                    stream.Write(buffer, 0, 4 * n);
+                    int n = Math.Min(data.Length - i, buffer.Length / size);
+                    var chunk = buffer.AsSpan(0, n * size);
+                    for (int j = 0; j < n; j++)
+                    {
+                        float v = data[i + j];
+                        switch (dtype)
+                        {
+                            case "F32": BinaryPrimitives.WriteSingleLittleEndian(chunk[(4 * j)..], v); break;
+                            case "F16": BinaryPrimitives.WriteHalfLittleEndian(chunk[(2 * j)..], (Half)v); break; // IEEE conversion: nearest, ties to even
+                            case "BF16": BinaryPrimitives.WriteUInt16LittleEndian(chunk[(2 * j)..], BFloat16Bits(v)); break;
+                            default: chunk[j] = (byte)(sbyte)v; break;
+                        }
+                    }
+                    stream.Write(chunk);
                     i += n;
                 }
             }

@@ -144,6 +144,54 @@ public static class BertFolder
         }
     }
 
+    /// <summary>The safetensors dtypes <see cref="Convert"/> writes, and the torch_dtype config.json names each by.</summary>
+    public static readonly IReadOnlyDictionary<string, string> TorchDtypes = new Dictionary<string, string> { ["F32"] = "float32", ["F16"] = "float16", ["BF16"] = "bfloat16" };
+
+    /// <summary>
+    /// A copy of a float model folder with its weights stored as <paramref name="dtype"/> (F32, F16 or
+    /// BF16; each value rounded to nearest, ties to even). Every other file is copied as it is (vocabulary,
+    /// tokenizer and sentence-transformers files, subfolders), config.json gains HF's torch_dtype, and an
+    /// older folder's pytorch_model.bin becomes model.safetensors. The weights are written first, so a
+    /// failure leaves no folder that claims to hold a model. Int8 folders are refused: their integers
+    /// and scales are not a float checkpoint. Returns the number of tensors written.
+    /// </summary>
+    public static int Convert(string dir, string dtype, string outDir)
+    {
+        if (!TorchDtypes.TryGetValue(dtype, out var torchDtype)) throw new ArgumentException($"dtype {dtype}: convert writes F32, F16 or BF16");
+        Require(dir);
+        if (Path.GetFullPath(dir).TrimEnd('/') == Path.GetFullPath(outDir).TrimEnd('/')) throw new ArgumentException($"{outDir} is the folder being converted; write the copy elsewhere");
+        string configPath = Path.Combine(dir, ConfigFile);
+        var config = BertConfig.Read(configPath);
+        if (config.Extra["quantization_config"] is not null) throw new CheckpointException($"{configPath}: a quantized model (quantization_config); convert takes float checkpoints");
+        var tensors = ReadWeights(dir);
+        if (tensors.FirstOrDefault(t => t.Value.Dtype == "I8") is { Key: not null } int8) throw new CheckpointException($"{WeightsPath(dir)}: tensor {int8.Key} is I8; convert takes float checkpoints");
+        var converted = tensors.ToDictionary(t => t.Key, t => t.Value with { Dtype = dtype }, StringComparer.Ordinal);
+        bool existed = Directory.Exists(outDir);
+        Directory.CreateDirectory(outDir);
+        try
+        {
+            SafeTensors.Write(Path.Combine(outDir, WeightsFile), converted, new Dictionary<string, string> { ["format"] = "pt" });
+            string root = Path.GetFullPath(dir);
+            foreach (var file in Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories))
+            {
+                string relative = Path.GetRelativePath(root, file);
+                if (relative is ConfigFile or WeightsFile or PyTorchCheckpoint.FileName) continue;
+                string target = Path.Combine(outDir, relative);
+                Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+                CopyInto(file, Path.GetDirectoryName(target)!, Path.GetFileName(target));
+            }
+            var extra = (System.Text.Json.Nodes.JsonObject)config.Extra.DeepClone();
+            extra["torch_dtype"] = torchDtype;
+            (config with { Extra = extra }).Write(Path.Combine(outDir, ConfigFile));
+        }
+        catch when (!existed)
+        {
+            try { Directory.Delete(outDir, true); } catch (IOException) { }
+            throw;
+        }
+        return converted.Count;
+    }
+
     /// <summary>
     /// Copies a folder's vocabulary into <paramref name="dir"/>: <paramref name="vocabSource"/> (a
     /// vocab.txt) and the tokenizer.json beside it, whichever exist (a folder from the hub may have only
