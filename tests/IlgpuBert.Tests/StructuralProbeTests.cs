@@ -64,6 +64,30 @@ public class StructuralProbeTests : IDisposable
         Assert.True(random.DistanceSpearman < 0.3, $"random features: distance Spearman {random.DistanceSpearman}");
     }
 
+    [Fact]
+    public void Excluding_punctuation_scores_only_the_other_words()
+    {
+        const int dims = 16;
+        var rng = new Random(8);
+        // Each tree gains a final "." attached to a word that is not the root, whose features are noise in dimensions of
+        // their own: the probe still fits every other word exactly, and only its view of "." is wrong.
+        List<DependencyTree> WithPeriods(List<DependencyTree> trees) => trees.Select(t => new DependencyTree([.. t.Words, "."], [.. t.Heads, t.Root == 0 ? 1 : 0])
+            { Upos = [.. t.Words.Select(_ => "NOUN"), "PUNCT"] }).ToList();
+        float[][] Features(DependencyTree t) => [.. TreeEmbedding(t with { Words = t.Words[..^1], Heads = t.Heads[..^1] }, dims + 4)
+            .Select(x => x.ToArray()), Enumerable.Range(0, dims + 4).Select(j => j < dims ? 0f : (float)rng.NextDouble() * 3).ToArray()];
+        var train = WithPeriods(RandomTrees(300, 1));
+        var eval = WithPeriods(RandomTrees(100, 2));
+        var options = new StructuralProbeOptions(Rank: dims + 4, Epochs: 40);
+        var (trainX, evalX) = (train.Select(Features).ToList(), eval.Select(Features).ToList());
+        var without = StructuralProbe.TrainAndEvaluate(trainX, train, evalX, eval, options with { ExcludePunctuation = true });
+        var with = StructuralProbe.TrainAndEvaluate(trainX, train, evalX, eval, options);
+        Assert.True(without.Uuas == 1.0, $"punctuation excluded: UUAS {without.Uuas}");
+        Assert.True(without.RootAccuracy == 1.0, $"punctuation excluded: root accuracy {without.RootAccuracy}");
+        Assert.True(with.Uuas < 0.97, $"punctuation scored: UUAS {with.Uuas}");
+        // The linear baseline drops the periods too: then every chain edge it proposes is between words.
+        Assert.NotEqual(StructuralProbe.Linear(eval).Uuas, StructuralProbe.Linear(eval, excludePunctuation: true).Uuas);
+    }
+
     private static string Conllu(IEnumerable<DependencyTree> trees) =>
         string.Concat(trees.Select((t, k) => $"# sent_id = {k}\n" + string.Concat(t.Words.Select((w, i) => $"{i + 1}\t{w}\t_\t_\t_\t_\t{t.Heads[i] + 1}\t_\t_\t_\n")) + "\n"));
 
@@ -120,6 +144,7 @@ public class StructuralProbeTests : IDisposable
         Assert.Equal(2, trees.Count);
         Assert.Equal(["Do", "n't", "go", "."], trees[0].Words);
         Assert.Equal([2, 2, -1, 2], trees[0].Heads);
+        Assert.Equal(["AUX", "PART", "VERB", "PUNCT"], trees[0].Upos);
         Assert.Equal(2, trees[0].Root);
         Assert.Equal([1, 1, 0, 1], trees[0].Depths());
         Assert.Equal(2, trees[0].Distances()[0, 3]);

@@ -272,15 +272,16 @@ public static class AnalyzeCommand
         var epochs = new Option<int>("--epochs") { Description = "passes of Adam over the training trees", DefaultValueFactory = _ => 30 };
         var max = new Option<int>("--max-sentences") { Description = "use at most this many trees of each file", DefaultValueFactory = _ => 2000 };
         var seed = new Option<int>("--seed") { Description = "seed of the probes and of the random model", DefaultValueFactory = _ => 0 };
+        var noPunctuation = new Option<bool>("--exclude-punctuation") { Description = "score without the words whose UPOS is PUNCT, as Hewitt and Manning do (the probes still train on every word)" };
         var output = Req("--out", "output folder");
         var command = new Command("structural-probe", "Hewitt & Manning (2019)'s distance and depth probes per layer: UUAS, Spearman and root accuracy, beside a random model and position-only and linear baselines.")
-            { model, train, eval, rank, epochs, max, seed, output };
+            { model, train, eval, rank, epochs, max, seed, noPunctuation, output };
         command.SetAction(parse =>
         {
             string dir = parse.GetValue(model)!;
             int limit = parse.GetValue(max), s = parse.GetValue(seed);
             if (limit < 1) throw new ArgumentException($"--max-sentences must be positive, got {limit}");
-            var options = new StructuralProbeOptions(Rank: parse.GetValue(rank), Epochs: parse.GetValue(epochs), Seed: s);
+            var options = new StructuralProbeOptions(Rank: parse.GetValue(rank), Epochs: parse.GetValue(epochs), Seed: s) { ExcludePunctuation = parse.GetValue(noPunctuation) };
             if (options.Rank < 1 || options.Epochs < 1) throw new ArgumentException("--rank and --epochs must be positive");
             var trainTrees = Treebank.Read(parse.GetValue(train)!).Take(limit).ToList();
             var evalTrees = Treebank.Read(parse.GetValue(eval)!).Take(limit).ToList();
@@ -312,7 +313,7 @@ public static class AnalyzeCommand
             });
             int longest = trainY.Concat(evalY).Max(t => t.Words.Length);
             var position = StructuralProbe.TrainAndEvaluate(StructuralProbe.PositionFeatures(trainY, longest), trainY, StructuralProbe.PositionFeatures(evalY, longest), evalY, options);
-            var linear = StructuralProbe.Linear(evalY);
+            var linear = StructuralProbe.Linear(evalY, options.ExcludePunctuation);
             string outDir = parse.GetValue(output)!;
             Directory.CreateDirectory(outDir);
             string Cell(double v) => double.IsFinite(v) ? F(v) : "";
@@ -334,7 +335,7 @@ public static class AnalyzeCommand
             int skipped = trainTrees.Count - trainY.Count + evalTrees.Count - evalY.Count;
             var best = Enumerable.Range(0, layers).MaxBy(l => real[l].Uuas);
             var bestRoot = Enumerable.Range(0, layers).MaxBy(l => real[l].RootAccuracy);
-            stdout.WriteLine($"On {evalY.Count} evaluation trees (probes trained on {trainY.Count}, rank {Math.Min(options.Rank, analyzer.Model.Config.HiddenSize)}; word = mean of its pieces; punctuation kept"
+            stdout.WriteLine($"On {evalY.Count} evaluation trees (probes trained on {trainY.Count}, rank {Math.Min(options.Rank, analyzer.Model.Config.HiddenSize)}; word = mean of its pieces; punctuation {(options.ExcludePunctuation ? "not scored" : "kept")}"
                 + (skipped > 0 ? $"; {skipped} tree{(skipped > 1 ? "s" : "")} longer than the model's positions left out" : "")
                 + $"), the distance probe's minimum spanning trees recover {F(real[best].Uuas)} of the gold edges at layer {best} (distance Spearman {Cell(real[best].DistanceSpearman)}), "
                 + $"against {F(control.Max(v => v.Uuas))} at best on the random model, {F(position.Uuas)} for the probe on position alone and {F(linear.Uuas)} for the chain of adjacent words. "

@@ -7,7 +7,9 @@
 // the gold tree's undirected edges), distance Spearman (per word, its predicted against its gold
 // distances to the others; averaged per sentence, then per sentence length 5–50, then over lengths),
 // root accuracy (the shallowest predicted word is the root) and depth Spearman (same averaging).
-// Unlike the paper, punctuation is kept: every word of the tree counts.
+// Punctuation is scored by default (every word of the tree counts); ExcludePunctuation scores as the
+// paper does, without words whose UPOS is PUNCT (the minimum spanning tree over the other words,
+// against the gold edges between them).
 //
 // A word's representation is the mean of its word pieces' hidden states, the sentence read alone as
 // "[CLS] pieces [SEP]". Each feature is divided by its standard deviation over the training words (a
@@ -23,7 +25,11 @@ using IlgpuBert.Text;
 namespace IlgpuBert.Analysis;
 
 /// <summary>How a structural probe is trained: its rank, Adam's epochs and step, sentences per step, and the seed of B and of the order.</summary>
-public sealed record StructuralProbeOptions(int Rank = 64, int Epochs = 30, int BatchSentences = 20, double LearningRate = 2e-3, int Seed = 0);
+public sealed record StructuralProbeOptions(int Rank = 64, int Epochs = 30, int BatchSentences = 20, double LearningRate = 2e-3, int Seed = 0)
+{
+    /// <summary>Score only words whose UPOS is not PUNCT, as Hewitt and Manning do (the probes still train on every word).</summary>
+    public bool ExcludePunctuation { get; init; }
+}
 
 /// <summary>The four scores of the two probes on the evaluation trees (NaN where no sentence qualifies).</summary>
 public sealed record StructuralScores(double Uuas, double DistanceSpearman, double RootAccuracy, double DepthSpearman)
@@ -98,9 +104,9 @@ public static class StructuralProbe
         }).ToArray();
 
     /// <summary>Hewitt and Manning's linear baseline: the chain of adjacent words as the tree, |i − j| as the distance, the first word as the root.</summary>
-    public static StructuralScores Linear(IReadOnlyList<DependencyTree> eval) =>
+    public static StructuralScores Linear(IReadOnlyList<DependencyTree> eval, bool excludePunctuation = false) =>
         Score(eval, t => Enumerable.Range(0, eval[t].Words.Length).Select(i => Enumerable.Range(0, eval[t].Words.Length).Select(j => (double)Math.Abs(i - j)).ToArray()).ToArray(),
-            t => Enumerable.Range(0, eval[t].Words.Length).Select(i => (double)i).ToArray());
+            t => Enumerable.Range(0, eval[t].Words.Length).Select(i => (double)i).ToArray(), excludePunctuation);
 
     /// <summary>Trains both probes on the training trees' features and scores them on the evaluation trees'.</summary>
     public static StructuralScores TrainAndEvaluate(IReadOnlyList<float[][]> trainX, IReadOnlyList<DependencyTree> train,
@@ -122,7 +128,7 @@ public static class StructuralProbe
         var depthProbe = Fit(scaledTrain, h, k, options, (s, p, dp) => DepthLoss(p, depths[s], dp));
         return Score(eval,
             t => PredictedDistances(Project(centredEval[t], distanceProbe, h, k)),
-            t => Project(scaledEval[t], depthProbe, h, k).Select(p => p.Sum(v => (double)v * v)).ToArray());
+            t => Project(scaledEval[t], depthProbe, h, k).Select(p => p.Sum(v => (double)v * v)).ToArray(), options.ExcludePunctuation);
     }
 
     /// <summary>The minimum spanning tree of a distance matrix (Prim's), as (smaller, larger) index pairs.</summary>
@@ -152,7 +158,7 @@ public static class StructuralProbe
         a.Distinct().Count() < 2 || b.Distinct().Count() < 2 ? double.NaN : TaskMetrics.Spearman(a, b);
 
     /// <summary>The four scores of predicted distances and depths (by evaluation tree index) against the trees.</summary>
-    private static StructuralScores Score(IReadOnlyList<DependencyTree> eval, Func<int, double[][]> distances, Func<int, double[]> depths)
+    private static StructuralScores Score(IReadOnlyList<DependencyTree> eval, Func<int, double[][]> distances, Func<int, double[]> depths, bool excludePunctuation = false)
     {
         int correct = 0, gold = 0, rootsRight = 0;
         var distanceByLength = new Dictionary<int, List<double>>();
@@ -160,22 +166,30 @@ public static class StructuralProbe
         for (int t = 0; t < eval.Count; t++)
         {
             var tree = eval[t];
-            int n = tree.Words.Length;
-            var d = distances(t);
-            var depth = depths(t);
-            var goldEdges = tree.Edges();
+            // The words scored: all, or (as Hewitt and Manning score) those whose UPOS is not PUNCT.
+            var kept = Enumerable.Range(0, tree.Words.Length).Where(i => !excludePunctuation || tree.Upos?[i] != "PUNCT").ToArray();
+            int n = kept.Length;
+            if (n == 0) continue;
+            var all = distances(t);
+            var d = kept.Select(i => kept.Select(j => all[i][j]).ToArray()).ToArray();
+            var allDepth = depths(t);
+            var depth = kept.Select(i => allDepth[i]).ToArray();
+            var index = kept.Select((w, k) => (w, k)).ToDictionary(x => x.w, x => x.k);
+            var goldEdges = tree.Edges().Where(e => index.ContainsKey(e.Item1) && index.ContainsKey(e.Item2))
+                .Select(e => (index[e.Item1], index[e.Item2])).ToHashSet();
             correct += MinimumSpanningTree(d).Count(goldEdges.Contains);
             gold += goldEdges.Count;
-            if (Enumerable.Range(0, n).MinBy(i => depth[i]) == tree.Root) rootsRight++;
+            if (kept[Enumerable.Range(0, n).MinBy(i => depth[i])] == tree.Root) rootsRight++;
             if (n < MinSpearmanLength || n > MaxSpearmanLength) continue;
-            var goldD = tree.Distances();
+            var allGold = tree.Distances();
+            var goldDepth = tree.Depths();
             var perWord = Enumerable.Range(0, n).Select(i =>
             {
                 var others = Enumerable.Range(0, n).Where(j => j != i).ToArray();
-                return Spearman(others.Select(j => d[i][j]).ToArray(), others.Select(j => (double)goldD[i, j]).ToArray());
+                return Spearman(others.Select(j => d[i][j]).ToArray(), others.Select(j => (double)allGold[kept[i], kept[j]]).ToArray());
             }).Where(double.IsFinite).ToList();
             if (perWord.Count > 0) Add(distanceByLength, n, perWord.Average());
-            double rho = Spearman(depth, tree.Depths().Select(v => (double)v).ToArray());
+            double rho = Spearman(depth, kept.Select(i => (double)goldDepth[i]).ToArray());
             if (double.IsFinite(rho)) Add(depthByLength, n, rho);
         }
         static void Add(Dictionary<int, List<double>> byLength, int n, double v)

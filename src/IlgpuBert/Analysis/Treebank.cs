@@ -13,6 +13,9 @@ public sealed record DependencyTree(string[] Words, int[] Heads)
     /// <summary>Each word's relation to its head (DEPREL: nsubj, obj, …), where the file gives them.</summary>
     public string[]? Relations { get; init; }
 
+    /// <summary>Each word's universal part of speech (UPOS: NOUN, PUNCT, …), where the file gives them.</summary>
+    public string[]? Upos { get; init; }
+
     public int Root => Array.IndexOf(Heads, -1);
 
     /// <summary>The number of edges between every two words.</summary>
@@ -64,6 +67,7 @@ public static class Treebank
         var words = new List<string>();
         var heads = new List<int>();
         var relations = new List<string>();
+        var upos = new List<string>();
         int start = 0, line = 0;
         void Flush()
         {
@@ -75,7 +79,7 @@ public static class Treebank
                 if (h[i] < 0 || h[i] > n) throw new DataFormatException($"{where}: word {i + 1} has head {h[i]}, outside 0..{n}");
             int roots = h.Count(v => v == 0);
             if (roots != 1) throw new DataFormatException($"{where}: a tree has one root (HEAD 0), this sentence has {roots}");
-            var tree = new DependencyTree([.. words], h.Select(v => v - 1).ToArray()) { Relations = [.. relations] };
+            var tree = new DependencyTree([.. words], h.Select(v => v - 1).ToArray()) { Relations = [.. relations], Upos = [.. upos] };
             for (int i = 0; i < n; i++)
             {
                 int steps = 0;
@@ -86,6 +90,7 @@ public static class Treebank
             words.Clear();
             heads.Clear();
             relations.Clear();
+            upos.Clear();
         }
         foreach (var raw in BoundedFile.ReadAllLines(path, BoundedFile.DataBytes, "CoNLL-U file"))
         {
@@ -104,6 +109,7 @@ public static class Treebank
             words.Add(columns[1]);
             heads.Add(head);
             relations.Add(columns[7]);
+            upos.Add(columns[3]);
         }
         Flush();
         if (trees.Count == 0) throw new DataFormatException($"{path}: no sentences");
