@@ -280,6 +280,11 @@ public class QuantizationAwareTests
         double trained = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File("qat/eval.json")))!["accuracy"]!.GetValue<double>();
         Assert.Equal(trained, int8); // fine-tuning evaluated with fake quantization: what the int8 model computes
 
+        // Two-stage fine-tuning from the QAT folder without --qat: the old ranges do not follow the new weights.
+        (code, _, err) = Cli("finetune", "--init-from", dir.File("qat"), "--train", dir.File("train.tsv"), "--out", dir.File("stage2"), "--epochs", "1", "--batch-size", "16");
+        Assert.True(code == 0, err);
+        Assert.Null(System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File("stage2/config.json")))![QuantizationAware.ConfigKey]);
+
         foreach (var args in new[]
         {
             new[] { "finetune", "--model", pretrained, "--train", dir.File("train.tsv"), "--out", dir.File("x"), "--qat", "int4" },

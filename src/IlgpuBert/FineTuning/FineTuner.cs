@@ -398,10 +398,13 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
     private static void Save(BertForTask model, string outDir, string vocabPath, List<FineTuneStep> steps, JsonObject? eval, JsonArray epochs, FineTuneOptions o, QuantizationAware? qat)
     {
         model.Save(outDir, vocabPath);
-        if (qat is not null)
+        // The learned ranges belong to this run's weights: a model started from a QAT folder
+        // (--init-from) and fine-tuned without --qat must not carry the old ranges to `quantize`.
+        if (qat is not null || model.Config.Extra.ContainsKey(QuantizationAware.ConfigKey))
         {
             var extra = (JsonObject)model.Config.Extra.DeepClone();
-            extra[QuantizationAware.ConfigKey] = qat.ToConfig(model.Parameters);
+            if (qat is null) extra.Remove(QuantizationAware.ConfigKey);
+            else extra[QuantizationAware.ConfigKey] = qat.ToConfig(model.Parameters);
             (model.Config with { Extra = extra }).Write(Path.Combine(outDir, BertFolder.ConfigFile));
         }
         string tokenizerConfig = Path.Combine(Path.GetDirectoryName(vocabPath)!, "tokenizer_config.json");
