@@ -309,7 +309,7 @@ public static class AnalyzeCommand
                 int l = j / 2;
                 if (j % 2 == 0) real[l] = StructuralProbe.TrainAndEvaluate(trainX[l], trainY, evalX[l], evalY, options);
                 else control[l] = StructuralProbe.TrainAndEvaluate(twinTrain[l], trainY, twinEval[l], evalY, options);
-                lock (stdout) stdout.WriteLine($"  {Interlocked.Increment(ref done)} of {2 * layers + 1} probe pairs done");
+                lock (stdout) stdout.WriteLine($"  {Interlocked.Increment(ref done)} of {2 * layers} layer probes done (model and random twin; the position probe follows)");
             });
             int longest = trainY.Concat(evalY).Max(t => t.Words.Length);
             var position = StructuralProbe.TrainAndEvaluate(StructuralProbe.PositionFeatures(trainY, longest), trainY, StructuralProbe.PositionFeatures(evalY, longest), evalY, options);
