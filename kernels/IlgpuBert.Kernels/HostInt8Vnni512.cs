@@ -88,28 +88,7 @@ internal static unsafe class HostInt8Vnni512
     ];
 
     /// <summary>The code's address in an executable page, or 0 where it cannot run.</summary>
-    private static nint Load()
-    {
-        if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64 || !Avx512BW.IsSupported) return 0;
-        if ((X86Base.CpuId(7, 0).Ecx & (1 << 11)) == 0) return 0; // CPUID.(7, 0):ECX bit 11 = AVX512_VNNI
-        // libc's mmap, mprotect and munmap looked up by hand: a C library that cannot be found means no kernel, not an exception.
-        if (!NativeLibrary.TryLoad("libc.so.6", out var libc) && !NativeLibrary.TryLoad("libc", out libc)) return 0;
-        if (!NativeLibrary.TryGetExport(libc, "mmap", out var mmapAddress) || !NativeLibrary.TryGetExport(libc, "mprotect", out var mprotectAddress)
-            || !NativeLibrary.TryGetExport(libc, "munmap", out var munmapAddress))
-            return 0;
-        var mmap = (delegate* unmanaged<nint, nuint, int, int, int, nint, nint>)mmapAddress;
-        var mprotect = (delegate* unmanaged<nint, nuint, int, int>)mprotectAddress;
-        var munmap = (delegate* unmanaged<nint, nuint, int>)munmapAddress;
-        const int ProtRead = 1, ProtWrite = 2, ProtExec = 4, MapPrivate = 2, MapAnonymous = 0x20;
-        nuint size = (nuint)Code.Length;
-        nint page = mmap(0, size, ProtRead | ProtWrite, MapPrivate | MapAnonymous, -1, 0);
-        if (page == -1) return 0;
-        Code.CopyTo(new Span<byte>((void*)page, Code.Length));
-        if (mprotect(page, size, ProtRead | ProtExec) != 0) // e.g. SELinux's execmem denied
-        {
-            munmap(page, size);
-            return 0;
-        }
-        return page; // kept for the process
-    }
+    private static nint Load() =>
+        Avx512BW.IsSupported && (X86Base.CpuId(7, 0).Ecx & (1 << 11)) != 0 // CPUID.(7, 0):ECX bit 11 = AVX512_VNNI
+            ? HostMachineCode.Map(Code) : 0;
 }

@@ -128,14 +128,16 @@ public class QuantizationKernelTests
         finally { q.HostKernel = before; }
     }
 
-    [Fact]
-    public void The_AVX512_VNNI_machine_code_is_what_its_listing_assembles_to()
+    [Theory]
+    [InlineData("HostInt8Vnni512", "vpdpbusd")]
+    [InlineData("HostBf16Avx512", "vdpbf16ps")]
+    public void The_AVX512_machine_code_is_what_its_listing_assembles_to(string kernel, string mnemonic)
     {
-        // HostInt8Vnni512.cs embeds the bytes tools/x86/assemble.sh prints for HostInt8Vnni512.s; a listing edited without
+        // Each kernel's .cs embeds the bytes tools/x86/assemble.sh prints for its .s; a listing edited without
         // regenerating them (or bytes edited by hand) fails here wherever binutils are installed.
         if (!OperatingSystem.IsLinux() || !new[] { "/usr/bin/as", "/usr/bin/objdump" }.All(File.Exists))
             Assert.Skip("binutils (as, objdump) are not installed");
-        string listing = ReadmeExample.RepoFile("kernels/IlgpuBert.Kernels/HostInt8Vnni512.s");
+        string listing = ReadmeExample.RepoFile($"kernels/IlgpuBert.Kernels/{kernel}.s");
         string root = Path.GetDirectoryName(ReadmeExample.RepoFile("IlgpuBert.sln"))!;
         var start = new System.Diagnostics.ProcessStartInfo("bash", [Path.Combine(root, "tools/x86/assemble.sh"), listing])
         {
@@ -145,9 +147,9 @@ public class QuantizationKernelTests
         string bytes = process.StandardOutput.ReadToEnd(), errors = process.StandardError.ReadToEnd();
         process.WaitForExit();
         Assert.True(process.ExitCode == 0, errors);
-        Assert.Contains("vpdpbusd", bytes);
-        string source = File.ReadAllText(ReadmeExample.RepoFile("kernels/IlgpuBert.Kernels/HostInt8Vnni512.cs")).Replace("\r\n", "\n");
-        Assert.True(source.Contains("[\n" + bytes + "    ];"), "HostInt8Vnni512.cs does not hold what tools/x86/assemble.sh prints for the listing");
+        Assert.Contains(mnemonic, bytes);
+        string source = File.ReadAllText(ReadmeExample.RepoFile($"kernels/IlgpuBert.Kernels/{kernel}.cs")).Replace("\r\n", "\n");
+        Assert.True(source.Contains("[\n" + bytes + "    ];"), $"{kernel}.cs does not hold what tools/x86/assemble.sh prints for the listing");
     }
 
     private static void HostLinearCase(TestDevice d, QuantizationKernels q, int m, int n, int k, bool bias)

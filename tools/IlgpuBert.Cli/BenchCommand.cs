@@ -28,6 +28,7 @@ public static class BenchCommand
         var n = new Option<int>("--n") { Description = "GEMM columns of C", DefaultValueFactory = _ => 512 };
         var k = new Option<int>("--k") { Description = "GEMM inner dimension", DefaultValueFactory = _ => 512 };
         var trans = new Option<string>("--trans") { Description = "GEMM op(A)op(B): NN, NT, TN or TT", DefaultValueFactory = _ => "NN" };
+        var precision = new Option<string>("--precision") { Description = "gemm: fp32, or bf16 (the host bfloat16 GEMM, op NT, beside FP32 in the same run)", DefaultValueFactory = _ => "fp32" };
         var batch = new Option<int>("--batch") { Description = "GEMM strided batches", DefaultValueFactory = _ => 1 };
         var rows = new Option<int?>("--rows") { Description = "rows (tokens) for gelu, layernorm, softmax-xent" };
         var cols = new Option<int?>("--cols") { Description = "columns: hidden size, or vocabulary for softmax-xent" };
@@ -42,7 +43,7 @@ public static class BenchCommand
         var json = new Option<bool>("--json") { Description = "one JSON object per line instead of a table" };
 
         var command = new Command("bench", "Time the kernels on a device, or report their machine code (sass).")
-            { op, m, n, k, trans, batch, rows, cols, parameters, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, modelDir, rounds, json, arch, kernel, markdown };
+            { op, m, n, k, trans, precision, batch, rows, cols, parameters, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, modelDir, rounds, json, arch, kernel, markdown };
         command.SetAction(parse =>
         {
             if (parse.GetValue(op) == "sass")
@@ -75,7 +76,11 @@ public static class BenchCommand
             {
                 switch (o)
                 {
+                    case "gemm" when parse.GetValue(precision) == "bf16":
+                        foreach (var r in KernelBench.GemmBf16(device, parse.GetValue(m), parse.GetValue(n), parse.GetValue(k))) Emit(r);
+                        break;
                     case "gemm":
+                        if (parse.GetValue(precision) is not "fp32") throw new ArgumentException($"--precision must be fp32 or bf16, got {parse.GetValue(precision)}");
                         Emit(KernelBench.Gemm(device, parse.GetValue(m), parse.GetValue(n), parse.GetValue(k),
                             t[0] == 'T' ? Transpose.T : Transpose.N, t[1] == 'T' ? Transpose.T : Transpose.N, parse.GetValue(batch)));
                         break;

@@ -72,6 +72,28 @@ public static class KernelBench
         return new("gemm", device.Spec, shape, ms, 2.0 * m * n * k * batch / (ms * 1e6), null);
     }
 
+    /// <summary>
+    /// The bfloat16 host GEMM (AVX512_BF16 where the CPU has it) on C [M, N] = A [M, K]·Bᵀ, B [N, K] as a Linear
+    /// weight: with B packed once beforehand (inference), and with B packed inside each call (a training step, whose
+    /// weights change), beside the FP32 GEMM on the same operands (op NT) in the same run.
+    /// </summary>
+    public static IEnumerable<BenchResult> GemmBf16(BertDevice device, int m, int n, int k)
+    {
+        var rng = new Random(1);
+        var a = Enumerable.Range(0, m * k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var b = Enumerable.Range(0, n * k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var c = new float[(long)m * n];
+        var packed = HostBf16Gemm.Pack(b, n, k);
+        string kernel = HostBf16Gemm.UsesBf16Instructions ? "VDPBF16PS" : "FP32 fallback";
+        string shape = $"m={m} n={n} k={k} op=NT";
+        double flops = 2.0 * m * n * k;
+        double ms = Time(device.Accelerator, () => HostBf16Gemm.Run(a, m, packed, c));
+        yield return new($"gemm-bf16 ({kernel})", "host", shape, ms, flops / (ms * 1e6), null);
+        ms = Time(device.Accelerator, () => HostBf16Gemm.Run(a, m, b, n, k, c));
+        yield return new("gemm-bf16, B packed per call", "host", shape, ms, flops / (ms * 1e6), null);
+        yield return Gemm(device, m, n, k, Transpose.N, Transpose.T);
+    }
+
     public static IEnumerable<BenchResult> Gelu(BertDevice device, int rows, int cols, ActivationKind kind = ActivationKind.GeluErf)
     {
         long n = (long)rows * cols;

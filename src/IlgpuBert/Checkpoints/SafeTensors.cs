@@ -9,6 +9,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using IlgpuBert.Kernels;
 
 namespace IlgpuBert.Checkpoints;
 
@@ -249,13 +250,8 @@ public static class SafeTensors
         }
     }
 
-    /// <summary>bfloat16's bits for a float: the top 16 bits rounded to nearest, ties to even; NaN stays a (quiet) NaN of its sign.</summary>
-    public static ushort BFloat16Bits(float value)
-    {
-        uint bits = BitConverter.SingleToUInt32Bits(value);
-        if (float.IsNaN(value)) return (ushort)((bits >> 16) | 0x0040);
-        return (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-    }
+    /// <summary>bfloat16's bits for a float: nearest, ties to even (<see cref="BFloat16.Round"/>, what the bf16 kernels round by).</summary>
+    public static ushort BFloat16Bits(float value) => BFloat16.Round(value);
 
     /// <summary>Bytes per value of a dtype this writer stores.</summary>
     private static int WriteSize(string dtype) => dtype switch { "F32" => 4, "F16" or "BF16" => 2, "I8" => 1, _ => 0 };
