@@ -98,12 +98,13 @@ public static unsafe class HostBf16Gemm
             {
                 int r0 = rp * MR, rows = Math.Min(MR, m - r0);
                 uint* panel = apPtr + (long)rp * pairs * MR;
-                var pairsOfRow = stackalloc uint[pairs];
-                for (int r = 0; r < rows; r++)
-                {
-                    PackRow(aPtr + (long)(r0 + r) * k, k, pairsOfRow);
-                    for (int p = 0; p < pairs; p++) panel[p * MR + r] = pairsOfRow[p];
-                }
+                var pairsOfRow = new uint[pairs];
+                fixed (uint* row = pairsOfRow)
+                    for (int r = 0; r < rows; r++)
+                    {
+                        PackRow(aPtr + (long)(r0 + r) * k, k, row);
+                        for (int p = 0; p < pairs; p++) panel[p * MR + r] = row[p];
+                    }
             });
             // An even number of column panels per block (the kernel takes two), as many as fit BlockBytes.
             int panelsPerBlock = Math.Max(2, BlockBytes / (Math.Min(pairs, PairsPerBlock) * NR * 4) & ~1);
@@ -167,8 +168,7 @@ public static unsafe class HostBf16Gemm
     /// <summary>16 floats as 8 bf16 pairs, one per 64-bit lane: the even element's bf16 low, the odd one's above it.</summary>
     private static Vector512<ulong> PairLanes(Vector512<float> x)
     {
-        var bits = x.AsUInt32();
-        var rounded = (bits + Vector512.Create(0x7FFFu) + ((bits >> 16) & Vector512<uint>.One)).AsUInt64(); // each bf16 in its dword's upper half
+        var rounded = BFloat16.RoundUpperHalves(x).AsUInt64();
         return ((rounded >> 16) & Vector512.Create(0xFFFFul)) | ((rounded >> 32) & Vector512.Create(0xFFFF0000ul));
     }
 

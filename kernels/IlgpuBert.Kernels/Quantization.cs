@@ -109,7 +109,7 @@ public sealed class QuantizationKernels
         CheckFakeQuant(x, scales, n, cols);
         Check.Vector("y", y, n);
         if (n == 0) return;
-        if (UseHostCode) HostFakeQuantize(x, scales, y, default, n, cols);
+        if (HostCodeRuns()) HostFakeQuantize(x, scales, y, default, n, cols);
         else fakeQuantize.Value(set.GridStride(n), x, scales, y, new FakeQuantArgs { Count = n, Cols = cols });
     }
 
@@ -123,7 +123,7 @@ public sealed class QuantizationKernels
         Check.Vector("dy", dy, n);
         Check.Vector("dx", dx, n);
         if (n == 0) return;
-        if (UseHostCode) HostFakeQuantize(x, scales, dx, dy, n, cols);
+        if (HostCodeRuns()) HostFakeQuantize(x, scales, dx, dy, n, cols);
         else fakeQuantizeBackward.Value(set.GridStride(n), x, scales, dy, dx, new FakeQuantArgs { Count = n, Cols = cols });
     }
 
@@ -150,27 +150,27 @@ public sealed class QuantizationKernels
         });
     }
 
-    /// <summary>Fake quantization's statistics and rounding as host code: the CPU accelerator with fat row groups, not the GPU-shaped run.</summary>
-    private bool UseHostCode
+    /// <summary>
+    /// Whether fake quantization's statistics and rounding run as host code (the CPU accelerator with fat
+    /// row groups, not the GPU-shaped run); if so, pending device work is finished first.
+    /// </summary>
+    private bool HostCodeRuns()
     {
-        get
-        {
-            if (!set.UseHostRows || ForceDeviceKernel) return false;
-            set.Accelerator.Synchronize();
-            return true;
-        }
+        if (!set.UseHostRows || ForceDeviceKernel) return false;
+        set.Accelerator.Synchronize();
+        return true;
     }
 
     /// <summary>Partial maxima per input tensor (the range statistic's first pass).</summary>
     public const int RangePartials = 32;
 
     /// <summary>scales[r] = max_c |w[r, c]| / 127, or 1 for a row of zeros: the per-output-channel scales of a weight [rows, cols].</summary>
-    public unsafe void RowScales(ArrayView<float> w, ArrayView<float> scales, int rows, int cols)
+    public void RowScales(ArrayView<float> w, ArrayView<float> scales, int rows, int cols)
     {
         Check.Matrix("w", w, rows, cols);
         Check.Vector("scales", scales, rows);
         if (rows == 0) return;
-        if (UseHostCode) HostRanges(w, scales, rows, cols);
+        if (HostCodeRuns()) HostRowScales(w, scales, rows, cols);
         else rowScales.Value(set.Rows(rows), w, scales, cols);
     }
 
@@ -185,18 +185,12 @@ public sealed class QuantizationKernels
         Check.Vector("x", x, n);
         Check.Vector("ema", ema, 1);
         Check.Vector("scale", scale, 1);
-        if (UseHostCode)
+        if (HostCodeRuns())
         {
-            var max = new float[1];
-            unsafe
-            {
-                fixed (float* pm = max)
-                    HostRanges(x, default, 1, n, pm);
-                float* pe = (float*)ema.LoadEffectiveAddressAsPtr(), ps = (float*)scale.LoadEffectiveAddressAsPtr();
-                float r = NextRange(pe[0], max[0], decay, mode);
-                if (mode != RangeMode.Batch) pe[0] = r;
-                ps[0] = r > 0f ? r / 127f : 1f;
-            }
+            float* pe = (float*)ema.LoadEffectiveAddressAsPtr(), ps = (float*)scale.LoadEffectiveAddressAsPtr();
+            float r = NextRange(pe[0], HostMaxAbs(x, n), decay, mode);
+            if (mode != RangeMode.Batch) pe[0] = r;
+            ps[0] = r > 0f ? r / 127f : 1f;
             return;
         }
         var partials = set.FloatScratch(RangePartials);
@@ -209,29 +203,30 @@ public sealed class QuantizationKernels
     internal static float NextRange(float ema, float m, float decay, RangeMode mode) =>
         mode == RangeMode.Update ? decay * ema + (1f - decay) * m : m;
 
-    /// <summary>Per row the max |x| over cols, into scales as max/127 (or 1), or, with <paramref name="max"/>, the max of one row of n (in blocks of 64K on the cores).</summary>
-    private static unsafe void HostRanges(ArrayView<float> x, ArrayView<float> scales, int rows, long cols, float* max = null)
+    /// <summary>max |x| over n elements, in blocks of 64K on the cores.</summary>
+    private static unsafe float HostMaxAbs(ArrayView<float> x, long n)
     {
         float* px = (float*)x.LoadEffectiveAddressAsPtr();
-        if (max is not null)
+        const int block = 1 << 16;
+        var partial = new float[(int)((n + block - 1) / block)];
+        HostParallel.For(0, partial.Length, b =>
         {
-            const int block = 1 << 16;
-            var partial = new float[(int)((cols + block - 1) / block)];
-            HostParallel.For(0, partial.Length, b =>
-            {
-                float m = 0f;
-                for (long i = (long)b * block, end = Math.Min(cols, i + block); i < end; i++) m = MathF.Max(m, MathF.Abs(px[i]));
-                partial[b] = m;
-            });
-            max[0] = partial.Length == 0 ? 0f : partial.Max();
-            return;
-        }
-        float* ps = (float*)scales.LoadEffectiveAddressAsPtr();
+            float m = 0f;
+            for (long i = (long)b * block, end = Math.Min(n, i + block); i < end; i++) m = MathF.Max(m, MathF.Abs(px[i]));
+            partial[b] = m;
+        });
+        return partial.Length == 0 ? 0f : partial.Max();
+    }
+
+    /// <summary>Per row of w [rows, cols]: max |w| / 127, or 1 for a row of zeros (what RowScalesKernel computes).</summary>
+    private static unsafe void HostRowScales(ArrayView<float> w, ArrayView<float> scales, int rows, int cols)
+    {
+        float* pw = (float*)w.LoadEffectiveAddressAsPtr(), ps = (float*)scales.LoadEffectiveAddressAsPtr();
         HostParallel.For(0, rows, r =>
         {
             float m = 0f;
-            float* row = px + r * cols;
-            for (long c = 0; c < cols; c++) m = MathF.Max(m, MathF.Abs(row[c]));
+            float* row = pw + (long)r * cols;
+            for (int c = 0; c < cols; c++) m = MathF.Max(m, MathF.Abs(row[c]));
             ps[r] = m > 0f ? m / 127f : 1f;
         });
     }

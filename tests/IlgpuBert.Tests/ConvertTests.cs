@@ -3,6 +3,7 @@
 // `convert`: a model written as BF16 / F16 loads with exactly the rounded weights, F32 is bit for bit,
 // values F16 cannot hold are refused with nothing left behind, and the folder's other files follow.
 using IlgpuBert.Checkpoints;
+using IlgpuBert.Kernels;
 using IlgpuBert.Model;
 using IlgpuBert.Runtime;
 
@@ -29,17 +30,17 @@ public class ConvertTests : IDisposable
     {
         float F(uint bits) => BitConverter.UInt32BitsToSingle(bits);
         // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: to the even one, 1. 1 + 3·2⁻⁸: halfway, to 1 + 2⁻⁶ (even).
-        Assert.Equal(0x3F80, SafeTensors.BFloat16Bits(1f + MathF.Pow(2, -8)));
-        Assert.Equal(0x3F82, SafeTensors.BFloat16Bits(1f + 3 * MathF.Pow(2, -8)));
-        Assert.Equal(0x3F81, SafeTensors.BFloat16Bits(F(0x3F808001))); // just above the tie: up
-        Assert.Equal(0xBF82, SafeTensors.BFloat16Bits(-(1f + 3 * MathF.Pow(2, -8)))); // the sign plays no part
-        Assert.Equal(0x4000, SafeTensors.BFloat16Bits(F(0x3FFFFFFF))); // the carry runs into the exponent: 2
-        Assert.Equal(0x7F80, SafeTensors.BFloat16Bits(float.MaxValue)); // beyond the largest finite BF16's half step: ∞
-        Assert.Equal(0x7F7F, SafeTensors.BFloat16Bits(F(0x7F7F7FFF)));
-        Assert.Equal(0x0001, SafeTensors.BFloat16Bits(F(0x00008001))); // subnormals round the same way
-        Assert.Equal(0x0000, SafeTensors.BFloat16Bits(F(0x00008000)));
-        Assert.Equal(0xFF80, SafeTensors.BFloat16Bits(float.NegativeInfinity));
-        Assert.True(float.IsNaN(BitConverter.UInt32BitsToSingle((uint)SafeTensors.BFloat16Bits(F(0x7F800001)) << 16))); // a NaN whose payload sits in the low half stays NaN
+        Assert.Equal(0x3F80, BFloat16.Round(1f + MathF.Pow(2, -8)));
+        Assert.Equal(0x3F82, BFloat16.Round(1f + 3 * MathF.Pow(2, -8)));
+        Assert.Equal(0x3F81, BFloat16.Round(F(0x3F808001))); // just above the tie: up
+        Assert.Equal(0xBF82, BFloat16.Round(-(1f + 3 * MathF.Pow(2, -8)))); // the sign plays no part
+        Assert.Equal(0x4000, BFloat16.Round(F(0x3FFFFFFF))); // the carry runs into the exponent: 2
+        Assert.Equal(0x7F80, BFloat16.Round(float.MaxValue)); // beyond the largest finite BF16's half step: ∞
+        Assert.Equal(0x7F7F, BFloat16.Round(F(0x7F7F7FFF)));
+        Assert.Equal(0x0001, BFloat16.Round(F(0x00008001))); // subnormals round the same way
+        Assert.Equal(0x0000, BFloat16.Round(F(0x00008000)));
+        Assert.Equal(0xFF80, BFloat16.Round(float.NegativeInfinity));
+        Assert.True(float.IsNaN(BitConverter.UInt32BitsToSingle((uint)BFloat16.Round(F(0x7F800001)) << 16))); // a NaN whose payload sits in the low half stays NaN
         var rng = new Random(5);
         for (int i = 0; i < 200_000; i++)
         {
@@ -47,7 +48,7 @@ public class ConvertTests : IDisposable
             if (i % 4 == 0) bits = (bits & 0xFFFF0000) | 0x8000; // a tie, half of the time below an odd mantissa
             float v = F(bits);
             if (!float.IsFinite(v) || (bits & 0x7FFFFFFF) >= 0x7F7F8000) continue;
-            Assert.True(ReferenceBf16(v) == SafeTensors.BFloat16Bits(v), $"{v} ({bits:X8}): {SafeTensors.BFloat16Bits(v):X4}, nearest-even {ReferenceBf16(v):X4}");
+            Assert.True(ReferenceBf16(v) == BFloat16.Round(v), $"{v} ({bits:X8}): {BFloat16.Round(v):X4}, nearest-even {ReferenceBf16(v):X4}");
         }
     }
 
@@ -62,7 +63,7 @@ public class ConvertTests : IDisposable
         Assert.Equal([1f, 1f + MathF.Pow(2, -9), 65504f, 0f, MathF.Pow(2, -23), -0f], back["h"].Data[..6]);
         Assert.True(float.IsNegative(back["h"].Data[5]));
         Assert.True(float.IsNaN(back["h"].Data[6]) && float.IsNaN(back["b"].Data[6]));
-        Assert.Equal(values[..6].Select(v => BitConverter.UInt32BitsToSingle((uint)SafeTensors.BFloat16Bits(v) << 16)), back["b"].Data[..6]);
+        Assert.Equal(values[..6].Select(v => BitConverter.UInt32BitsToSingle((uint)BFloat16.Round(v) << 16)), back["b"].Data[..6]);
         Assert.Equal(8 + 2 * 2 * values.Length, new FileInfo(path).Length - HeaderLength(path));
 
         var e = Assert.Throws<ArgumentException>(() => SafeTensors.Write(dir.File("x.safetensors"), new Dictionary<string, HostTensor> { ["w"] = new([2], [1f, 65520f], "F16") }));
@@ -90,7 +91,7 @@ public class ConvertTests : IDisposable
         var original = BertFolder.ReadWeights(source);
         foreach (var (dtype, round) in new (string, Func<float, float>)[]
         {
-            ("BF16", v => BitConverter.UInt32BitsToSingle((uint)SafeTensors.BFloat16Bits(v) << 16)),
+            ("BF16", v => BitConverter.UInt32BitsToSingle((uint)BFloat16.Round(v) << 16)),
             ("F16", v => (float)(Half)v),
             ("F32", v => v),
         })

@@ -107,7 +107,8 @@ public static class Perturbation
         // Unlabelled examples (all of them): flips are still measured, accuracy is NaN.
         bool labelled = examples[0].Label is not null;
         if (examples.Any(e => (e.Label is not null) != labelled)) throw new ArgumentException("some evaluation examples have labels and some do not");
-        var gold = examples.Select(e => labelled ? model.Task.Labels.ToList().IndexOf(e.Label!) : -1).ToArray();
+        var labelIds = model.Task.Labels.Select((l, i) => (l, i)).ToDictionary(x => x.l, x => x.i, StringComparer.Ordinal);
+        var gold = examples.Select(e => labelled ? labelIds.GetValueOrDefault(e.Label!, -1) : -1).ToArray();
         if (labelled && gold.Any(g => g < 0)) throw new ArgumentException($"every evaluation example needs one of the model's labels ({string.Join(", ", model.Task.Labels)})");
         var reference = Predict(examples);
         var rows = new List<PerturbationRow> { Row(Unperturbed, reference, reference, gold) };

@@ -250,9 +250,6 @@ public static class SafeTensors
         }
     }
 
-    /// <summary>bfloat16's bits for a float: nearest, ties to even (<see cref="BFloat16.Round"/>, what the bf16 kernels round by).</summary>
-    public static ushort BFloat16Bits(float value) => BFloat16.Round(value);
-
     /// <summary>Bytes per value of a dtype this writer stores.</summary>
     private static int WriteSize(string dtype) => dtype switch { "F32" => 4, "F16" or "BF16" => 2, "I8" => 1, _ => 0 };
 
@@ -280,7 +277,7 @@ public static class SafeTensors
                 throw new ArgumentException($"tensor {name}: I8 data must be integers in [-128, 127]");
             if (t.Dtype == "F16" && t.Data.Count(v => float.IsFinite(v) && Half.IsInfinity((Half)v)) is int over and > 0)
                 throw new ArgumentException($"tensor {name}: {over} value{(over > 1 ? "s" : "")} beyond F16's range (largest {t.Data.Where(float.IsFinite).Max(MathF.Abs)}, F16 holds up to 65504)");
-            if (t.Dtype == "BF16" && t.Data.Count(v => float.IsFinite(v) && (BFloat16Bits(v) & 0x7FFF) == 0x7F80) is int huge and > 0)
+            if (t.Dtype == "BF16" && t.Data.Count(v => float.IsFinite(v) && (BFloat16.Round(v) & 0x7FFF) == 0x7F80) is int huge and > 0)
                 throw new ArgumentException($"tensor {name}: {huge} value{(huge > 1 ? "s" : "")} beyond BF16's range (largest finite BF16 is 3.39e38)");
             long bytes = t.Data.LongLength * size;
             header[name] = new JsonObject
@@ -316,7 +313,7 @@ public static class SafeTensors
                         {
                             case "F32": BinaryPrimitives.WriteSingleLittleEndian(chunk[(4 * j)..], v); break;
                             case "F16": BinaryPrimitives.WriteHalfLittleEndian(chunk[(2 * j)..], (Half)v); break; // IEEE conversion: nearest, ties to even
-                            case "BF16": BinaryPrimitives.WriteUInt16LittleEndian(chunk[(2 * j)..], BFloat16Bits(v)); break;
+                            case "BF16": BinaryPrimitives.WriteUInt16LittleEndian(chunk[(2 * j)..], BFloat16.Round(v)); break;
                             default: chunk[j] = (byte)(sbyte)v; break;
                         }
                     }

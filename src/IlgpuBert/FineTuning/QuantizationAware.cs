@@ -100,8 +100,7 @@ public sealed class QuantizationAware : IDisposable
         {
             string name = module + ".weight";
             if (!parameters.Names.Contains(name)) throw new CheckpointException($"{source}: {ConfigKey} names {module}, which the model does not have");
-            float value = node is JsonValue v && v.GetValueKind() == System.Text.Json.JsonValueKind.Number
-                && double.TryParse(v.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture, out double d) ? (float)d : float.NaN;
+            float value = node is JsonValue v && v.TryGetValue(out double d) ? (float)d : float.NaN;
             if (!(value >= 0f) || !float.IsFinite(value)) throw new CheckpointException($"{source}: {ConfigKey} range of {module} must be a finite number ≥ 0, got {node?.ToJsonString() ?? "null"}");
             var w = parameters[name].Var;
             if (result.TryGetValue(w, out float seen) && seen != value)
