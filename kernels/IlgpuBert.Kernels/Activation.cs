@@ -79,20 +79,19 @@ public sealed class ActivationKernels
     internal ActivationKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
         forward =
         [
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluErf>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluTanh>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<Relu>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<TanhActivation>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluErf>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<GeluTanh>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<Relu>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(ForwardKernel<TanhActivation>)),
         ];
         backward =
         [
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluErf>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluTanh>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<Relu>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<TanhActivation>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluErf>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<GeluTanh>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<Relu>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, long>(BackwardKernel<TanhActivation>)),
         ];
     }
 

@@ -29,15 +29,14 @@ public sealed class AdamWKernels
     internal AdamWKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
-        update = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs>(UpdateKernel));
+        update = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWArgs>(UpdateKernel));
         bool tree = set.RowReduction == RowReduction.Tree;
         sumSquares = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<WarpReduce>));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(SumSquaresKernel<WarpReduce>));
         finishNorm = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<WarpReduce>));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(FinishNormKernel<WarpReduce>));
     }
 
     /// <summary>norm[0] ← √(Σ over all tensors of Σ g²).</summary>

@@ -133,13 +133,12 @@ public sealed class AttentionKernels
     internal AttentionKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
-        forward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(ForwardKernel));
-        flash = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashForwardKernel));
-        rowDot = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(RowDotKernel));
-        dKdV = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DkDvKernel));
-        dQ = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DqKernel));
-        maskScores = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, AttentionShape>(MaskScoresKernel));
+        forward = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(ForwardKernel));
+        flash = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashForwardKernel));
+        rowDot = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(RowDotKernel));
+        dKdV = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DkDvKernel));
+        dQ = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DqKernel));
+        maskScores = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, AttentionShape>(MaskScoresKernel));
     }
 
     /// <summary>When true on the CPU accelerator, run the ILGPU kernels instead of host SIMD code (tests).</summary>

@@ -22,10 +22,9 @@ public sealed class BiasKernels
     internal BiasKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
-        forward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, long>(ForwardKernel));
-        partials = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int>(ChunkSumsKernel));
-        reduce = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int, int>(ReduceChunksKernel));
+        forward = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, long>(ForwardKernel));
+        partials = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int>(ChunkSumsKernel));
+        reduce = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int, int, int>(ReduceChunksKernel));
     }
 
     /// <summary>y = x + bias broadcast over rows; x: [rows, cols], bias: [cols]. y may be x.</summary>

@@ -26,15 +26,14 @@ public sealed class CrossEntropyKernels
     internal CrossEntropyKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
         bool tree = set.RowReduction == RowReduction.Tree;
         rowLoss = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<WarpReduce>));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(RowLossKernel<WarpReduce>));
         mean = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<WarpReduce>));
-        backward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(BackwardKernel));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(MeanKernel<WarpReduce>));
+        backward = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(BackwardKernel));
     }
 
     /// <summary>

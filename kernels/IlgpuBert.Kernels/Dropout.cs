@@ -19,7 +19,7 @@ public sealed class DropoutKernels
     internal DropoutKernels(KernelSet set)
     {
         this.set = set;
-        apply = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long, float, ulong, uint, uint>(ApplyKernel));
+        apply = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long, float, ulong, uint, uint>(ApplyKernel));
     }
 
     /// <summary>y = dropout(x) with drop probability p; y may alias x. p = 0 copies.</summary>

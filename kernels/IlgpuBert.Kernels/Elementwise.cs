@@ -22,10 +22,10 @@ public sealed class ElementwiseKernels
     internal ElementwiseKernels(KernelSet set)
     {
         this.set = set;
-        axpy = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, float, long>(AxpyKernel));
-        copyColumns = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ColumnBlock>(CopyColumnsKernel));
-        scaleBlocks = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>(ScaleBlocksKernel));
-        blockDot = new(() => set.Accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>(BlockDotKernel));
+        axpy = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, float, long>(AxpyKernel));
+        copyColumns = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ColumnBlock>(CopyColumnsKernel));
+        scaleBlocks = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>(ScaleBlocksKernel));
+        blockDot = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, BlockScale>(BlockDotKernel));
     }
 
     /// <summary>

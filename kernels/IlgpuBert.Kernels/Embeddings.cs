@@ -23,10 +23,9 @@ public sealed class EmbeddingKernels
     internal EmbeddingKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
-        forward = new(() => acc.LoadStreamKernel<ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>(ForwardKernel));
-        scatter = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ScatterAddKernel));
-        gather = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>(GatherKernel));
+        forward = new(() => set.LoadStreamKernel<ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>(ForwardKernel));
+        scatter = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ScatterAddKernel));
+        gather = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>(GatherKernel));
     }
 
     /// <summary>

@@ -31,7 +31,7 @@ namespace IlgpuBert.Kernels;
 public enum Transpose { N, T }
 
 /// <summary>Which block tile a GEMM runs with on a GPU (null: chosen by shape).</summary>
-public enum GemmTile { Tile64, Tile128 }
+public enum GemmTile { Tile64, Tile128, Tf32 }
 
 /// <summary>Everything the tiled kernels need besides the buffers.</summary>
 public struct GemmArgs
@@ -53,26 +53,28 @@ public sealed class GemmKernels
     private readonly KernelSet set;
     private readonly Lazy<GemmLaunch> big, thin;
     private readonly Lazy<GemmLaunch>[] bigAct, thinAct;
+    private readonly Lazy<GemmLaunch> tf32;
 
     internal GemmKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
-        big = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<PlainOutput>));
-        thin = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<PlainOutput>));
+        big = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<PlainOutput>));
+        tf32 = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tf32Kernel));
+        UseTensorCores = set.Accelerator is ILGPU.Runtime.Cuda.CudaAccelerator { Architecture.Major: >= 8 };
+        thin = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<PlainOutput>));
         bigAct =
         [
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<GeluErf>>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<GeluTanh>>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<Relu>>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<TanhActivation>>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<GeluErf>>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<GeluTanh>>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<Relu>>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile128Kernel<ActivatedOutput<TanhActivation>>)),
         ];
         thinAct =
         [
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<GeluErf>>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<GeluTanh>>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<Relu>>)),
-            new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<TanhActivation>>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<GeluErf>>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<GeluTanh>>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<Relu>>)),
+            new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Tile64Kernel<ActivatedOutput<TanhActivation>>)),
         ];
     }
 
@@ -81,6 +83,13 @@ public sealed class GemmKernels
 
     /// <summary>Forces one block tile (tests, benchmarks); null lets the shape decide.</summary>
     public GemmTile? ForceTile { get; set; }
+
+    /// <summary>
+    /// Whether large GEMMs without a fused activation run on TF32 tensor cores (operands rounded to a
+    /// 10-bit mantissa, FP32 accumulation; PyTorch's allow_tf32). True on CUDA devices of compute
+    /// capability 8.0 and later; set false for FP32 products everywhere.
+    /// </summary>
+    public bool UseTensorCores { get; set; }
 
     /// <summary>
     /// The CPU host path's micro-kernel: 12×32 of Vector512 when true (the default where AVX-512
@@ -191,7 +200,15 @@ public sealed class GemmKernels
     {
         var tile = ForceTile ?? ChooseTile(args.M, args.N, batch);
         var bias0 = args.HasBias != 0 ? bias : c;
-        if (tile == GemmTile.Tile128)
+        if (tile == GemmTile.Tf32 && act is not null)
+        {
+            if (ForceTile is not null) throw new ArgumentException("the TF32 tile has no fused activation: force Tile64 or Tile128 for ForwardActivation");
+            tile = GemmTile.Tile128;
+        }
+        if (tile == GemmTile.Tf32)
+            tf32.Value(new KernelConfig(new Index3D((args.N + BigN - 1) / BigN, (args.M + BigM - 1) / BigM, batch), new Index3D(Threads, 1, 1)),
+                a, b, c, bias0, y, args);
+        else if (tile == GemmTile.Tile128)
         {
             var kernel = act is { } k128 ? bigAct[(int)k128].Value : big.Value;
             kernel(new KernelConfig(new Index3D((args.N + BigN - 1) / BigN, (args.M + BigM - 1) / BigM, batch), new Index3D(Threads, 1, 1)),
@@ -210,7 +227,7 @@ public sealed class GemmKernels
     {
         if (m <= ThinM || n <= ThinN) return GemmTile.Tile64;
         long tiles = (long)((m + BigM - 1) / BigM) * ((n + BigN - 1) / BigN) * batch;
-        return tiles >= set.Accelerator.NumMultiprocessors ? GemmTile.Tile128 : GemmTile.Tile64;
+        return tiles < set.Accelerator.NumMultiprocessors ? GemmTile.Tile64 : UseTensorCores ? GemmTile.Tf32 : GemmTile.Tile128;
     }
 
     /// <summary>
@@ -394,17 +411,141 @@ public sealed class GemmKernels
     }
 
     /// <summary>
-    /// Puts this thread's chunk of a 128-wide slice into shared memory (k-major [k][m]): transposed
+    /// Puts this thread's chunk of a 128-wide slice into shared memory (k-major [k][m], rows ld floats
+    /// apart, a multiple of 4): transposed
     /// from a k-contiguous operand (row tid/2, k-quad tid%2), directly otherwise (k-row tid/32,
     /// quad tid%32).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreSlice(ArrayView<float> tile, ArrayView<Float4> tile4, bool kContiguous, int k0, int width, int tid, Float4 chunk)
+    private static void StoreSlice(ArrayView<float> tile, ArrayView<Float4> tile4, bool kContiguous, int k0, int ld, int tid, Float4 chunk)
     {
         if (kContiguous)
-            StoreTransposed(tile, k0 + (tid & 1) * 4, tid >> 1, width, chunk);
+            StoreTransposed(tile, k0 + (tid & 1) * 4, tid >> 1, ld, chunk);
         else
-            tile4[(k0 + (tid >> 5)) * (width / 4) + (tid & 31)] = chunk;
+            tile4[(k0 + (tid >> 5)) * (ld / 4) + (tid & 31)] = chunk;
+    }
+
+    /// <summary>Row length of the TF32 kernel's shared tiles: 128 plus 8, so the fragment reads of a warp hit 32 different banks.</summary>
+    public const int Tf32Ld = BigM + 8;
+
+    /// <summary>
+    /// C = α·op(A)·op(B) + β·C (+ bias) on TF32 tensor cores (TensorCores.cs): the 128×128 block tiles,
+    /// 8-deep K slices and double-buffered loads of Tile128Kernel, each slice rounded to TF32 once as it
+    /// is stored. Eight warps as 2×4, each computing 64×32 of the tile as 4×4 mma tiles of 16×8 (64
+    /// accumulators per thread); per slice a warp loads four A fragments and four B fragments from
+    /// shared memory and issues 16 mma.m16n8k8.
+    /// </summary>
+    [GpuGroup(Threads)]
+    [NeedsPtxPostPass]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void Tf32Kernel(ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, ArrayView<float> bias,
+        ArrayView<float> y, GemmArgs p)
+    {
+        // Two K slices of each operand, k-major with padded rows: aS[buf][k][m] and bS[buf][k][n].
+        var aTile = SharedMemory.Allocate<float>(2 * BigK * Tf32Ld);
+        var bTile = SharedMemory.Allocate<float>(2 * BigK * Tf32Ld);
+        var scratch = SharedMemory.Allocate<float>(Threads / 32 * TensorCores.ScratchPerWarp); // the emulation's only
+        var aS = aTile.Cast<Float4>();
+        var bS = bTile.Cast<Float4>();
+        int tid = Group.IdxX, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+        int rowBase = (warp >> 2) * 64 + g, colBase = (warp & 3) * 32 + g;
+        int n0 = Grid.IdxX * BigN, m0 = Grid.IdxY * BigM;
+        long batch = Grid.IdxZ;
+        var a4 = Batch4(a, batch, p.StrideA, p.VecA);
+        var b4 = Batch4(b, batch, p.StrideB, p.VecB);
+        a = a.SubView(batch * p.StrideA, a.Length - batch * p.StrideA);
+        b = b.SubView(batch * p.StrideB, b.Length - batch * p.StrideB);
+
+        // The same chunks per thread as Tile128Kernel.
+        bool aK = p.TransA == 0, bK = p.TransB != 0;
+        int aR = aK ? m0 + (tid >> 1) : tid >> 5, aC = aK ? (tid & 1) * 4 : m0 + (tid & 31) * 4;
+        int bR = bK ? n0 + (tid >> 1) : tid >> 5, bC = bK ? (tid & 1) * 4 : n0 + (tid & 31) * 4;
+        int aRows = aK ? p.M : p.K, aCols = aK ? p.K : p.M;
+        int bRows = bK ? p.N : p.K, bCols = bK ? p.K : p.N;
+
+        Frag4 c00 = default, c01 = default, c02 = default, c03 = default, c10 = default, c11 = default, c12 = default, c13 = default;
+        Frag4 c20 = default, c21 = default, c22 = default, c23 = default, c30 = default, c31 = default, c32 = default, c33 = default;
+        int slices = (p.K + BigK - 1) / BigK;
+        Float4 ra = default, rb = default;
+        for (int s = -1; s < slices; s++)
+        {
+            int buf = s & 1;
+            if (s >= 0)
+            {
+                StoreSlice(aTile, aS, aK, buf * BigK, Tf32Ld, tid, Tf32(ra));
+                StoreSlice(bTile, bS, bK, buf * BigK, Tf32Ld, tid, Tf32(rb));
+                Group.Barrier();
+            }
+            if (s + 1 < slices)
+            {
+                int k1 = (s + 1) * BigK;
+                ra = LoadChunk(a, a4, p.VecA, aK ? aR : aR + k1, aRows, aK ? aC + k1 : aC, aCols, p.Lda);
+                rb = LoadChunk(b, b4, p.VecB, bK ? bR : bR + k1, bRows, bK ? bC + k1 : bC, bCols, p.Ldb);
+            }
+            if (s < 0)
+                continue;
+            var at = aTile.SubView(buf * BigK * Tf32Ld + t * Tf32Ld + rowBase, 4 * Tf32Ld + 57);
+            var bt = bTile.SubView(buf * BigK * Tf32Ld + t * Tf32Ld + colBase, 4 * Tf32Ld + 25);
+            Frag4 f0 = AFragment(at, 0), f1 = AFragment(at, 16), f2 = AFragment(at, 32), f3 = AFragment(at, 48);
+            Frag2 e0 = BFragment(bt, 0), e1 = BFragment(bt, 8), e2 = BFragment(bt, 16), e3 = BFragment(bt, 24);
+            TensorCores.Mma(ref c00, f0, e0, scratch);
+            TensorCores.Mma(ref c01, f0, e1, scratch);
+            TensorCores.Mma(ref c02, f0, e2, scratch);
+            TensorCores.Mma(ref c03, f0, e3, scratch);
+            TensorCores.Mma(ref c10, f1, e0, scratch);
+            TensorCores.Mma(ref c11, f1, e1, scratch);
+            TensorCores.Mma(ref c12, f1, e2, scratch);
+            TensorCores.Mma(ref c13, f1, e3, scratch);
+            TensorCores.Mma(ref c20, f2, e0, scratch);
+            TensorCores.Mma(ref c21, f2, e1, scratch);
+            TensorCores.Mma(ref c22, f2, e2, scratch);
+            TensorCores.Mma(ref c23, f2, e3, scratch);
+            TensorCores.Mma(ref c30, f3, e0, scratch);
+            TensorCores.Mma(ref c31, f3, e1, scratch);
+            TensorCores.Mma(ref c32, f3, e2, scratch);
+            TensorCores.Mma(ref c33, f3, e3, scratch);
+        }
+
+        c = c.SubView(batch * p.StrideC, c.Length - batch * p.StrideC);
+        // Tile (i, j) of the warp: rows m0 + rowBase + 16i (+8), columns n0 + colBase - g + 8j + 2t (+1).
+        int r = m0 + rowBase, col = n0 + colBase - g + 2 * t;
+        StoreTf32Tile(c, bias, p, r, col, c00); StoreTf32Tile(c, bias, p, r, col + 8, c01); StoreTf32Tile(c, bias, p, r, col + 16, c02); StoreTf32Tile(c, bias, p, r, col + 24, c03);
+        StoreTf32Tile(c, bias, p, r + 16, col, c10); StoreTf32Tile(c, bias, p, r + 16, col + 8, c11); StoreTf32Tile(c, bias, p, r + 16, col + 16, c12); StoreTf32Tile(c, bias, p, r + 16, col + 24, c13);
+        StoreTf32Tile(c, bias, p, r + 32, col, c20); StoreTf32Tile(c, bias, p, r + 32, col + 8, c21); StoreTf32Tile(c, bias, p, r + 32, col + 16, c22); StoreTf32Tile(c, bias, p, r + 32, col + 24, c23);
+        StoreTf32Tile(c, bias, p, r + 48, col, c30); StoreTf32Tile(c, bias, p, r + 48, col + 8, c31); StoreTf32Tile(c, bias, p, r + 48, col + 16, c32); StoreTf32Tile(c, bias, p, r + 48, col + 24, c33);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 Tf32(Float4 f) =>
+        new(TensorCores.RoundTf32(f.X), TensorCores.RoundTf32(f.Y), TensorCores.RoundTf32(f.Z), TensorCores.RoundTf32(f.W));
+
+    /// <summary>A fragment of rows +row, +row+8 at k = t, t+4, from the view at [k = t][m = rowBase].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Frag4 AFragment(ArrayView<float> at, int row) =>
+        new() { X = at[row], Y = at[row + 8], Z = at[4 * Tf32Ld + row], W = at[4 * Tf32Ld + row + 8] };
+
+    /// <summary>B fragment of column +col at k = t, t+4, from the view at [k = t][n = colBase].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Frag2 BFragment(ArrayView<float> bt, int col) => new() { X = bt[col], Y = bt[4 * Tf32Ld + col] };
+
+    /// <summary>One mma tile's four outputs: C[r][col..col+1] and C[r+8][col..col+1] = α·acc + β·C + bias.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreTf32Tile(ArrayView<float> c, ArrayView<float> bias, GemmArgs p, int r, int col, Frag4 acc)
+    {
+        StoreTf32Element(c, bias, p, r, col, acc.X);
+        StoreTf32Element(c, bias, p, r, col + 1, acc.Y);
+        StoreTf32Element(c, bias, p, r + 8, col, acc.Z);
+        StoreTf32Element(c, bias, p, r + 8, col + 1, acc.W);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreTf32Element(ArrayView<float> c, ArrayView<float> bias, GemmArgs p, int r, int col, float acc)
+    {
+        if (r >= p.M || col >= p.N) return;
+        int off = r * p.Ldc + col;
+        float v = p.Alpha * acc;
+        if (p.Beta != 0f) v += p.Beta * c[off];
+        c[off] = p.HasBias != 0 ? v + bias[col] : v;
     }
 
     [GpuGroup(Threads)]

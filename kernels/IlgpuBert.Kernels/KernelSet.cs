@@ -21,7 +21,7 @@ using ILGPU.Runtime.CPU;
 
 namespace IlgpuBert.Kernels;
 
-public sealed class KernelSet : IDisposable
+public sealed partial class KernelSet : IDisposable
 {
     private readonly Lazy<GemmKernels> gemm;
     private readonly Lazy<BiasKernels> bias;
@@ -178,14 +178,12 @@ public sealed class KernelSet : IDisposable
             [typeof(IGroupReduce)] = [typeof(TreeReduce), typeof(WarpReduce)],
             [typeof(IGemmOutput)] = [typeof(PlainOutput), .. activations.Select(a => typeof(ActivatedOutput<>).MakeGenericType(a))],
         };
-        static string Pretty(Type t) => t.IsGenericType ? $"{t.Name[..t.Name.IndexOf('`')]}<{string.Join(",", t.GetGenericArguments().Select(Pretty))}>" : t.Name;
         foreach (var family in families)
             foreach (var m in family.GetMethods(flags).Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal)))
             {
-                string name = $"{family.Name.Replace("Kernels", "")}.{m.Name}";
                 if (!m.IsGenericMethodDefinition)
                 {
-                    list.Add((name, m));
+                    list.Add((KernelName(m), m));
                     continue;
                 }
                 IEnumerable<Type[]> combos = [[]];
@@ -194,9 +192,24 @@ public sealed class KernelSet : IDisposable
                     var options = variants[parameter.GetGenericParameterConstraints().Single(c => c.IsInterface)];
                     combos = combos.SelectMany(c => options.Select(o => c.Append(o).ToArray())).ToList();
                 }
-                list.AddRange(combos.Select(args => ($"{name}<{string.Join(",", args.Select(Pretty))}>", m.MakeGenericMethod(args))));
+                list.AddRange(combos.Select(args => m.MakeGenericMethod(args)).Select(k => (KernelName(k), k)));
             }
         return list;
+    }
+
+    /// <summary>
+    /// Every kernel an OpenCL device runs: all but the warp-shuffle variants, which ILGPU can emit only
+    /// for Intel's sub-group extension and no KernelSet selects on OpenCL (CUDA runs them).
+    /// </summary>
+    public static IReadOnlyList<(string Name, MethodInfo Method)> OpenCLEntryPoints() =>
+        [.. EntryPoints().Where(e => !e.Name.Contains(nameof(WarpReduce), StringComparison.Ordinal))];
+
+    /// <summary>A kernel's name as the reports and tests use it: family.Method&lt;type arguments&gt;.</summary>
+    public static string KernelName(MethodInfo kernel)
+    {
+        static string Pretty(Type t) => t.IsGenericType ? $"{t.Name[..t.Name.IndexOf('`')]}<{string.Join(",", t.GetGenericArguments().Select(Pretty))}>" : t.Name;
+        string name = $"{kernel.DeclaringType!.Name.Replace("Kernels", "")}.{kernel.Name}";
+        return kernel.IsGenericMethod ? $"{name}<{string.Join(",", kernel.GetGenericArguments().Select(Pretty))}>" : name;
     }
 
     /// <summary>

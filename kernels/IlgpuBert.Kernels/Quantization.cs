@@ -61,22 +61,21 @@ public sealed class QuantizationKernels
     internal QuantizationKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
-        quantize = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<sbyte>, Int8Args>(QuantizeKernel));
-        gemm = new(() => acc.LoadStreamKernel<ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args>(Int8GemmKernel));
-        dequantize = new(() => acc.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>(DequantizeKernel));
-        fakeQuantize = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>(FakeQuantizeKernel));
-        fakeQuantizeBackward = new(() => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>(FakeQuantizeBackwardKernel));
+        quantize = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<sbyte>, Int8Args>(QuantizeKernel));
+        gemm = new(() => set.LoadStreamKernel<ArrayView<sbyte>, ArrayView<sbyte>, ArrayView<int>, Int8Args>(Int8GemmKernel));
+        dequantize = new(() => set.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<float>, Int8Args>(DequantizeKernel));
+        fakeQuantize = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>(FakeQuantizeKernel));
+        fakeQuantizeBackward = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, FakeQuantArgs>(FakeQuantizeBackwardKernel));
         bool tree = set.RowReduction == RowReduction.Tree;
         rowScales = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(RowScalesKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(RowScalesKernel<WarpReduce>));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(RowScalesKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(RowScalesKernel<WarpReduce>));
         maxAbsPartials = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(MaxAbsPartialsKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(MaxAbsPartialsKernel<WarpReduce>));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(MaxAbsPartialsKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long>(MaxAbsPartialsKernel<WarpReduce>));
         range = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, RangeArgs>(RangeKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, RangeArgs>(RangeKernel<WarpReduce>));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, RangeArgs>(RangeKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, RangeArgs>(RangeKernel<WarpReduce>));
     }
 
     /// <summary>When true on the CPU accelerator, run the ILGPU kernel instead of host SIMD code (tests).</summary>

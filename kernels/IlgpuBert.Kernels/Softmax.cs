@@ -16,14 +16,13 @@ public sealed class SoftmaxKernels
     internal SoftmaxKernels(KernelSet set)
     {
         this.set = set;
-        var acc = set.Accelerator;
         bool tree = set.RowReduction == RowReduction.Tree;
         forward = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<WarpReduce>));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(ForwardKernel<WarpReduce>));
         backward = new(() => tree
-            ? acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<TreeReduce>)
-            : acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<WarpReduce>));
+            ? set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<TreeReduce>)
+            : set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(BackwardKernel<WarpReduce>));
     }
 
     /// <summary>y = softmax(x) row by row; x, y: [rows, cols]; y may alias x.</summary>

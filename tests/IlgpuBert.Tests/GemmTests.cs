@@ -114,7 +114,7 @@ public class GemmTests
     {
         var data = new TheoryData<string, GemmTile, bool, bool, bool>();
         foreach (var dev in Devices.Names.Where(n => n != "cpu"))
-            foreach (var tile in new[] { GemmTile.Tile64, GemmTile.Tile128 })
+            foreach (var tile in Enum.GetValues<GemmTile>())
                 foreach (bool aligned in new[] { true, false })
                     foreach (bool ta in new[] { false, true })
                         foreach (bool tb in new[] { false, true })
@@ -125,12 +125,14 @@ public class GemmTests
     /// <summary>
     /// More than one block tile in each direction with ragged edges, K not a multiple of the slice,
     /// two batches; aligned operands take the 128-bit loads and stores, misaligned ones (a start one
-    /// float in, odd leading dimensions) the per-element path.
+    /// float in, odd leading dimensions) the per-element path. The TF32 tile is held to the FP32 bound
+    /// against a reference whose A and B are rounded to TF32 first (independently, below): so its
+    /// fragment layout, and that it rounds at all and to nearest with ties away, are all checked.
     /// </summary>
     [Theory]
     [Trait("Category", "Accelerators")]
     [MemberData(nameof(TileCases))]
-    public void Both_tiles_and_both_load_paths_match_the_reference(string device, GemmTile tile, bool aligned, bool ta, bool tb)
+    public void Every_tile_and_both_load_paths_match_the_reference(string device, GemmTile tile, bool aligned, bool ta, bool tb)
     {
         var d = Devices.Get(device);
         const int m = 133, n = 130, k = 37, batch = 2;
@@ -160,6 +162,7 @@ public class GemmTests
             gemm.ForceTile = null;
         }
         double[] ad = Rand.ToDouble(a[start..]), bd = Rand.ToDouble(b[start..]), cd = Rand.ToDouble(c[start..]), biasd = Rand.ToDouble(bias);
+        if (tile == GemmTile.Tf32) (ad, bd) = (ad.Select(Reference.RoundTf32).ToArray(), bd.Select(Reference.RoundTf32).ToArray());
         var expected = Reference.Gemm(ta, tb, m, n, k, 0.75, ad, lda, bd, ldb, -0.5, cd, ldc, biasd, batch, sa, sb, sc);
         var scale = Reference.GemmErrorScale(ta, tb, m, n, k, 0.75, ad, lda, bd, ldb, -0.5, cd, ldc, biasd, batch, sa, sb, sc);
         Tol.AssertClose(expected, d.Read(bc, c.Length)[start..], Tol.F32Dot, $"C ({tile}, {(aligned ? "aligned" : "misaligned")})", scale);
@@ -170,7 +173,7 @@ public class GemmTests
         var data = new TheoryData<string, GemmTile, ActivationKind>();
         foreach (var dev in Devices.Names)
             foreach (var tile in new[] { GemmTile.Tile64, GemmTile.Tile128 })
-                foreach (var act in new[] { ActivationKind.GeluErf, ActivationKind.GeluTanh, ActivationKind.Relu })
+                foreach (var act in Enum.GetValues<ActivationKind>())
                     if (dev != "cpu" || tile == GemmTile.Tile64) // the CPU's host path has no tiles
                         data.Add(dev, tile, act);
         return data;
@@ -207,7 +210,14 @@ public class GemmTests
         var scale = Reference.GemmErrorScale(false, true, m, n, k, 1, xd, k, wd, k, 0, new double[m * n], n);
         var gotPre = d.Read(pre, m * n);
         Tol.AssertClose(expected, gotPre, Tol.F32Dot, "pre-activation", scale);
-        Func<double, double> f = act switch { ActivationKind.GeluErf => Reference.GeluErf, ActivationKind.GeluTanh => Reference.GeluTanh, _ => Reference.Relu };
+        Func<double, double> f = act switch
+        {
+            ActivationKind.GeluErf => Reference.GeluErf,
+            ActivationKind.GeluTanh => Reference.GeluTanh,
+            ActivationKind.Relu => Reference.Relu,
+            ActivationKind.Tanh => Math.Tanh,
+            _ => throw new ArgumentOutOfRangeException(nameof(act)),
+        };
         // y is act of the stored (rounded) pre-activation plus the bias, one float op each.
         var expectedY = gotPre.Select((v, i) => f((double)(v + bias[i % n]))).ToArray();
         Tol.AssertClose(expectedY, d.Read(y, m * n), Tol.F32Elementwise, "activation");

@@ -37,6 +37,17 @@ public static class Reference
         return scale.Select(v => double.IsNaN(v) ? 0 : v).ToArray();
     }
 
+    /// <summary>
+    /// x rounded to TF32's 11 significant bits, to nearest with ties away from zero (cvt.rna.tf32.f32),
+    /// by scaling the significand to an integer: independent of the bit arithmetic the kernels use.
+    /// </summary>
+    public static double RoundTf32(double x)
+    {
+        if (x == 0 || !double.IsFinite(x)) return x;
+        double scale = Math.ScaleB(1.0, 10 - Math.ILogB(x));
+        return Math.Round(x * scale, MidpointRounding.AwayFromZero) / scale;
+    }
+
     /// <summary>erfc to ~1e-15: Taylor series of erf below 3, Lentz continued fraction above.</summary>
     public static double Erfc(double x)
     {

@@ -20,7 +20,9 @@ public static class BenchCommand
             Description = "gemm, gelu, layernorm, softmax-xent, adamw, attention or bert-step (default: all); forward --model DIR for a model folder's encoder; sass for the machine-code report",
             Arity = ArgumentArity.ZeroOrOne,
         };
-        op.AcceptOnlyFromAmong([.. KernelBench.Ops, "forward", "sass"]);
+        op.AcceptOnlyFromAmong([.. KernelBench.Ops, "forward", "sass", "oclgrind"]);
+        var captures = new Option<string?>("--captures") { Description = "oclgrind: the folder of launches tools/opencl/cl-capture.c captured" };
+        var jobs = new Option<int>("--jobs") { Description = "oclgrind: simulations at a time", DefaultValueFactory = _ => Environment.ProcessorCount };
         var arch = new Option<string>("--arch") { Description = "sass: sm_80 or sm_90", DefaultValueFactory = _ => "sm_90" };
         var kernel = new Option<string?>("--kernel") { Description = "sass: only kernels whose name contains this" };
         var markdown = new Option<bool>("--markdown") { Description = "sass: a Markdown table (as in perf/RESULTS.md)" };
@@ -43,9 +45,12 @@ public static class BenchCommand
         var json = new Option<bool>("--json") { Description = "one JSON object per line instead of a table" };
 
         var command = new Command("bench", "Time the kernels on a device, or report their machine code (sass).")
-            { op, m, n, k, trans, precision, batch, rows, cols, parameters, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, modelDir, rounds, json, arch, kernel, markdown };
+            { op, m, n, k, trans, precision, batch, rows, cols, parameters, attnBatch, attnSeq, attnHeads, attnHeadDim, modelSize, modelDir, rounds, json, arch, kernel, markdown, captures, jobs };
         command.SetAction(parse =>
         {
+            if (parse.GetValue(op) == "oclgrind")
+                return Oclgrind(stdout, parse.GetValue(captures) ?? throw new ArgumentException("bench oclgrind needs --captures DIR (tools/opencl/oclgrind-check.sh makes one)"),
+                    parse.GetValue(jobs));
             if (parse.GetValue(op) == "sass")
                 return Sass(stdout, parse.GetValue(arch)!, parse.GetValue(kernel), parse.GetValue(markdown), parse.GetValue(json));
             string t = parse.GetValue(trans)!.ToUpperInvariant();
@@ -119,6 +124,30 @@ public static class BenchCommand
         return command;
     }
 
+    /// <summary>Every captured launch under Oclgrind; a line per kernel, then every error, then the count.</summary>
+    private static int Oclgrind(TextWriter stdout, string folder, int jobs)
+    {
+        if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"--captures {folder}: no such folder");
+        if (jobs < 1) throw new ArgumentException($"--jobs must be positive, got {jobs}");
+        string oclgrind = OclgrindCheck.FindOclgrind() ?? throw new FileNotFoundException($"{OclgrindCheck.Program} not found on PATH (apt-get install oclgrind)");
+        int total = Directory.GetFiles(folder, "*.sim").Length, done = 0;
+        var progress = new Progress<OclgrindLaunch>(l =>
+        {
+            int n = Interlocked.Increment(ref done);
+            if (n % 50 == 0 || l.Errors.Count > 0) Console.Error.WriteLine($"[{n}/{total}] {l.Sim} {l.Kernel}: {l.Time.TotalSeconds:F1} s, {l.Errors.Count} errors");
+        });
+        var report = OclgrindCheck.Check(oclgrind, folder, jobs, TimeSpan.FromMinutes(10), progress);
+        int width = report.Launches.Select(l => l.Kernel.Length).Append(10).Max();
+        stdout.WriteLine($"{"kernel".PadRight(width)} {"launches",8} {"errors",6} {"slowest s",9}");
+        foreach (var g in report.Launches.GroupBy(l => l.Kernel).OrderBy(g => g.Key, StringComparer.Ordinal))
+            stdout.WriteLine($"{g.Key.PadRight(width)} {g.Count(),8} {g.Sum(l => l.Errors.Count),6} {g.Max(l => l.Time.TotalSeconds),9:F1}");
+        foreach (var l in report.Launches.Where(l => l.Errors.Count > 0))
+            foreach (string e in l.Errors.Take(3)) stdout.WriteLine($"error: {l.Sim} {l.Kernel}: {e}");
+        foreach (string e in report.Errors) stdout.WriteLine($"error: {e}");
+        stdout.WriteLine($"{report.Kernels} kernels, {report.ErrorCount} errors ({report.Launches.Count} launches)");
+        return report.ErrorCount == 0 ? 0 : 1;
+    }
+
     private static int Sass(TextWriter stdout, string arch, string? filter, bool markdown, bool json)
     {
         if (!SassReport.Architectures.Contains(arch))
@@ -133,9 +162,9 @@ public static class BenchCommand
             foreach (var r in rows) stdout.WriteLine(JsonSerializer.Serialize(r with { }, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }));
         else
         {
-            stdout.WriteLine($"{"kernel",-44} {"arch",-5} {"threads",7} {"regs",5} {"spills",7} {"smem",6} {"occup.",7} {"SASS",6} {"FFMA",5} {"FFMA %",7}");
+            stdout.WriteLine($"{"kernel",-44} {"arch",-5} {"threads",7} {"regs",5} {"spills",7} {"smem",6} {"occup.",7} {"SASS",6} {"FFMA",5} {"FFMA %",7} {"HMMA",5} {"LDL/STL",7}");
             foreach (var r in rows)
-                stdout.WriteLine($"{r.Kernel,-44} {r.Arch,-5} {r.Threads,7} {r.Registers,5} {r.SpillStoreBytes + r.SpillLoadBytes,7} {r.SharedBytes,6} {r.Occupancy,7:P0} {r.Instructions,6} {r.Ffma,5} {r.FfmaShare,7:P1}");
+                stdout.WriteLine($"{r.Kernel,-44} {r.Arch,-5} {r.Threads,7} {r.Registers,5} {r.SpillStoreBytes + r.SpillLoadBytes,7} {r.SharedBytes,6} {r.Occupancy,7:P0} {r.Instructions,6} {r.Ffma,5} {r.FfmaShare,7:P1} {r.Hmma,5} {r.LocalAccesses,7}");
         }
         return 0;
     }

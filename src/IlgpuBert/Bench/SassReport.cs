@@ -20,7 +20,7 @@ namespace IlgpuBert.Bench;
 
 /// <summary>One kernel assembled for one architecture.</summary>
 public sealed record KernelMachineCode(string Kernel, string Arch, int Threads, int Registers, int SpillStoreBytes, int SpillLoadBytes,
-    int StackBytes, int SharedBytes, int Instructions, int Ffma, double Occupancy)
+    int StackBytes, int SharedBytes, int Instructions, int Ffma, double Occupancy, int Hmma = 0, int LocalAccesses = 0)
 {
     public double FfmaShare => Instructions == 0 ? 0 : (double)Ffma / Instructions;
 }
@@ -49,8 +49,16 @@ public static partial class SassReport
         (kernel.IsGenericMethod ? kernel.GetGenericMethodDefinition() : kernel).GetCustomAttribute<GpuGroupAttribute>()?.Threads
         ?? throw new InvalidOperationException($"{kernel.DeclaringType?.Name}.{kernel.Name} has no [GpuGroup]");
 
-    /// <summary>PTX (ISA 7.8) of one explicitly grouped kernel for sm_80 or sm_90.</summary>
+    /// <summary>PTX (ISA 7.8) of one explicitly grouped kernel for sm_80 or sm_90, as it is loaded (after PtxPostPass where the kernel needs it).</summary>
     public static string Ptx(MethodInfo kernel, string arch)
+    {
+        string ptx = RawPtx(kernel, arch);
+        // The tensor-core kernels are loaded after the post-pass (KernelLoading.cs), so that is what is assembled.
+        return kernel.GetCustomAttribute<NeedsPtxPostPassAttribute>() is not null ? PtxPostPass.Apply(ptx) : ptx;
+    }
+
+    /// <summary>ILGPU's PTX (ISA 7.8) of one kernel, before any post-pass.</summary>
+    public static string RawPtx(MethodInfo kernel, string arch)
     {
         var architecture = arch switch
         {
@@ -77,7 +85,7 @@ public static partial class SassReport
             int smem = Int(UsedShared().Match(info), 1);
             var props = FunctionProperties().Match(info);
             int stack = Int(props, 1), spillStores = Int(props, 2), spillLoads = Int(props, 3);
-            int instructions = 0, ffma = 0;
+            int instructions = 0, ffma = 0, hmma = 0, local = 0;
             if (listSass)
             {
                 string cuobjdump = Path.Combine(Path.GetDirectoryName(ptxas)!, "cuobjdump");
@@ -87,11 +95,13 @@ public static partial class SassReport
                     if (op == "NOP") continue;
                     instructions++;
                     if (op.StartsWith("FFMA", StringComparison.Ordinal)) ffma++;
+                    if (op.StartsWith("HMMA", StringComparison.Ordinal)) hmma++;
+                    if (op.StartsWith("LDL", StringComparison.Ordinal) || op.StartsWith("STL", StringComparison.Ordinal)) local++;
                 }
             }
             int threads = GpuThreads(kernel);
             return new KernelMachineCode(name, arch, threads, regs, spillStores, spillLoads, stack, smem, instructions, ffma,
-                Occupancy(arch, threads, regs, smem));
+                Occupancy(arch, threads, regs, smem), hmma, local);
         }
         finally
         {
@@ -127,10 +137,10 @@ public static partial class SassReport
     public static string Markdown(IEnumerable<KernelMachineCode> rows)
     {
         var sb = new System.Text.StringBuilder();
-        sb.AppendLine("| kernel | arch | threads | registers | spills (B) | smem (B) | occupancy | SASS | FFMA | FFMA share |");
-        sb.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        sb.AppendLine("| kernel | arch | threads | registers | spills (B) | smem (B) | occupancy | SASS | FFMA | FFMA share | HMMA | LDL/STL |");
+        sb.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var r in rows)
-            sb.AppendLine($"| {r.Kernel} | {r.Arch} | {r.Threads} | {r.Registers} | {r.SpillStoreBytes + r.SpillLoadBytes} | {r.SharedBytes} | {r.Occupancy:P0} | {r.Instructions} | {r.Ffma} | {r.FfmaShare:P1} |");
+            sb.AppendLine($"| {r.Kernel} | {r.Arch} | {r.Threads} | {r.Registers} | {r.SpillStoreBytes + r.SpillLoadBytes} | {r.SharedBytes} | {r.Occupancy:P0} | {r.Instructions} | {r.Ffma} | {r.FfmaShare:P1} | {r.Hmma} | {r.LocalAccesses} |");
         return sb.ToString();
     }
 
