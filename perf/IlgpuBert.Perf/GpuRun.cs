@@ -1,9 +1,10 @@
 // `IlgpuBert.Perf gpu [--device D] [--out DIR] [--quick]`: every benchmark of the GPU issue that
 // IlgpuBert can run by itself, in one invocation — GEMM on BERT-base shapes (tokens = 4096) and the
 // batched attention shapes, fused vs materialised attention at S = 128 and 512, and a BERT-base
-// training step — written to results.jsonl with a short table printed last. --quick shrinks every
-// size so the runner itself can be checked on a CPU. (cuBLAS and PyTorch columns need a GPU issue's
-// session; they are not faked here.)
+// training step — written to results.jsonl with a short table printed last. Each GEMM runs beside cuBLAS
+// (CuBlas.cs) where CUDA and libcublas are there, FP32 and TF32, with the speed ratio and the largest
+// difference of the results noted. --quick shrinks every size so the runner itself can be checked on a
+// CPU (tools/gpu/check.sh --device cpu); a missing cuBLAS is noted, never faked.
 using System.Text.Json;
 using IlgpuBert.Bench;
 using IlgpuBert.Kernels;
@@ -35,18 +36,18 @@ public static class GpuRun
         void Add(BenchResult r)
         {
             results.Add(r);
-            Console.WriteLine($"  {r.Op} {r.Shape}: {r.Ms:F3} ms");
+            Console.WriteLine($"  {r.Op} {r.Shape}: {r.Ms:F3} ms{(r.Note is null ? "" : $"  ({r.Note})")}");
         }
         Console.WriteLine($"device {dev.Spec}: {dev.Name}");
         // Linear layers of BERT-base, weights stored [out, in] as in HF (op(B) = T).
         foreach (var (inDim, outDim) in new[] { (768, 2304), (768, 768), (768, 3072), (3072, 768) })
-            Add(KernelBench.Gemm(dev, tokens, outDim / scale, inDim / scale, Transpose.N, Transpose.T));
+            foreach (var r in KernelBench.GemmBesideCuBlas(dev, tokens, outDim / scale, inDim / scale, Transpose.N, Transpose.T)) Add(r);
         // Attention score and context products: B·NH = 384 batches.
         foreach (int s in new[] { 128, 512 })
         {
             int batch = quick ? 8 : 384;
-            Add(KernelBench.Gemm(dev, s / (quick ? 4 : 1), s / (quick ? 4 : 1), 64, Transpose.N, Transpose.T, batch));
-            Add(KernelBench.Gemm(dev, s / (quick ? 4 : 1), 64, s / (quick ? 4 : 1), Transpose.N, Transpose.N, batch));
+            foreach (var r in KernelBench.GemmBesideCuBlas(dev, s / (quick ? 4 : 1), s / (quick ? 4 : 1), 64, Transpose.N, Transpose.T, batch)) Add(r);
+            foreach (var r in KernelBench.GemmBesideCuBlas(dev, s / (quick ? 4 : 1), 64, s / (quick ? 4 : 1), Transpose.N, Transpose.N, batch)) Add(r);
             foreach (var r in KernelBench.Attention(dev, quick ? 2 : 32, quick ? s / 4 : s, quick ? 2 : 12, 64)) Add(r);
         }
         Add(KernelBench.BertStep(dev, quick ? "tiny" : "base", quick ? 4 : 32, quick ? 32 : 128, quick ? 1000 : 30522));
@@ -57,9 +58,9 @@ public static class GpuRun
             File.WriteAllLines(Path.Combine(outDir, "results.jsonl"), results.Select(r => JsonSerializer.Serialize(r)));
         }
         Console.WriteLine();
-        Console.WriteLine($"{"op",-26} {"shape",-44} {"ms",10} {"GFLOP/s",9} {"tokens/s",9}");
+        Console.WriteLine($"{"op",-26} {"shape",-44} {"ms",10} {"GFLOP/s",9} {"tokens/s",9}  note");
         foreach (var r in results)
-            Console.WriteLine($"{r.Op,-26} {r.Shape,-44} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.TokensPerSecond is { } t ? t.ToString("F0") : "-"),9}");
+            Console.WriteLine($"{r.Op,-26} {r.Shape,-44} {r.Ms,10:F3} {(r.Gflops is { } g ? g.ToString("F1") : "-"),9} {(r.TokensPerSecond is { } t ? t.ToString("F0") : "-"),9}  {r.Note}");
         return 0;
     }
 }

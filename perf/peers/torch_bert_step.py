@@ -5,6 +5,7 @@ dropout 0.1, FP32, 2 threads. Prints the median ms and tokens/s over the timed s
 
     apt-get install python3-torch
     /usr/bin/python3 perf/peers/torch_bert_step.py --size tiny --b 16 --s 128
+    python3 perf/peers/torch_bert_step.py --size base --b 32 --s 128 --vocab 30522 --device cuda [--tf32]   (tools/gpu/check.sh)
 """
 import argparse, time, statistics
 import torch
@@ -43,7 +44,7 @@ class Bert(nn.Module):
 
     def forward(self, ids, types, mask, positions, labels, nsp_labels):
         s = ids.shape[1]
-        x = F.dropout(self.ln(self.word(ids) + self.pos(torch.arange(s)) + self.token_type(types)), 0.1, self.training)
+        x = F.dropout(self.ln(self.word(ids) + self.pos(torch.arange(s, device=ids.device)) + self.token_type(types)), 0.1, self.training)
         additive = (1.0 - mask[:, None, None, :].float()) * -1e4
         for layer in self.layers:
             x = layer(x, additive)
@@ -61,29 +62,38 @@ def main():
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tf32", action="store_true", help="cuda: allow TF32 tensor cores in matmuls (off: FP32)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     layers, h, heads = SIZES[a.size]
-    model = Bert(a.vocab, layers, h, heads).train()
+    model = Bert(a.vocab, layers, h, heads).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
-    ids = torch.randint(5, a.vocab, (a.b, a.s))
+    ids = torch.randint(5, a.vocab, (a.b, a.s), device=dev)
     types = torch.zeros_like(ids)
     mask = torch.ones_like(ids)
-    positions = torch.randperm(a.b * a.s)[: int(0.15 * a.b * a.s)]
-    labels = torch.randint(5, a.vocab, (len(positions),))
-    nsp_labels = torch.randint(0, 2, (a.b,))
+    positions = torch.randperm(a.b * a.s, device=dev)[: int(0.15 * a.b * a.s)]
+    labels = torch.randint(5, a.vocab, (len(positions),), device=dev)
+    nsp_labels = torch.randint(0, 2, (a.b,), device=dev)
     times = []
     for step in range(a.steps + 2):
+        sync()
         start = time.perf_counter()
         model.zero_grad(set_to_none=True)
         model(ids, types, mask, positions, labels, nsp_labels).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        sync()
         if step >= 2:
             times.append((time.perf_counter() - start) * 1000)
     ms = statistics.median(times)
-    print(f"torch {torch.__version__} bert-step+adamw size={a.size} b={a.b} s={a.s} vocab={a.vocab} threads={a.threads}: {ms:.1f} ms, {a.b * a.s / ms * 1000:.0f} tokens/s")
+    where = f"threads={a.threads}" if dev.type == "cpu" else f"{torch.cuda.get_device_name()} {'tf32' if a.tf32 else 'fp32'}"
+    print(f"torch {torch.__version__} bert-step+adamw size={a.size} b={a.b} s={a.s} vocab={a.vocab} {where}: {ms:.1f} ms, {a.b * a.s / ms * 1000:.0f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 // - "opencl": when an OpenCL device is present (CI runs this leg inside a PoCL root, tools/pocl-root.sh);
 // - "cuda": when a CUDA device is present.
 // ILGPU_BERT_TEST_DEVICES=a,b restricts the list (CI's OpenCL leg runs only "opencl");
-// ILGPU_BERT_REQUIRE_OPENCL=1 makes a missing OpenCL device fail every device test instead of
-// leaving it out, so that leg can never pass by silently running nothing.
+// ILGPU_BERT_REQUIRE_OPENCL=1 (ILGPU_BERT_REQUIRE_CUDA=1) makes a missing OpenCL (CUDA) device fail
+// every device test instead of leaving it out, so that leg can never pass by silently running nothing
+// (tools/gpu/check.sh sets the CUDA one).
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
@@ -141,7 +142,12 @@ public static class Devices
             else if (Environment.GetEnvironmentVariable("ILGPU_BERT_REQUIRE_OPENCL") == "1")
                 throw new InvalidOperationException("ILGPU_BERT_REQUIRE_OPENCL=1 but ILGPU finds no OpenCL device (run inside tools/pocl-root.sh)");
         }
-        if (Wanted("cuda") && CudaDevice.Value is not null) names.Add("cuda");
+        if (Wanted("cuda"))
+        {
+            if (CudaDevice.Value is not null) names.Add("cuda");
+            else if (Environment.GetEnvironmentVariable("ILGPU_BERT_REQUIRE_CUDA") == "1")
+                throw new InvalidOperationException("ILGPU_BERT_REQUIRE_CUDA=1 but ILGPU finds no CUDA device (is libcuda.so on the library path?)");
+        }
         if (names.Count == 0)
             throw new InvalidOperationException($"ILGPU_BERT_TEST_DEVICES={string.Join(",", only ?? [])} names no device present here");
         return names;

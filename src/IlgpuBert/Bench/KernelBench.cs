@@ -21,6 +21,9 @@ public sealed record BenchResult(string Op, string Device, string Shape, double 
     public double? TokensPerSecond { get => tokensPerSecond; init => tokensPerSecond = Finite(value); }
     private readonly double? tokensPerSecond;
 
+    /// <summary>What else the row says: a comparison made in the same run, or why a peer is missing.</summary>
+    public string? Note { get; init; }
+
     private static double? Finite(double? v) => v is { } x && double.IsFinite(x) ? x : null;
 }
 
@@ -70,6 +73,52 @@ public static class KernelBench
             default, batch, (long)m * k, (long)k * n, (long)m * n));
         string shape = $"m={m} n={n} k={k} op={ta}{tb}" + (batch > 1 ? $" batch={batch}" : "");
         return new("gemm", device.Spec, shape, ms, 2.0 * m * n * k * batch / (ms * 1e6), null);
+    }
+
+    /// <summary>
+    /// Our GEMM beside cuBLAS on the same operands, in the same run: FP32 products on both sides, and
+    /// TF32 tensor cores on both where the device has them (sm_80+). Each cuBLAS row notes its speed
+    /// ratio to ours and the largest difference of the two results, relative to max|C|. Without CUDA or
+    /// libcublas only our FP32 row comes back, noting why cuBLAS is missing.
+    /// </summary>
+    public static IEnumerable<BenchResult> GemmBesideCuBlas(BertDevice device, int m, int n, int k, Transpose ta, Transpose tb, int batch = 1)
+    {
+        var gemm = device.Kernels.Gemm;
+        bool tensorCores = gemm.UseTensorCores;
+        using var cublas = CuBlas.TryOpen(device.Accelerator, out string why);
+        using var a = Random(device, (long)m * k * batch, 1);
+        using var b = Random(device, (long)k * n * batch, 2);
+        using var ours = device.Pool.Rent((long)m * n * batch);
+        using var theirs = device.Pool.Rent((long)m * n * batch);
+        int lda = ta == Transpose.N ? k : m, ldb = tb == Transpose.N ? n : k;
+        long sa = (long)m * k, sb = (long)k * n, sc = (long)m * n;
+        string shape = $"m={m} n={n} k={k} op={ta}{tb}" + (batch > 1 ? $" batch={batch}" : "");
+        double flops = 2.0 * m * n * k * batch;
+        var results = new List<BenchResult>();
+        try
+        {
+            foreach (bool tf32 in tensorCores ? new[] { false, true } : [false])
+            {
+                gemm.UseTensorCores = tf32;
+                string precision = tf32 ? "tf32" : "fp32";
+                double ms = Time(device.Accelerator, () => gemm.Forward(ta, tb, m, n, k, 1f, a.View, lda, b.View, ldb, 0f, ours.View, n, default, batch, sa, sb, sc));
+                results.Add(new($"gemm {precision}", device.Spec, shape, ms, flops / (ms * 1e6), null) { Note = cublas is null ? $"cuBLAS not measured: {why}" : null });
+                if (cublas is null) continue;
+                double theirMs = Time(device.Accelerator, () => cublas.Gemm(ta, tb, m, n, k, 1f, a.View, lda, b.View, ldb, 0f, theirs.View, n, batch, sa, sb, sc, tf32));
+                var x = new float[ours.View.Length];
+                var y = new float[theirs.View.Length];
+                ours.View.CopyToCPU(device.Accelerator.DefaultStream, x);
+                theirs.View.CopyToCPU(device.Accelerator.DefaultStream, y);
+                double maxAbs = y.Max(v => Math.Abs((double)v)), maxDiff = x.Zip(y, (p, q) => Math.Abs((double)p - q)).Max();
+                results.Add(new($"gemm {precision} (cuBLAS)", device.Spec, shape, theirMs, flops / (theirMs * 1e6), null)
+                    { Note = $"ours/cuBLAS speed {theirMs / ms:F2}x; max |ours - cuBLAS| / max|C| = {maxDiff / Math.Max(maxAbs, 1e-30):E1}" });
+            }
+        }
+        finally
+        {
+            gemm.UseTensorCores = tensorCores;
+        }
+        return results;
     }
 
     /// <summary>
