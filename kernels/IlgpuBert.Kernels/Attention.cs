@@ -127,7 +127,7 @@ public sealed class AttentionKernels
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> forward, flash;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> rowDot;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dKdV;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dQ;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dQ, flashDkDv, flashDq;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, AttentionShape>> maskScores;
 
     internal AttentionKernels(KernelSet set)
@@ -139,6 +139,8 @@ public sealed class AttentionKernels
         dKdV = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DkDvKernel));
         dQ = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DqKernel));
         maskScores = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, AttentionShape>(MaskScoresKernel));
+        flashDkDv = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashDkDvKernel));
+        flashDq = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashDqKernel));
     }
 
     /// <summary>When true on the CPU accelerator, run the ILGPU kernels instead of host SIMD code (tests).</summary>
@@ -203,6 +205,13 @@ public sealed class AttentionKernels
         var m = shape.HasMask != 0 ? mask : Dummy();
         var d = set.FloatScratch(shape.RowCount); // D = rowsum(dO ⊙ O), [B, NH, S]
         rowDot.Value(set.GridStride(shape.RowCount), dContext, context, d, shape);
+        if (shape.HeadDim <= FlashHd)
+        {
+            var blocks = new KernelConfig(new Index3D((shape.SeqLen + BwdBlock - 1) / BwdBlock, shape.Heads, shape.Batch), new Index3D(FlashGroup, 1, 1));
+            flashDkDv.Value(blocks, qkv, m, lse, d, dContext, dQkv, shape);
+            flashDq.Value(blocks, qkv, m, lse, d, dContext, dQkv, shape);
+            return;
+        }
         dKdV.Value(Config((shape.SeqLen + DkvK - 1) / DkvK, shape), qkv, m, lse, d, dContext, dQkv, shape);
         dQ.Value(Config((shape.SeqLen + DqQ - 1) / DqQ, shape), qkv, m, lse, d, dContext, dQkv, shape);
     }
@@ -832,6 +841,266 @@ public sealed class AttentionKernels
             int i = i0 + e / hd;
             if (i < s) dQkv[a.Qkv(b, i, 0, h, e % hd)] = dq[e] * a.Scale;
         }
+    }
+
+    // FlashAttention-2's backward for head dims ≤ 64, as two deterministic passes of register tiles
+    // (a single pass would add each key block's share of dQ with float atomics: not reproducible, and
+    // ILGPU's float atomics spin forever on NaN off CUDA). Both recompute P = exp(S·scale − lse) from
+    // Q, K and the forward's lse, with D = rowsum(dO ⊙ O):
+    //   dV += Pdᵀ·dO,  dK += dSᵀ·Q  (FlashDkDvKernel: 32 keys per group, queries streamed 16 at a time)
+    //   dQ += dS·K                   (FlashDqKernel: 32 queries per group, keys streamed 32 at a time)
+    // with Pd = P·keep (dropout), dP = (dO·Vᵀ)·keep and dS = P·(dP − D). Shared tiles are d-major for
+    // the products over the head dim (a thread's four keys or queries are one float4) and row-major for
+    // the products over the streamed rows; each thread holds a 4-wide strip of scores and a 4×4 tile
+    // of each accumulator. Tiles are zero past the sequence and past the head, so padded rows and
+    // columns contribute nothing; masked and padded keys get P = 0 exactly.
+    internal const int BwdBlock = 32, BwdStream = 16, DqStream = 32;
+    private const int DkvSharedFlash = 2 * FlashHd * BwdBlock + 4 * BwdStream * FlashHd + 2 * BwdStream * BwdBlock + 2 * BwdStream;
+    private const int DqSharedFlash = 2 * FlashHd * BwdBlock + 3 * DqStream * FlashHd + DqStream * BwdBlock + 2 * BwdBlock; // 45 KB
+
+    /// <summary>
+    /// Σ_d over the head (steps of 8; tiles zero past it): a thread's 4 columns of a d-major [HD][wide]
+    /// tile times one column of a d-major [HD][narrow] tile.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 Strip(ArrayView<Float4> wide4, int wide, int col4, ArrayView<float> narrowTile, int narrow, int col, int hd8)
+    {
+        var acc = default(Float4);
+        int w = wide / 4;
+        for (int d = 0; d < hd8; d += 8)
+        {
+            var x = wide4.SubView(d * w + col4, 7 * w + 1);
+            var y = narrowTile.SubView(d * narrow + col, 7 * narrow + 1);
+            acc = Float4.Fma(y[0], x[0], acc);
+            acc = Float4.Fma(y[1 * narrow], x[1 * w], acc);
+            acc = Float4.Fma(y[2 * narrow], x[2 * w], acc);
+            acc = Float4.Fma(y[3 * narrow], x[3 * w], acc);
+            acc = Float4.Fma(y[4 * narrow], x[4 * w], acc);
+            acc = Float4.Fma(y[5 * narrow], x[5 * w], acc);
+            acc = Float4.Fma(y[6 * narrow], x[6 * w], acc);
+            acc = Float4.Fma(y[7 * narrow], x[7 * w], acc);
+        }
+        return acc;
+    }
+
+    /// <summary>acc[r][c] += Σ_x a[x][4·ra + r]·b[x][4·cb + c] over the 16 streamed rows x of two row-major tiles (widths in float4s).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Outer16(ref Acc4x4 acc, ArrayView<Float4> a4, int aWidth4, int ra, ArrayView<Float4> b4, int bWidth4, int cb)
+    {
+        var a = a4.SubView(ra, 15 * aWidth4 + 1);
+        var b = b4.SubView(cb, 15 * bWidth4 + 1);
+        acc.Fma(a[0], b[0]);
+        acc.Fma(a[1 * aWidth4], b[1 * bWidth4]);
+        acc.Fma(a[2 * aWidth4], b[2 * bWidth4]);
+        acc.Fma(a[3 * aWidth4], b[3 * bWidth4]);
+        acc.Fma(a[4 * aWidth4], b[4 * bWidth4]);
+        acc.Fma(a[5 * aWidth4], b[5 * bWidth4]);
+        acc.Fma(a[6 * aWidth4], b[6 * bWidth4]);
+        acc.Fma(a[7 * aWidth4], b[7 * bWidth4]);
+        acc.Fma(a[8 * aWidth4], b[8 * bWidth4]);
+        acc.Fma(a[9 * aWidth4], b[9 * bWidth4]);
+        acc.Fma(a[10 * aWidth4], b[10 * bWidth4]);
+        acc.Fma(a[11 * aWidth4], b[11 * bWidth4]);
+        acc.Fma(a[12 * aWidth4], b[12 * bWidth4]);
+        acc.Fma(a[13 * aWidth4], b[13 * bWidth4]);
+        acc.Fma(a[14 * aWidth4], b[14 * bWidth4]);
+        acc.Fma(a[15 * aWidth4], b[15 * bWidth4]);
+    }
+
+    /// <summary>Element (r, d) of a dO tile from row0 (the context gradient, [B, S, NH·HD]); zero past the sequence or the head.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float DoElement(ArrayView<float> dContext, AttentionShape a, int b, int h, int i, int d) =>
+        i < a.SeqLen && d < a.HeadDim ? dContext[a.Ctx(b, i, h, d)] : 0f;
+
+    /// <summary>The group loads rows row0.. of dO d-major into [HD][rows].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadDoTransposed(ArrayView<float> dContext, ArrayView<float> dOT, AttentionShape a, int b, int h, int row0, int rows, int t)
+    {
+        for (int e = t; e < rows * FlashHd; e += FlashGroup)
+            dOT[(e % FlashHd) * rows + e / FlashHd] = DoElement(dContext, a, b, h, row0 + e / FlashHd, e % FlashHd);
+    }
+
+    /// <summary>The group loads rows row0.. of dO row-major into [rows][HD].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadDoRows(ArrayView<float> dContext, ArrayView<float> dO, AttentionShape a, int b, int h, int row0, int rows, int t)
+    {
+        for (int e = t; e < rows * FlashHd; e += FlashGroup)
+            dO[e] = DoElement(dContext, a, b, h, row0 + e / FlashHd, e % FlashHd);
+    }
+
+    /// <summary>The group loads rows row0.. of one part row-major into [rows][HD] (as float4s).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadRows(ArrayView<float> head, ArrayView<Float4> head4, ArrayView<Float4> tile4, AttentionShape a, int part, int row0, int rows, int t)
+    {
+        for (int e = t; e < rows * (FlashHd / 4); e += FlashGroup)
+            tile4[e] = QkvChunk(head, head4, a, row0 + (e >> 4), part, (e & 15) * 4);
+    }
+
+    /// <summary>Row i's elements d..d+3 of one part of dQkv (those inside the head), scaled.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreGradient(ArrayView<float> dQkv, AttentionShape a, int b, int i, int part, int h, int d, Float4 v, float scale)
+    {
+        if (i >= a.SeqLen) return;
+        long off = a.Qkv(b, i, part, h, 0);
+        if (d < a.HeadDim) dQkv[off + d] = v.X * scale;
+        if (d + 1 < a.HeadDim) dQkv[off + d + 1] = v.Y * scale;
+        if (d + 2 < a.HeadDim) dQkv[off + d + 2] = v.Z * scale;
+        if (d + 3 < a.HeadDim) dQkv[off + d + 3] = v.W * scale;
+    }
+
+    /// <summary>dK and dV of 32 keys (FlashAttention-2 grade; see above), looping over the queries 16 at a time.</summary>
+    [GpuGroup(FlashGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void FlashDkDvKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dRow,
+        ArrayView<float> dContext, ArrayView<float> dQkv, AttentionShape a)
+    {
+        var shared = SharedMemory.Allocate<float>(DkvSharedFlash);
+        var kT = shared.SubView(0, FlashHd * BwdBlock);                                   // K [d][key]
+        var vT = shared.SubView(FlashHd * BwdBlock, FlashHd * BwdBlock);                  // V [d][key]
+        int o = 2 * FlashHd * BwdBlock;
+        var qT = shared.SubView(o, FlashHd * BwdStream);                                  // Q [d][query]
+        var q = shared.SubView(o + FlashHd * BwdStream, BwdStream * FlashHd);             // Q [query][d]
+        var dOT = shared.SubView(o + 2 * FlashHd * BwdStream, FlashHd * BwdStream);       // dO [d][query]
+        var dO = shared.SubView(o + 3 * FlashHd * BwdStream, BwdStream * FlashHd);        // dO [query][d]
+        o += 4 * FlashHd * BwdStream;
+        var pd = shared.SubView(o, BwdStream * BwdBlock);                                 // P·keep [query][key]
+        var ds = shared.SubView(o + BwdStream * BwdBlock, BwdStream * BwdBlock);          // dS [query][key]
+        var rowLse = shared.SubView(o + 2 * BwdStream * BwdBlock, BwdStream);
+        var rowD = shared.SubView(o + 2 * BwdStream * BwdBlock + BwdStream, BwdStream);
+        int t = Group.IdxX, j0 = Grid.IdxX * BwdBlock, h = Grid.IdxY, b = Grid.IdxZ;
+        int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
+        long headOff = a.Qkv(b, 0, 0, h, 0);
+        var head = qkv.SubView(headOff, qkv.Length - headOff);
+        var qkv4 = qkv.Cast<Float4>();
+        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
+        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        // Scores: this thread's 4 keys (kg) against one query (qi). Accumulators: 4 keys (kr) × 4 head elements (dc).
+        int kg = t & 7, qi = t >> 3, kr = t >> 4, dc = t & 15;
+        int j = j0 + kg * 4;
+
+        LoadTransposed(head, head4, kT, a, 1, j0, BwdBlock, t);
+        LoadTransposed(head, head4, vT, a, 2, j0, BwdBlock, t);
+        var kinds = a.KeyKinds4(mask, b, j);
+        var dk = new Acc4x4();
+        var dv = new Acc4x4();
+        for (int i0 = 0; i0 < s; i0 += BwdStream)
+        {
+            Group.Barrier(); // the previous tile's readers are done
+            LoadTransposed(head, head4, qT, a, 0, i0, BwdStream, t);
+            LoadRows(head, head4, q.Cast<Float4>(), a, 0, i0, BwdStream, t);
+            LoadDoTransposed(dContext, dOT, a, b, h, i0, BwdStream, t);
+            LoadDoRows(dContext, dO, a, b, h, i0, BwdStream, t);
+            if (t < BwdStream)
+            {
+                int i = i0 + t;
+                rowLse[t] = i < s ? lse[a.Row(b, h, i)] : float.PositiveInfinity;
+                rowD[t] = i < s ? dRow[a.Row(b, h, i)] : 0f;
+            }
+            Group.Barrier();
+
+            int iq = i0 + qi;
+            var sc = Strip(kT.Cast<Float4>(), BwdBlock, kg, qT, BwdStream, qi, hd8);
+            var dp = Strip(vT.Cast<Float4>(), BwdBlock, kg, dOT, BwdStream, qi, hd8);
+            // P, then Pd = P·keep and dP = (dO·Vᵀ)·keep; dS = P·(dP − D) takes the undropped P.
+            var p = Exp(MaskRow(sc, a.Scale, AttentionShape.Visible4(kinds, iq, j)), rowLse[qi]);
+            var pDropped = p;
+            if (a.DropoutP > 0f)
+            {
+                var keep = Keeps(a, b, h, iq, j);
+                pDropped = Mul(p, keep);
+                dp = Mul(dp, keep);
+            }
+            float dRowI = rowD[qi];
+            pd.Cast<Float4>()[qi * (BwdBlock / 4) + kg] = pDropped;
+            ds.Cast<Float4>()[qi * (BwdBlock / 4) + kg] = new Float4(p.X * (dp.X - dRowI), p.Y * (dp.Y - dRowI), p.Z * (dp.Z - dRowI), p.W * (dp.W - dRowI));
+            Group.Barrier();
+
+            Outer16(ref dv, pd.Cast<Float4>(), BwdBlock / 4, kr, dO.Cast<Float4>(), FlashHd / 4, dc);
+            Outer16(ref dk, ds.Cast<Float4>(), BwdBlock / 4, kr, q.Cast<Float4>(), FlashHd / 4, dc);
+        }
+        for (int x = 0; x < 4; x++)
+        {
+            StoreGradient(dQkv, a, b, j0 + kr * 4 + x, 1, h, dc * 4, dk.Row(x), a.Scale);
+            StoreGradient(dQkv, a, b, j0 + kr * 4 + x, 2, h, dc * 4, dv.Row(x), 1f);
+        }
+    }
+
+    /// <summary>dS of the thread's 4 queries (from i) against key j0 + kc, into dsT [key][query].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void DsColumn(ArrayView<float> qT, ArrayView<float> dOT, ArrayView<float> kT, ArrayView<float> vT, ArrayView<float> dsT,
+        ArrayView<int> mask, ArrayView<float> rowLse, ArrayView<float> rowD, AttentionShape a, int b, int h, int i, int j0, int kc, int qg, int hd8)
+    {
+        int s = a.SeqLen, jk = j0 + kc;
+        float kind = jk < s ? (a.HasMask == 0 ? 1f : mask[(long)b * s + jk]) : 0f;
+        var sc = Strip(qT.Cast<Float4>(), BwdBlock, qg, kT, DqStream, kc, hd8);
+        var dp = Strip(dOT.Cast<Float4>(), BwdBlock, qg, vT, DqStream, kc, hd8);
+        var ds4 = default(Float4);
+        for (int x = 0; x < 4; x++)
+        {
+            int iq = i + x;
+            bool seen = kind != 0f && (kind != AttentionShape.CausalKey || jk <= iq);
+            float p = seen ? MathF.Exp(sc[x] * a.Scale - rowLse[qg * 4 + x]) : 0f;
+            float dpx = a.DropoutP > 0f ? dp[x] * a.Keep(b, h, iq, jk) : dp[x];
+            ds4 = ds4.With(x, p * (dpx - rowD[qg * 4 + x]));
+        }
+        dsT.Cast<Float4>()[kc * (BwdBlock / 4) + qg] = ds4;
+    }
+
+    /// <summary>dQ of 32 queries (FlashAttention-2 grade; see above), looping over the keys 32 at a time.</summary>
+    [GpuGroup(FlashGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void FlashDqKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dRow,
+        ArrayView<float> dContext, ArrayView<float> dQkv, AttentionShape a)
+    {
+        var shared = SharedMemory.Allocate<float>(DqSharedFlash);
+        var qT = shared.SubView(0, FlashHd * BwdBlock);                                   // Q [d][query]
+        var dOT = shared.SubView(FlashHd * BwdBlock, FlashHd * BwdBlock);                 // dO [d][query]
+        int o = 2 * FlashHd * BwdBlock;
+        var kT = shared.SubView(o, FlashHd * DqStream);                                   // K [d][key]
+        var vT = shared.SubView(o + FlashHd * DqStream, FlashHd * DqStream);              // V [d][key]
+        var k = shared.SubView(o + 2 * FlashHd * DqStream, DqStream * FlashHd);           // K [key][d]
+        o += 3 * FlashHd * DqStream;
+        var dsT = shared.SubView(o, DqStream * BwdBlock);                                 // dS [key][query]
+        var rowLse = shared.SubView(o + DqStream * BwdBlock, BwdBlock);
+        var rowD = shared.SubView(o + DqStream * BwdBlock + BwdBlock, BwdBlock);
+        int t = Group.IdxX, i0 = Grid.IdxX * BwdBlock, h = Grid.IdxY, b = Grid.IdxZ;
+        int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
+        long headOff = a.Qkv(b, 0, 0, h, 0);
+        var head = qkv.SubView(headOff, qkv.Length - headOff);
+        var qkv4 = qkv.Cast<Float4>();
+        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
+        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        // Scores: this thread's 4 queries (qg) against keys kc and kc + 16. Accumulator: 4 queries (qr) × 4 head elements (dc).
+        int qg = t & 7, kc = t >> 3, qr = t >> 4, dc = t & 15;
+        int i = i0 + qg * 4;
+
+        LoadTransposed(head, head4, qT, a, 0, i0, BwdBlock, t);
+        LoadDoTransposed(dContext, dOT, a, b, h, i0, BwdBlock, t);
+        if (t < BwdBlock)
+        {
+            int r = i0 + t;
+            rowLse[t] = r < s ? lse[a.Row(b, h, r)] : float.PositiveInfinity;
+            rowD[t] = r < s ? dRow[a.Row(b, h, r)] : 0f;
+        }
+        var dq = new Acc4x4();
+        for (int j0 = 0; j0 < s; j0 += DqStream)
+        {
+            Group.Barrier();
+            LoadTransposed(head, head4, kT, a, 1, j0, DqStream, t);
+            LoadTransposed(head, head4, vT, a, 2, j0, DqStream, t);
+            LoadRows(head, head4, k.Cast<Float4>(), a, 1, j0, DqStream, t);
+            Group.Barrier();
+
+            for (int key = kc; key < DqStream; key += 16) // a loop, not two copies: one Philox in the kernel
+                DsColumn(qT, dOT, kT, vT, dsT, mask, rowLse, rowD, a, b, h, i, j0, key, qg, hd8);
+            Group.Barrier();
+
+            Outer16(ref dq, dsT.Cast<Float4>(), BwdBlock / 4, qr, k.Cast<Float4>(), FlashHd / 4, dc);
+            Outer16(ref dq, dsT.Cast<Float4>().SubView(16 * (BwdBlock / 4), 16 * (BwdBlock / 4)), BwdBlock / 4, qr,
+                k.Cast<Float4>().SubView(16 * (FlashHd / 4), 16 * (FlashHd / 4)), FlashHd / 4, dc);
+        }
+        for (int x = 0; x < 4; x++)
+            StoreGradient(dQkv, a, b, i0 + qr * 4 + x, 0, h, dc * 4, dq.Row(x), a.Scale);
     }
 
     /// <summary>Scores of keys a query does not see → −∞ (the materialised path's mask, before softmax).</summary>

@@ -190,6 +190,29 @@ public class AttentionTests
         CheckBackward(Devices.Get(device), a, PaddingMask(3, 19, [19, 7, 0]), new Random(hd * 7 + (int)(dropout * 100)));
     }
 
+    public static TheoryData<string, int, int> LongBackwardCases()
+    {
+        var data = new TheoryData<string, int, int>();
+        foreach (var dev in Devices.Names)
+            foreach (var (s, hd) in new[] { (37, 61), (130, 64) }) // several 32-row blocks and 16/32-row streams, each with a tail; HD 61 not a multiple of 4
+                data.Add(dev, s, hd);
+        return data;
+    }
+
+    /// <summary>
+    /// Sequences longer than one block of the backward kernels (32 keys or queries per group, the other
+    /// side streamed 16 or 32 at a time), with tails, dropout and a causal (prefix) mask: every block's
+    /// share of dK, dV and dQ must be there, and the padded rows must add nothing.
+    /// </summary>
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(LongBackwardCases))]
+    public void Backward_over_several_blocks_matches_finite_differences(string device, int s, int hd)
+    {
+        var a = AttentionShape.Create(3, s, 2, hd, 0.15f, new DropoutKey(21, 4, 9));
+        CheckBackward(Devices.Get(device), a, PrefixMask(s, [s, s - 9, 0], [s / 3, s / 2, 0]), new Random(s + hd));
+    }
+
     /// <summary>
     /// Rows of 16 keys or more take the host's sixteen-blocks-at-a-time Philox from their first whole
     /// group of four, 16 keys at a time, and draw the keys before and after one at a time (S = 132

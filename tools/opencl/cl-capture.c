@@ -17,8 +17,8 @@
 //    its buffers, then the original; every buffer must come out bit for bit the same (CAPTURE_DIR/
 //    verify.log: one OK or MISMATCH line per launch).
 //
-// Which launches: per kernel, launches that differ in shape or scalar arguments, up to
-// CAPTURE_PER_KERNEL (default 4), and none whose buffers exceed CAPTURE_MAX_BYTES (default 4 MB) or
+// Which launches: per kernel (by its name, across the contexts the tests create), launches that differ
+// in shape or scalar arguments, the first CAPTURE_PER_KERNEL (default 4) of them, and none whose buffers exceed CAPTURE_MAX_BYTES (default 4 MB) or
 // whose work-items exceed CAPTURE_MAX_ITEMS (default 65536): Oclgrind interprets every instruction.
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -44,13 +44,16 @@ typedef void *cl_context, *cl_device_id, *cl_program, *cl_kernel, *cl_mem, *cl_c
 
 struct program { cl_program id; cl_context context; cl_device_id device; char *source; char *options; int file; cl_program rewritten; };
 struct arg { size_t size; unsigned char *value; int set; };
-struct kernel { cl_kernel id; cl_program program; char *name; char *label; struct arg args[MAX_ARGS]; int count; uint64_t signatures[MAX_SIGNATURES]; int captured; };
+struct kernel { cl_kernel id; cl_program program; char *name; char *label; struct arg args[MAX_ARGS]; int count; };
+// What was captured of each kernel (by label, across the contexts and kernel objects the tests create).
+struct captured { char *label; uint64_t signatures[MAX_SIGNATURES]; int count; };
 struct buffer { cl_mem id; size_t size; };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct program *programs; static int numPrograms, capPrograms;
 static struct kernel *kernels; static int numKernels, capKernels;
 static struct buffer *buffers; static int numBuffers, capBuffers;
+static struct captured *seen; static int numSeen, capSeen;
 static int launches, programFiles;
 
 static void *real(const char *name)
@@ -419,15 +422,23 @@ cl_int clEnqueueNDRangeKernel(cl_command_queue queue, cl_kernel id, cl_uint dims
             else signature = hash(signature, a->value ? (void *)a->value : (void *)&a->size, a->value ? a->size : sizeof a->size);
         }
     }
-    int wanted = p && k->captured < setting("CAPTURE_PER_KERNEL", 4) && k->captured < MAX_SIGNATURES
+    struct captured *c = NULL;
+    for (int i = 0; p && i < numSeen && !c; i++) if (!strcmp(seen[i].label, k->label)) c = &seen[i];
+    if (p && !c)
+    {
+        GROW(seen, numSeen, capSeen);
+        c = &seen[numSeen++];
+        *c = (struct captured){ .label = strdup(k->label) };
+    }
+    int wanted = p && c->count < setting("CAPTURE_PER_KERNEL", 4) && c->count < MAX_SIGNATURES
         && bytes <= (size_t)setting("CAPTURE_MAX_BYTES", 4 << 20) && items <= (size_t)setting("CAPTURE_MAX_ITEMS", 65536);
-    for (int s = 0; wanted && s < k->captured; s++) if (k->signatures[s] == signature) wanted = 0;
+    for (int s = 0; wanted && s < c->count; s++) if (c->signatures[s] == signature) wanted = 0;
     if (!wanted)
     {
         pthread_mutex_unlock(&lock);
         return real_clEnqueueNDRangeKernel(queue, id, dims, offset, global, local, numEvents, events, event);
     }
-    k->signatures[k->captured++] = signature;
+    c->signatures[c->count++] = signature;
     int launch = launches++;
     real_clFinish(queue);  // the queue is in order: finishing it makes every buffer what this launch sees
     unsigned char *inputs[MAX_ARGS] = { 0 };
