@@ -21,7 +21,7 @@
 // and a score tile live in static shared memory (≤ 42 KB, sized for HD = 128); the online softmax rescales the
 // running output by exp(m_old − m_new) per key tile. Backward is two deterministic kernels (dK, dV
 // per key tile looping over queries; dQ per query tile looping over keys) after a row-wise
-// D = rowsum(dO ⊙ O): no atomics. On the CPU accelerator the same math runs as host SIMD code
+// D = rowsum(dO ⊙ O): no atomics; for HD ≤ 64 both are register-tiled (FlashDkDvKernel, FlashDqKernel). On the CPU accelerator the same math runs as host SIMD code
 // (HostAttention), row by row, with O(S) memory per core.
 using System.Runtime.CompilerServices;
 using ILGPU;

@@ -344,14 +344,7 @@ public sealed class GemmKernels
         a = a.SubView(batch * p.StrideA, a.Length - batch * p.StrideA);
         b = b.SubView(batch * p.StrideB, b.Length - batch * p.StrideB);
 
-        // A slice holds 256 chunks of four consecutive elements of each operand, one per thread. Of a
-        // k-contiguous operand (A not transposed, B transposed) that is row tid/2 at k-quad tid%2,
-        // stored transposed; of an m- (n-) contiguous one, k-row tid/32 at quad tid%32, stored as is.
-        bool aK = p.TransA == 0, bK = p.TransB != 0;
-        int aR = aK ? m0 + (tid >> 1) : tid >> 5, aC = aK ? (tid & 1) * 4 : m0 + (tid & 31) * 4;
-        int bR = bK ? n0 + (tid >> 1) : tid >> 5, bC = bK ? (tid & 1) * 4 : n0 + (tid & 31) * 4;
-        int aRows = aK ? p.M : p.K, aCols = aK ? p.K : p.M;
-        int bRows = bK ? p.N : p.K, bCols = bK ? p.K : p.N;
+        var chunks = new SliceChunks128(p, tid, m0, n0);
 
         var acc = new Acc8x8();
         int slices = (p.K + BigK - 1) / BigK;
@@ -364,15 +357,15 @@ public sealed class GemmKernels
             int buf = s & 1;
             if (s >= 0)
             {
-                StoreSlice(aTile, aS, aK, buf * BigK, BigM, tid, ra);
-                StoreSlice(bTile, bS, bK, buf * BigK, BigN, tid, rb);
+                StoreSlice(aTile, aS, chunks.AK, buf * BigK, BigM, tid, ra);
+                StoreSlice(bTile, bS, chunks.BK, buf * BigK, BigN, tid, rb);
                 Group.Barrier();
             }
             if (s + 1 < slices)
             {
                 int k1 = (s + 1) * BigK;
-                ra = LoadChunk(a, a4, p.VecA, aK ? aR : aR + k1, aRows, aK ? aC + k1 : aC, aCols, p.Lda);
-                rb = LoadChunk(b, b4, p.VecB, bK ? bR : bR + k1, bRows, bK ? bC + k1 : bC, bCols, p.Ldb);
+                ra = chunks.FetchA(a, a4, p, k1);
+                rb = chunks.FetchB(b, b4, p, k1);
             }
             if (s < 0)
                 continue;
@@ -408,6 +401,44 @@ public sealed class GemmKernels
         if (output.HasFinish)
             for (int i = 0; i < 8; i++)
                 output.Finish(c, c4, y, p, m0 + (i >> 2) * 64 + ty * 4 + (i & 3), colLo, colHi, biasLo, biasHi);
+    }
+
+    /// <summary>
+    /// Which chunk of each operand's 8-deep, 128-wide K slice a thread of a 256-thread group fetches
+    /// (Tile128Kernel, Tf32Kernel). A slice holds 256 chunks of four consecutive elements of each
+    /// operand, one per thread. Of a k-contiguous operand (A not transposed, B transposed) that is row
+    /// tid/2 at k-quad tid%2, stored transposed; of an m- (n-) contiguous one, k-row tid/32 at quad
+    /// tid%32, stored as is.
+    /// </summary>
+    private readonly struct SliceChunks128
+    {
+        public readonly bool AK, BK;
+        private readonly int aR, aC, bR, bC, aRows, aCols, bRows, bCols;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public SliceChunks128(GemmArgs p, int tid, int m0, int n0)
+        {
+            AK = p.TransA == 0;
+            BK = p.TransB != 0;
+            aR = AK ? m0 + (tid >> 1) : tid >> 5;
+            aC = AK ? (tid & 1) * 4 : m0 + (tid & 31) * 4;
+            bR = BK ? n0 + (tid >> 1) : tid >> 5;
+            bC = BK ? (tid & 1) * 4 : n0 + (tid & 31) * 4;
+            aRows = AK ? p.M : p.K;
+            aCols = AK ? p.K : p.M;
+            bRows = BK ? p.N : p.K;
+            bCols = BK ? p.K : p.N;
+        }
+
+        /// <summary>This thread's chunk of A's slice from k1.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Float4 FetchA(ArrayView<float> a, ArrayView<Float4> a4, GemmArgs p, int k1) =>
+            LoadChunk(a, a4, p.VecA, AK ? aR : aR + k1, aRows, AK ? aC + k1 : aC, aCols, p.Lda);
+
+        /// <summary>This thread's chunk of B's slice from k1.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Float4 FetchB(ArrayView<float> b, ArrayView<Float4> b4, GemmArgs p, int k1) =>
+            LoadChunk(b, b4, p.VecB, BK ? bR : bR + k1, bRows, BK ? bC + k1 : bC, bCols, p.Ldb);
     }
 
     /// <summary>
@@ -456,12 +487,7 @@ public sealed class GemmKernels
         a = a.SubView(batch * p.StrideA, a.Length - batch * p.StrideA);
         b = b.SubView(batch * p.StrideB, b.Length - batch * p.StrideB);
 
-        // The same chunks per thread as Tile128Kernel.
-        bool aK = p.TransA == 0, bK = p.TransB != 0;
-        int aR = aK ? m0 + (tid >> 1) : tid >> 5, aC = aK ? (tid & 1) * 4 : m0 + (tid & 31) * 4;
-        int bR = bK ? n0 + (tid >> 1) : tid >> 5, bC = bK ? (tid & 1) * 4 : n0 + (tid & 31) * 4;
-        int aRows = aK ? p.M : p.K, aCols = aK ? p.K : p.M;
-        int bRows = bK ? p.N : p.K, bCols = bK ? p.K : p.N;
+        var chunks = new SliceChunks128(p, tid, m0, n0); // the same chunks per thread as Tile128Kernel
 
         Frag4 c00 = default, c01 = default, c02 = default, c03 = default, c10 = default, c11 = default, c12 = default, c13 = default;
         Frag4 c20 = default, c21 = default, c22 = default, c23 = default, c30 = default, c31 = default, c32 = default, c33 = default;
@@ -472,15 +498,15 @@ public sealed class GemmKernels
             int buf = s & 1;
             if (s >= 0)
             {
-                StoreSlice(aTile, aS, aK, buf * BigK, Tf32Ld, tid, Tf32(ra));
-                StoreSlice(bTile, bS, bK, buf * BigK, Tf32Ld, tid, Tf32(rb));
+                StoreSlice(aTile, aS, chunks.AK, buf * BigK, Tf32Ld, tid, Tf32(ra));
+                StoreSlice(bTile, bS, chunks.BK, buf * BigK, Tf32Ld, tid, Tf32(rb));
                 Group.Barrier();
             }
             if (s + 1 < slices)
             {
                 int k1 = (s + 1) * BigK;
-                ra = LoadChunk(a, a4, p.VecA, aK ? aR : aR + k1, aRows, aK ? aC + k1 : aC, aCols, p.Lda);
-                rb = LoadChunk(b, b4, p.VecB, bK ? bR : bR + k1, bRows, bK ? bC + k1 : bC, bCols, p.Ldb);
+                ra = chunks.FetchA(a, a4, p, k1);
+                rb = chunks.FetchB(b, b4, p, k1);
             }
             if (s < 0)
                 continue;

@@ -19,7 +19,7 @@ public class PtxasTests
         return data;
     }
 
-    private static string Ptxas()
+    internal static string Ptxas()
     {
         string? ptxas = SassReport.FindPtxas();
         if (ptxas is null)

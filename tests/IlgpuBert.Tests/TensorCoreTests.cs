@@ -33,17 +33,6 @@ public class TensorCoreTests
         Assert.Equal(float.PositiveInfinity, TensorCores.RoundTf32(float.PositiveInfinity));
     }
 
-    private static string Ptxas()
-    {
-        string? ptxas = SassReport.FindPtxas();
-        if (ptxas is null)
-        {
-            Assert.False(Environment.GetEnvironmentVariable("ILGPU_BERT_REQUIRE_PTXAS") == "1", "ptxas is required but not found (tools/cuda/ptxas.sh)");
-            Assert.Skip("ptxas not found: run tools/cuda/ptxas.sh (no GPU needed)");
-        }
-        return ptxas;
-    }
-
     public static TheoryData<string> Architectures => new(SassReport.Architectures);
 
     [Theory]
@@ -55,7 +44,7 @@ public class TensorCoreTests
         Assert.DoesNotContain(TensorCores.PseudoMma, ptx);
         Assert.DoesNotContain(".local", ptx);
         Assert.Equal(16, ptx.Split('\n').Count(l => l.TrimStart().StartsWith("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", StringComparison.Ordinal)));
-        var code = SassReport.Assemble("Gemm.Tf32Kernel", method, arch, Ptxas());
+        var code = SassReport.Assemble("Gemm.Tf32Kernel", method, arch, PtxasTests.Ptxas());
         Assert.True(code.Hmma >= 16, $"{arch}: {code.Hmma} HMMA instructions");
         Assert.Equal(0, code.LocalAccesses);
         Assert.Equal(0, code.StackBytes);
