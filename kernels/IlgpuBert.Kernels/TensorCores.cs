@@ -50,11 +50,11 @@ public static class TensorCores
         if (CudaAsm.IsSupported)
         {
             CudaAsm.Emit("cvt.rna.tf32.f32 %0, %1;", out uint r, x);
-            return Interop.IntAsFloat(r);
+            return ILGPU.Interop.IntAsFloat(r);
         }
-        uint bits = Interop.FloatAsInt(x);
+        uint bits = ILGPU.Interop.FloatAsInt(x);
         if ((bits & 0x7F800000u) == 0x7F800000u) return x; // infinity and NaN pass through
-        return Interop.IntAsFloat((bits + 0x1000u) & 0xFFFFE000u);
+        return ILGPU.Interop.IntAsFloat((bits + 0x1000u) & 0xFFFFE000u);
     }
 
     /// <summary>
@@ -67,8 +67,8 @@ public static class TensorCores
     {
         if (CudaAsm.IsSupported)
         {
-            uint a0 = Interop.FloatAsInt(a.X), a1 = Interop.FloatAsInt(a.Y), a2 = Interop.FloatAsInt(a.Z), a3 = Interop.FloatAsInt(a.W);
-            uint b0 = Interop.FloatAsInt(b.X), b1 = Interop.FloatAsInt(b.Y);
+            uint a0 = ILGPU.Interop.FloatAsInt(a.X), a1 = ILGPU.Interop.FloatAsInt(a.Y), a2 = ILGPU.Interop.FloatAsInt(a.Z), a3 = ILGPU.Interop.FloatAsInt(a.W);
+            uint b0 = ILGPU.Interop.FloatAsInt(b.X), b1 = ILGPU.Interop.FloatAsInt(b.Y);
             CudaAsm.Emit("ilgpubert.mma.m16n8k8.tf32.part0 %0, %1, %2, %3, %4, %5, %6, %7;", out float d0, a0, a1, a2, a3, b0, b1, c.X);
             CudaAsm.Emit("ilgpubert.mma.m16n8k8.tf32.part1 %0, %1, %2, %3, %4, %5, %6, %7;", out float d1, a0, a1, a2, a3, b0, b1, c.Y);
             CudaAsm.Emit("ilgpubert.mma.m16n8k8.tf32.part2 %0, %1, %2, %3, %4, %5, %6, %7;", out float d2, a0, a1, a2, a3, b0, b1, c.Z);
