@@ -17,9 +17,9 @@
 // Dropout draws element ((b·NH + h)·S + i)·S + j of Philox (see Dropout.cs): the same bits the
 // materialised path's dropout kernel draws for a [B, NH, S, S] buffer, regenerated in backward.
 //
-// GPU kernels: one group per (query tile, head, sequence); tiles of Q, K, V, the running output
-// and a score tile live in static shared memory (≤ 42 KB, sized for HD = 128); the online softmax rescales the
-// running output by exp(m_old − m_new) per key tile. Backward is two deterministic kernels (dK, dV
+// GPU kernels: one group per (query tile, head, sequence); register tiles of scores and output, with
+// tiles of Q, K and V in static shared memory (≤ 45 KB); the online softmax rescales the running output
+// by exp(m_old − m_new) per key tile (FlashForwardKernel for HD ≤ 64, FlashWideForwardKernel up to 128). Backward is two deterministic kernels (dK, dV
 // per key tile looping over queries; dQ per query tile looping over keys) after a row-wise
 // D = rowsum(dO ⊙ O): no atomics; for HD ≤ 64 both are register-tiled (FlashDkDvKernel, FlashDqKernel). On the CPU accelerator the same math runs as host SIMD code
 // (HostAttention), row by row, with O(S) memory per core.
@@ -100,7 +100,7 @@ public struct AttentionShape
         KeyKind(mask, b, j + 2), KeyKind(mask, b, j + 3));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private readonly float KeyKind(ArrayView<int> mask, int b, int j) => j >= SeqLen ? 0f : HasMask == 0 ? 1f : mask[(long)b * SeqLen + j];
+    internal readonly float KeyKind(ArrayView<int> mask, int b, int j) => j >= SeqLen ? 0f : HasMask == 0 ? 1f : mask[(long)b * SeqLen + j];
 
     /// <summary>1 or 0 for keys j … j + 3 (of kinds <paramref name="kinds"/>) as seen by query i.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -108,23 +108,22 @@ public struct AttentionShape
         Visible(kinds.Z, i, j + 2), Visible(kinds.W, i, j + 3));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Visible(float kind, int i, int j) => kind != 0f && (kind != CausalKey || j <= i) ? 1f : 0f;
+    internal static float Visible(float kind, int i, int j) => kind != 0f && (kind != CausalKey || j <= i) ? 1f : 0f;
 }
 
 public sealed class AttentionKernels
 {
-    // Tile sizes (rows of queries / keys per shared-memory tile) of the three kernels.
-    internal const int FwdQ = 16, FwdK = 16, DkvK = 16, DkvQ = 8, DqQ = 16, DqK = 16;
+    // Tile sizes (rows of queries / keys per shared-memory tile) of the general backward kernels (HD > 64).
+    internal const int DkvK = 16, DkvQ = 8, DqQ = 16, DqK = 16;
 
     // Static shared memory of each kernel, sized for the largest head dim (≤ 42 KB at HD = 128, under
     // the 48 KB a CUDA group gets without opting in). Static, not dynamic: see GroupReduce.cs.
     private const int Hd = AttentionShape.MaxHeadDim;
-    internal const int FwdShared = 2 * FwdQ * Hd + 2 * FwdK * Hd + FwdQ * FwdK + 3 * FwdQ;
     internal const int DkvShared = 4 * DkvK * Hd + 2 * DkvQ * Hd + 2 * DkvQ * DkvK + 2 * DkvQ;
     internal const int DqShared = 3 * DqQ * Hd + 2 * DqK * Hd + DqQ * DqK + 2 * DqQ;
 
     private readonly KernelSet set;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> forward, flash;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> flash, wide;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> rowDot;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dKdV;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dQ, flashDkDv, flashDq;
@@ -133,7 +132,7 @@ public sealed class AttentionKernels
     internal AttentionKernels(KernelSet set)
     {
         this.set = set;
-        forward = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(ForwardKernel));
+        wide = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashWideForwardKernel));
         flash = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashForwardKernel));
         rowDot = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(RowDotKernel));
         dKdV = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DkDvKernel));
@@ -180,7 +179,11 @@ public sealed class AttentionKernels
                 qkv, m, context, lse, p, shape);
         }
         else
-            forward.Value(Config((shape.SeqLen + FwdQ - 1) / FwdQ, shape), qkv, m, context, lse, p, shape);
+        {
+            if (((IContiguousArrayView)context).Index % 4 != 0) shape.Vec = 0;
+            wide.Value(new KernelConfig(new Index3D((shape.SeqLen + WideQ - 1) / WideQ, shape.Heads, shape.Batch), new Index3D(FlashGroup, 1, 1)),
+                qkv, m, context, lse, p, shape);
+        }
     }
 
     /// <summary>
@@ -559,117 +562,171 @@ public sealed class AttentionKernels
         if (d + 3 < hd) context[off + 3] = v.W;
     }
 
-    [GpuGroup(AttentionKernels.GpuGroup)]
+    // FlashAttention-2's forward for head dims 65–128: the same online softmax as FlashForwardKernel,
+    // tiled for the wider head. A group of 128 threads owns 32 query rows; keys stream through shared
+    // memory 16 at a time. Thread t holds rows 4·(t/16)..+3: their scores against key t%16 of the tile
+    // (a 4-row strip), their output in head columns 4·(t%16)..+3 and 64 + 4·(t%16)..+3, and their
+    // running max and partial sum. A row's 16 threads agree on its max through shared memory once per
+    // tile; the partial sums are combined at the end. Shared memory, 36 KB: Q [HD][32] (transposed),
+    // K [HD][16] (transposed), V [16][HD], the tile's probabilities [16][32] and the row partials [32][16].
+    internal const int WideQ = 32, WideK = 16, WideHd = AttentionShape.MaxHeadDim;
+    private const int WideShared = WideHd * WideQ + WideHd * WideK + WideK * WideHd + WideK * WideQ + WideQ * WideK;
+
+    /// <summary>The group loads rows row0.. of one part transposed into tile [d][row] (width rows per d), for heads up to 128.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadTransposedWide(ArrayView<float> head, ArrayView<Float4> head4, ArrayView<float> tile, AttentionShape a,
+        int part, int row0, int rows, int t)
+    {
+        for (int e = t; e < rows * (WideHd / 4); e += FlashGroup)
+        {
+            int r = e >> 5, d = (e & 31) * 4;
+            var c = QkvChunk(head, head4, a, row0 + r, part, d);
+            tile[d * rows + r] = c.X;
+            tile[(d + 1) * rows + r] = c.Y;
+            tile[(d + 2) * rows + r] = c.Z;
+            tile[(d + 3) * rows + r] = c.W;
+        }
+    }
+
+    /// <summary>Scaled scores of rows x = 0..3 against one key, −∞ where the row does not see it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 MaskColumn(Float4 s, float scale, float kind, int i, int j) =>
+        new(AttentionShape.Visible(kind, i, j) != 0f ? s.X * scale : float.NegativeInfinity,
+            AttentionShape.Visible(kind, i + 1, j) != 0f ? s.Y * scale : float.NegativeInfinity,
+            AttentionShape.Visible(kind, i + 2, j) != 0f ? s.Z * scale : float.NegativeInfinity,
+            AttentionShape.Visible(kind, i + 3, j) != 0f ? s.W * scale : float.NegativeInfinity);
+
+    /// <summary>Max (or Σ) of a row's 16 partials in shared memory, in a fixed order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Reduce16(ArrayView<Float4> red4, int row, bool max)
+    {
+        var x = red4[row * 4];
+        var y = red4[row * 4 + 1];
+        var z = red4[row * 4 + 2];
+        var w = red4[row * 4 + 3];
+        return max ? MathF.Max(MathF.Max(Max4(x), Max4(y)), MathF.Max(Max4(z), Max4(w)))
+            : x.X + x.Y + x.Z + x.W + y.X + y.Y + y.Z + y.W + z.X + z.Y + z.Z + z.W + w.X + w.Y + w.Z + w.W;
+    }
+
+    [GpuGroup(FlashGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void ForwardKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> context, ArrayView<float> lse,
+    internal static void FlashWideForwardKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> context, ArrayView<float> lse,
         ArrayView<float> probs, AttentionShape a)
     {
-        var shared = SharedMemory.Allocate<float>(FwdShared);
-        int hd = a.HeadDim, s = a.SeqLen;
-        var q = shared.SubView(0, FwdQ * hd);            // [FwdQ, HD]
-        var o = shared.SubView(FwdQ * hd, FwdQ * hd);    // [FwdQ, HD] running, unnormalised output
-        var k = shared.SubView(2 * FwdQ * hd, FwdK * hd); // [FwdK, HD]
-        var v = shared.SubView(2 * FwdQ * hd + FwdK * hd, FwdK * hd);
-        int rest = 2 * FwdQ * hd + 2 * FwdK * hd;
-        var sc = shared.SubView(rest, FwdQ * FwdK);      // [FwdQ, FwdK] scores, then probabilities
-        var rowM = shared.SubView(rest + FwdQ * FwdK, FwdQ);
-        var rowL = shared.SubView(rest + FwdQ * FwdK + FwdQ, FwdQ);
-        var rowScale = shared.SubView(rest + FwdQ * FwdK + 2 * FwdQ, FwdQ);
-        int t = Group.IdxX, g = Group.DimX;
-        int i0 = Grid.IdxX * FwdQ, h = Grid.IdxY, b = Grid.IdxZ;
+        var shared = SharedMemory.Allocate<float>(WideShared);
+        var qT = shared.SubView(0, WideHd * WideQ);                                            // Q [d][row]
+        var kT = shared.SubView(WideHd * WideQ, WideHd * WideK);                               // K [d][key]
+        var v4 = shared.SubView(WideHd * (WideQ + WideK), WideK * WideHd).Cast<Float4>();      // V [key][d]
+        var pT4 = shared.SubView(WideHd * (WideQ + 2 * WideK), WideK * WideQ).Cast<Float4>();  // P [key][row]
+        var red = shared.SubView(WideHd * (WideQ + 2 * WideK) + WideK * WideQ, WideQ * WideK); // [row][16] partials
+        var red4 = red.Cast<Float4>();
+        int t = Group.IdxX, rg = t >> 4, cg = t & 15;
+        int i0 = Grid.IdxX * WideQ, h = Grid.IdxY, b = Grid.IdxZ;
+        int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
+        long headOff = a.Qkv(b, 0, 0, h, 0);
+        var head = qkv.SubView(headOff, qkv.Length - headOff);
+        var qkv4 = qkv.Cast<Float4>();
+        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
+        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        int row = rg * 4, i = i0 + row; // the thread's first row in the block, and in the sequence
 
-        LoadTile(qkv, q, a, b, h, 0, i0, FwdQ, t, g);
-        for (int e = t; e < FwdQ * hd; e += g) o[e] = 0f;
-        for (int r = t; r < FwdQ; r += g)
+        LoadTransposedWide(head, head4, qT, a, 0, i0, WideQ, t);
+        var m = new Float4(float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity);
+        var l = default(Float4);
+        var o = new Acc4x8();
+        for (int j0 = 0; j0 < s; j0 += WideK)
         {
-            rowM[r] = float.NegativeInfinity;
-            rowL[r] = 0f;
+            Group.Barrier(); // the previous tile's readers are done
+            LoadTransposedWide(head, head4, kT, a, 1, j0, WideK, t);
+            for (int e = t; e < WideK * (WideHd / 4); e += FlashGroup)
+                v4[e] = QkvChunk(head, head4, a, j0 + (e >> 5), 2, (e & 31) * 4);
+            Group.Barrier();
+
+            int j = j0 + cg;
+            float kind = a.KeyKind(mask, b, j);
+            var sc = MaskColumn(Strip(qT.Cast<Float4>(), WideQ, rg, kT, WideK, cg, hd8), a.Scale, kind, i, j);
+            red[(row + 0) * WideK + cg] = sc.X;
+            red[(row + 1) * WideK + cg] = sc.Y;
+            red[(row + 2) * WideK + cg] = sc.Z;
+            red[(row + 3) * WideK + cg] = sc.W;
+            Group.Barrier();
+
+            var mNew = m;
+            for (int x = 0; x < 4; x++)
+                mNew = mNew.With(x, MathF.Max(m[x], Reduce16(red4, row + x, true)));
+            var alpha = new Float4(Rescale(m.X, mNew.X), Rescale(m.Y, mNew.Y), Rescale(m.Z, mNew.Z), Rescale(m.W, mNew.W));
+            var p = new Float4(ExpOrZero(sc.X, mNew.X), ExpOrZero(sc.Y, mNew.Y), ExpOrZero(sc.Z, mNew.Z), ExpOrZero(sc.W, mNew.W));
+            l = new Float4(l.X * alpha.X + p.X, l.Y * alpha.Y + p.Y, l.Z * alpha.Z + p.Z, l.W * alpha.W + p.W);
+            m = mNew;
+            if (a.DropoutP > 0f)
+                for (int x = 0; x < 4; x++) // a loop, not four copies of Philox
+                    p = p.With(x, p[x] * a.Keep(b, h, i + x, j));
+            pT4[cg * (WideQ / 4) + rg] = p;
+            o.ScaleRows(alpha);
+            Group.Barrier();
+
+            var pk = pT4.SubView(rg, 15 * (WideQ / 4) + 1);
+            var vk = v4.SubView(cg, 15 * (WideHd / 4) + 17);
+            o.Fma(pk[0 * (WideQ / 4)], vk[0 * (WideHd / 4)], vk[0 * (WideHd / 4) + 16]);
+            o.Fma(pk[1 * (WideQ / 4)], vk[1 * (WideHd / 4)], vk[1 * (WideHd / 4) + 16]);
+            o.Fma(pk[2 * (WideQ / 4)], vk[2 * (WideHd / 4)], vk[2 * (WideHd / 4) + 16]);
+            o.Fma(pk[3 * (WideQ / 4)], vk[3 * (WideHd / 4)], vk[3 * (WideHd / 4) + 16]);
+            o.Fma(pk[4 * (WideQ / 4)], vk[4 * (WideHd / 4)], vk[4 * (WideHd / 4) + 16]);
+            o.Fma(pk[5 * (WideQ / 4)], vk[5 * (WideHd / 4)], vk[5 * (WideHd / 4) + 16]);
+            o.Fma(pk[6 * (WideQ / 4)], vk[6 * (WideHd / 4)], vk[6 * (WideHd / 4) + 16]);
+            o.Fma(pk[7 * (WideQ / 4)], vk[7 * (WideHd / 4)], vk[7 * (WideHd / 4) + 16]);
+            o.Fma(pk[8 * (WideQ / 4)], vk[8 * (WideHd / 4)], vk[8 * (WideHd / 4) + 16]);
+            o.Fma(pk[9 * (WideQ / 4)], vk[9 * (WideHd / 4)], vk[9 * (WideHd / 4) + 16]);
+            o.Fma(pk[10 * (WideQ / 4)], vk[10 * (WideHd / 4)], vk[10 * (WideHd / 4) + 16]);
+            o.Fma(pk[11 * (WideQ / 4)], vk[11 * (WideHd / 4)], vk[11 * (WideHd / 4) + 16]);
+            o.Fma(pk[12 * (WideQ / 4)], vk[12 * (WideHd / 4)], vk[12 * (WideHd / 4) + 16]);
+            o.Fma(pk[13 * (WideQ / 4)], vk[13 * (WideHd / 4)], vk[13 * (WideHd / 4) + 16]);
+            o.Fma(pk[14 * (WideQ / 4)], vk[14 * (WideHd / 4)], vk[14 * (WideHd / 4) + 16]);
+            o.Fma(pk[15 * (WideQ / 4)], vk[15 * (WideHd / 4)], vk[15 * (WideHd / 4) + 16]);
         }
+
+        // The rows' sums from their 16 partials, then context = O / l and lse = m + log l.
         Group.Barrier();
-
-        for (int j0 = 0; j0 < s; j0 += FwdK)
+        red[(row + 0) * WideK + cg] = l.X;
+        red[(row + 1) * WideK + cg] = l.Y;
+        red[(row + 2) * WideK + cg] = l.Z;
+        red[(row + 3) * WideK + cg] = l.W;
+        Group.Barrier();
+        var rowLse = default(Float4);
+        var context4 = context.Cast<Float4>();
+        for (int x = 0; x < 4; x++)
         {
-            LoadTile(qkv, k, a, b, h, 1, j0, FwdK, t, g);
-            LoadTile(qkv, v, a, b, h, 2, j0, FwdK, t, g);
-            Group.Barrier();
-            for (int e = t; e < FwdQ * FwdK; e += g)
-            {
-                int r = e / FwdK, c = e % FwdK, i = i0 + r, j = j0 + c;
-                sc[e] = i < s && j < s && a.Attends(mask, b, i, j) ? Dot(q, r * hd, k, c * hd, hd) * a.Scale : float.NegativeInfinity;
-            }
-            Group.Barrier();
-            for (int r = t; r < FwdQ; r += g)
-            {
-                float mOld = rowM[r], mNew = mOld;
-                for (int c = 0; c < FwdK; c++) mNew = MathF.Max(mNew, sc[r * FwdK + c]);
-                if (mNew == float.NegativeInfinity)
-                {
-                    // Nothing attended yet: probabilities 0, running output untouched.
-                    rowScale[r] = 1f;
-                    for (int c = 0; c < FwdK; c++) sc[r * FwdK + c] = 0f;
-                    continue;
-                }
-                float sum = 0f;
-                for (int c = 0; c < FwdK; c++)
-                {
-                    float p = MathF.Exp(sc[r * FwdK + c] - mNew);
-                    sum += p;
-                    sc[r * FwdK + c] = p * a.Keep(b, h, i0 + r, j0 + c);
-                }
-                float f = MathF.Exp(mOld - mNew);
-                rowScale[r] = f;
-                rowL[r] = rowL[r] * f + sum;
-                rowM[r] = mNew;
-            }
-            Group.Barrier();
-            for (int e = t; e < FwdQ * hd; e += g)
-            {
-                int r = e / hd, d = e % hd;
-                float acc = o[e] * rowScale[r];
-                for (int c = 0; c < FwdK; c++) acc += sc[r * FwdK + c] * v[c * hd + d];
-                o[e] = acc;
-            }
-            Group.Barrier();
-        }
-
-        for (int e = t; e < FwdQ * hd; e += g)
-        {
-            int r = e / hd, i = i0 + r;
-            if (i < s)
-            {
-                float l = rowL[r];
-                context[a.Ctx(b, i, h, e % hd)] = l > 0f ? o[e] / l : 0f;
-            }
-        }
-        for (int r = t; r < FwdQ; r += g)
-        {
-            int i = i0 + r;
-            if (i < s)
-                lse[a.Row(b, h, i)] = rowL[r] > 0f ? rowM[r] + MathF.Log(rowL[r]) : float.PositiveInfinity;
+            float sum = Reduce16(red4, row + x, false);
+            rowLse = rowLse.With(x, Lse(m[x], sum));
+            if (i + x >= s) continue;
+            float inv = sum > 0f ? 1f / sum : 0f;
+            o.Row(x, out var lo, out var hi);
+            StoreContext(context, context4, a, b, i + x, h, cg * 4, lo.Times(inv));
+            StoreContext(context, context4, a, b, i + x, h, 64 + cg * 4, hi.Times(inv));
+            if (cg == 0)
+                lse[a.Row(b, h, i + x)] = rowLse[x];
         }
         if (a.WriteProbs == 0)
             return;
 
-        // Probabilities on request: recompute each score tile and normalise it with the final lse.
-        Group.Barrier();
-        for (int r = t; r < FwdQ; r += g)
-            rowM[r] = rowL[r] > 0f ? rowM[r] + MathF.Log(rowL[r]) : float.PositiveInfinity;
-        for (int j0 = 0; j0 < s; j0 += FwdK)
+        // Probabilities on request: each key tile's scores again, normalised with the final lse.
+        for (int j0 = 0; j0 < s; j0 += WideK)
         {
             Group.Barrier();
-            LoadTile(qkv, k, a, b, h, 1, j0, FwdK, t, g);
+            LoadTransposedWide(head, head4, kT, a, 1, j0, WideK, t);
             Group.Barrier();
-            for (int e = t; e < FwdQ * FwdK; e += g)
-            {
-                int r = e / FwdK, c = e % FwdK, i = i0 + r, j = j0 + c;
-                if (i < s && j < s)
-                {
-                    float score = a.Attends(mask, b, i, j) ? Dot(q, r * hd, k, c * hd, hd) * a.Scale : float.NegativeInfinity;
-                    probs[a.Row(b, h, i) * s + j] = MathF.Exp(score - rowM[r]);
-                }
-            }
+            int j = j0 + cg;
+            if (j >= s) continue;
+            var sc = MaskColumn(Strip(qT.Cast<Float4>(), WideQ, rg, kT, WideK, cg, hd8), a.Scale, a.KeyKind(mask, b, j), i, j);
+            for (int x = 0; x < 4; x++)
+                if (i + x < s)
+                    probs[a.Row(b, h, i + x) * s + j] = ExpOrZero(sc[x], rowLse[x]);
         }
     }
+
+    /// <summary>exp(v − m), 0 for v = −∞ (and for every v when m = ±∞).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float ExpOrZero(float v, float m) => v == float.NegativeInfinity || float.IsInfinity(m) ? 0f : MathF.Exp(v - m);
 
     /// <summary>D[b, h, i] = Σ_d dO ⊙ O over head h of row i (FlashAttention-2's rowsum).</summary>
     [GpuGroup(KernelSet.GpuStrideGroup)]
