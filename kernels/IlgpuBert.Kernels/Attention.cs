@@ -322,14 +322,18 @@ public sealed class AttentionKernels
         return new Float4(head[off], d + 1 < hd ? head[off + 1] : 0f, d + 2 < hd ? head[off + 2] : 0f, d + 3 < hd ? head[off + 3] : 0f);
     }
 
-    /// <summary>The group loads rows row0.. of one part transposed into tile [d][row] (width rows per d).</summary>
+    /// <summary>
+    /// The group loads rows row0.. of one part transposed into tile [d][row] (width rows per d), for heads
+    /// up to 4·2^<paramref name="chunkBits"/> (4: 64, 5: 128; a shift, which stays a shift in the kernel, where
+    /// a division by a constant does not).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void LoadTransposed(ArrayView<float> head, ArrayView<Float4> head4, ArrayView<float> tile, AttentionShape a,
-        int part, int row0, int rows, int t)
+        int part, int row0, int rows, int t, int chunkBits = 4)
     {
-        for (int e = t; e < rows * (FlashHd / 4); e += FlashGroup)
+        for (int e = t; e < rows << chunkBits; e += FlashGroup)
         {
-            int r = e >> 4, d = (e & 15) * 4;
+            int r = e >> chunkBits, d = (e & ((1 << chunkBits) - 1)) * 4;
             var c = QkvChunk(head, head4, a, row0 + r, part, d);
             tile[d * rows + r] = c.X;
             tile[(d + 1) * rows + r] = c.Y;
@@ -572,22 +576,6 @@ public sealed class AttentionKernels
     internal const int WideQ = 32, WideK = 16, WideHd = AttentionShape.MaxHeadDim;
     private const int WideShared = WideHd * WideQ + WideHd * WideK + WideK * WideHd + WideK * WideQ + WideQ * WideK;
 
-    /// <summary>The group loads rows row0.. of one part transposed into tile [d][row] (width rows per d), for heads up to 128.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadTransposedWide(ArrayView<float> head, ArrayView<Float4> head4, ArrayView<float> tile, AttentionShape a,
-        int part, int row0, int rows, int t)
-    {
-        for (int e = t; e < rows * (WideHd / 4); e += FlashGroup)
-        {
-            int r = e >> 5, d = (e & 31) * 4;
-            var c = QkvChunk(head, head4, a, row0 + r, part, d);
-            tile[d * rows + r] = c.X;
-            tile[(d + 1) * rows + r] = c.Y;
-            tile[(d + 2) * rows + r] = c.Z;
-            tile[(d + 3) * rows + r] = c.W;
-        }
-    }
-
     /// <summary>Scaled scores of rows x = 0..3 against one key, −∞ where the row does not see it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Float4 MaskColumn(Float4 s, float scale, float kind, int i, int j) =>
@@ -630,14 +618,14 @@ public sealed class AttentionKernels
         var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
         int row = rg * 4, i = i0 + row; // the thread's first row in the block, and in the sequence
 
-        LoadTransposedWide(head, head4, qT, a, 0, i0, WideQ, t);
+        LoadTransposed(head, head4, qT, a, 0, i0, WideQ, t, chunkBits: 5);
         var m = new Float4(float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity);
         var l = default(Float4);
         var o = new Acc4x8();
         for (int j0 = 0; j0 < s; j0 += WideK)
         {
             Group.Barrier(); // the previous tile's readers are done
-            LoadTransposedWide(head, head4, kT, a, 1, j0, WideK, t);
+            LoadTransposed(head, head4, kT, a, 1, j0, WideK, t, chunkBits: 5);
             for (int e = t; e < WideK * (WideHd / 4); e += FlashGroup)
                 v4[e] = QkvChunk(head, head4, a, j0 + (e >> 5), 2, (e & 31) * 4);
             Group.Barrier();
@@ -713,7 +701,7 @@ public sealed class AttentionKernels
         for (int j0 = 0; j0 < s; j0 += WideK)
         {
             Group.Barrier();
-            LoadTransposedWide(head, head4, kT, a, 1, j0, WideK, t);
+            LoadTransposed(head, head4, kT, a, 1, j0, WideK, t, chunkBits: 5);
             Group.Barrier();
             int j = j0 + cg;
             if (j >= s) continue;
