@@ -198,13 +198,10 @@ public sealed class GemmKernels
     private void Launch(GemmArgs args, int batch, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
         ArrayView<float> bias, ArrayView<float> y, ActivationKind? act)
     {
-        var tile = ForceTile ?? ChooseTile(args.M, args.N, batch);
+        if (ForceTile == GemmTile.Tf32 && act is not null)
+            throw new ArgumentException("the TF32 tile has no fused activation: force Tile64 or Tile128 for ForwardActivation");
+        var tile = ForceTile ?? ChooseTile(args.M, args.N, batch, act is not null);
         var bias0 = args.HasBias != 0 ? bias : c;
-        if (tile == GemmTile.Tf32 && act is not null)
-        {
-            if (ForceTile is not null) throw new ArgumentException("the TF32 tile has no fused activation: force Tile64 or Tile128 for ForwardActivation");
-            tile = GemmTile.Tile128;
-        }
         if (tile == GemmTile.Tf32)
             tf32.Value(new KernelConfig(new Index3D((args.N + BigN - 1) / BigN, (args.M + BigM - 1) / BigM, batch), new Index3D(Threads, 1, 1)),
                 a, b, c, bias0, y, args);
@@ -222,12 +219,16 @@ public sealed class GemmKernels
         }
     }
 
-    /// <summary>128-tiles when both dimensions fill them and there are enough to occupy every multiprocessor.</summary>
-    private GemmTile ChooseTile(int m, int n, int batch)
+    /// <summary>
+    /// 128-tiles when both dimensions fill them and there are enough to occupy every multiprocessor: on
+    /// TF32 tensor cores where they are used, unless an activation is fused (the TF32 tile has none).
+    /// </summary>
+    private GemmTile ChooseTile(int m, int n, int batch, bool activated)
     {
         if (m <= ThinM || n <= ThinN) return GemmTile.Tile64;
         long tiles = (long)((m + BigM - 1) / BigM) * ((n + BigN - 1) / BigN) * batch;
-        return tiles < set.Accelerator.NumMultiprocessors ? GemmTile.Tile64 : UseTensorCores ? GemmTile.Tf32 : GemmTile.Tile128;
+        if (tiles < set.Accelerator.NumMultiprocessors) return GemmTile.Tile64;
+        return UseTensorCores && !activated ? GemmTile.Tf32 : GemmTile.Tile128;
     }
 
     /// <summary>

@@ -107,9 +107,7 @@ public sealed partial class KernelSet
         }
         var cl = (CLAccelerator)Accelerator;
         var compiled = (CLCompiledKernel)cl.Backend.Compile(entry, default);
-        // The first line names the kernel, for tools that see only the source (tools/opencl/cl-capture.c).
-        string source = $"{OpenCLSource.NameComment}{KernelName(method)}\n{OpenCLSource.FenceLocalMemory(compiled.Source)}";
-        var corrected = CompiledKernels.WithSource(compiled, source);
+        var corrected = CompiledKernels.WithSource(compiled, OpenCLSource.ForDevice(method, compiled.Source));
         return cl.LoadKernel(corrected).CreateLauncherDelegate<TDelegate>();
     }
 }
@@ -129,25 +127,24 @@ public static partial class OpenCLSource
     private static partial Regex AnyBarrier();
 
     /// <summary>
+    /// What an OpenCL device builds of a kernel: ILGPU's source with its barriers fenced, after a first
+    /// line naming the kernel, for tools that see only the source (tools/opencl/cl-capture.c).
+    /// </summary>
+    public static string ForDevice(MethodInfo kernel, string generated) =>
+        $"{NameComment}{KernelSet.KernelName(kernel)}\n{FenceLocalMemory(generated)}";
+
+    /// <summary>
     /// The source with every group barrier fencing local as well as global memory. Throws when a
     /// barrier of another form is left (a new ILGPU would need this reviewed, not silently passed).
     /// </summary>
     public static string FenceLocalMemory(string source)
     {
         string fenced = GlobalOnlyBarrier().Replace(source, LocalAndGlobal);
-        int barriers = AnyBarrier().Matches(fenced).Count, corrected = CountOf(fenced, LocalAndGlobal);
+        int barriers = AnyBarrier().Count(fenced), corrected = fenced.Split(LocalAndGlobal).Length - 1;
         if (barriers != corrected)
             throw new NotSupportedException($"the OpenCL C has {barriers - corrected} group barrier(s) of a form KernelLoading.cs does not know");
         return fenced;
     }
-
-    private static int CountOf(string text, string what)
-    {
-        int n = 0;
-        for (int i = text.IndexOf(what, StringComparison.Ordinal); i >= 0; i = text.IndexOf(what, i + what.Length, StringComparison.Ordinal)) n++;
-        return n;
-    }
-
 }
 
 /// <summary>A compiled kernel with other code: what ILGPU 1.5.3 keeps internal, reached by reflection.</summary>

@@ -34,8 +34,9 @@ public class CodegenTests
         return ((CLCompiledKernel)backend.Compile(Entry(kernel), default)).Source;
     }
 
-    /// <summary>The OpenCL C a device builds: ILGPU's, with the barrier corrected (KernelLoading.cs).</summary>
-    private static string LoadedOpenCL(string kernel) => OpenCLSource.FenceLocalMemory(GeneratedOpenCL(kernel));
+    /// <summary>The OpenCL C a device builds: ILGPU's, named and with the barrier corrected (KernelLoading.cs).</summary>
+    private static string LoadedOpenCL(string kernel) =>
+        OpenCLSource.ForDevice(KernelSet.EntryPoints().Single(e => e.Name == kernel).Method, GeneratedOpenCL(kernel));
 
     [Theory]
     [MemberData(nameof(OpenCLKernels))]

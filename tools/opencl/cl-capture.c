@@ -175,6 +175,7 @@ cl_int clBuildProgram(cl_program id, cl_uint numDevices, const cl_device_id *dev
     struct program *p = find_program(id);
     if (p)
     {
+        free(p->options);
         p->options = strdup(options ? options : "");
         p->device = numDevices > 0 ? devices[0] : NULL;
     }

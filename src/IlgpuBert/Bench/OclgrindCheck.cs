@@ -74,8 +74,8 @@ public static partial class OclgrindCheck
     }
 
     /// <summary>
-    /// What in Oclgrind's output is an error: everything but blank lines and clang's warnings (a
-    /// warning's line, the source excerpt under it and the "N warnings generated." summary).
+    /// What in Oclgrind's output is an error: every message (messages are separated by blank lines)
+    /// except clang's warnings, from a warning's first line through its "N warnings generated.".
     /// </summary>
     public static IReadOnlyList<string> Errors(string output)
     {
@@ -84,18 +84,20 @@ public static partial class OclgrindCheck
         bool inWarning = false;
         foreach (string raw in output.Split('\n'))
         {
-            string line = raw.TrimEnd('\r');
-            if (WarningStart().IsMatch(line)) { inWarning = true; continue; }
-            if (WarningsGenerated().IsMatch(line.Trim())) { inWarning = false; continue; }
-            if (inWarning && !line.StartsWith("input.cl:", StringComparison.Ordinal) && !(line.Length == 0 && current.Length > 0)) continue;
-            inWarning = false;
-            if (line.Trim().Length == 0)
+            string line = raw.Trim();
+            if (WarningStart().IsMatch(line)) inWarning = true;
+            if (inWarning)
             {
-                if (current.Length > 0) errors.Add(current.ToString().TrimEnd());
-                current.Clear();
+                inWarning = !WarningsGenerated().IsMatch(line);
                 continue;
             }
-            current.Append(line.Trim()).Append(' ');
+            if (line.Length > 0)
+            {
+                current.Append(line).Append(' ');
+                continue;
+            }
+            if (current.Length > 0) errors.Add(current.ToString().TrimEnd());
+            current.Clear();
         }
         if (current.Length > 0) errors.Add(current.ToString().TrimEnd());
         return errors;
