@@ -26,6 +26,8 @@ public class OclgrindCheckTests
     {
         Assert.Empty(OclgrindCheck.Errors(Warning));
         Assert.Empty(OclgrindCheck.Errors(""));
+        Assert.Empty(OclgrindCheck.Errors("1 warning generated.\n")); // all Oclgrind 21.10 prints of a build's warnings
+        Assert.Single(OclgrindCheck.Errors("2 warnings generated.\n" + Race.Split("\n\n\t")[0]));
         var errors = OclgrindCheck.Errors(Warning + "\n" + Race + "\n\nInvalid read of size 4 at global memory address 0x3000000000010\n");
         Assert.Equal(3, errors.Count);
         Assert.StartsWith("Read-write data race at local memory address 0x1000000000200 Kernel: Kernel_ForwardKernel", errors[0]);

@@ -75,7 +75,8 @@ public static partial class OclgrindCheck
 
     /// <summary>
     /// What in Oclgrind's output is an error: every message (messages are separated by blank lines)
-    /// except clang's warnings, from a warning's first line through its "N warnings generated.".
+    /// except clang's warnings: from a warning's first line through "N warnings generated.", and that
+    /// summary line alone, which is all Oclgrind 21.10 prints of its build's warnings.
     /// </summary>
     public static IReadOnlyList<string> Errors(string output)
     {
@@ -86,11 +87,12 @@ public static partial class OclgrindCheck
         {
             string line = raw.Trim();
             if (WarningStart().IsMatch(line)) inWarning = true;
-            if (inWarning)
+            if (WarningsGenerated().IsMatch(line))
             {
-                inWarning = !WarningsGenerated().IsMatch(line);
+                inWarning = false;
                 continue;
             }
+            if (inWarning) continue;
             if (line.Length > 0)
             {
                 current.Append(line).Append(' ');
