@@ -113,20 +113,10 @@ public struct AttentionShape
 
 public sealed class AttentionKernels
 {
-    // Tile sizes (rows of queries / keys per shared-memory tile) of the general backward kernels (HD > 64).
-    internal const int DkvK = 16, DkvQ = 8, DqQ = 16, DqK = 16;
-
-    // Static shared memory of each kernel, sized for the largest head dim (≤ 42 KB at HD = 128, under
-    // the 48 KB a CUDA group gets without opting in). Static, not dynamic: see GroupReduce.cs.
-    private const int Hd = AttentionShape.MaxHeadDim;
-    internal const int DkvShared = 4 * DkvK * Hd + 2 * DkvQ * Hd + 2 * DkvQ * DkvK + 2 * DkvQ;
-    internal const int DqShared = 3 * DqQ * Hd + 2 * DqK * Hd + DqQ * DqK + 2 * DqQ;
-
     private readonly KernelSet set;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> flash, wide;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> rowDot;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dKdV;
-    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> dQ, flashDkDv, flashDq;
+    private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>> flashDkDv, flashDq, wideDkDv, wideDq;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, AttentionShape>> maskScores;
 
     internal AttentionKernels(KernelSet set)
@@ -135,8 +125,8 @@ public sealed class AttentionKernels
         wide = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashWideForwardKernel));
         flash = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashForwardKernel));
         rowDot = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(RowDotKernel));
-        dKdV = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DkDvKernel));
-        dQ = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(DqKernel));
+        wideDkDv = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashWideDkDvKernel));
+        wideDq = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashWideDqKernel));
         maskScores = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, AttentionShape>(MaskScoresKernel));
         flashDkDv = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashDkDvKernel));
         flashDq = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(FlashDqKernel));
@@ -146,11 +136,6 @@ public sealed class AttentionKernels
     public bool ForceDeviceKernel { get; set; }
 
     private bool UseHost => set.IsCpu && !ForceDeviceKernel;
-
-    /// <summary>Threads per group of the fused kernels on GPUs (fewer when the row group is smaller).</summary>
-    public const int GpuGroup = 128;
-
-    private int GroupSize => Math.Min(GpuGroup, set.RowGroupSize);
 
     /// <summary>
     /// context = softmax(QKᵀ/√HD + mask)·V per head, with dropout; lse saved for backward. mask may
@@ -215,8 +200,9 @@ public sealed class AttentionKernels
             flashDq.Value(blocks, qkv, m, lse, d, dContext, dQkv, shape);
             return;
         }
-        dKdV.Value(Config((shape.SeqLen + DkvK - 1) / DkvK, shape), qkv, m, lse, d, dContext, dQkv, shape);
-        dQ.Value(Config((shape.SeqLen + DqQ - 1) / DqQ, shape), qkv, m, lse, d, dContext, dQkv, shape);
+        var wideBlocks = new KernelConfig(new Index3D((shape.SeqLen + WideBwd - 1) / WideBwd, shape.Heads, shape.Batch), new Index3D(FlashGroup, 1, 1));
+        wideDkDv.Value(wideBlocks, qkv, m, lse, d, dContext, dQkv, shape);
+        wideDq.Value(wideBlocks, qkv, m, lse, d, dContext, dQkv, shape);
     }
 
     /// <summary>
@@ -266,33 +252,7 @@ public sealed class AttentionKernels
         return shape;
     }
 
-    private KernelConfig Config(int tiles, AttentionShape shape) =>
-        new(new Index3D(tiles, shape.Heads, shape.Batch), new Index3D(GroupSize, 1, 1));
-
     private ArrayView<int> Dummy() => set.IntScratch([0]);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Dot(ArrayView<float> x, int xOff, ArrayView<float> y, int yOff, int n)
-    {
-        float s = 0f;
-        for (int d = 0; d < n; d++) s += x[xOff + d] * y[yOff + d];
-        return s;
-    }
-
-    /// <summary>
-    /// The group cooperatively copies rows [row0, row0 + rows) of one part (0 q, 1 k, 2 v) of head h
-    /// into a [rows, HD] shared tile; rows past the sequence are zero.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadTile(ArrayView<float> qkv, ArrayView<float> tile, AttentionShape a, int b, int h, int part, int row0, int rows, int t, int g)
-    {
-        int hd = a.HeadDim;
-        for (int e = t; e < rows * hd; e += g)
-        {
-            int i = row0 + e / hd;
-            tile[e] = i < a.SeqLen ? qkv[a.Qkv(b, i, part, h, e % hd)] : 0f;
-        }
-    }
 
     // FlashAttention-2's forward for head dims ≤ 64 (every BERT size of Turc et al. and HF's base and
     // large). A group of 128 threads owns 64 query rows of one head; K and V stream through shared
@@ -734,160 +694,6 @@ public sealed class AttentionKernels
         }
     }
 
-    /// <summary>dK and dV for one tile of keys, looping over every query tile.</summary>
-    [GpuGroup(AttentionKernels.GpuGroup)]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void DkDvKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dRow,
-        ArrayView<float> dContext, ArrayView<float> dQkv, AttentionShape a)
-    {
-        var shared = SharedMemory.Allocate<float>(DkvShared);
-        int hd = a.HeadDim, s = a.SeqLen;
-        var k = shared.SubView(0, DkvK * hd);
-        var v = shared.SubView(DkvK * hd, DkvK * hd);
-        var dk = shared.SubView(2 * DkvK * hd, DkvK * hd);
-        var dv = shared.SubView(3 * DkvK * hd, DkvK * hd);
-        int rest = 4 * DkvK * hd;
-        var q = shared.SubView(rest, DkvQ * hd);
-        var dO = shared.SubView(rest + DkvQ * hd, DkvQ * hd);
-        rest += 2 * DkvQ * hd;
-        var pd = shared.SubView(rest, DkvQ * DkvK);          // dropped probabilities
-        var ds = shared.SubView(rest + DkvQ * DkvK, DkvQ * DkvK); // dScores
-        var rowLse = shared.SubView(rest + 2 * DkvQ * DkvK, DkvQ);
-        var rowD = shared.SubView(rest + 2 * DkvQ * DkvK + DkvQ, DkvQ);
-        int t = Group.IdxX, g = Group.DimX;
-        int j0 = Grid.IdxX * DkvK, h = Grid.IdxY, b = Grid.IdxZ;
-
-        LoadTile(qkv, k, a, b, h, 1, j0, DkvK, t, g);
-        LoadTile(qkv, v, a, b, h, 2, j0, DkvK, t, g);
-        for (int e = t; e < DkvK * hd; e += g)
-        {
-            dk[e] = 0f;
-            dv[e] = 0f;
-        }
-        for (int i0 = 0; i0 < s; i0 += DkvQ)
-        {
-            Group.Barrier();
-            LoadTile(qkv, q, a, b, h, 0, i0, DkvQ, t, g);
-            for (int e = t; e < DkvQ * hd; e += g)
-            {
-                int i = i0 + e / hd;
-                dO[e] = i < s ? dContext[a.Ctx(b, i, h, e % hd)] : 0f;
-            }
-            for (int r = t; r < DkvQ; r += g)
-            {
-                int i = i0 + r;
-                rowLse[r] = i < s ? lse[a.Row(b, h, i)] : float.PositiveInfinity;
-                rowD[r] = i < s ? dRow[a.Row(b, h, i)] : 0f;
-            }
-            Group.Barrier();
-            for (int e = t; e < DkvQ * DkvK; e += g)
-            {
-                int r = e / DkvK, c = e % DkvK, i = i0 + r, j = j0 + c;
-                float p = 0f, keep = 0f, dp = 0f;
-                if (i < s && j < s && a.Attends(mask, b, i, j))
-                {
-                    p = MathF.Exp(Dot(q, r * hd, k, c * hd, hd) * a.Scale - rowLse[r]);
-                    keep = a.Keep(b, h, i, j);
-                    dp = Dot(dO, r * hd, v, c * hd, hd) * keep;
-                }
-                pd[e] = p * keep;
-                ds[e] = p * (dp - rowD[r]);
-            }
-            Group.Barrier();
-            for (int e = t; e < DkvK * hd; e += g)
-            {
-                int c = e / hd, d = e % hd;
-                float accV = dv[e], accK = dk[e];
-                for (int r = 0; r < DkvQ; r++)
-                {
-                    accV += pd[r * DkvK + c] * dO[r * hd + d];
-                    accK += ds[r * DkvK + c] * q[r * hd + d];
-                }
-                dv[e] = accV;
-                dk[e] = accK;
-            }
-        }
-        Group.Barrier();
-        for (int e = t; e < DkvK * hd; e += g)
-        {
-            int j = j0 + e / hd, d = e % hd;
-            if (j < s)
-            {
-                dQkv[a.Qkv(b, j, 1, h, d)] = dk[e] * a.Scale;
-                dQkv[a.Qkv(b, j, 2, h, d)] = dv[e];
-            }
-        }
-    }
-
-    /// <summary>dQ for one tile of queries, looping over every key tile.</summary>
-    [GpuGroup(AttentionKernels.GpuGroup)]
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void DqKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dRow,
-        ArrayView<float> dContext, ArrayView<float> dQkv, AttentionShape a)
-    {
-        var shared = SharedMemory.Allocate<float>(DqShared);
-        int hd = a.HeadDim, s = a.SeqLen;
-        var q = shared.SubView(0, DqQ * hd);
-        var dO = shared.SubView(DqQ * hd, DqQ * hd);
-        var dq = shared.SubView(2 * DqQ * hd, DqQ * hd);
-        int rest = 3 * DqQ * hd;
-        var k = shared.SubView(rest, DqK * hd);
-        var v = shared.SubView(rest + DqK * hd, DqK * hd);
-        rest += 2 * DqK * hd;
-        var ds = shared.SubView(rest, DqQ * DqK);
-        var rowLse = shared.SubView(rest + DqQ * DqK, DqQ);
-        var rowD = shared.SubView(rest + DqQ * DqK + DqQ, DqQ);
-        int t = Group.IdxX, g = Group.DimX;
-        int i0 = Grid.IdxX * DqQ, h = Grid.IdxY, b = Grid.IdxZ;
-
-        LoadTile(qkv, q, a, b, h, 0, i0, DqQ, t, g);
-        for (int e = t; e < DqQ * hd; e += g)
-        {
-            int i = i0 + e / hd;
-            dO[e] = i < s ? dContext[a.Ctx(b, i, h, e % hd)] : 0f;
-            dq[e] = 0f;
-        }
-        for (int r = t; r < DqQ; r += g)
-        {
-            int i = i0 + r;
-            rowLse[r] = i < s ? lse[a.Row(b, h, i)] : float.PositiveInfinity;
-            rowD[r] = i < s ? dRow[a.Row(b, h, i)] : 0f;
-        }
-        for (int j0 = 0; j0 < s; j0 += DqK)
-        {
-            Group.Barrier();
-            LoadTile(qkv, k, a, b, h, 1, j0, DqK, t, g);
-            LoadTile(qkv, v, a, b, h, 2, j0, DqK, t, g);
-            Group.Barrier();
-            for (int e = t; e < DqQ * DqK; e += g)
-            {
-                int r = e / DqK, c = e % DqK, i = i0 + r, j = j0 + c;
-                float dsv = 0f;
-                if (i < s && j < s && a.Attends(mask, b, i, j))
-                {
-                    float p = MathF.Exp(Dot(q, r * hd, k, c * hd, hd) * a.Scale - rowLse[r]);
-                    float dp = Dot(dO, r * hd, v, c * hd, hd) * a.Keep(b, h, i, j);
-                    dsv = p * (dp - rowD[r]);
-                }
-                ds[e] = dsv;
-            }
-            Group.Barrier();
-            for (int e = t; e < DqQ * hd; e += g)
-            {
-                int r = e / hd, d = e % hd;
-                float acc = dq[e];
-                for (int c = 0; c < DqK; c++) acc += ds[r * DqK + c] * k[c * hd + d];
-                dq[e] = acc;
-            }
-        }
-        Group.Barrier();
-        for (int e = t; e < DqQ * hd; e += g)
-        {
-            int i = i0 + e / hd;
-            if (i < s) dQkv[a.Qkv(b, i, 0, h, e % hd)] = dq[e] * a.Scale;
-        }
-    }
-
     // FlashAttention-2's backward for head dims ≤ 64, as two deterministic passes of register tiles
     // (a single pass would add each key block's share of dQ with float atomics: not reproducible, and
     // ILGPU's float atomics spin forever on NaN off CUDA). Both recompute P = exp(S·scale − lse) from
@@ -957,12 +763,16 @@ public sealed class AttentionKernels
     private static float DoElement(ArrayView<float> dContext, AttentionShape a, int b, int h, int i, int d) =>
         i < a.SeqLen && d < a.HeadDim ? dContext[a.Ctx(b, i, h, d)] : 0f;
 
-    /// <summary>The group loads rows row0.. of dO d-major into [HD][rows].</summary>
+    /// <summary>The group loads rows row0.. of dO d-major into [2^hdBits][rows] (64 or 128 head elements).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadDoTransposed(ArrayView<float> dContext, ArrayView<float> dOT, AttentionShape a, int b, int h, int row0, int rows, int t)
+    private static void LoadDoTransposed(ArrayView<float> dContext, ArrayView<float> dOT, AttentionShape a, int b, int h, int row0, int rows, int t,
+        int hdBits = 6)
     {
-        for (int e = t; e < rows * FlashHd; e += FlashGroup)
-            dOT[(e % FlashHd) * rows + e / FlashHd] = DoElement(dContext, a, b, h, row0 + e / FlashHd, e % FlashHd);
+        for (int e = t; e < rows << hdBits; e += FlashGroup)
+        {
+            int d = e & ((1 << hdBits) - 1), r = e >> hdBits;
+            dOT[d * rows + r] = DoElement(dContext, a, b, h, row0 + r, d);
+        }
     }
 
     /// <summary>The group loads rows row0.. of dO row-major into [rows][HD].</summary>
@@ -1143,6 +953,202 @@ public sealed class AttentionKernels
             Outer16(ref dq, dsT.Cast<Float4>(), BwdBlock / 4, qr, k.Cast<Float4>(), FlashHd / 4, dc);
             Outer16(ref dq, dsT.Cast<Float4>().SubView(16 * (BwdBlock / 4), 16 * (BwdBlock / 4)), BwdBlock / 4, qr,
                 k.Cast<Float4>().SubView(16 * (FlashHd / 4), 16 * (FlashHd / 4)), FlashHd / 4, dc);
+        }
+        for (int x = 0; x < 4; x++)
+            StoreGradient(dQkv, a, b, i0 + qr * 4 + x, 0, h, dc * 4, dq.Row(x), a.Scale);
+    }
+
+    // FlashAttention-2's backward for head dims 65–128: the same two deterministic passes as above,
+    // on blocks of 16 keys (FlashWideDkDvKernel, queries streamed 16 at a time) and of 16 queries
+    // (FlashWideDqKernel, keys streamed 32 at a time), in 35–37 KB of shared memory where 32-row
+    // blocks would need 50. The block's own rows stay d-major ([HD][16], a thread's four rows one
+    // float4); the streamed rows are row-major with a stride of 132 floats (one float4 of padding, so
+    // the rows a warp reads fall in different banks) and serve both the products over the head and
+    // the accumulations over the streamed rows. Each thread computes one four-wide strip of S = Q·Kᵀ
+    // or dP = dO·Vᵀ per 16 streamed rows (dK/dV: warps 0-1 S, warps 2-3 dP, at once; dQ: V is loaded
+    // and dP taken, then K takes V's place for S and the dQ update), turns elements of the tile into
+    // P·keep and dS, and accumulates 4×4 tiles (4 of the block's rows × head elements 4·(t%32)..+3).
+    internal const int WideBwd = 16, WideDqStream = 32, WideStride = WideHd + 4;
+    private const int WideBwdShared = 2 * WideHd * WideBwd + 2 * WideBwd * WideStride + 2 * WideBwd * WideBwd + 2 * WideBwd; // 35 KB
+    private const int WideDqShared = 2 * WideHd * WideBwd + WideDqStream * WideStride + 2 * WideDqStream * WideBwd;       // 37 KB
+
+    /// <summary>
+    /// Σ_d over the head (steps of 8; tiles zero past it): a thread's 4 columns of a d-major [HD][16]
+    /// tile times one row of a row-major [16][WideStride] tile.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 StripRow(ArrayView<Float4> tile4, int col4, ArrayView<Float4> rows4, int row, int hd8)
+    {
+        const int w = WideBwd / 4;
+        var acc = default(Float4);
+        var y4 = rows4.SubView(row * (WideStride / 4), WideHd / 4);
+        for (int d = 0; d < hd8; d += 8)
+        {
+            var x = tile4.SubView(d * w + col4, 7 * w + 1);
+            var lo = y4[d >> 2];
+            var hi = y4[(d >> 2) + 1];
+            acc = Float4.Fma(lo.X, x[0], acc);
+            acc = Float4.Fma(lo.Y, x[1 * w], acc);
+            acc = Float4.Fma(lo.Z, x[2 * w], acc);
+            acc = Float4.Fma(lo.W, x[3 * w], acc);
+            acc = Float4.Fma(hi.X, x[4 * w], acc);
+            acc = Float4.Fma(hi.Y, x[5 * w], acc);
+            acc = Float4.Fma(hi.Z, x[6 * w], acc);
+            acc = Float4.Fma(hi.W, x[7 * w], acc);
+        }
+        return acc;
+    }
+
+    /// <summary>The group loads rows row0..+count of one part (0–2) or of dO (3) row-major into [count][WideStride].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadWideRows(ArrayView<float> head, ArrayView<Float4> head4, ArrayView<float> dContext, ArrayView<Float4> rows4,
+        AttentionShape a, int b, int h, int part, int row0, int count, int t)
+    {
+        for (int e = t; e < count * (WideHd / 4); e += FlashGroup)
+        {
+            int r = e >> 5, d = (e & 31) * 4, i = row0 + r;
+            rows4[r * (WideStride / 4) + (e & 31)] = part < 3 ? QkvChunk(head, head4, a, i, part, d)
+                : new Float4(DoElement(dContext, a, b, h, i, d), DoElement(dContext, a, b, h, i, d + 1),
+                    DoElement(dContext, a, b, h, i, d + 2), DoElement(dContext, a, b, h, i, d + 3));
+        }
+    }
+
+    /// <summary>
+    /// Element e of a 16×16 score tile, for query iq and key jk: P·keep into pd (where S was) and
+    /// dS = P·(dP·keep − D) into ds (where dP was).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PdAndDs(ArrayView<float> pd, ArrayView<float> ds, int e, AttentionShape a, int b, int h, int iq, int jk,
+        float kind, float rowLse, float rowD)
+    {
+        float p = AttentionShape.Visible(kind, iq, jk) != 0f ? MathF.Exp(pd[e] * a.Scale - rowLse) : 0f;
+        float keep = a.DropoutP > 0f ? a.Keep(b, h, iq, jk) : 1f;
+        ds[e] = p * (ds[e] * keep - rowD);
+        pd[e] = p * keep;
+    }
+
+    /// <summary>dK and dV of 16 keys for head dims 65–128 (see above), looping over the queries 16 at a time.</summary>
+    [GpuGroup(FlashGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void FlashWideDkDvKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dRow,
+        ArrayView<float> dContext, ArrayView<float> dQkv, AttentionShape a)
+    {
+        var shared = SharedMemory.Allocate<float>(WideBwdShared);
+        const int tile = WideHd * WideBwd, rows = WideBwd * WideStride, scores = WideBwd * WideBwd;
+        var kT = shared.SubView(0, tile);                              // K [d][key]
+        var vT = shared.SubView(tile, tile);                           // V [d][key]
+        var q4 = shared.SubView(2 * tile, rows).Cast<Float4>();        // Q [query][d]
+        var dO4 = shared.SubView(2 * tile + rows, rows).Cast<Float4>(); // dO [query][d]
+        int o = 2 * tile + 2 * rows;
+        var pd = shared.SubView(o, scores);                            // S, then P·keep [query][key]
+        var ds = shared.SubView(o + scores, scores);                   // dP, then dS [query][key]
+        var rowLse = shared.SubView(o + 2 * scores, WideBwd);
+        var rowD = shared.SubView(o + 2 * scores + WideBwd, WideBwd);
+        int t = Group.IdxX, j0 = Grid.IdxX * WideBwd, h = Grid.IdxY, b = Grid.IdxZ;
+        int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
+        long headOff = a.Qkv(b, 0, 0, h, 0);
+        var head = qkv.SubView(headOff, qkv.Length - headOff);
+        var qkv4 = qkv.Cast<Float4>();
+        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
+        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        // Strips: warps 0-1 S, warps 2-3 dP, of 4 keys (kg) against one query (qi). Element-wise: key
+        // t%16, queries t/16 and t/16 + 8. Accumulators: 4 keys (kr) × 4 head elements (dc).
+        int dpHalf = t >> 6, kg = t & 3, qi = (t >> 2) & 15, kr = t >> 5, dc = t & 31;
+        // Offsets, not a choice of views: a selected view loses its shared address space (generic loads).
+        var strip4 = shared.SubView(dpHalf * tile, tile).Cast<Float4>();                 // K or V
+        var stripRows4 = shared.SubView(2 * tile + dpHalf * rows, rows).Cast<Float4>(); // Q or dO
+        var stripOut4 = shared.SubView(o + dpHalf * scores, scores).Cast<Float4>();     // S or dP
+        int jk = j0 + (t & 15);
+        float kind = a.KeyKind(mask, b, jk);
+
+        LoadTransposed(head, head4, kT, a, 1, j0, WideBwd, t, chunkBits: 5);
+        LoadTransposed(head, head4, vT, a, 2, j0, WideBwd, t, chunkBits: 5);
+        var dk = new Acc4x4();
+        var dv = new Acc4x4();
+        for (int i0 = 0; i0 < s; i0 += WideBwd)
+        {
+            Group.Barrier(); // the previous tile's readers are done
+            LoadWideRows(head, head4, dContext, q4, a, b, h, 0, i0, WideBwd, t);
+            LoadWideRows(head, head4, dContext, dO4, a, b, h, 3, i0, WideBwd, t);
+            if (t < WideBwd)
+            {
+                int i = i0 + t;
+                rowLse[t] = i < s ? lse[a.Row(b, h, i)] : float.PositiveInfinity;
+                rowD[t] = i < s ? dRow[a.Row(b, h, i)] : 0f;
+            }
+            Group.Barrier();
+
+            stripOut4[qi * (WideBwd / 4) + kg] = StripRow(strip4, kg, stripRows4, qi, hd8);
+            Group.Barrier();
+
+            for (int e = t; e < WideBwd * WideBwd; e += FlashGroup) // a loop, not two copies: one Philox in the kernel
+                PdAndDs(pd, ds, e, a, b, h, i0 + (e >> 4), jk, kind, rowLse[e >> 4], rowD[e >> 4]);
+            Group.Barrier();
+
+            Outer16(ref dv, pd.Cast<Float4>(), WideBwd / 4, kr, dO4, WideStride / 4, dc);
+            Outer16(ref dk, ds.Cast<Float4>(), WideBwd / 4, kr, q4, WideStride / 4, dc);
+        }
+        for (int x = 0; x < 4; x++)
+        {
+            StoreGradient(dQkv, a, b, j0 + kr * 4 + x, 1, h, dc * 4, dk.Row(x), a.Scale);
+            StoreGradient(dQkv, a, b, j0 + kr * 4 + x, 2, h, dc * 4, dv.Row(x), 1f);
+        }
+    }
+
+    /// <summary>dQ of 16 queries for head dims 65–128 (see above), looping over the keys 32 at a time.</summary>
+    [GpuGroup(FlashGroup)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void FlashWideDqKernel(ArrayView<float> qkv, ArrayView<int> mask, ArrayView<float> lse, ArrayView<float> dRow,
+        ArrayView<float> dContext, ArrayView<float> dQkv, AttentionShape a)
+    {
+        var shared = SharedMemory.Allocate<float>(WideDqShared);
+        const int tile = WideHd * WideBwd, scores = WideDqStream * WideBwd;
+        var qT4 = shared.SubView(0, tile).Cast<Float4>();              // Q [d][query]
+        var dOT = shared.SubView(tile, tile);                          // dO [d][query]
+        var rows4 = shared.SubView(2 * tile, WideDqStream * WideStride).Cast<Float4>(); // V, then K [key][d]
+        int o = 2 * tile + WideDqStream * WideStride;
+        var pd = shared.SubView(o, scores);                            // S, then P·keep [key][query] (P·keep unused)
+        var ds = shared.SubView(o + scores, scores);                   // dP, then dS [key][query]
+        int t = Group.IdxX, i0 = Grid.IdxX * WideBwd, h = Grid.IdxY, b = Grid.IdxZ;
+        int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
+        long headOff = a.Qkv(b, 0, 0, h, 0);
+        var head = qkv.SubView(headOff, qkv.Length - headOff);
+        var qkv4 = qkv.Cast<Float4>();
+        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
+        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        // Strips: 4 queries (qg) against one key (kc). Element-wise: query t%16, keys t/16 + 8·x.
+        // Accumulator: 4 queries (qr) × 4 head elements (dc).
+        int qg = t & 3, kc = t >> 2, qr = t >> 5, dc = t & 31;
+        int iq = i0 + (t & 15);
+        float rowLse = iq < s ? lse[a.Row(b, h, iq)] : float.PositiveInfinity;
+        float rowD = iq < s ? dRow[a.Row(b, h, iq)] : 0f;
+
+        LoadTransposed(head, head4, qT4.Cast<float>(), a, 0, i0, WideBwd, t, chunkBits: 5);
+        LoadDoTransposed(dContext, dOT, a, b, h, i0, WideBwd, t, hdBits: 7);
+        var dq = new Acc4x4();
+        for (int j0 = 0; j0 < s; j0 += WideDqStream)
+        {
+            Group.Barrier(); // the previous tile's readers are done
+            LoadWideRows(head, head4, dContext, rows4, a, b, h, 2, j0, WideDqStream, t);
+            Group.Barrier();
+            ds.Cast<Float4>()[kc * (WideBwd / 4) + qg] = StripRow(dOT.Cast<Float4>(), qg, rows4, kc, hd8);
+            Group.Barrier(); // V is read: K takes its place
+            LoadWideRows(head, head4, dContext, rows4, a, b, h, 1, j0, WideDqStream, t);
+            Group.Barrier();
+            pd.Cast<Float4>()[kc * (WideBwd / 4) + qg] = StripRow(qT4, qg, rows4, kc, hd8);
+            Group.Barrier();
+
+            for (int e = t; e < scores; e += FlashGroup) // a loop, not four copies: one Philox in the kernel
+            {
+                int jk = j0 + (e >> 4);
+                PdAndDs(pd, ds, e, a, b, h, iq, jk, a.KeyKind(mask, b, jk), rowLse, rowD);
+            }
+            Group.Barrier();
+
+            var ds4 = ds.Cast<Float4>();
+            Outer16(ref dq, ds4, WideBwd / 4, qr, rows4, WideStride / 4, dc);
+            Outer16(ref dq, ds4.SubView(16 * (WideBwd / 4), 16 * (WideBwd / 4)), WideBwd / 4, qr,
+                rows4.SubView(16 * (WideStride / 4), 16 * (WideStride / 4)), WideStride / 4, dc);
         }
         for (int x = 0; x < 4; x++)
             StoreGradient(dQkv, a, b, i0 + qr * 4 + x, 0, h, dc * 4, dq.Row(x), a.Scale);

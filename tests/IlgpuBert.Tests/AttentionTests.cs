@@ -71,7 +71,7 @@ public class AttentionTests
         var data = new TheoryData<string, string, int>();
         foreach (var dev in Devices.Names)
             foreach (var mode in new[] { "bidirectional", "left-to-right", "prefix" })
-                foreach (int hd in new[] { 24, 128 }) // the flash kernel and the general one on GPUs; a padded head on the host
+                foreach (int hd in new[] { 24, 128 }) // the kernels for head dims ≤ 64 and for 65–128 on GPUs; a padded head on the host
                     data.Add(dev, mode, hd);
         return data;
     }
@@ -194,15 +194,18 @@ public class AttentionTests
     {
         var data = new TheoryData<string, int, int>();
         foreach (var dev in Devices.Names)
-            foreach (var (s, hd) in new[] { (37, 61), (130, 64) }) // several 32-row blocks and 16/32-row streams, each with a tail; HD 61 not a multiple of 4
+            // HD ≤ 64: 32-row blocks, 16/32-row streams; HD 65-128: 16-row blocks, 16/32-row streams. Each
+            // with a tail; HD 61 and 97 not multiples of 4 (scalar loads), 97 not of 8 either (a zero-padded step).
+            foreach (var (s, hd) in new[] { (37, 61), (130, 64), (37, 97), (53, 128) })
                 data.Add(dev, s, hd);
         return data;
     }
 
     /// <summary>
-    /// Sequences longer than one block of the backward kernels (32 keys or queries per group, the other
-    /// side streamed 16 or 32 at a time), with tails, dropout and a causal (prefix) mask: every block's
-    /// share of dK, dV and dQ must be there, and the padded rows must add nothing.
+    /// Sequences longer than one block of the backward kernels (32 keys or queries per group at head dims
+    /// ≤ 64, 16 above; the other side streamed 16 or 32 at a time), with tails, dropout and a causal
+    /// (prefix) mask: every block's share of dK, dV and dQ must be there, and the padded rows must add
+    /// nothing.
     /// </summary>
     [Theory]
     [Trait("Category", "Accelerators")]
