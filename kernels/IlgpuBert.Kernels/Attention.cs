@@ -267,6 +267,20 @@ public sealed class AttentionKernels
     internal const int FlashShared4 = (FlashHd * FlashQ + FlashHd * FlashK + FlashK * FlashHd + FlashQ * 8) / 4;
 
     /// <summary>
+    /// Head h of sequence b of qkv, from (b, 0, 0, h, 0) on, as floats and (when Vec) as float4s: one
+    /// 64-bit offset here, 32-bit ones inside.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ArrayView<float> HeadView(ArrayView<float> qkv, AttentionShape a, int b, int h, out ArrayView<Float4> head4)
+    {
+        long headOff = a.Qkv(b, 0, 0, h, 0);
+        var qkv4 = qkv.Cast<Float4>();
+        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
+        head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        return qkv.SubView(headOff, qkv.Length - headOff);
+    }
+
+    /// <summary>
     /// Four consecutive head elements d..d+3 of row i of one part, from the head's view (qkv from
     /// (b, 0, 0, h, 0) on: 32-bit offsets inside it); zero past the sequence or the head.
     /// </summary>
@@ -375,12 +389,7 @@ public sealed class AttentionKernels
         int t = Group.IdxX, rg = t >> 3, cg = t & 7;
         int i0 = Grid.IdxX * FlashQ, h = Grid.IdxY, b = Grid.IdxZ;
         int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
-        // This head of this sequence: one 64-bit offset here, 32-bit ones inside (in float4s when aligned, see Vec).
-        long headOff = a.Qkv(b, 0, 0, h, 0);
-        var head = qkv.SubView(headOff, qkv.Length - headOff);
-        var qkv4 = qkv.Cast<Float4>();
-        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
-        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        var head = HeadView(qkv, a, b, h, out var head4);
         int row = rg * 4, col = cg * 4; // the thread's first row in the block, first key in a tile
 
         LoadTransposed(head, head4, qs, a, 0, i0, FlashQ, t);
@@ -571,11 +580,7 @@ public sealed class AttentionKernels
         int t = Group.IdxX, rg = t >> 4, cg = t & 15;
         int i0 = Grid.IdxX * WideQ, h = Grid.IdxY, b = Grid.IdxZ;
         int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
-        long headOff = a.Qkv(b, 0, 0, h, 0);
-        var head = qkv.SubView(headOff, qkv.Length - headOff);
-        var qkv4 = qkv.Cast<Float4>();
-        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
-        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        var head = HeadView(qkv, a, b, h, out var head4);
         int row = rg * 4, i = i0 + row; // the thread's first row in the block, and in the sequence
 
         LoadTransposed(head, head4, qT, a, 0, i0, WideQ, t, chunkBits: 5);
@@ -824,11 +829,7 @@ public sealed class AttentionKernels
         var rowD = shared.SubView(o + 2 * BwdStream * BwdBlock + BwdStream, BwdStream);
         int t = Group.IdxX, j0 = Grid.IdxX * BwdBlock, h = Grid.IdxY, b = Grid.IdxZ;
         int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
-        long headOff = a.Qkv(b, 0, 0, h, 0);
-        var head = qkv.SubView(headOff, qkv.Length - headOff);
-        var qkv4 = qkv.Cast<Float4>();
-        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
-        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        var head = HeadView(qkv, a, b, h, out var head4);
         // Scores: this thread's 4 keys (kg) against one query (qi). Accumulators: 4 keys (kr) × 4 head elements (dc).
         int kg = t & 7, qi = t >> 3, kr = t >> 4, dc = t & 15;
         int j = j0 + kg * 4;
@@ -920,11 +921,7 @@ public sealed class AttentionKernels
         var rowD = shared.SubView(o + DqStream * BwdBlock + BwdBlock, BwdBlock);
         int t = Group.IdxX, i0 = Grid.IdxX * BwdBlock, h = Grid.IdxY, b = Grid.IdxZ;
         int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
-        long headOff = a.Qkv(b, 0, 0, h, 0);
-        var head = qkv.SubView(headOff, qkv.Length - headOff);
-        var qkv4 = qkv.Cast<Float4>();
-        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
-        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        var head = HeadView(qkv, a, b, h, out var head4);
         // Scores: this thread's 4 queries (qg) against keys kc and kc + 16. Accumulator: 4 queries (qr) × 4 head elements (dc).
         int qg = t & 7, kc = t >> 3, qr = t >> 4, dc = t & 15;
         int i = i0 + qg * 4;
@@ -1046,11 +1043,7 @@ public sealed class AttentionKernels
         var rowD = shared.SubView(o + 2 * scores + WideBwd, WideBwd);
         int t = Group.IdxX, j0 = Grid.IdxX * WideBwd, h = Grid.IdxY, b = Grid.IdxZ;
         int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
-        long headOff = a.Qkv(b, 0, 0, h, 0);
-        var head = qkv.SubView(headOff, qkv.Length - headOff);
-        var qkv4 = qkv.Cast<Float4>();
-        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
-        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        var head = HeadView(qkv, a, b, h, out var head4);
         // Strips: warps 0-1 S, warps 2-3 dP, of 4 keys (kg) against one query (qi). Element-wise: key
         // t%16, queries t/16 and t/16 + 8. Accumulators: 4 keys (kr) × 4 head elements (dc).
         int dpHalf = t >> 6, kg = t & 3, qi = (t >> 2) & 15, kr = t >> 5, dc = t & 31;
@@ -1111,11 +1104,7 @@ public sealed class AttentionKernels
         var ds = shared.SubView(o + scores, scores);                   // dP, then dS [key][query]
         int t = Group.IdxX, i0 = Grid.IdxX * WideBwd, h = Grid.IdxY, b = Grid.IdxZ;
         int s = a.SeqLen, hd8 = (a.HeadDim + 7) & ~7;
-        long headOff = a.Qkv(b, 0, 0, h, 0);
-        var head = qkv.SubView(headOff, qkv.Length - headOff);
-        var qkv4 = qkv.Cast<Float4>();
-        long headOff4 = a.Vec != 0 ? headOff >> 2 : 0;
-        var head4 = qkv4.SubView(headOff4, qkv4.Length - headOff4);
+        var head = HeadView(qkv, a, b, h, out var head4);
         // Strips: 4 queries (qg) against one key (kc). Element-wise: query t%16, keys t/16 + 8·x.
         // Accumulator: 4 queries (qr) × 4 head elements (dc).
         int qg = t & 3, kc = t >> 2, qr = t >> 5, dc = t & 31;
