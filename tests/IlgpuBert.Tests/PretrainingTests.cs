@@ -235,6 +235,59 @@ public class PretrainingTests : IDisposable
     }
 
     /// <summary>
+    /// BART's denoising on the encoder: each row is [CLS] corrupted [SEP] original [SEP] with the
+    /// source as the attention prefix; the target is clean text, the source its sentences permuted
+    /// and spans infilled (the default noise), so the source's kept tokens are all in the target;
+    /// labels are the next token from the source's [SEP] on. A short run lowers the target's loss.
+    /// </summary>
+    [Fact]
+    public void Denoising_rows_are_the_corrupted_text_before_the_original_and_a_short_run_lowers_the_loss()
+    {
+        var (o, encoder) = Options(PretrainingObjective.Denoise);
+        Assert.Equal(SentenceObjective.None, o.SentenceObjective);
+        var data = Data(o);
+        int masks = 0, rows = 0;
+        for (long batch = 0; batch < 10; batch++)
+        {
+            var inputs = data.Batch(batch, 6);
+            int s = inputs.SeqLen;
+            Assert.True(s <= 32);
+            for (int r = 0; r < 6; r++, rows++)
+            {
+                var ids = inputs.InputIds.Skip(r * s).Take(s).ToArray();
+                var labels = inputs.Labels!.Skip(r * s).Take(s).ToArray();
+                int prefix = inputs.AttentionPrefix![r], length = inputs.AttentionMask.Skip(r * s).Take(s).Sum();
+                Assert.Equal(encoder.ClsId, ids[0]);
+                Assert.Equal(encoder.SepId, ids[prefix - 1]);
+                Assert.Equal(encoder.SepId, ids[length - 1]);
+                var source = ids[1..(prefix - 1)];
+                var target = ids[prefix..(length - 1)];
+                Assert.DoesNotContain(encoder.MaskId, target);
+                masks += source.Count(t => t == encoder.MaskId);
+                var left = target.GroupBy(t => t).ToDictionary(g => g.Key, g => g.Count());
+                foreach (int t in source.Where(t => t != encoder.MaskId))
+                {
+                    Assert.True(left.GetValueOrDefault(t) > 0, $"source token {t} is not in the target");
+                    left[t]--;
+                }
+                for (int p = 0; p < s; p++)
+                {
+                    Assert.Equal(p >= prefix - 1 && p < length - 1 ? ids[p + 1] : -100, labels[p]);
+                    if (p < length) Assert.Equal(p < prefix ? 0 : 1, inputs.TokenTypeIds[r * s + p]);
+                }
+            }
+        }
+        Assert.True(masks > rows, $"{masks} infilling masks in {rows} rows");
+
+        var (code, _, err) = CliRunner.Run(Quick("dn", "--objective", "denoise", "--steps", "300", "--batch-size", "16", "--warmup", "10", "--lr", "2e-3", "--seed", "3"));
+        Assert.True(code == 0, err);
+        var m = Metrics(dir.File("dn"));
+        double first = m.Take(20).Average(r => r.MlmLoss), last = m.TakeLast(20).Average(r => r.MlmLoss);
+        Assert.True(last < first - 0.2, $"denoising target loss {first:F3} → {last:F3} " + string.Join(" ", m.Chunk(50).Select(c => c.Average(r => r.MlmLoss).ToString("F3"))));
+        Assert.All(m, r => Assert.Equal(0, r.SentenceLoss));
+    }
+
+    /// <summary>
     /// --objective none: the contrastive objective alone, on the text as it is (no [MASK], nothing
     /// to predict, the paired rows of the contrastive batch); its loss falls in a short run, and the
     /// metrics carry no MLM loss.
@@ -423,6 +476,11 @@ public class PretrainingTests : IDisposable
     [InlineData("--objective", "none --mask-rate 0.3")]
     [InlineData("--objective", "none --masking whole-word")]
     [InlineData("--objective", "none --aux capitalization")]
+    [InlineData("--noise", "text-infilling")] // without --objective denoise
+    [InlineData("--objective", "denoise --noise shuffle")]
+    [InlineData("--objective", "denoise --noise token-masking,token-masking")]
+    [InlineData("--objective", "denoise --sentence-objective nsp")]
+    [InlineData("--objective", "denoise --mask-rate 0.3")]
     public void Bad_flags_are_one_line_errors(string flag, string value)
     {
         var (code, stdout, err) = CliRunner.Run(Quick("bad", ["--steps", "2", flag, .. value.Split(' ')]));

@@ -33,11 +33,12 @@ public static class PretrainCommand
         var masking = Opt("--masking", "token, whole-word, span or phrase", "token");
         var schedule = Opt("--mask-schedule", "static (N fixed masks per example) or dynamic (fresh each epoch)", "dynamic");
         var phrases = new Option<string?>("--phrases") { Description = "phrase masking: a file of multi-word units, one per line" };
-        var tokenObjective = Opt("--objective", "mlm (BERT's masked LM), electra (replaced-token detection with a small MLM generator; the discriminator is saved as a BERT folder), unilm (masked LM under bidirectional, left-to-right and seq2seq attention masks, a third of the rows each) or none (the contrastive sentence objective alone, on unmasked text)", "mlm");
+        var tokenObjective = Opt("--objective", "mlm (BERT's masked LM), electra (replaced-token detection with a small MLM generator; the discriminator is saved as a BERT folder), unilm (masked LM under bidirectional, left-to-right and seq2seq attention masks, a third of the rows each), denoise (BART: the text corrupted by --noise as the source, the original as the left-to-right target, in one seq2seq sequence) or none (the contrastive sentence objective alone, on unmasked text)", "mlm");
         var objective = new Option<string?>("--sentence-objective") { Description = "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (two segments of a document find each other among the batch's by mean-pooled encoding; the default with --objective mlm and none) or none (the default with electra and unilm)" };
         var generatorWidth = Opt("--generator-width", "ELECTRA: the generator's hidden size as a share of the discriminator's", d.GeneratorWidth);
         var rtdWeight = Opt("--rtd-weight", "ELECTRA: λ, the weight of replaced-token detection beside the generator's MLM loss", d.RtdWeight);
         var temperature = Opt("--contrastive-temperature", "τ of the contrastive objective", d.ContrastiveTemperature);
+        var noise = new Option<string[]>("--noise") { Description = "--objective denoise: BART's noising functions, comma-separated or repeated: token-masking, token-deletion, text-infilling (Poisson-3 spans, 30 % of the tokens, one [MASK] each), sentence-permutation, document-rotation (default: text-infilling,sentence-permutation, the paper's final choice)", AllowMultipleArgumentsPerToken = true };
         var aux = new Option<string[]>("--aux") { Description = "ERNIE 2.0 token objectives beside MLM: capitalization, token-document (comma-separated or repeated)", AllowMultipleArgumentsPerToken = true };
         var format = Opt("--input-format", "pairs or full-sentences", "pairs");
         var maxDocs = Opt("--max-documents", "use only the first N corpus documents (0: all)", d.MaxDocuments);
@@ -47,7 +48,7 @@ public static class PretrainCommand
         var command = new Command("pretrain", "Pretrain BERT (MLM + a sentence objective) from raw text.")
         {
             model, size, corpus, output, steps, batch, seqLen, seed, lr, warmup, accum, evalEvery, saveEvery, resume, vocabSize,
-            maskRate, maskMix, maskToken, masking, schedule, phrases, tokenObjective, objective, aux, temperature, generatorWidth, rtdWeight,
+            maskRate, maskMix, maskToken, masking, schedule, phrases, tokenObjective, noise, objective, aux, temperature, generatorWidth, rtdWeight,
             format, maxDocs, outputBias, distributed,
         };
         Cli.ProtectModelOutput(command, output, result => result.GetValue(resume) is not null); // --resume continues the run in its folder
@@ -71,9 +72,10 @@ public static class PretrainCommand
                 Masking = Enum(masking, ("token", MaskingStrategy.Token), ("whole-word", MaskingStrategy.WholeWord), ("span", MaskingStrategy.Span), ("phrase", MaskingStrategy.Phrase)),
                 MaskSchedule = Enum(schedule, ("static", MaskSchedule.Static), ("dynamic", MaskSchedule.Dynamic)),
                 Phrases = parse.GetValue(phrases),
-                Objective = Enum(tokenObjective, ("mlm", PretrainingObjective.Mlm), ("electra", PretrainingObjective.Electra), ("unilm", PretrainingObjective.Unilm), ("none", PretrainingObjective.None)),
+                Objective = Enum(tokenObjective, ("mlm", PretrainingObjective.Mlm), ("electra", PretrainingObjective.Electra), ("unilm", PretrainingObjective.Unilm), ("denoise", PretrainingObjective.Denoise), ("none", PretrainingObjective.None)),
                 GeneratorWidth = parse.GetValue(generatorWidth), RtdWeight = parse.GetValue(rtdWeight),
                 ContrastiveTemperature = parse.GetValue(temperature),
+                Noise = Denoiser.Parse(parse.GetValue(noise) ?? []),
                 Aux = [.. (parse.GetValue(aux) ?? []).SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))],
                 InputFormat = Enum(format, ("pairs", InputFormat.Pairs), ("full-sentences", InputFormat.FullSentences)),
                 MaxDocuments = parse.GetValue(maxDocs),

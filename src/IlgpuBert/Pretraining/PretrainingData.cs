@@ -22,6 +22,8 @@ public sealed class PretrainingData
     private readonly int sentenceClasses;
     private readonly string[] aux;
     private readonly bool pairedRows, unilm, unmasked;
+    private readonly Denoiser? denoiser;
+    private readonly int seqLen;
 
     public PretrainingData(PretrainingOptions o, BertTextEncoder encoder, string vocabPath, int vocabSize, TextWriter log)
     {
@@ -30,7 +32,10 @@ public sealed class PretrainingData
         pairedRows = ExampleGenerator.PairedRows(o.SentenceObjective);
         unilm = o.Objective == PretrainingObjective.Unilm;
         unmasked = o.Objective == PretrainingObjective.None;
+        seqLen = o.SequenceLength;
         Special = new SpecialIds(encoder.PadId, encoder.UnknownId, encoder.ClsId, encoder.SepId, encoder.MaskId);
+        if (o.Objective == PretrainingObjective.Denoise)
+            denoiser = new Denoiser(Special, new[] { ".", "!", "?" }.Select(encoder.Encode).Where(p => p.Length == 1).Select(p => p[0]), o.NoiseFunctions);
         var documents = LoadDocuments(o, encoder, vocabPath, log);
         if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
 
@@ -40,7 +45,9 @@ public sealed class PretrainingData
         var evalDocs = order.Take(heldOut).Select(i => documents[i]).ToList();
         var trainDocs = order.Skip(heldOut).Select(i => documents[i]).ToList();
 
-        var generator = new ExampleGenerator(Special, o.SequenceLength, o.SentenceObjective, o.InputFormat);
+        // Denoising's examples are texts that fit twice (source and target) in a sequence.
+        int exampleLength = denoiser is null ? o.SequenceLength : Denoiser.OriginalLength(o.SequenceLength) + 2;
+        var generator = new ExampleGenerator(Special, exampleLength, o.SentenceObjective, o.InputFormat);
         sentenceClasses = generator.SentenceClasses;
         Train = generator.Generate(trainDocs, new Random(o.Seed + 1));
         Eval = evalDocs.Count >= 2 ? generator.Generate(evalDocs, new Random(o.Seed + 2)).Take(256).ToList() : [];
@@ -96,7 +103,7 @@ public sealed class PretrainingData
             int epoch = (int)(k / Train.Count);
             int exampleIndex = EpochOrder(epoch)[k % Train.Count];
             var e = Train[exampleIndex];
-            items.Add((e, unmasked ? Unmasked(e) : masker.Apply(e, masker.StreamFor(seed, exampleIndex, epoch))));
+            items.Add(Prepare(e, masker.StreamFor(seed, exampleIndex, epoch)));
         }
         return Collate(items, batchIndex * batchSize);
     }
@@ -105,8 +112,18 @@ public sealed class PretrainingData
     public IEnumerable<BertInputs> EvalBatches(int batchSize)
     {
         for (int start = 0; start < Eval.Count; start += batchSize)
-            yield return Collate(Eval.Skip(start).Take(batchSize).Select((e, i) =>
-                (e, unmasked ? Unmasked(e) : masker.Apply(e, masker.StreamFor(seed ^ 0xE7A1, start + i, 0)))).ToList(), start);
+            yield return Collate(Eval.Skip(start).Take(batchSize).Select((e, i) => Prepare(e, masker.StreamFor(seed ^ 0xE7A1, start + i, 0))).ToList(), start);
+    }
+
+    /// <summary>An example as the objective trains on it, drawn from <paramref name="stream"/>: masked, as it is, or (denoising) as its seq2seq sequence.</summary>
+    private (Example, MaskedExample) Prepare(Example e, Random stream)
+    {
+        if (denoiser is not null)
+        {
+            var (example, masked, _) = denoiser.Build(e, seqLen, stream);
+            return (example, masked);
+        }
+        return (e, unmasked ? Unmasked(e) : masker.Apply(e, stream));
     }
 
     /// <summary>The example as it is, nothing to predict (<see cref="PretrainingObjective.None"/>).</summary>
@@ -145,7 +162,9 @@ public sealed class PretrainingData
         int[]? sentence = sentenceClasses > 0 ? items.Select(x => x.E.SentenceLabel).ToArray() : null;
         return new BertInputs(b, s, ids, types, mask, labels, sentence, aux.Length == 0 ? null : aux.ToDictionary(h => h, h => AuxLabels(h, items, s)))
         {
-            AttentionPrefix = unilm ? [.. items.Select((x, r) => UniLmPrefix(x.E, first + r, s))] : null,
+            AttentionPrefix = unilm ? [.. items.Select((x, r) => UniLmPrefix(x.E, first + r, s))]
+                : denoiser is not null ? [.. items.Select(x => Array.IndexOf(x.E.Ids, Special.Sep) + 1)] // the source: [CLS] corrupted [SEP]
+                : null,
         };
     }
 

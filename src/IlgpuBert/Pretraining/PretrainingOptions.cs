@@ -6,10 +6,11 @@ namespace IlgpuBert.Pretraining;
 /// <summary>
 /// What the token-level loss is: BERT's masked LM; ELECTRA's replaced-token detection (with a small
 /// MLM generator); UniLM's masked LM under a mix of attention masks (bidirectional, left-to-right
-/// and seq2seq, a third of the rows each); or none, the contrastive sentence objective alone on
+/// and seq2seq, a third of the rows each); BART's denoising (Denoising.cs: the corrupted text as the
+/// source, the original as the left-to-right target of one seq2seq sequence); or none, the contrastive sentence objective alone on
 /// unmasked text (the control for what a token objective adds; the MLM head stays untrained).
 /// </summary>
-public enum PretrainingObjective { Mlm, Electra, Unilm, None }
+public enum PretrainingObjective { Mlm, Electra, Unilm, Denoise, None }
 
 /// <summary>
 /// Every setting of a pretraining run, with the defaults `ilgpu-bert pretrain` uses. A checkpoint
@@ -42,12 +43,18 @@ public sealed record PretrainingOptions
     public string? Phrases { get; init; }
     public PretrainingObjective Objective { get; init; } = PretrainingObjective.Mlm;
 
+    /// <summary>BART's noising functions for <see cref="PretrainingObjective.Denoise"/>; empty: the paper's final choice, text infilling and sentence permutation.</summary>
+    public NoiseFunction[] Noise { get; init; } = [];
+
+    /// <summary>The noising functions a denoising run applies.</summary>
+    [JsonIgnore] public NoiseFunction[] NoiseFunctions => Noise.Length > 0 ? Noise : [NoiseFunction.TextInfilling, NoiseFunction.SentencePermutation];
+
     private readonly SentenceObjective? sentenceObjective;
 
     /// <summary>
     /// Contrastive by default with MLM, the default recipe's (perf/RESULTS.md, "Pretraining that
     /// transfers"), and with no token objective, which trains nothing else; none by default with
-    /// ELECTRA and UniLM.
+    /// ELECTRA, UniLM and denoising.
     /// </summary>
     public SentenceObjective SentenceObjective
     {
@@ -120,6 +127,18 @@ public sealed record PretrainingOptions
             throw new ArgumentException($"--objective electra takes no sentence head: --sentence-objective none (the default) or contrastive, not {Flag(SentenceObjective)}");
         if (Objective == PretrainingObjective.Electra && Aux.Length > 0)
             throw new ArgumentException("--objective electra trains the discriminator on replaced-token detection alone: drop --aux");
+        if (Noise.Length > 0 && Objective != PretrainingObjective.Denoise) throw new ArgumentException("--noise is used only by --objective denoise");
+        if (Objective == PretrainingObjective.Denoise)
+        {
+            if (SentenceObjective != SentenceObjective.None)
+                throw new ArgumentException($"--objective denoise takes no sentence objective: drop --sentence-objective {Flag(SentenceObjective)}");
+            if (Aux.Length > 0) throw new ArgumentException("--objective denoise trains the denoising target alone: drop --aux");
+            if (InputFormat == InputFormat.FullSentences) throw new ArgumentException("--objective denoise makes its own sequences: drop --input-format");
+            var defaults = new PretrainingOptions();
+            if (MaskRate != defaults.MaskRate || MaskMix != defaults.MaskMix || MaskWithUnk || Masking != defaults.Masking || MaskSchedule != defaults.MaskSchedule || Phrases is not null)
+                throw new ArgumentException("--objective denoise corrupts with --noise, not masking: drop --mask-rate, --mask-mix, --mask-token, --masking, --mask-schedule and --phrases");
+            _ = new Denoiser(default, [], NoiseFunctions); // a function named twice
+        }
         if (Objective == PretrainingObjective.None)
         {
             if (SentenceObjective != SentenceObjective.Contrastive)
