@@ -14,7 +14,7 @@ public class DenoisingTests
     private static int[] Words(int n, int from = 100) => [.. Enumerable.Range(from, n)];
 
     /// <summary>Whether a is b with elements left out (in order).</summary>
-    private static bool IsSubsequence(int[] a, int[] b)
+    internal static bool IsSubsequence(int[] a, int[] b)
     {
         int j = 0;
         foreach (int x in a)

@@ -246,7 +246,7 @@ public class PretrainingTests : IDisposable
         var (o, encoder) = Options(PretrainingObjective.Denoise);
         Assert.Equal(SentenceObjective.None, o.SentenceObjective);
         var data = Data(o);
-        int masks = 0, rows = 0;
+        int masks = 0, rows = 0, reordered = 0;
         for (long batch = 0; batch < 10; batch++)
         {
             var inputs = data.Batch(batch, 6);
@@ -264,6 +264,7 @@ public class PretrainingTests : IDisposable
                 var target = ids[prefix..(length - 1)];
                 Assert.DoesNotContain(encoder.MaskId, target);
                 masks += source.Count(t => t == encoder.MaskId);
+                if (!DenoisingTests.IsSubsequence(source.Where(t => t != encoder.MaskId).ToArray(), target)) reordered++; // sentence permutation
                 var left = target.GroupBy(t => t).ToDictionary(g => g.Key, g => g.Count());
                 foreach (int t in source.Where(t => t != encoder.MaskId))
                 {
@@ -278,6 +279,7 @@ public class PretrainingTests : IDisposable
             }
         }
         Assert.True(masks > rows, $"{masks} infilling masks in {rows} rows");
+        Assert.True(reordered > rows / 10, $"sentences permuted in only {reordered} of {rows} rows");
 
         var (code, _, err) = CliRunner.Run(Quick("dn", "--objective", "denoise", "--steps", "300", "--batch-size", "16", "--warmup", "10", "--lr", "2e-3", "--seed", "3"));
         Assert.True(code == 0, err);

@@ -97,7 +97,7 @@ public sealed class Denoiser
     {
         int n = x.Length, target = (int)Math.Round(Rate * n), covered = 0;
         var inSpan = new bool[n];
-        var insertBefore = new bool[n + 1];
+        var insertBefore = new bool[n];
         for (int tries = 0; covered < target && tries < 4 * n + 16; tries++)
         {
             int length = Poisson(rng, SpanLambda), start = rng.Next(n);

@@ -35,7 +35,13 @@ public sealed class PretrainingData
         seqLen = o.SequenceLength;
         Special = new SpecialIds(encoder.PadId, encoder.UnknownId, encoder.ClsId, encoder.SepId, encoder.MaskId);
         if (o.Objective == PretrainingObjective.Denoise)
-            denoiser = new Denoiser(Special, new[] { ".", "!", "?" }.Select(encoder.Encode).Where(p => p.Length == 1).Select(p => p[0]), o.NoiseFunctions);
+        {
+            // Sentence permutation splits after these pieces; a vocabulary without them ([UNK]) would permute nothing.
+            var ends = new[] { ".", "!", "?" }.Select(encoder.Encode).Where(p => p.Length == 1 && p[0] != encoder.UnknownId).Select(p => p[0]).ToArray();
+            if (ends.Length == 0 && o.NoiseFunctions.Contains(NoiseFunction.SentencePermutation))
+                throw new ArgumentException("--noise sentence-permutation: the vocabulary has no sentence-ending piece (\".\", \"!\" or \"?\")");
+            denoiser = new Denoiser(Special, ends, o.NoiseFunctions);
+        }
         var documents = LoadDocuments(o, encoder, vocabPath, log);
         if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
 
