@@ -4,14 +4,17 @@
 //
 // Layouts, chosen so no transposes are needed around the fused QKV projection:
 //   qkv     [B, S, 3, NH, HD]   the QKV GEMM's output (q, k, v for each head side by side)
-//   mask    [B, S] int          per key: 0 masked, 1 seen by every query, 2 (CausalKey) seen only by
-//                               queries at or after it (optional; HF's attention_mask is the 0/1 case)
+//   mask    [B, S] int          HF's attention_mask: per key 0 masked, 1 seen by every query (optional), or
+//           [2, B, S] int       with shape.Ranks = 1, a rank mask: every key's rank, then every query's
 //   context [B, S, NH·HD]       ready for the output projection
 //   lse     [B, NH, S]          log-Σ-exp of each query row, saved for backward
 //   dQkv    [B, S, 3, NH, HD]   the gradient in the same fused layout
-// UniLM's attention masks (Dong et al. 2019) are mask values: bidirectional = all 1, left-to-right =
-// all 2, prefix (seq2seq) = 1 over the source segment and 2 over the target after it (source
-// queries then never see the target; target queries see the source and the target up to themselves).
+// A rank mask says which query sees which key with 2·B·S ints and no S×S tensor: query i sees key j
+// when rank(j) ≤ rank(i) (key ranks and query ranks kept apart, so a query may be denied its own key).
+// UniLM's masks (Dong et al. 2019): bidirectional = every rank 0; left-to-right = rank = position;
+// prefix (seq2seq) = 0 over the source, the position over the target. XLNet's two streams: a content
+// query of factorisation rank r sees keys of rank ≤ r, a query-stream row (its own key never seen)
+// rank < r. Padding keys get NeverSeen.
 // Masked keys get probability exactly 0. A query row whose keys are all masked gets context 0 and
 // lse = +∞ (so every recomputed probability is exp(s − ∞) = 0), never NaN.
 // Dropout draws element ((b·NH + h)·S + i)·S + j of Philox (see Dropout.cs): the same bits the
@@ -39,6 +42,12 @@ public struct AttentionShape
     public ulong Seed;
     public uint Step, TensorId;
     public int HasMask, WriteProbs;
+
+    /// <summary>
+    /// 1: the mask is a rank mask [2, B, S] (every key's rank, then every query's) rather than HF's
+    /// attention_mask [B, S] of 0/1. Set by the caller; see the file's header.
+    /// </summary>
+    public int Ranks;
 
     /// <summary>1 when qkv and context can be read and written as float4s (aligned starts, HD a multiple of 4).</summary>
     public int Vec;
@@ -82,33 +91,52 @@ public struct AttentionShape
         return DropoutKernels.Keeps(Philox.Word(Seed, Step, TensorId, index), DropoutP) ? 1f / (1f - DropoutP) : 0f;
     }
 
-    /// <summary>A key's mask value seen only by queries at or after its position (UniLM's left-to-right and target tokens).</summary>
-    public const int CausalKey = 2;
+    /// <summary>The key rank no query reaches: a masked key in a rank mask.</summary>
+    public const int NeverSeen = int.MaxValue;
+
+    /// <summary>Ranks are compared as floats: every other rank must lie in [0, 2^24), where floats hold integers exactly.</summary>
+    public const int MaxRank = 1 << 24;
+
+    /// <summary>
+    /// The rank of key j of sequence b: +∞ past the sequence, 0 without a mask; with HF's
+    /// attention_mask 0 where the key is seen by every query and +∞ where masked; with a rank mask its
+    /// value (<see cref="NeverSeen"/> beyond every query).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal readonly float KeyRank(ArrayView<int> mask, int b, int j) =>
+        j >= SeqLen ? float.PositiveInfinity : HasMask == 0 ? 0f : RankOfKey(mask[(long)b * SeqLen + j], Ranks);
+
+    /// <summary>A key's rank from its mask value: the value itself in a rank mask, 0 or +∞ from attention_mask's 1 or 0.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float RankOfKey(int m, int ranks) => ranks != 0 ? m : m == 0 ? float.PositiveInfinity : 0f;
+
+    /// <summary>The rank of query i of sequence b: −∞ past the sequence (it sees nothing), its value in a rank mask, else 0.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal readonly float QueryRank(ArrayView<int> mask, int b, int i) =>
+        i >= SeqLen ? float.NegativeInfinity : HasMask != 0 && Ranks != 0 ? mask[((long)Batch + b) * SeqLen + i] : 0f;
+
+    /// <summary>The ranks of queries i … i + 3 of sequence b.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal readonly Float4 QueryRanks4(ArrayView<int> mask, int b, int i) => new(QueryRank(mask, b, i), QueryRank(mask, b, i + 1),
+        QueryRank(mask, b, i + 2), QueryRank(mask, b, i + 3));
 
     /// <summary>Whether query i sees key j of sequence b.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal readonly bool Attends(ArrayView<int> mask, int b, int i, int j)
-    {
-        if (HasMask == 0) return true;
-        int m = mask[(long)b * SeqLen + j];
-        return m != 0 && (m != CausalKey || j <= i);
-    }
+    internal readonly bool Attends(ArrayView<int> mask, int b, int i, int j) => KeyRank(mask, b, j) <= QueryRank(mask, b, i);
 
-    /// <summary>The mask values of keys j … j + 3 of sequence b as floats (0 past the sequence, 1 everywhere without a mask).</summary>
+    /// <summary>The ranks of keys j … j + 3 of sequence b.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal readonly Float4 KeyKinds4(ArrayView<int> mask, int b, int j) => new(KeyKind(mask, b, j), KeyKind(mask, b, j + 1),
-        KeyKind(mask, b, j + 2), KeyKind(mask, b, j + 3));
+    internal readonly Float4 KeyRanks4(ArrayView<int> mask, int b, int j) => new(KeyRank(mask, b, j), KeyRank(mask, b, j + 1),
+        KeyRank(mask, b, j + 2), KeyRank(mask, b, j + 3));
 
+    /// <summary>1 or 0 for keys of ranks <paramref name="keyRanks"/> as seen by a query of rank <paramref name="queryRank"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal readonly float KeyKind(ArrayView<int> mask, int b, int j) => j >= SeqLen ? 0f : HasMask == 0 ? 1f : mask[(long)b * SeqLen + j];
+    internal static Float4 Visible4(Float4 keyRanks, float queryRank) => new(Visible(keyRanks.X, queryRank), Visible(keyRanks.Y, queryRank),
+        Visible(keyRanks.Z, queryRank), Visible(keyRanks.W, queryRank));
 
-    /// <summary>1 or 0 for keys j … j + 3 (of kinds <paramref name="kinds"/>) as seen by query i.</summary>
+    /// <summary>1 where a query of rank <paramref name="queryRank"/> sees a key of rank <paramref name="keyRank"/> (key rank ≤ query rank), else 0.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Float4 Visible4(Float4 kinds, int i, int j) => new(Visible(kinds.X, i, j), Visible(kinds.Y, i, j + 1),
-        Visible(kinds.Z, i, j + 2), Visible(kinds.W, i, j + 3));
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static float Visible(float kind, int i, int j) => kind != 0f && (kind != CausalKey || j <= i) ? 1f : 0f;
+    internal static float Visible(float keyRank, float queryRank) => keyRank <= queryRank ? 1f : 0f;
 }
 
 public sealed class AttentionKernels
@@ -245,7 +273,8 @@ public sealed class AttentionKernels
         shape.Scale = 1f / MathF.Sqrt(shape.HeadDim);
         Check.Vector("qkv", qkv, shape.QkvLength);
         shape.HasMask = mask.IsValid && mask.Length > 0 ? 1 : 0;
-        if (shape.HasMask != 0) Check.Vector("attention_mask", mask, (long)shape.Batch * shape.SeqLen);
+        if (shape.HasMask != 0) Check.Vector(shape.Ranks != 0 ? "rank mask" : "attention_mask", mask, (shape.Ranks != 0 ? 2L : 1L) * shape.Batch * shape.SeqLen);
+        if (shape.HasMask == 0 && shape.Ranks != 0) throw new ArgumentException("a rank mask was announced (Ranks = 1) but none given");
         shape.WriteProbs = probs.IsValid && probs.Length > 0 ? 1 : 0;
         if (shape.WriteProbs != 0) Check.Vector("probs", probs, shape.RowCount * shape.SeqLen);
         shape.Vec = shape.HeadDim % 4 == 0 && ((IContiguousArrayView)qkv).Index % 4 == 0 ? 1 : 0;
@@ -393,6 +422,7 @@ public sealed class AttentionKernels
         int row = rg * 4, col = cg * 4; // the thread's first row in the block, first key in a tile
 
         LoadTransposed(head, head4, qs, a, 0, i0, FlashQ, t);
+        var qr = a.QueryRanks4(mask, b, i0 + row);
         var m = new Float4(float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity);
         var l = default(Float4);
         var o = new Acc4x8();
@@ -405,10 +435,10 @@ public sealed class AttentionKernels
             Group.Barrier();
 
             int j = j0 + col;
-            var kinds = a.KeyKinds4(mask, b, j);
+            var keyRanks = a.KeyRanks4(mask, b, j);
             var sc = Scores(q4, k4, hd8, rg, cg);
             for (int x = 0; x < 4; x++)
-                red[(row + x) * 8 + cg] = Max4(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(kinds, i0 + row + x, j)));
+                red[(row + x) * 8 + cg] = Max4(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(keyRanks, qr[x])));
             Group.Barrier();
 
             // Online softmax, a row at a time: the new running max, the rescale of what was
@@ -420,7 +450,7 @@ public sealed class AttentionKernels
             {
                 float mOld = m[x], mNew = MathF.Max(mOld, MaxPartials(red4, row + x));
                 float rescale = Rescale(mOld, mNew);
-                var p = Exp(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(kinds, i0 + row + x, j)), mNew);
+                var p = Exp(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(keyRanks, qr[x])), mNew);
                 l = l.With(x, l[x] * rescale + p.X + p.Y + p.Z + p.W);
                 m = m.With(x, mNew);
                 alpha = alpha.With(x, rescale);
@@ -489,13 +519,13 @@ public sealed class AttentionKernels
             LoadTransposed(head, head4, ks, a, 1, j0, FlashK, t);
             Group.Barrier();
             int j = j0 + col;
-            var kinds = a.KeyKinds4(mask, b, j);
+            var keyRanks = a.KeyRanks4(mask, b, j);
             var sc = Scores(q4, k4, hd8, rg, cg);
             for (int x = 0; x < 4; x++)
             {
                 int i = i0 + row + x;
                 if (i >= s) break;
-                var p = Exp(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(kinds, i, j)), rowLse[x]);
+                var p = Exp(MaskRow(sc.Row(x), a.Scale, AttentionShape.Visible4(keyRanks, qr[x])), rowLse[x]);
                 long off = a.Row(b, h, i) * s + j;
                 if (j < s) probs[off] = p.X;
                 if (j + 1 < s) probs[off + 1] = p.Y;
@@ -545,13 +575,15 @@ public sealed class AttentionKernels
     internal const int WideQ = 32, WideK = 16, WideHd = AttentionShape.MaxHeadDim;
     private const int WideShared = WideHd * WideQ + WideHd * WideK + WideK * WideHd + WideK * WideQ + WideQ * WideK;
 
-    /// <summary>Scaled scores of rows x = 0..3 against one key, −∞ where the row does not see it.</summary>
+    /// <summary>Scaled scores of rows x = 0..3 (query ranks <paramref name="queryRanks"/>) against one key, −∞ where the row does not see it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Float4 MaskColumn(Float4 s, float scale, float kind, int i, int j) =>
-        new(AttentionShape.Visible(kind, i, j) != 0f ? s.X * scale : float.NegativeInfinity,
-            AttentionShape.Visible(kind, i + 1, j) != 0f ? s.Y * scale : float.NegativeInfinity,
-            AttentionShape.Visible(kind, i + 2, j) != 0f ? s.Z * scale : float.NegativeInfinity,
-            AttentionShape.Visible(kind, i + 3, j) != 0f ? s.W * scale : float.NegativeInfinity);
+    private static Float4 MaskColumn(Float4 s, float scale, float keyRank, Float4 queryRanks) =>
+        MaskRow(s, scale, Column(keyRank, queryRanks));
+
+    /// <summary>1 or 0 for one key (of rank <paramref name="keyRank"/>) as seen by four queries.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Float4 Column(float keyRank, Float4 queryRanks) => new(AttentionShape.Visible(keyRank, queryRanks.X),
+        AttentionShape.Visible(keyRank, queryRanks.Y), AttentionShape.Visible(keyRank, queryRanks.Z), AttentionShape.Visible(keyRank, queryRanks.W));
 
     /// <summary>Max (or Σ) of a row's 16 partials in shared memory, in a fixed order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -584,6 +616,7 @@ public sealed class AttentionKernels
         int row = rg * 4, i = i0 + row; // the thread's first row in the block, and in the sequence
 
         LoadTransposed(head, head4, qT, a, 0, i0, WideQ, t, chunkBits: 5);
+        var qr = a.QueryRanks4(mask, b, i);
         var m = new Float4(float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity, float.NegativeInfinity);
         var l = default(Float4);
         var o = new Acc4x8();
@@ -596,8 +629,7 @@ public sealed class AttentionKernels
             Group.Barrier();
 
             int j = j0 + cg;
-            float kind = a.KeyKind(mask, b, j);
-            var sc = MaskColumn(Strip(qT.Cast<Float4>(), WideQ, rg, kT, WideK, cg, hd8), a.Scale, kind, i, j);
+            var sc = MaskColumn(Strip(qT.Cast<Float4>(), WideQ, rg, kT, WideK, cg, hd8), a.Scale, a.KeyRank(mask, b, j), qr);
             red[(row + 0) * WideK + cg] = sc.X;
             red[(row + 1) * WideK + cg] = sc.Y;
             red[(row + 2) * WideK + cg] = sc.Z;
@@ -670,7 +702,7 @@ public sealed class AttentionKernels
             Group.Barrier();
             int j = j0 + cg;
             if (j >= s) continue;
-            var sc = MaskColumn(Strip(qT.Cast<Float4>(), WideQ, rg, kT, WideK, cg, hd8), a.Scale, a.KeyKind(mask, b, j), i, j);
+            var sc = MaskColumn(Strip(qT.Cast<Float4>(), WideQ, rg, kT, WideK, cg, hd8), a.Scale, a.KeyRank(mask, b, j), qr);
             for (int x = 0; x < 4; x++)
                 if (i + x < s)
                     probs[a.Row(b, h, i + x) * s + j] = ExpOrZero(sc[x], rowLse[x]);
@@ -836,7 +868,7 @@ public sealed class AttentionKernels
 
         LoadTransposed(head, head4, kT, a, 1, j0, BwdBlock, t);
         LoadTransposed(head, head4, vT, a, 2, j0, BwdBlock, t);
-        var kinds = a.KeyKinds4(mask, b, j);
+        var keyRanks = a.KeyRanks4(mask, b, j);
         var dk = new Acc4x4();
         var dv = new Acc4x4();
         for (int i0 = 0; i0 < s; i0 += BwdStream)
@@ -858,7 +890,7 @@ public sealed class AttentionKernels
             var sc = Strip(kT.Cast<Float4>(), BwdBlock, kg, qT, BwdStream, qi, hd8);
             var dp = Strip(vT.Cast<Float4>(), BwdBlock, kg, dOT, BwdStream, qi, hd8);
             // P, then Pd = P·keep and dP = (dO·Vᵀ)·keep; dS = P·(dP − D) takes the undropped P.
-            var p = Exp(MaskRow(sc, a.Scale, AttentionShape.Visible4(kinds, iq, j)), rowLse[qi]);
+            var p = Exp(MaskRow(sc, a.Scale, AttentionShape.Visible4(keyRanks, a.QueryRank(mask, b, iq))), rowLse[qi]);
             var pDropped = p;
             if (a.DropoutP > 0f)
             {
@@ -884,18 +916,18 @@ public sealed class AttentionKernels
     /// <summary>dS of the thread's 4 queries (from i) against key j0 + kc, into dsT [key][query].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void DsColumn(ArrayView<float> qT, ArrayView<float> dOT, ArrayView<float> kT, ArrayView<float> vT, ArrayView<float> dsT,
-        ArrayView<int> mask, ArrayView<float> rowLse, ArrayView<float> rowD, AttentionShape a, int b, int h, int i, int j0, int kc, int qg, int hd8)
+        ArrayView<int> mask, ArrayView<float> rowLse, ArrayView<float> rowD, AttentionShape a, int b, int h, int i, Float4 queryRanks, int j0, int kc,
+        int qg, int hd8)
     {
-        int s = a.SeqLen, jk = j0 + kc;
-        float kind = jk < s ? (a.HasMask == 0 ? 1f : mask[(long)b * s + jk]) : 0f;
+        int jk = j0 + kc;
+        float keyRank = a.KeyRank(mask, b, jk);
         var sc = Strip(qT.Cast<Float4>(), BwdBlock, qg, kT, DqStream, kc, hd8);
         var dp = Strip(dOT.Cast<Float4>(), BwdBlock, qg, vT, DqStream, kc, hd8);
         var ds4 = default(Float4);
         for (int x = 0; x < 4; x++)
         {
             int iq = i + x;
-            bool seen = kind != 0f && (kind != AttentionShape.CausalKey || jk <= iq);
-            float p = seen ? MathF.Exp(sc[x] * a.Scale - rowLse[qg * 4 + x]) : 0f;
+            float p = AttentionShape.Visible(keyRank, queryRanks[x]) != 0f ? MathF.Exp(sc[x] * a.Scale - rowLse[qg * 4 + x]) : 0f;
             float dpx = a.DropoutP > 0f ? dp[x] * a.Keep(b, h, iq, jk) : dp[x];
             ds4 = ds4.With(x, p * (dpx - rowD[qg * 4 + x]));
         }
@@ -934,6 +966,7 @@ public sealed class AttentionKernels
             rowLse[t] = r < s ? lse[a.Row(b, h, r)] : float.PositiveInfinity;
             rowD[t] = r < s ? dRow[a.Row(b, h, r)] : 0f;
         }
+        var qRanks = a.QueryRanks4(mask, b, i);
         var dq = new Acc4x4();
         for (int j0 = 0; j0 < s; j0 += DqStream)
         {
@@ -944,7 +977,7 @@ public sealed class AttentionKernels
             Group.Barrier();
 
             for (int key = kc; key < DqStream; key += 16) // a loop, not two copies: one Philox in the kernel
-                DsColumn(qT, dOT, kT, vT, dsT, mask, rowLse, rowD, a, b, h, i, j0, key, qg, hd8);
+                DsColumn(qT, dOT, kT, vT, dsT, mask, rowLse, rowD, a, b, h, i, qRanks, j0, key, qg, hd8);
             Group.Barrier();
 
             Outer16(ref dq, dsT.Cast<Float4>(), BwdBlock / 4, qr, k.Cast<Float4>(), FlashHd / 4, dc);
@@ -1011,14 +1044,14 @@ public sealed class AttentionKernels
     }
 
     /// <summary>
-    /// Element e of a 16×16 score tile, for query iq and key jk: P·keep into pd (where S was) and
+    /// Element e of a 16×16 score tile, for query iq and key jk (their ranks given): P·keep into pd (where S was) and
     /// dS = P·(dP·keep − D) into ds (where dP was).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void PdAndDs(ArrayView<float> pd, ArrayView<float> ds, int e, AttentionShape a, int b, int h, int iq, int jk,
-        float kind, float rowLse, float rowD)
+        float keyRank, float queryRank, float rowLse, float rowD)
     {
-        float p = AttentionShape.Visible(kind, iq, jk) != 0f ? MathF.Exp(pd[e] * a.Scale - rowLse) : 0f;
+        float p = AttentionShape.Visible(keyRank, queryRank) != 0f ? MathF.Exp(pd[e] * a.Scale - rowLse) : 0f;
         float keep = a.DropoutP > 0f ? a.Keep(b, h, iq, jk) : 1f;
         ds[e] = p * (ds[e] * keep - rowD);
         pd[e] = p * keep;
@@ -1052,7 +1085,7 @@ public sealed class AttentionKernels
         var stripRows4 = shared.SubView(2 * tile + dpHalf * rows, rows).Cast<Float4>(); // Q or dO
         var stripOut4 = shared.SubView(o + dpHalf * scores, scores).Cast<Float4>();     // S or dP
         int jk = j0 + (t & 15);
-        float kind = a.KeyKind(mask, b, jk);
+        float keyRank = a.KeyRank(mask, b, jk);
 
         LoadTransposed(head, head4, kT, a, 1, j0, WideBwd, t, chunkBits: 5);
         LoadTransposed(head, head4, vT, a, 2, j0, WideBwd, t, chunkBits: 5);
@@ -1075,7 +1108,7 @@ public sealed class AttentionKernels
             Group.Barrier();
 
             for (int e = t; e < WideBwd * WideBwd; e += FlashGroup) // a loop, not two copies: one Philox in the kernel
-                PdAndDs(pd, ds, e, a, b, h, i0 + (e >> 4), jk, kind, rowLse[e >> 4], rowD[e >> 4]);
+                PdAndDs(pd, ds, e, a, b, h, i0 + (e >> 4), jk, keyRank, a.QueryRank(mask, b, i0 + (e >> 4)), rowLse[e >> 4], rowD[e >> 4]);
             Group.Barrier();
 
             Outer16(ref dv, pd.Cast<Float4>(), WideBwd / 4, kr, dO4, WideStride / 4, dc);
@@ -1111,6 +1144,7 @@ public sealed class AttentionKernels
         int iq = i0 + (t & 15);
         float rowLse = iq < s ? lse[a.Row(b, h, iq)] : float.PositiveInfinity;
         float rowD = iq < s ? dRow[a.Row(b, h, iq)] : 0f;
+        float queryRank = a.QueryRank(mask, b, iq);
 
         LoadTransposed(head, head4, qT4.Cast<float>(), a, 0, i0, WideBwd, t, chunkBits: 5);
         LoadDoTransposed(dContext, dOT, a, b, h, i0, WideBwd, t, hdBits: 7);
@@ -1130,7 +1164,7 @@ public sealed class AttentionKernels
             for (int e = t; e < scores; e += FlashGroup) // a loop, not four copies: one Philox in the kernel
             {
                 int jk = j0 + (e >> 4);
-                PdAndDs(pd, ds, e, a, b, h, iq, jk, a.KeyKind(mask, b, jk), rowLse, rowD);
+                PdAndDs(pd, ds, e, a, b, h, iq, jk, a.KeyRank(mask, b, jk), queryRank, rowLse, rowD);
             }
             Group.Barrier();
 

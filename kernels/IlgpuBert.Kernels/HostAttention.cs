@@ -69,11 +69,11 @@ internal static unsafe class HostAttention
         int s = a.SeqLen, hd = a.HeadDim, sp = (s + 15) & ~15;
         int need = hd * sp + QueryBlock * sp + 2 * sp + QueryBlock * hd;
         if (headBuffer is null || headBuffer.Length < need) headBuffer = GC.AllocateUninitializedArray<float>(need, pinned: true);
-        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), scores = kt + hd * sp, keyFrom = scores + QueryBlock * sp, keep = keyFrom + sp, tail = keep + sp;
-        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyFrom);
+        float* kt = (float*)Unsafe.AsPointer(ref headBuffer[0]), scores = kt + hd * sp, keyRank = scores + QueryBlock * sp, keep = keyRank + sp, tail = keep + sp;
+        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyRank);
         float* v = qkv + a.Qkv(b, 0, 2, h, 0); // V's rows in place: row j at j·ldv
         int ldv = (int)(a.Qkv(b, 1, 2, h, 0) - a.Qkv(b, 0, 2, h, 0));
-        float* max = stackalloc float[QueryBlock], sum = stackalloc float[QueryBlock];
+        float* max = stackalloc float[QueryBlock], sum = stackalloc float[QueryBlock], queryRank = stackalloc float[QueryBlock];
 
         for (int i0 = 0; i0 < s; i0 += QueryBlock)
         {
@@ -81,7 +81,8 @@ internal static unsafe class HostAttention
             float* q0 = qkv + a.Qkv(b, i0, 0, h, 0), q1 = qkv + a.Qkv(b, i0 + Math.Min(1, rows - 1), 0, h, 0);
             float* q2 = qkv + a.Qkv(b, i0 + Math.Min(2, rows - 1), 0, h, 0), q3 = qkv + a.Qkv(b, i0 + Math.Min(3, rows - 1), 0, h, 0);
             FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, sp, scores, sp);
-            SoftmaxFourRows(scores, keyFrom, i0, a.Scale, sp, max, sum);
+            QueryRanks(mask, a, b, i0, queryRank);
+            SoftmaxFourRows(scores, keyRank, queryRank, a.Scale, sp, max, sum);
             for (int r = 0; r < rows; r++)
             {
                 float* row = scores + r * sp;
@@ -220,8 +221,9 @@ internal static unsafe class HostAttention
         if (backwardBuffer is null || backwardBuffer.Length < need) backwardBuffer = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
         float* kt = (float*)Unsafe.AsPointer(ref backwardBuffer[0]), vt = kt + hd * sp;
         float* qRows = vt + hd * sp, kRows = qRows + sp * hp, dORows = kRows + sp * hp, dK = dORows + sp * hp, dV = dK + sp * hp;
-        float* p = dV + sp * hp, dp = p + QueryBlock * sp, dq = dp + QueryBlock * sp, keyFrom = dq + QueryBlock * hp, keep = keyFrom + sp;
-        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyFrom);
+        float* p = dV + sp * hp, dp = p + QueryBlock * sp, dq = dp + QueryBlock * sp, keyRank = dq + QueryBlock * hp, keep = keyRank + sp;
+        float* queryRank = stackalloc float[QueryBlock];
+        KeysOfHead(b, h, qkv, mask, a, sp, kt, keyRank);
         for (int j = 0; j < sp; j++)
         {
             float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0), v = qkv + a.Qkv(b, Math.Min(j, s - 1), 2, h, 0);
@@ -245,7 +247,8 @@ internal static unsafe class HostAttention
             float* q0 = qRows + i0 * hp, q1 = q0 + hp, q2 = q1 + hp, q3 = q2 + hp;     // rows past s are zero
             float* o0 = dORows + i0 * hp, o1 = o0 + hp, o2 = o1 + hp, o3 = o2 + hp;
             FourRowsTimes(q0, q1, q2, q3, kt, hd, sp, sp, p, sp);
-            MaskScores(p, keyFrom, i0, a.Scale, sp);
+            QueryRanks(mask, a, b, i0, queryRank);
+            MaskScores(p, keyRank, queryRank, a.Scale, sp);
             FourRowsTimes(o0, o1, o2, o3, vt, hd, sp, sp, dp, sp);
             // Per row: P = exp(s − lse) (0 where masked), dropout's keep on dP, D = Σ P ⊙ dP; then dS = P ⊙ (dP − D)/√HD
             // replaces P and P̃ = P ⊙ keep replaces dP.
@@ -317,12 +320,11 @@ internal static unsafe class HostAttention
     }
 
     /// <summary>
-    /// Kᵀ of head h of sequence b into kt [HD × sp] (padding keys 0) and for each key the first query
-    /// that sees it: 0 for a key every query sees, j for a causal key j, +∞ for a masked or padding
-    /// key (once per head, not per query row).
+    /// Kᵀ of head h of sequence b into kt [HD × sp] (padding keys 0) and each key's rank (see
+    /// AttentionShape.KeyRank; +∞ for padding keys), once per head, not per query row.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void KeysOfHead(int b, int h, float* qkv, int* mask, AttentionShape a, int sp, float* kt, float* keyFrom)
+    private static void KeysOfHead(int b, int h, float* qkv, int* mask, AttentionShape a, int sp, float* kt, float* keyRank)
     {
         int s = a.SeqLen, hd = a.HeadDim;
         long ldk = a.Qkv(b, 1, 1, h, 0) - a.Qkv(b, 0, 1, h, 0);
@@ -333,19 +335,26 @@ internal static unsafe class HostAttention
                 HostGemm.Transpose16x16(qkv + a.Qkv(b, j, 1, h, d), ldk, 16, kt + d * sp + j, sp);
         for (int j = 0; j < sp; j++)
         {
-            keyFrom[j] = FirstQuerySeeing(mask, b, j, s);
+            keyRank[j] = KeyRank(mask, a, b, j);
             float* k = qkv + a.Qkv(b, Math.Min(j, s - 1), 1, h, 0);
             for (int d = j < jv ? dv : 0; d < hd; d++) kt[d * sp + j] = j < s ? k[d] : 0f;
         }
     }
 
-    /// <summary>The first query row that sees key j: 0, j (a causal key) or +∞ (masked, or past the sequence).</summary>
+    /// <summary>Key j's rank, as AttentionShape.KeyRank gives it to the kernels.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
-    private static float FirstQuerySeeing(int* mask, int b, int j, int s)
+    private static float KeyRank(int* mask, AttentionShape a, int b, int j) =>
+        j >= a.SeqLen ? float.PositiveInfinity : mask == null ? 0f : AttentionShape.RankOfKey(mask[(long)b * a.SeqLen + j], a.Ranks);
+
+    /// <summary>Query i's rank, as AttentionShape.QueryRank gives it to the kernels (−∞ past the sequence: it sees nothing).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
+    private static float QueryRank(int* mask, AttentionShape a, int b, int i) =>
+        i >= a.SeqLen ? float.NegativeInfinity : mask != null && a.Ranks != 0 ? mask[((long)a.Batch + b) * a.SeqLen + i] : 0f;
+
+    /// <summary>The ranks of queries i0 … i0 + 3 into rank[0..3].</summary>
+    private static void QueryRanks(int* mask, AttentionShape a, int b, int i0, float* rank)
     {
-        if (j >= s) return float.PositiveInfinity;
-        int m = mask == null ? 1 : mask[(long)b * s + j];
-        return m == 0 ? float.PositiveInfinity : m == AttentionShape.CausalKey ? j : 0f;
+        for (int r = 0; r < QueryBlock; r++) rank[r] = QueryRank(mask, a, b, i0 + r);
     }
 
     /// <summary>
@@ -422,24 +431,24 @@ internal static unsafe class HostAttention
     }
 
     /// <summary>
-    /// The softmax of four score rows (queries i0 … i0 + 3) in place, as <see cref="MaskScores"/> and then, per row,
+    /// The softmax of four score rows (queries of ranks queryRank[0..3]) in place, as <see cref="MaskScores"/> and then, per row,
     /// m = max, e = exp(s − m) summed, p = e·(1/Σe) would compute it (the same operations in the same order), but the
     /// rows interleaved (four independent chains) and the masking folded into the pass that finds the maxima.
     /// A row with every key masked gets p = 0 (its max is −∞ and sum 0). Returns each row's max and Σe.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void SoftmaxFourRows(float* scores, float* keyFrom, int i0, float scale, int sp, float* max, float* sum)
+    private static void SoftmaxFourRows(float* scores, float* keyRank, float* queryRank, float scale, int sp, float* max, float* sum)
     {
         var vs = Vector512.Create(scale);
         float* r0 = scores, r1 = scores + sp, r2 = scores + 2 * sp, r3 = scores + 3 * sp;
         Vector512<float> m0 = Vector512.Create(float.NegativeInfinity), m1 = m0, m2 = m0, m3 = m0;
         for (int j = 0; j < sp; j += 16)
         {
-            var from = Vector512.Load(keyFrom + j);
-            var x0 = Masked(Vector512.Load(r0 + j), vs, from, i0);
-            var x1 = Masked(Vector512.Load(r1 + j), vs, from, i0 + 1);
-            var x2 = Masked(Vector512.Load(r2 + j), vs, from, i0 + 2);
-            var x3 = Masked(Vector512.Load(r3 + j), vs, from, i0 + 3);
+            var ranks = Vector512.Load(keyRank + j);
+            var x0 = Masked(Vector512.Load(r0 + j), vs, ranks, queryRank[0]);
+            var x1 = Masked(Vector512.Load(r1 + j), vs, ranks, queryRank[1]);
+            var x2 = Masked(Vector512.Load(r2 + j), vs, ranks, queryRank[2]);
+            var x3 = Masked(Vector512.Load(r3 + j), vs, ranks, queryRank[3]);
             x0.Store(r0 + j); x1.Store(r1 + j); x2.Store(r2 + j); x3.Store(r3 + j);
             m0 = Vector512.Max(m0, x0); m1 = Vector512.Max(m1, x1); m2 = Vector512.Max(m2, x2); m3 = Vector512.Max(m3, x3);
         }
@@ -470,25 +479,25 @@ internal static unsafe class HostAttention
     }
 
     /// <summary>
-    /// Four score rows (queries i0 … i0 + 3) scaled by 1/√HD where the query sees the key and set to
+    /// Four score rows (queries of ranks queryRank[0..3]) scaled by 1/√HD where the query sees the key and set to
     /// −∞ where not (selected, not added: −∞ even where a score overflowed).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void MaskScores(float* scores, float* keyFrom, int i0, float scale, int sp)
+    private static void MaskScores(float* scores, float* keyRank, float* queryRank, float scale, int sp)
     {
         var vs = Vector512.Create(scale);
         for (int j = 0; j < sp; j += 16)
         {
-            var from = Vector512.Load(keyFrom + j);
+            var ranks = Vector512.Load(keyRank + j);
             for (int r = 0; r < QueryBlock; r++)
-                Masked(Vector512.Load(scores + r * sp + j), vs, from, i0 + r).Store(scores + r * sp + j);
+                Masked(Vector512.Load(scores + r * sp + j), vs, ranks, queryRank[r]).Store(scores + r * sp + j);
         }
     }
 
-    /// <summary>16 scores of query i scaled where the query sees the key (keyFrom ≤ i), −∞ where not.</summary>
+    /// <summary>16 scores of a query scaled where it sees the key (key rank ≤ query rank), −∞ where not.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
-    private static Vector512<float> Masked(Vector512<float> score, Vector512<float> scale, Vector512<float> keyFrom, int i) =>
-        Vector512.ConditionalSelect(Vector512.LessThanOrEqual(keyFrom, Vector512.Create((float)i)), score * scale,
+    private static Vector512<float> Masked(Vector512<float> score, Vector512<float> scale, Vector512<float> keyRank, float queryRank) =>
+        Vector512.ConditionalSelect(Vector512.LessThanOrEqual(keyRank, Vector512.Create(queryRank)), score * scale,
             Vector512.Create(float.NegativeInfinity));
 
     /// <summary>
@@ -540,10 +549,10 @@ internal static unsafe class HostAttention
     private static float Scores(float* q, int i, float* qkv, int* mask, int b, int h, float* scores, AttentionShape a)
     {
         int s = a.SeqLen, hd = a.HeadDim;
-        float max = float.NegativeInfinity;
+        float max = float.NegativeInfinity, queryRank = QueryRank(mask, a, b, i);
         for (int j = 0; j < s; j++)
         {
-            float v = FirstQuerySeeing(mask, b, j, s) <= i ? Dot(q, qkv + a.Qkv(b, j, 1, h, 0), hd) * a.Scale : float.NegativeInfinity;
+            float v = KeyRank(mask, a, b, j) <= queryRank ? Dot(q, qkv + a.Qkv(b, j, 1, h, 0), hd) * a.Scale : float.NegativeInfinity;
             scores[j] = v;
             max = MathF.Max(max, v);
         }

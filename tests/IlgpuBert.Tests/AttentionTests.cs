@@ -8,8 +8,7 @@ namespace IlgpuBert.Tests;
 public class AttentionTests
 {
     /// <summary>
-    /// Naive double attention: softmax(QKᵀ/√HD with keys the query does not see at −∞: mask 0, or
-    /// mask 2 after the query), dropout with the same
+    /// Naive double attention: softmax(QKᵀ/√HD with keys the query does not see at −∞, <see cref="Sees"/>), dropout with the same
     /// Philox bits as the kernels, times V. Returns context [B, S, NH·HD], probabilities before
     /// dropout [B, NH, S, S] and lse [B, NH, S] (+∞ for fully masked rows).
     /// </summary>
@@ -27,8 +26,7 @@ public class AttentionTests
                     var sc = new double[s];
                     for (int j = 0; j < s; j++)
                     {
-                        int kind = mask is null ? 1 : mask[b * s + j];
-                        if (kind == 0 || (kind == AttentionShape.CausalKey && j > i)) { sc[j] = double.NegativeInfinity; continue; }
+                        if (!Sees(mask, a, b, i, j)) { sc[j] = double.NegativeInfinity; continue; }
                         double dot = 0;
                         for (int d = 0; d < hd; d++) dot += qkv[a.Qkv(b, i, 0, h, d)] * qkv[a.Qkv(b, j, 1, h, d)];
                         sc[j] = dot * scale;
@@ -50,12 +48,37 @@ public class AttentionTests
         return (ctx, probs, lse);
     }
 
+    /// <summary>
+    /// Whether query i of sequence b sees key j: always without a mask, where attention_mask is 1, or
+    /// (a.Ranks = 1) where key j's rank ≤ query i's, compared as integers.
+    /// </summary>
+    public static bool Sees(int[]? mask, AttentionShape a, int b, int i, int j)
+    {
+        int s = a.SeqLen;
+        if (mask is null) return true;
+        if (a.Ranks == 0) return mask[b * s + j] != 0;
+        return mask[b * s + j] <= mask[(a.Batch + b) * s + i];
+    }
+
     private static int[] PaddingMask(int batch, int s, int[] lengths) =>
         Enumerable.Range(0, batch * s).Select(e => e % s < lengths[e / s] ? 1 : 0).ToArray();
 
-    /// <summary>UniLM's masks as mask values: per sequence, keys before its prefix are seen by all (1), later real keys only from their own position on (2).</summary>
-    private static int[] PrefixMask(int s, int[] lengths, int[] prefixes) =>
-        Enumerable.Range(0, lengths.Length * s).Select(e => e % s >= lengths[e / s] ? 0 : e % s < prefixes[e / s] ? 1 : AttentionShape.CausalKey).ToArray();
+    /// <summary>
+    /// UniLM's masks as a rank mask (use with Ranks = 1): per sequence, rank 0 before its prefix and the
+    /// position from it on, for keys and queries alike; padding keys never seen.
+    /// </summary>
+    private static int[] PrefixMask(int s, int[] lengths, int[] prefixes)
+    {
+        int n = lengths.Length * s;
+        var r = new int[2 * n];
+        for (int e = 0; e < n; e++)
+        {
+            int rank = e % s < prefixes[e / s] ? 0 : e % s;
+            r[e] = e % s >= lengths[e / s] ? AttentionShape.NeverSeen : rank;
+            r[n + e] = rank;
+        }
+        return r;
+    }
 
     /// <summary>The prefix of each of three sequences (lengths 37 or 19, a shorter one, 0) in each UniLM mode.</summary>
     private static int[] Prefixes(string mode, int s) => mode switch
@@ -88,6 +111,7 @@ public class AttentionTests
     {
         var d = Devices.Get(device);
         var a = AttentionShape.Create(3, 37, 2, hd, 0.2f, new DropoutKey(3, 1, 7));
+        a.Ranks = 1;
         var mask = PrefixMask(37, [37, 20, 0], Prefixes(mode, 37));
         var qkv = Rand.Normal(new Random(hd + mode.Length), a.QkvLength);
         using var bmask = d.Upload(mask);
@@ -129,7 +153,183 @@ public class AttentionTests
     public void Backward_matches_finite_differences_in_each_mask_mode(string device, string mode, int hd)
     {
         var a = AttentionShape.Create(3, 19, 2, hd, 0.1f, new DropoutKey(8, 2, 3));
+        a.Ranks = 1;
         CheckBackward(Devices.Get(device), a, PrefixMask(19, [19, 7, 0], Prefixes(mode, 19)), new Random(hd + 3 * mode.Length));
+    }
+
+    /// <summary>
+    /// The double reference's gradient of L = Σ w ⊙ context with respect to qkv, in closed form:
+    /// dV_j = Σ_i P̃_ij w_i, dP_ij = (w_i·V_j)·keep_ij, dS_ij = P_ij (dP_ij − Σ_k P_ik dP_ik),
+    /// dQ_i = Σ_j dS_ij K_j/√HD, dK_j = Σ_i dS_ij Q_i/√HD (P̃ = P·keep; P from <see cref="ReferenceAttention"/>).
+    /// </summary>
+    public static double[] ReferenceAttentionGradient(double[] qkv, int[]? mask, AttentionShape a, double[] w)
+    {
+        int bs = a.Batch, s = a.SeqLen, nh = a.Heads, hd = a.HeadDim;
+        var (_, probs, _) = ReferenceAttention(qkv, mask, a);
+        var g = new double[qkv.Length];
+        double scale = 1 / Math.Sqrt(hd);
+        for (int b = 0; b < bs; b++)
+            for (int h = 0; h < nh; h++)
+                for (int i = 0; i < s; i++)
+                {
+                    long row = a.Row(b, h, i);
+                    var dp = new double[s];
+                    double sum = 0;
+                    for (int j = 0; j < s; j++)
+                    {
+                        double p = probs[row * s + j];
+                        if (p == 0) continue;
+                        double keep = a.DropoutP == 0 ? 1
+                            : DropoutKernels.Keeps(Philox.Word(a.Seed, a.Step, a.TensorId, row * s + j), a.DropoutP) ? 1.0 / (1 - a.DropoutP) : 0;
+                        double dot = 0;
+                        for (int d = 0; d < hd; d++)
+                        {
+                            dot += w[a.Ctx(b, i, h, d)] * qkv[a.Qkv(b, j, 2, h, d)];
+                            g[a.Qkv(b, j, 2, h, d)] += p * keep * w[a.Ctx(b, i, h, d)];
+                        }
+                        dp[j] = dot * keep;
+                        sum += p * dp[j];
+                    }
+                    for (int j = 0; j < s; j++)
+                    {
+                        double ds = probs[row * s + j] * (dp[j] - sum) * scale;
+                        if (ds == 0) continue;
+                        for (int d = 0; d < hd; d++)
+                        {
+                            g[a.Qkv(b, i, 0, h, d)] += ds * qkv[a.Qkv(b, j, 1, h, d)];
+                            g[a.Qkv(b, j, 1, h, d)] += ds * qkv[a.Qkv(b, i, 0, h, d)];
+                        }
+                    }
+                }
+        return g;
+    }
+
+    [Fact]
+    public void The_closed_form_reference_gradient_matches_finite_differences_of_the_reference()
+    {
+        var a = AttentionShape.Create(2, 11, 2, 5, 0.2f, new DropoutKey(4, 4, 4));
+        a.Ranks = 1;
+        var rng = new Random(5);
+        var mask = RankPattern("random", 2, 11, rng);
+        double[] x = Rand.ToDouble(Rand.Normal(rng, a.QkvLength)), w = Rand.ToDouble(Rand.Normal(rng, a.ContextLength));
+        var g = ReferenceAttentionGradient(x, mask, a, w);
+        var numeric = Reference.NumericGradient(v => Reference.Dot(w, ReferenceAttention(v, mask, a).Context), x);
+        Tol.AssertClose(numeric, g.Select(v => (float)v).ToArray(), Tol.F32Reduction, "closed-form gradient");
+        Assert.Contains(g, v => Math.Abs(v) > 1e-2);
+    }
+
+    /// <summary>The rank patterns of the mask tests, by name.</summary>
+    public static readonly string[] RankPatterns = ["bidirectional", "left-to-right", "prefix", "permutation", "pmlm", "random"];
+
+    /// <summary>
+    /// A rank mask [2, batch, s] (key ranks, then query ranks) of one pattern; sequence b is s − 9b long
+    /// (its padding keys never seen). bidirectional: every rank 0. left-to-right: rank = position.
+    /// prefix: 0 over the first third, the position after. permutation (XLNet's two streams): position 0
+    /// rank 0, the first half content tokens ranked by a sampled factorisation order (1 … n−1, keys and
+    /// queries alike), the rest query-stream rows for content positions: never seen as keys, query rank
+    /// one below their target's (they see what comes before it in the order, not its own content).
+    /// pmlm (UniLMv2): the first half context and [M] (rank 0), the rest spans of 1–3 tokens in a
+    /// sampled order, each span's original tokens rank k, its pseudo-masks [P] never seen with query
+    /// rank k − 1. random: key ranks 0–6 (a tenth never seen), query ranks −1–6 (−1 sees nothing).
+    /// </summary>
+    public static int[] RankPattern(string pattern, int batch, int s, Random rng)
+    {
+        int n = batch * s;
+        var r = new int[2 * n];
+        for (int b = 0; b < batch; b++)
+        {
+            int length = s - 9 * b, half = length / 2;
+            var order = Enumerable.Range(1, Math.Max(half - 1, 0)).OrderBy(_ => rng.Next()).ToArray(); // ranks of content positions 1 … half−1
+            var spans = new List<int>(); // span index (1-based order) of each position from half on
+            for (int k = 1; spans.Count < length - half; k++)
+                for (int w = rng.Next(1, 4); w > 0 && spans.Count < length - half; w--) spans.Add(k);
+            var spanOrder = spans.Distinct().OrderBy(_ => rng.Next()).Select((k, o) => (k, o + 1)).ToDictionary(x => x.k, x => x.Item2);
+            for (int i = 0; i < s; i++)
+            {
+                int key, query;
+                switch (pattern)
+                {
+                    case "bidirectional": key = query = 0; break;
+                    case "left-to-right": key = query = i; break;
+                    case "prefix": key = query = i < s / 3 ? 0 : i; break;
+                    case "permutation":
+                        if (i == 0) key = query = 0;
+                        else if (i < half) key = query = order[i - 1];
+                        else { key = AttentionShape.NeverSeen; query = (half > 1 ? order[rng.Next(half - 1)] : 1) - 1; }
+                        break;
+                    case "pmlm":
+                        if (i < half) key = query = 0;
+                        else if (i >= length) key = query = 0;
+                        else
+                        {
+                            int k = spanOrder[spans[i - half]];
+                            bool pseudo = rng.Next(2) == 0;
+                            key = pseudo ? AttentionShape.NeverSeen : k;
+                            query = pseudo ? k - 1 : k;
+                        }
+                        break;
+                    case "random":
+                        key = rng.Next(10) == 0 ? AttentionShape.NeverSeen : rng.Next(7);
+                        query = rng.Next(-1, 7);
+                        break;
+                    default: throw new ArgumentException(pattern);
+                }
+                r[b * s + i] = i >= length ? AttentionShape.NeverSeen : key;
+                r[n + b * s + i] = query;
+            }
+        }
+        return r;
+    }
+
+    public static TheoryData<string, string, int, int> RankPatternCases()
+    {
+        var data = new TheoryData<string, string, int, int>();
+        foreach (var dev in Devices.Names)
+            foreach (var pattern in RankPatterns)
+                foreach (int s in new[] { 37, 130 })
+                    data.Add(dev, pattern, s, s == 37 ? 100 : 44); // both kernel families (head dims ≤ 64, 65–128), neither a multiple of 8
+        return data;
+    }
+
+    /// <summary>
+    /// Every rank pattern (bidirectional, left-to-right, prefix, XLNet's two streams, UniLMv2's pseudo-masks,
+    /// random ranks with fully masked rows) at S 37 and 130, with dropout: context, probabilities and
+    /// lse, then dQ, dK and dV in full, against the double reference; rows that see nothing get context 0
+    /// and no gradient.
+    /// </summary>
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(RankPatternCases))]
+    public void Rank_masks_match_the_double_reference_forward_and_backward(string device, string pattern, int s, int hd)
+    {
+        var d = Devices.Get(device);
+        var a = AttentionShape.Create(2, s, 2, hd, 0.1f, new DropoutKey(31, 2, (uint)s));
+        a.Ranks = 1;
+        var rng = new Random(s * 31 + pattern.Length);
+        var mask = RankPattern(pattern, 2, s, rng);
+        var qkv = Rand.Normal(rng, a.QkvLength);
+        var w = Rand.Normal(rng, a.ContextLength);
+        using var bqkv = d.Upload(qkv);
+        using var bmask = d.Upload(mask);
+        using var bctx = d.Poisoned(a.ContextLength);
+        using var blse = d.Poisoned(a.RowCount);
+        using var bprobs = d.Poisoned(a.RowCount * a.SeqLen);
+        using var bw = d.Upload(w);
+        using var bdq = d.Poisoned(a.QkvLength);
+        d.Kernels.Attention.Forward(bqkv.View, bmask.View, bctx.View, blse.View, a, bprobs.View);
+        var (ctx, probs, lse) = ReferenceAttention(Rand.ToDouble(qkv), mask, a);
+        Tol.AssertClose(ctx, d.Read(bctx, a.ContextLength), Tol.F32Reduction, "context");
+        Tol.AssertClose(probs, d.Read(bprobs, a.RowCount * a.SeqLen), Tol.F32Reduction, "probabilities");
+        var gotLse = d.Read(blse, a.RowCount);
+        Assert.All(gotLse.Where((_, i) => double.IsPositiveInfinity(lse[i])), v => Assert.Equal(float.PositiveInfinity, v));
+        Tol.AssertClose(lse.Select(v => double.IsInfinity(v) ? 0 : v).ToArray(), gotLse.Select(v => float.IsInfinity(v) ? 0 : v).ToArray(),
+            Tol.F32Reduction, "lse");
+
+        d.Kernels.Attention.Backward(bqkv.View, bmask.View, bctx.View, blse.View, bw.View, bdq.View, a);
+        var expected = ReferenceAttentionGradient(Rand.ToDouble(qkv), mask, a, Rand.ToDouble(w));
+        Tol.AssertClose(expected, d.Read(bdq, a.QkvLength), Tol.F32Reduction, "dQkv");
+        Assert.Contains(expected, v => Math.Abs(v) > 1e-2); // not vacuous
+        if (pattern == "random") Assert.Contains(lse, double.IsPositiveInfinity); // fully masked rows are covered
     }
 
     public static TheoryData<string, int, float> ForwardCases()
@@ -213,6 +413,7 @@ public class AttentionTests
     public void Backward_over_several_blocks_matches_finite_differences(string device, int s, int hd)
     {
         var a = AttentionShape.Create(3, s, 2, hd, 0.15f, new DropoutKey(21, 4, 9));
+        a.Ranks = 1;
         CheckBackward(Devices.Get(device), a, PrefixMask(s, [s, s - 9, 0], [s / 3, s / 2, 0]), new Random(s + hd));
     }
 

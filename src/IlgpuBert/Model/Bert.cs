@@ -82,12 +82,14 @@ public sealed class BertLayer
 
     /// <param name="probs">When given ([B, NH, S, S]), receives the attention probabilities.</param>
     /// <param name="hooks">Where fine-tuning and compression reach in (Linear layers, head masks, attention maps).</param>
+    /// <param name="mask">The rank mask [2, B, S] (<see cref="BertInputs.AttentionRanks"/>).</param>
     public Var Forward(Tape tape, BertConfig c, Var x, DeviceInts mask, int batch, int seqLen, Dropouts dropouts, Tensor? probs = null,
         BertHooks? hooks = null, List<Var>? attentionMaps = null)
     {
         var linear = hooks?.Linear ?? Ops.Linear;
         var qkv = linear(tape, x, QkvWeight, QkvBias, null); // [B, S, 3A] = [B, S, 3, NH, HD]
         var shape = AttentionShape.Create(batch, seqLen, Heads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * Index));
+        shape.Ranks = 1;
         var context = Ops.Attention(tape, qkv, mask, shape, probs);
         if (attentionMaps is not null) attentionMaps.Add(Ops.AttentionProbs(tape, qkv, mask, shape));
         if (hooks?.HeadMasks?[Index] is { } headMask) context = Ops.ScaleHeads(tape, context, headMask, c.HeadDim);
@@ -181,7 +183,7 @@ public sealed class BertModel : IDisposable
         int b = inputs.Batch, s = inputs.SeqLen;
         var ids = tape.Own(new DeviceInts(Device, inputs.InputIds));
         var types = tape.Own(new DeviceInts(Device, inputs.TokenTypeIds));
-        var mask = tape.Own(new DeviceInts(Device, inputs.KeyMask()));
+        var mask = tape.Own(new DeviceInts(Device, inputs.AttentionRanks()));
 
         var hidden = Embeddings.Forward(tape, c, ids, types, b, s, dropouts);
         if (hooks?.EmbeddingOutput is { } perturb) hidden = perturb(hidden);

@@ -6,7 +6,9 @@ namespace IlgpuBert.Model;
 /// One batch in HF's terms: input_ids, token_type_ids and attention_mask as [B, S] row-major,
 /// optional MLM labels [B, S] (−100 = ignored) and next_sentence_label [B]; for pretraining, labels
 /// of the model's auxiliary token heads by head name ([B, S] of 0/1, −100 = ignored); and, for
-/// UniLM's attention masks, <see cref="AttentionPrefix"/>.
+/// UniLM's attention masks, <see cref="AttentionPrefix"/>, or for any other visibility pattern
+/// (XLNet's factorisation orders, UniLMv2's pseudo-masks) explicit <see cref="KeyRanks"/> and
+/// <see cref="QueryRanks"/>.
 /// </summary>
 public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] TokenTypeIds, int[] AttentionMask,
     int[]? Labels = null, int[]? NextSentenceLabel = null, IReadOnlyDictionary<string, int[]>? AuxLabels = null)
@@ -37,16 +39,33 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
     public int[]? AttentionPrefix { get; init; }
 
     /// <summary>
-    /// The attention kernels' key mask [B, S]: attention_mask itself, or with <see cref="AttentionPrefix"/>
-    /// 1 before each row's prefix and <see cref="Kernels.AttentionShape.CausalKey"/> after it (0 stays 0).
+    /// Attention ranks [B, S], given with <see cref="QueryRanks"/>: query i of a row sees key j of it
+    /// when KeyRanks[j] ≤ QueryRanks[i] (and attention_mask[j] is 1). Ranks lie in [0, 2^24);
+    /// a key rank of <see cref="Kernels.AttentionShape.NeverSeen"/> hides the key from every query.
     /// </summary>
-    public int[] KeyMask()
+    public int[]? KeyRanks { get; init; }
+
+    /// <summary>The query half of <see cref="KeyRanks"/>, [B, S].</summary>
+    public int[]? QueryRanks { get; init; }
+
+    /// <summary>
+    /// The attention kernels' rank mask [2, B, S] (every key's rank, then every query's; see
+    /// <see cref="Kernels.AttentionShape"/>): <see cref="KeyRanks"/> and <see cref="QueryRanks"/> when
+    /// given; else from <see cref="AttentionPrefix"/>, rank 0 before each row's prefix and the position
+    /// from it on; else every rank 0. Keys with attention_mask 0 get NeverSeen.
+    /// </summary>
+    public int[] AttentionRanks()
     {
-        if (AttentionPrefix is null) return AttentionMask;
-        var m = new int[AttentionMask.Length];
-        for (int i = 0; i < m.Length; i++)
-            m[i] = AttentionMask[i] == 0 ? 0 : i % SeqLen < AttentionPrefix[i / SeqLen] ? 1 : Kernels.AttentionShape.CausalKey;
-        return m;
+        int n = Batch * SeqLen;
+        var r = new int[2 * n];
+        for (int i = 0; i < n; i++)
+        {
+            int position = i % SeqLen;
+            int rank = AttentionPrefix is not null && position >= AttentionPrefix[i / SeqLen] ? position : 0;
+            r[i] = AttentionMask[i] == 0 ? Kernels.AttentionShape.NeverSeen : KeyRanks?[i] ?? rank;
+            r[n + i] = QueryRanks?[i] ?? rank;
+        }
+        return r;
     }
 
     /// <summary>
@@ -86,6 +105,19 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
         for (int r = 0; r < Batch && AttentionPrefix is not null; r++)
             if ((uint)AttentionPrefix[r] > (uint)SeqLen)
                 throw new ArgumentException($"attention prefix of row {r} is {AttentionPrefix[r]}, outside [0, {SeqLen}]");
+        if ((KeyRanks is null) != (QueryRanks is null))
+            throw new ArgumentException("attention ranks need both KeyRanks and QueryRanks");
+        if (KeyRanks is not null && AttentionPrefix is not null)
+            throw new ArgumentException("give an attention prefix or attention ranks, not both");
+        Length("key ranks", KeyRanks, n);
+        Length("query ranks", QueryRanks, n);
+        for (int i = 0; i < n && KeyRanks is not null; i++)
+        {
+            if ((uint)KeyRanks[i] >= Kernels.AttentionShape.MaxRank && KeyRanks[i] != Kernels.AttentionShape.NeverSeen)
+                throw new ArgumentException($"key rank [{i / SeqLen}][{i % SeqLen}] = {KeyRanks[i]} is outside [0, 2^24) and not NeverSeen");
+            if ((uint)QueryRanks![i] >= Kernels.AttentionShape.MaxRank)
+                throw new ArgumentException($"query rank [{i / SeqLen}][{i % SeqLen}] = {QueryRanks[i]} is outside [0, 2^24)");
+        }
         for (int i = 0; i < n; i++)
         {
             if ((uint)InputIds[i] >= (uint)config.VocabSize)

@@ -79,7 +79,7 @@ public sealed class ElectraGenerator : IDisposable
         int b = inputs.Batch, s = inputs.SeqLen;
         var ids = tape.Own(new DeviceInts(discriminator.Device, inputs.InputIds));
         var types = tape.Own(new DeviceInts(discriminator.Device, inputs.TokenTypeIds));
-        var mask = tape.Own(new DeviceInts(discriminator.Device, inputs.KeyMask()));
+        var mask = tape.Own(new DeviceInts(discriminator.Device, inputs.AttentionRanks()));
         var x = discriminator.Embeddings.Forward(tape, d, ids, types, b, s, dropouts);
         x = Ops.Linear(tape, x, ProjectWeight, ProjectBias);
         foreach (var layer in Layers) x = layer.Forward(tape, Config, x, mask, b, s, dropouts);
@@ -185,6 +185,8 @@ public sealed class ElectraGenerator : IDisposable
         var input = new BertInputs(masked.Batch, masked.SeqLen, ids, masked.TokenTypeIds, masked.AttentionMask)
         {
             AttentionPrefix = masked.AttentionPrefix,
+            KeyRanks = masked.KeyRanks,
+            QueryRanks = masked.QueryRanks,
         };
         return (input, labels);
     }
