@@ -310,17 +310,8 @@ public class AttentionTests
         var qkv = Rand.Normal(rng, a.QkvLength);
         var w = Rand.Normal(rng, a.ContextLength);
         var lse = CheckForward(d, a, mask, qkv);
-
-        using var bqkv = d.Upload(qkv);
-        using var bmask = d.Upload(mask);
-        using var bctx = d.Poisoned(a.ContextLength);
-        using var blse = d.Poisoned(a.RowCount);
-        using var bw = d.Upload(w);
-        using var bdq = d.Poisoned(a.QkvLength);
-        d.Kernels.Attention.Forward(bqkv.View, bmask.View, bctx.View, blse.View, a);
-        d.Kernels.Attention.Backward(bqkv.View, bmask.View, bctx.View, blse.View, bw.View, bdq.View, a);
         var expected = ReferenceAttentionGradient(Rand.ToDouble(qkv), mask, a, Rand.ToDouble(w));
-        Tol.AssertClose(expected, d.Read(bdq, a.QkvLength), Tol.F32Reduction, "dQkv");
+        Tol.AssertClose(expected, Gradient(d, a, mask, qkv, w), Tol.F32Reduction, "dQkv");
         Assert.Contains(expected, v => Math.Abs(v) > 1e-2); // not vacuous
         if (pattern == "random") Assert.Contains(lse, double.IsPositiveInfinity); // fully masked rows are covered
     }
@@ -432,12 +423,9 @@ public class AttentionTests
         CheckBackward(d, a, mask, new Random(s + 1));
     }
 
-    /// <summary>dQkv of L = Σ w ⊙ context against central differences of the double reference; the third sequence must be fully masked.</summary>
-    private static void CheckBackward(TestDevice d, AttentionShape a, int[] mask, Random rng)
+    /// <summary>The device's dQkv of L = Σ w ⊙ context: its forward, then its backward into a poisoned buffer.</summary>
+    private static float[] Gradient(TestDevice d, AttentionShape a, int[] mask, float[] qkv, float[] w)
     {
-        int hd = a.HeadDim;
-        var qkv = Rand.Normal(rng, a.QkvLength);
-        var w = Rand.Normal(rng, a.ContextLength); // L = Σ w ⊙ context
         using var bqkv = d.Upload(qkv);
         using var bmask = d.Upload(mask);
         using var bctx = d.Poisoned(a.ContextLength);
@@ -446,7 +434,16 @@ public class AttentionTests
         using var bdq = d.Poisoned(a.QkvLength);
         d.Kernels.Attention.Forward(bqkv.View, bmask.View, bctx.View, blse.View, a);
         d.Kernels.Attention.Backward(bqkv.View, bmask.View, bctx.View, blse.View, bw.View, bdq.View, a);
-        var got = d.Read(bdq, a.QkvLength);
+        return d.Read(bdq, a.QkvLength);
+    }
+
+    /// <summary>dQkv of L = Σ w ⊙ context against central differences of the double reference; the third sequence must be fully masked.</summary>
+    private static void CheckBackward(TestDevice d, AttentionShape a, int[] mask, Random rng)
+    {
+        int hd = a.HeadDim;
+        var qkv = Rand.Normal(rng, a.QkvLength);
+        var w = Rand.Normal(rng, a.ContextLength); // L = Σ w ⊙ context
+        var got = Gradient(d, a, mask, qkv, w);
         Assert.All(got, v => Assert.True(float.IsFinite(v)));
 
         // Central differences of the double reference at a sample of coordinates spread over q, k, v.

@@ -57,9 +57,10 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
                         var sc = new double[s];
                         for (int j = 0; j < s; j++)
                         {
-                            if (x.AttentionMask[bb * s + j] == 0 || (x.AttentionPrefix is { } visible && j >= visible[bb] && j > i))
+                            if (x.AttentionMask[bb * s + j] == 0 || (x.AttentionPrefix is { } visible && j >= visible[bb] && j > i)
+                                || (x.KeyRanks is { } keys && keys[bb * s + j] > x.QueryRanks![bb * s + i]))
                             {
-                                sc[j] = double.NegativeInfinity; // masked, or (UniLM) after the prefix and after the query
+                                sc[j] = double.NegativeInfinity; // masked, (UniLM) after the prefix and after the query, or ranked after the query
                                 continue;
                             }
                             double d = 0;

@@ -3,6 +3,7 @@ using IlgpuBert.Checkpoints;
 using IlgpuBert.Model;
 using IlgpuBert.Pretraining;
 using IlgpuBert.Runtime;
+using IlgpuBert.Kernels;
 
 namespace IlgpuBert.Tests;
 
@@ -99,6 +100,36 @@ public class ModelTests
     /// UniLM's attention masks through the whole model: row 0 left-to-right, row 1 seq2seq with a
     /// 3-token source. Hidden states, loss and every parameter's gradient against the double reference.
     /// </summary>
+    /// <summary>
+    /// Explicit attention ranks reach every layer: an XLNet-like pattern (row 0: a factorisation
+    /// order, positions 5–6 query-stream rows never seen as keys and one rank below their targets';
+    /// row 1: ranks shuffled) gives the double reference's hidden states and loss, which differ from
+    /// the bidirectional model's.
+    /// </summary>
+    [Theory]
+    [Trait("Category", "Accelerators")]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void Explicit_attention_ranks_match_the_reference(string deviceName)
+    {
+        using var device = Devices.OpenBert(deviceName);
+        var config = TinyConfig("gelu");
+        using var model = RandomModel(device, config, 9);
+        const int never = AttentionShape.NeverSeen;
+        var inputs = Batch() with
+        {
+            KeyRanks = [0, 3, 1, 4, 2, never, never, 2, 0, 1, 0, 3, 5, 5],
+            QueryRanks = [0, 3, 1, 4, 2, 2, 0, 2, 0, 1, 0, 3, 5, 5],
+        };
+        using var tape = new Tape(recording: false);
+        var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+        var reference = new BertReference(config, HostParameters(model)).Forward(inputs);
+        var tol = new Tol(1e-5, 1e-4, "model outputs");
+        Tol.AssertClose(reference.LastHidden, outputs.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
+        Tol.AssertClose([reference.Loss], [outputs.ReadLoss()!.Value], tol, "loss");
+        var bidirectional = new BertReference(config, HostParameters(model)).Forward(Batch()).Loss;
+        Assert.True(Math.Abs(bidirectional - reference.Loss) > 1e-3, "the ranks change nothing");
+    }
+
     [Theory]
     [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
@@ -503,6 +534,17 @@ public class ModelTests
             Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { AttentionPrefix = [3] }).Validate(c)).Message);
         Assert.Contains("attention prefix has 2 entries, expected 1",
             Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { AttentionPrefix = [0, 1] }).Validate(c)).Message);
+        Assert.Contains("need both KeyRanks and QueryRanks",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { KeyRanks = [0, 0] }).Validate(c)).Message);
+        Assert.Contains("not both",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { KeyRanks = [0, 0], QueryRanks = [0, 0], AttentionPrefix = [1] }).Validate(c)).Message);
+        Assert.Contains("query ranks has 1 entries, expected 2",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { KeyRanks = [0, 0], QueryRanks = [0] }).Validate(c)).Message);
+        Assert.Contains("key rank [0][1] = -1",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { KeyRanks = [0, -1], QueryRanks = [0, 0] }).Validate(c)).Message);
+        Assert.Contains("query rank [0][0] = 16777216",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { KeyRanks = [0, 0], QueryRanks = [1 << 24, 0] }).Validate(c)).Message);
+        (BertInputs.FromRows([[1, 2]]) with { KeyRanks = [0, AttentionShape.NeverSeen], QueryRanks = [0, 0] }).Validate(c); // NeverSeen is a key rank
     }
 }
 
