@@ -1,5 +1,7 @@
 // BERT's embedding sum (HF BertEmbeddings before its LayerNorm):
-// out[t] = word[input_ids[t]] + position[t mod S] + token_type[token_type_ids[t]], t over [B·S].
+// out[t] = word[input_ids[t]] + position[position_ids[t]] + token_type[token_type_ids[t]], t over
+// [B·S]. position_ids is HF's argument: t mod S for plain BERT (BertInputs' default), the target's
+// position for XLNet's query stream and UniLMv2's pseudo-masks.
 //
 // Backward adds each output row's gradient into the table rows that produced it. Several tokens
 // share a row (a frequent word, a position, a segment), so a naive kernel needs float atomics,
@@ -16,14 +18,14 @@ namespace IlgpuBert.Kernels;
 public sealed class EmbeddingKernels
 {
     private readonly KernelSet set;
-    private readonly Lazy<Action<KernelConfig, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>> forward;
+    private readonly Lazy<Action<KernelConfig, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>> forward;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>> scatter;
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>> gather;
 
     internal EmbeddingKernels(KernelSet set)
     {
         this.set = set;
-        forward = new(() => set.LoadStreamKernel<ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>(ForwardKernel));
+        forward = new(() => set.LoadStreamKernel<ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, EmbeddingShape>(ForwardKernel));
         scatter = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ScatterAddKernel));
         gather = new(() => set.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int>(GatherKernel));
     }
@@ -50,15 +52,16 @@ public sealed class EmbeddingKernels
     }
 
     /// <summary>
-    /// out: [T, H] with T = B·S tokens. ids, typeIds: [T] on the device. An id outside its table
-    /// makes that token's row NaN (never an out-of-bounds read); callers validate ids on the host
-    /// first to give a proper error.
+    /// out: [T, H] with T = B·S tokens. ids, positionIds, typeIds: [T] on the device. An id outside
+    /// its table makes that token's row NaN (never an out-of-bounds read); callers validate ids on
+    /// the host first to give a proper error.
     /// </summary>
-    public void Forward(ArrayView<int> ids, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
+    public void Forward(ArrayView<int> ids, ArrayView<int> positionIds, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
         ArrayView<float> tokenType, ArrayView<float> output, EmbeddingShape shape)
     {
         shape.Validate();
         Check.Vector("input_ids", ids, shape.Tokens);
+        Check.Vector("position_ids", positionIds, shape.Tokens);
         Check.Vector("token_type_ids", typeIds, shape.Tokens);
         Check.Matrix("word_embeddings", word, shape.VocabSize, shape.Hidden);
         Check.Matrix("position_embeddings", position, shape.MaxPositions, shape.Hidden);
@@ -67,28 +70,24 @@ public sealed class EmbeddingKernels
         if (n > 0 && set.UseHostRows)
         {
             set.Accelerator.Synchronize();
-            HostRows.EmbeddingsForward(ids, typeIds, word, position, tokenType, output, shape);
+            HostRows.EmbeddingsForward(ids, positionIds, typeIds, word, position, tokenType, output, shape);
             return;
         }
-        if (n > 0) forward.Value(set.GridStride(n), ids, typeIds, word, position, tokenType, output, shape);
+        if (n > 0) forward.Value(set.GridStride(n), ids, positionIds, typeIds, word, position, tokenType, output, shape);
     }
 
     /// <summary>dWord, dPosition, dTokenType += their shares of dOut [T, H] (any may be default to skip).</summary>
-    public void Backward(ArrayView<float> dOut, ReadOnlySpan<int> ids, ReadOnlySpan<int> typeIds,
+    public void Backward(ArrayView<float> dOut, ReadOnlySpan<int> ids, ReadOnlySpan<int> positionIds, ReadOnlySpan<int> typeIds,
         ArrayView<float> dWord, ArrayView<float> dPosition, ArrayView<float> dTokenType, EmbeddingShape shape)
     {
         shape.Validate();
-        if (ids.Length != shape.Tokens || typeIds.Length != shape.Tokens)
-            throw new ArgumentException($"expected {shape.Tokens} input and token type ids, got {ids.Length} and {typeIds.Length}");
+        if (ids.Length != shape.Tokens || positionIds.Length != shape.Tokens || typeIds.Length != shape.Tokens)
+            throw new ArgumentException($"expected {shape.Tokens} input, position and token type ids, got {ids.Length}, {positionIds.Length} and {typeIds.Length}");
         Check.Matrix("dOut", dOut, shape.Tokens, shape.Hidden);
         if (dWord.IsValid && dWord.Length > 0)
             ScatterAdd(dOut, ids, dWord, shape.VocabSize, shape.Hidden, "input_ids");
         if (dPosition.IsValid && dPosition.Length > 0)
-        {
-            var positions = new int[shape.Tokens];
-            for (int t = 0; t < positions.Length; t++) positions[t] = t % shape.SeqLen;
-            ScatterAdd(dOut, positions, dPosition, shape.MaxPositions, shape.Hidden, "position_ids");
-        }
+            ScatterAdd(dOut, positionIds, dPosition, shape.MaxPositions, shape.Hidden, "position_ids");
         if (dTokenType.IsValid && dTokenType.Length > 0)
             ScatterAdd(dOut, typeIds, dTokenType, shape.TypeVocabSize, shape.Hidden, "token_type_ids");
     }
@@ -148,7 +147,7 @@ public sealed class EmbeddingKernels
 
     [GpuGroup(KernelSet.GpuStrideGroup)]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void ForwardKernel(ArrayView<int> ids, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
+    internal static void ForwardKernel(ArrayView<int> ids, ArrayView<int> positionIds, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
         ArrayView<float> tokenType, ArrayView<float> output, EmbeddingShape s)
     {
         long n = (long)s.Tokens * s.Hidden;
@@ -156,8 +155,8 @@ public sealed class EmbeddingKernels
         for (long i = GridStride.Start; i < n; i += step)
         {
             int t = (int)(i / s.Hidden), h = (int)(i % s.Hidden);
-            int id = ids[t], type = typeIds[t], p = t % s.SeqLen;
-            output[i] = (uint)id < (uint)s.VocabSize && (uint)type < (uint)s.TypeVocabSize && p < s.MaxPositions
+            int id = ids[t], type = typeIds[t], p = positionIds[t];
+            output[i] = (uint)id < (uint)s.VocabSize && (uint)type < (uint)s.TypeVocabSize && (uint)p < (uint)s.MaxPositions
                 ? word[(long)id * s.Hidden + h] + position[(long)p * s.Hidden + h] + tokenType[(long)type * s.Hidden + h]
                 : float.NaN;
         }
@@ -196,7 +195,10 @@ public sealed class EmbeddingKernels
     }
 }
 
-/// <summary>Sizes for the embedding kernels: T = Tokens = B·S, H, and the three table heights.</summary>
+/// <summary>
+/// Sizes for the embedding kernels: T = Tokens = B·S, H, and the three table heights. S may exceed
+/// max_position_embeddings (XLNet's query rows repeat positions): the position ids are what must fit.
+/// </summary>
 public struct EmbeddingShape
 {
     public int Tokens, SeqLen, Hidden, VocabSize, MaxPositions, TypeVocabSize;
@@ -205,7 +207,5 @@ public struct EmbeddingShape
     {
         if (Tokens < 0 || SeqLen < 1 || Hidden < 0 || VocabSize < 1 || MaxPositions < 1 || TypeVocabSize < 1 || Tokens % SeqLen != 0)
             throw new ArgumentException($"invalid embedding shape: tokens={Tokens}, seq_len={SeqLen}, hidden={Hidden}, vocab={VocabSize}, positions={MaxPositions}, types={TypeVocabSize}");
-        if (SeqLen > MaxPositions)
-            throw new ArgumentException($"sequence length {SeqLen} exceeds max_position_embeddings {MaxPositions}");
     }
 }

@@ -39,19 +39,19 @@ internal static unsafe class HostRows
 
     // ---- Embeddings (Embeddings.cs) ----
 
-    /// <summary>out[t] = word[ids[t]] + position[t mod S] + token_type[types[t]]; a NaN row for an id outside its table, as the kernel.</summary>
-    public static void EmbeddingsForward(ArrayView<int> ids, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
+    /// <summary>out[t] = word[ids[t]] + position[positionIds[t]] + token_type[types[t]]; a NaN row for an id outside its table, as the kernel.</summary>
+    public static void EmbeddingsForward(ArrayView<int> ids, ArrayView<int> positionIds, ArrayView<int> typeIds, ArrayView<float> word, ArrayView<float> position,
         ArrayView<float> tokenType, ArrayView<float> output, EmbeddingShape s)
     {
-        nint pi = (nint)P(ids), pt = (nint)P(typeIds), pw = (nint)P(word), pp = (nint)P(position), pty = (nint)P(tokenType), po = (nint)P(output);
+        nint pi = (nint)P(ids), pq = (nint)P(positionIds), pt = (nint)P(typeIds), pw = (nint)P(word), pp = (nint)P(position), pty = (nint)P(tokenType), po = (nint)P(output);
         Blocks(s.Tokens, (long)s.Tokens * s.Hidden, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             int h = s.Hidden;
             for (int t = a; t < b; t++)
             {
-                int id = ((int*)pi)[t], type = ((int*)pt)[t], p = t % s.SeqLen;
+                int id = ((int*)pi)[t], type = ((int*)pt)[t], p = ((int*)pq)[t];
                 float* dst = (float*)po + (long)t * h;
-                if ((uint)id >= (uint)s.VocabSize || (uint)type >= (uint)s.TypeVocabSize || p >= s.MaxPositions)
+                if ((uint)id >= (uint)s.VocabSize || (uint)type >= (uint)s.TypeVocabSize || (uint)p >= (uint)s.MaxPositions)
                 {
                     new Span<float>(dst, h).Fill(float.NaN);
                     continue;

@@ -130,8 +130,8 @@ public class EmbeddingDropoutBenchmark : KernelBenchmark
 {
     private const int Batch = 32, Seq = 128, Hidden = 768, Vocab = 30522;
     private ArrayView<float> word, pos, type, output, dOut, dWord;
-    private MemoryBuffer1D<int, Stride1D.Dense> ids = null!, types = null!;
-    private int[] hostIds = [], hostTypes = [];
+    private MemoryBuffer1D<int, Stride1D.Dense> ids = null!, positions = null!, types = null!;
+    private int[] hostIds = [], hostPositions = [], hostTypes = [];
     private EmbeddingShape shape;
 
     protected override void Prepare()
@@ -140,15 +140,17 @@ public class EmbeddingDropoutBenchmark : KernelBenchmark
         var rng = new Random(1);
         hostIds = Enumerable.Range(0, shape.Tokens).Select(_ => rng.Next(Vocab)).ToArray();
         hostTypes = Enumerable.Range(0, shape.Tokens).Select(t => t % Seq < Seq / 2 ? 0 : 1).ToArray();
+        hostPositions = Enumerable.Range(0, shape.Tokens).Select(t => t % Seq).ToArray();
         ids = Device.Accelerator.Allocate1D(hostIds);
+        positions = Device.Accelerator.Allocate1D(hostPositions);
         types = Device.Accelerator.Allocate1D(hostTypes);
         word = Random((long)Vocab * Hidden, 2); pos = Random(512L * Hidden, 3); type = Random(2L * Hidden, 4);
         output = Random((long)shape.Tokens * Hidden, 5); dOut = Random((long)shape.Tokens * Hidden, 6);
         dWord = Random((long)Vocab * Hidden, 7);
     }
 
-    [Benchmark] public void EmbeddingsForward() { K.Embeddings.Forward(ids.View, types.View, word, pos, type, output, shape); Sync(); }
-    [Benchmark] public void EmbeddingsBackwardWord() { K.Embeddings.Backward(dOut, hostIds, hostTypes, dWord, default, default, shape); Sync(); }
+    [Benchmark] public void EmbeddingsForward() { K.Embeddings.Forward(ids.View, positions.View, types.View, word, pos, type, output, shape); Sync(); }
+    [Benchmark] public void EmbeddingsBackwardWord() { K.Embeddings.Backward(dOut, hostIds, hostPositions, hostTypes, dWord, default, default, shape); Sync(); }
     [Benchmark] public void Dropout() { K.Dropout.Forward(dOut, output, (long)shape.Tokens * Hidden, 0.1f, new DropoutKey(1, 1, 1)); Sync(); }
 }
 

@@ -110,7 +110,7 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
         var e = new double[t * h];
         for (int k = 0; k < t; k++)
             for (int j = 0; j < h; j++)
-                e[k * h + j] = word[x.InputIds[k] * h + j] + pos[k % s * h + j] + type[x.TokenTypeIds[k] * h + j];
+                e[k * h + j] = word[x.InputIds[k] * h + j] + pos[(x.PositionIds?[k] ?? k % s) * h + j] + type[x.TokenTypeIds[k] * h + j];
         return LayerNorm(e, t, "bert.embeddings.LayerNorm");
     }
 

@@ -99,12 +99,18 @@ public class LossAndEmbeddingTests
         var ids = Enumerable.Range(0, s.Tokens).Select(_ => rng.Next(4)).ToArray(); // few ids: many repeats
         ids[5] = 10;
         var types = Enumerable.Range(0, s.Tokens).Select(t => t % s.SeqLen < 3 ? 0 : 1).ToArray();
+        // Explicit position_ids, not t mod S: the last two of each row repeat earlier positions, as
+        // XLNet's query-stream rows and UniLMv2's pseudo-masks do, and one row counts backwards.
+        var positions = Enumerable.Range(0, s.Tokens).Select(t => t % s.SeqLen).ToArray();
+        for (int b = 0; b < 3; b++) { positions[b * s.SeqLen + 5] = 1 + b; positions[b * s.SeqLen + 6] = s.MaxPositions - 1; }
+        for (int j = 0; j < s.SeqLen; j++) positions[s.SeqLen + j] = s.SeqLen - 1 - j;
         var word = Rand.Normal(rng, s.VocabSize * s.Hidden);
         var pos = Rand.Normal(rng, s.MaxPositions * s.Hidden);
         var type = Rand.Normal(rng, s.TypeVocabSize * s.Hidden);
         var dOut = Rand.Normal(rng, s.Tokens * s.Hidden);
         var dWord0 = Rand.Normal(rng, word.Length);
         using var bids = d.Upload(ids);
+        using var bpositions = d.Upload(positions);
         using var btypes = d.Upload(types);
         using var bw = d.Upload(word);
         using var bp = d.Upload(pos);
@@ -114,8 +120,8 @@ public class LossAndEmbeddingTests
         using var bdw = d.Upload(dWord0);
         using var bdp = d.Upload(new float[pos.Length]);
         using var bdt = d.Upload(new float[type.Length]);
-        d.Kernels.Embeddings.Forward(bids.View, btypes.View, bw.View, bp.View, bt.View, bout.View, s);
-        d.Kernels.Embeddings.Backward(bdOut.View, ids, types, bdw.View, bdp.View, bdt.View, s);
+        d.Kernels.Embeddings.Forward(bids.View, bpositions.View, btypes.View, bw.View, bp.View, bt.View, bout.View, s);
+        d.Kernels.Embeddings.Backward(bdOut.View, ids, positions, types, bdw.View, bdp.View, bdt.View, s);
 
         int h = s.Hidden;
         var expected = new double[s.Tokens * h];
@@ -125,7 +131,7 @@ public class LossAndEmbeddingTests
         for (int t = 0; t < s.Tokens; t++)
             for (int j = 0; j < h; j++)
             {
-                int p = t % s.SeqLen;
+                int p = positions[t];
                 expected[t * h + j] = (double)word[ids[t] * h + j] + pos[p * h + j] + type[types[t] * h + j];
                 dWord[ids[t] * h + j] += dOut[t * h + j];
                 dPos[p * h + j] += dOut[t * h + j];
@@ -146,6 +152,7 @@ public class LossAndEmbeddingTests
         var rng = new Random(5);
         var ids = Enumerable.Range(0, s.Tokens).Select(_ => rng.Next(s.VocabSize)).ToArray();
         var types = Enumerable.Range(0, s.Tokens).Select(_ => rng.Next(2)).ToArray();
+        var positions = Enumerable.Range(0, s.Tokens).Select(_ => rng.Next(s.MaxPositions)).ToArray();
         var rows = Enumerable.Range(0, 40).Select(_ => rng.Next(s.Tokens)).ToArray();
         var word = Rand.Normal(rng, s.VocabSize * s.Hidden);
         var pos = Rand.Normal(rng, s.MaxPositions * s.Hidden);
@@ -155,6 +162,7 @@ public class LossAndEmbeddingTests
         float[][] Run(TestDevice d)
         {
             using var bids = d.Upload(ids);
+            using var bpositions = d.Upload(positions);
             using var btypes = d.Upload(types);
             using var bw = d.Upload(word);
             using var bp = d.Upload(pos);
@@ -164,9 +172,9 @@ public class LossAndEmbeddingTests
             using var bdOut = d.Upload(dOut);
             using var bdw = d.Upload(dWord0);
             using var bdp = d.Upload(new float[pos.Length]);
-            d.Kernels.Embeddings.Forward(bids.View, btypes.View, bw.View, bp.View, bt.View, bout.View, s);
+            d.Kernels.Embeddings.Forward(bids.View, bpositions.View, btypes.View, bw.View, bp.View, bt.View, bout.View, s);
             d.Kernels.Embeddings.Gather(bout.View, rows, gathered.View, s.Tokens, s.Hidden);
-            d.Kernels.Embeddings.Backward(bdOut.View, ids, types, bdw.View, bdp.View, default, s);
+            d.Kernels.Embeddings.Backward(bdOut.View, ids, positions, types, bdw.View, bdp.View, default, s);
             return [d.Read(bout, s.Tokens * s.Hidden), d.Read(gathered, rows.Length * s.Hidden), d.Read(bdw, word.Length), d.Read(bdp, pos.Length)];
         }
         var host = Run(Devices.Get("cpu"));
@@ -193,7 +201,7 @@ public class LossAndEmbeddingTests
         {
             using var bdOut = d.Upload(dOut);
             using var bdw = d.Upload(new float[s.VocabSize * s.Hidden]);
-            d.Kernels.Embeddings.Backward(bdOut.View, ids, types, bdw.View, default, default, s);
+            d.Kernels.Embeddings.Backward(bdOut.View, ids, new int[s.Tokens], types, bdw.View, default, default, s);
             return d.Read(bdw, s.VocabSize * s.Hidden);
         }
         var first = Run();
@@ -211,20 +219,29 @@ public class LossAndEmbeddingTests
         using var bdOut = d.Upload(new float[12]);
         using var bdw = d.Upload(new float[s.VocabSize * 4]);
         var ex = Assert.Throws<ArgumentOutOfRangeException>(() =>
-            d.Kernels.Embeddings.Backward(bdOut.View, ids, new int[3], bdw.View, default, default, s));
+            d.Kernels.Embeddings.Backward(bdOut.View, ids, new int[3], new int[3], bdw.View, default, default, s));
         Assert.Contains("input_ids[1] = 11", ex.Message);
+        using var bdp = d.Upload(new float[s.MaxPositions * 4]);
+        ex = Assert.Throws<ArgumentOutOfRangeException>(() =>
+            d.Kernels.Embeddings.Backward(bdOut.View, [1, 1, 1], [0, 1, s.MaxPositions], new int[3], default, bdp.View, default, s));
+        Assert.Contains($"position_ids[2] = {s.MaxPositions}", ex.Message);
 
         using var bids = d.Upload(ids);
+        using var bpositions = d.Upload(new[] { 0, 1, 2 });
         using var btypes = d.Upload(new int[3]);
         using var bw = d.Upload(new float[s.VocabSize * 4]);
         using var bp = d.Upload(new float[s.MaxPositions * 4]);
         using var bt = d.Upload(new float[2 * 4]);
         using var bout = d.Poisoned(12);
-        d.Kernels.Embeddings.Forward(bids.View, btypes.View, bw.View, bp.View, bt.View, bout.View, s);
+        d.Kernels.Embeddings.Forward(bids.View, bpositions.View, btypes.View, bw.View, bp.View, bt.View, bout.View, s);
         var got = d.Read(bout, 12);
         Assert.All(got[4..8], v => Assert.True(float.IsNaN(v)));
         Assert.All(got[..4].Concat(got[8..]), v => Assert.Equal(0f, v));
-        Assert.Throws<ArgumentException>(() =>
-            d.Kernels.Embeddings.Forward(bids.View, btypes.View, bw.View, bp.View, bt.View, bout.View, s with { SeqLen = 3, MaxPositions = 2 }));
+        // A position id past the table (here 2 with two positions) is a NaN row too, never a read outside it.
+        using var bout2 = d.Poisoned(12);
+        d.Kernels.Embeddings.Forward(bids.View, bpositions.View, btypes.View, bw.View, bp.View, bt.View, bout2.View, s with { MaxPositions = 2 });
+        got = d.Read(bout2, 12);
+        Assert.All(got[4..], v => Assert.True(float.IsNaN(v)));
+        Assert.All(got[..4], v => Assert.Equal(0f, v));
     }
 }

@@ -109,25 +109,36 @@ public class ModelTests
     [Theory]
     [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
-    public void Explicit_attention_ranks_match_the_reference(string deviceName)
+    public void Explicit_attention_ranks_and_position_ids_match_the_reference(string deviceName)
     {
         using var device = Devices.OpenBert(deviceName);
         var config = TinyConfig("gelu");
         using var model = RandomModel(device, config, 9);
         const int never = AttentionShape.NeverSeen;
+        // An XLNet-like row: tokens 5 and 6 are query-stream rows, never seen as keys, standing at
+        // positions 2 and 0 (their targets'); the second row counts its positions backwards.
         var inputs = Batch() with
         {
             KeyRanks = [0, 3, 1, 4, 2, never, never, 2, 0, 1, 0, 3, 5, 5],
             QueryRanks = [0, 3, 1, 4, 2, 2, 0, 2, 0, 1, 0, 3, 5, 5],
+            PositionIds = [0, 1, 2, 3, 4, 2, 0, 6, 5, 4, 3, 2, 1, 0],
         };
-        using var tape = new Tape(recording: false);
-        var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
-        var reference = new BertReference(config, HostParameters(model)).Forward(inputs);
-        var tol = new Tol(1e-5, 1e-4, "model outputs");
-        Tol.AssertClose(reference.LastHidden, outputs.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
-        Tol.AssertClose([reference.Loss], [outputs.ReadLoss()!.Value], tol, "loss");
-        var bidirectional = new BertReference(config, HostParameters(model)).Forward(Batch()).Loss;
-        Assert.True(Math.Abs(bidirectional - reference.Loss) > 1e-3, "the ranks change nothing");
+        float loss;
+        using (var tape = new Tape())
+        {
+            var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+            loss = outputs.ReadLoss()!.Value;
+            var reference = new BertReference(config, HostParameters(model)).Forward(inputs);
+            var tol = new Tol(1e-5, 1e-4, "model outputs");
+            Tol.AssertClose(reference.LastHidden, outputs.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
+            Tol.AssertClose([reference.Loss], [loss], tol, "loss");
+            tape.Backward();
+        }
+        var r = new BertReference(config, HostParameters(model));
+        Assert.True(Math.Abs(r.Forward(Batch()).Loss - loss) > 1e-3, "the ranks and positions change nothing");
+        Assert.True(Math.Abs(r.Forward(inputs with { PositionIds = null }).Loss - loss) > 1e-3, "the position ids change nothing");
+        AssertGradientsMatch(model, r, ["bert.embeddings.position_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight"],
+            () => r.Forward(inputs).Loss);
     }
 
     [Theory]
@@ -545,6 +556,12 @@ public class ModelTests
         Assert.Contains("query rank [0][0] = 16777216",
             Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { KeyRanks = [0, 0], QueryRanks = [1 << 24, 0] }).Validate(c)).Message);
         (BertInputs.FromRows([[1, 2]]) with { KeyRanks = [0, AttentionShape.NeverSeen], QueryRanks = [0, 0] }).Validate(c); // NeverSeen is a key rank
+        Assert.Contains("position_ids[0][1] = 12 is outside [0, 12)",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { PositionIds = [0, 12] }).Validate(c)).Message);
+        Assert.Contains("position_ids has 1 entries, expected 2",
+            Assert.Throws<ArgumentException>(() => (BertInputs.FromRows([[1, 2]]) with { PositionIds = [0] }).Validate(c)).Message);
+        // Rows past max_position_embeddings are fine when their position ids repeat earlier positions.
+        (BertInputs.FromRows([new int[13]]) with { PositionIds = [.. Enumerable.Range(0, 13).Select(t => t % 12)] }).Validate(c);
     }
 }
 

@@ -142,8 +142,8 @@ public static partial class Ops
         return y;
     }
 
-    /// <summary>word[input_ids] + position[t mod S] + token_type[token_type_ids] → [B, S, H].</summary>
-    public static Var Embeddings(Tape tape, DeviceInts ids, DeviceInts types, int batch, int seqLen, Var word, Var position, Var tokenType)
+    /// <summary>word[input_ids] + position[position_ids] + token_type[token_type_ids] → [B, S, H].</summary>
+    public static Var Embeddings(Tape tape, DeviceInts ids, DeviceInts positions, DeviceInts types, int batch, int seqLen, Var word, Var position, Var tokenType)
     {
         int h = word.Shape[1];
         var shape = new EmbeddingShape
@@ -154,11 +154,11 @@ public static partial class Ops
         bool grad = word.RequiresGrad || position.RequiresGrad || tokenType.RequiresGrad;
         var y = Output(tape, word.Device, grad, batch, seqLen, h);
         var k = K(word);
-        k.Embeddings.Forward(ids.View, types.View, word.Value.View, position.Value.View, tokenType.Value.View, y.Value.View, shape);
+        k.Embeddings.Forward(ids.View, positions.View, types.View, word.Value.View, position.Value.View, tokenType.Value.View, y.Value.View, shape);
         tape.Record(() =>
         {
             if (y.Grad is null) return;
-            k.Embeddings.Backward(y.Grad.View, ids.Host, types.Host,
+            k.Embeddings.Backward(y.Grad.View, ids.Host, positions.Host, types.Host,
                 word.RequiresGrad ? word.EnsureGrad().View : default,
                 position.RequiresGrad ? position.EnsureGrad().View : default,
                 tokenType.RequiresGrad ? tokenType.EnsureGrad().View : default, shape);

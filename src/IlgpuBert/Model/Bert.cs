@@ -31,9 +31,9 @@ public sealed class BertEmbeddings
     public Var LayerNormWeight { get; }
     public Var LayerNormBias { get; }
 
-    public Var Forward(Tape tape, BertConfig c, DeviceInts ids, DeviceInts types, int batch, int seqLen, Dropouts dropouts)
+    public Var Forward(Tape tape, BertConfig c, DeviceInts ids, DeviceInts positions, DeviceInts types, int batch, int seqLen, Dropouts dropouts)
     {
-        var e = Ops.Embeddings(tape, ids, types, batch, seqLen, Word, Position, TokenType);
+        var e = Ops.Embeddings(tape, ids, positions, types, batch, seqLen, Word, Position, TokenType);
         e = Ops.LayerNorm(tape, e, null, LayerNormWeight, LayerNormBias, c.LayerNormEps);
         return Ops.Dropout(tape, e, dropouts.Hidden, dropouts.Key(0));
     }
@@ -182,10 +182,11 @@ public sealed class BertModel : IDisposable
         inputs.Validate(c);
         int b = inputs.Batch, s = inputs.SeqLen;
         var ids = tape.Own(new DeviceInts(Device, inputs.InputIds));
+        var positions = tape.Own(new DeviceInts(Device, inputs.Positions()));
         var types = tape.Own(new DeviceInts(Device, inputs.TokenTypeIds));
         var mask = tape.Own(new DeviceInts(Device, inputs.AttentionRanks()));
 
-        var hidden = Embeddings.Forward(tape, c, ids, types, b, s, dropouts);
+        var hidden = Embeddings.Forward(tape, c, ids, positions, types, b, s, dropouts);
         if (hooks?.EmbeddingOutput is { } perturb) hidden = perturb(hidden);
         var states = new List<Var> { hidden };
         var attentions = outputAttentions ? new List<Tensor>() : null;

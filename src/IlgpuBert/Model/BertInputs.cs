@@ -49,6 +49,16 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
     public int[]? QueryRanks { get; init; }
 
     /// <summary>
+    /// HF's position_ids [B, S], each in [0, max_position_embeddings); null means every row counts
+    /// 0, 1, …, S − 1. Rows that stand for another token (XLNet's query stream, UniLMv2's pseudo-masks)
+    /// take that token's position, so S itself may then exceed max_position_embeddings.
+    /// </summary>
+    public int[]? PositionIds { get; init; }
+
+    /// <summary><see cref="PositionIds"/>, or the default t mod S for every token t of the batch.</summary>
+    public int[] Positions() => PositionIds ?? Enumerable.Range(0, Batch * SeqLen).Select(t => t % SeqLen).ToArray();
+
+    /// <summary>
     /// The attention kernels' rank mask [2, B, S] (every key's rank, then every query's; see
     /// <see cref="Kernels.AttentionShape"/>): <see cref="KeyRanks"/> and <see cref="QueryRanks"/> when
     /// given; else from <see cref="AttentionPrefix"/>, rank 0 before each row's prefix and the position
@@ -90,7 +100,7 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
     {
         int n = Batch * SeqLen;
         if (Batch < 1 || SeqLen < 1) throw new ArgumentException($"empty batch ({Batch} × {SeqLen})");
-        if (SeqLen > config.MaxPositionEmbeddings)
+        if (SeqLen > config.MaxPositionEmbeddings && PositionIds is null)
             throw new ArgumentException($"sequence length {SeqLen} exceeds max_position_embeddings {config.MaxPositionEmbeddings}");
         void Length(string name, int[]? a, int expected)
         {
@@ -111,6 +121,10 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
             throw new ArgumentException("give an attention prefix or attention ranks, not both");
         Length("key ranks", KeyRanks, n);
         Length("query ranks", QueryRanks, n);
+        Length("position_ids", PositionIds, n);
+        for (int i = 0; i < n && PositionIds is not null; i++)
+            if ((uint)PositionIds[i] >= (uint)config.MaxPositionEmbeddings)
+                throw new ArgumentException($"position_ids[{i / SeqLen}][{i % SeqLen}] = {PositionIds[i]} is outside [0, {config.MaxPositionEmbeddings})");
         for (int i = 0; i < n && KeyRanks is not null; i++)
         {
             if ((uint)KeyRanks[i] >= Kernels.AttentionShape.MaxRank && KeyRanks[i] != Kernels.AttentionShape.NeverSeen)

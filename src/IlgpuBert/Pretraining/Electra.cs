@@ -78,9 +78,10 @@ public sealed class ElectraGenerator : IDisposable
         if (inputs.Labels is null) throw new ArgumentException("the ELECTRA generator needs MLM labels");
         int b = inputs.Batch, s = inputs.SeqLen;
         var ids = tape.Own(new DeviceInts(discriminator.Device, inputs.InputIds));
+        var positionIds = tape.Own(new DeviceInts(discriminator.Device, inputs.Positions()));
         var types = tape.Own(new DeviceInts(discriminator.Device, inputs.TokenTypeIds));
         var mask = tape.Own(new DeviceInts(discriminator.Device, inputs.AttentionRanks()));
-        var x = discriminator.Embeddings.Forward(tape, d, ids, types, b, s, dropouts);
+        var x = discriminator.Embeddings.Forward(tape, d, ids, positionIds, types, b, s, dropouts);
         x = Ops.Linear(tape, x, ProjectWeight, ProjectBias);
         foreach (var layer in Layers) x = layer.Forward(tape, Config, x, mask, b, s, dropouts);
         var positions = Enumerable.Range(0, b * s).Where(i => inputs.Labels[i] != -100).ToArray();
@@ -187,6 +188,7 @@ public sealed class ElectraGenerator : IDisposable
             AttentionPrefix = masked.AttentionPrefix,
             KeyRanks = masked.KeyRanks,
             QueryRanks = masked.QueryRanks,
+            PositionIds = masked.PositionIds,
         };
         return (input, labels);
     }
