@@ -33,7 +33,7 @@ public static class PretrainCommand
         var masking = Opt("--masking", "token, whole-word, span or phrase", "token");
         var schedule = Opt("--mask-schedule", "static (N fixed masks per example) or dynamic (fresh each epoch)", "dynamic");
         var phrases = new Option<string?>("--phrases") { Description = "phrase masking: a file of multi-word units, one per line" };
-        var tokenObjective = Opt("--objective", "mlm (BERT's masked LM), electra (replaced-token detection with a small MLM generator; the discriminator is saved as a BERT folder), unilm (masked LM under bidirectional, left-to-right and seq2seq attention masks, a third of the rows each), denoise (BART: the text corrupted by --noise as the source, the original as the left-to-right target, in one seq2seq sequence) or none (the contrastive sentence objective alone, on unmasked text)", "mlm");
+        var tokenObjective = Opt("--objective", "mlm (BERT's masked LM), electra (replaced-token detection with a small MLM generator; the discriminator is saved as a BERT folder), unilm (masked LM under bidirectional, left-to-right and seq2seq attention masks, a third of the rows each), denoise (BART: the text corrupted by --noise as the source, the original as the left-to-right target, in one seq2seq sequence), permutation (XLNet: a sampled factorisation order, its last 1/6 predicted by query-stream rows, both streams in one pass), pmlm (UniLMv2: masked spans predicted as MLM from [M] and span by span from appended [P] pseudo-masks, in one pass) or none (the contrastive sentence objective alone, on unmasked text)", "mlm");
         var objective = new Option<string?>("--sentence-objective") { Description = "nsp, sop, prev-next, distance (ERNIE 2.0: adjacent / same document / other document), reorder (ERNIE 2.0: which order of up to 3 shuffled segments), contrastive (two segments of a document find each other among the batch's by mean-pooled encoding; the default with --objective mlm and none) or none (the default with electra and unilm)" };
         var generatorWidth = Opt("--generator-width", "ELECTRA: the generator's hidden size as a share of the discriminator's", d.GeneratorWidth);
         var rtdWeight = Opt("--rtd-weight", "ELECTRA: λ, the weight of replaced-token detection beside the generator's MLM loss", d.RtdWeight);
@@ -72,7 +72,7 @@ public static class PretrainCommand
                 Masking = Enum(masking, ("token", MaskingStrategy.Token), ("whole-word", MaskingStrategy.WholeWord), ("span", MaskingStrategy.Span), ("phrase", MaskingStrategy.Phrase)),
                 MaskSchedule = Enum(schedule, ("static", MaskSchedule.Static), ("dynamic", MaskSchedule.Dynamic)),
                 Phrases = parse.GetValue(phrases),
-                Objective = Enum(tokenObjective, ("mlm", PretrainingObjective.Mlm), ("electra", PretrainingObjective.Electra), ("unilm", PretrainingObjective.Unilm), ("denoise", PretrainingObjective.Denoise), ("none", PretrainingObjective.None)),
+                Objective = Enum(tokenObjective, ("mlm", PretrainingObjective.Mlm), ("electra", PretrainingObjective.Electra), ("unilm", PretrainingObjective.Unilm), ("denoise", PretrainingObjective.Denoise), ("permutation", PretrainingObjective.Permutation), ("pmlm", PretrainingObjective.Pmlm), ("none", PretrainingObjective.None)),
                 GeneratorWidth = parse.GetValue(generatorWidth), RtdWeight = parse.GetValue(rtdWeight),
                 ContrastiveTemperature = parse.GetValue(temperature),
                 Noise = Denoiser.Parse(parse.GetValue(noise) ?? []),

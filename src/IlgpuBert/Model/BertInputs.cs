@@ -45,6 +45,9 @@ public sealed record BertInputs(int Batch, int SeqLen, int[] InputIds, int[] Tok
     /// </summary>
     public int[]? KeyRanks { get; init; }
 
+    /// <summary>The key rank that hides a key from every query (<see cref="Kernels.AttentionShape.NeverSeen"/>).</summary>
+    public const int NeverSeen = Kernels.AttentionShape.NeverSeen;
+
     /// <summary>The query half of <see cref="KeyRanks"/>, [B, S].</summary>
     public int[]? QueryRanks { get; init; }
 

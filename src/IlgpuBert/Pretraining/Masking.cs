@@ -37,8 +37,17 @@ public sealed record MaskingOptions
     }
 }
 
-/// <summary>Input ids with the chosen positions replaced, and MLM labels (original id there, −100 elsewhere).</summary>
-public sealed record MaskedExample(int[] InputIds, int[] Labels);
+/// <summary>
+/// Input ids with the chosen positions replaced, and MLM labels (original id there, −100 elsewhere);
+/// for objectives that arrange their own rows (XLNet's query stream, UniLMv2's pseudo-masks), the
+/// rows' position ids and attention ranks (<see cref="Model.BertInputs.KeyRanks"/>).
+/// </summary>
+public sealed record MaskedExample(int[] InputIds, int[] Labels)
+{
+    public int[]? PositionIds { get; init; }
+    public int[]? KeyRanks { get; init; }
+    public int[]? QueryRanks { get; init; }
+}
 
 public sealed class Masker(MaskingOptions options, SpecialIds special, int vocabSize, PhraseTable? phrases = null)
 {

@@ -23,6 +23,8 @@ public sealed class PretrainingData
     private readonly string[] aux;
     private readonly bool pairedRows, unilm, unmasked;
     private readonly Denoiser? denoiser;
+    private readonly PermutationLm? permutation;
+    private readonly PseudoMaskedLm? pseudoMasked;
     private readonly int seqLen;
 
     public PretrainingData(PretrainingOptions o, BertTextEncoder encoder, string vocabPath, int vocabSize, TextWriter log)
@@ -42,6 +44,8 @@ public sealed class PretrainingData
                 throw new ArgumentException("--noise sentence-permutation: the vocabulary has no sentence-ending piece (\".\", \"!\" or \"?\")");
             denoiser = new Denoiser(Special, ends, o.NoiseFunctions);
         }
+        if (o.Objective == PretrainingObjective.Permutation) permutation = new PermutationLm(Special);
+        if (o.Objective == PretrainingObjective.Pmlm) pseudoMasked = new PseudoMaskedLm(Special, o.MaskRate);
         var documents = LoadDocuments(o, encoder, vocabPath, log);
         if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
 
@@ -51,8 +55,11 @@ public sealed class PretrainingData
         var evalDocs = order.Take(heldOut).Select(i => documents[i]).ToList();
         var trainDocs = order.Skip(heldOut).Select(i => documents[i]).ToList();
 
-        // Denoising's examples are texts that fit twice (source and target) in a sequence.
-        int exampleLength = denoiser is null ? o.SequenceLength : Denoiser.OriginalLength(o.SequenceLength) + 2;
+        // Denoising's examples are texts that fit twice (source and target) in a sequence; XLNet's and
+        // UniLMv2's leave room for the rows they append.
+        int exampleLength = denoiser is not null ? Denoiser.OriginalLength(o.SequenceLength) + 2
+            : permutation is not null ? PermutationLm.ExampleLength(o.SequenceLength)
+            : pseudoMasked?.ExampleLength(o.SequenceLength) ?? o.SequenceLength;
         var generator = new ExampleGenerator(Special, exampleLength, o.SentenceObjective, o.InputFormat);
         sentenceClasses = generator.SentenceClasses;
         Train = generator.Generate(trainDocs, new Random(o.Seed + 1));
@@ -121,7 +128,10 @@ public sealed class PretrainingData
             yield return Collate(Eval.Skip(start).Take(batchSize).Select((e, i) => Prepare(e, masker.StreamFor(seed ^ 0xE7A1, start + i, 0))).ToList(), start);
     }
 
-    /// <summary>An example as the objective trains on it, drawn from <paramref name="stream"/>: masked, as it is, or (denoising) as its seq2seq sequence.</summary>
+    /// <summary>
+    /// An example as the objective trains on it, drawn from <paramref name="stream"/>: masked, as it
+    /// is, as its seq2seq sequence (denoising), or with the rows XLNet or UniLMv2 append.
+    /// </summary>
     private (Example, MaskedExample) Prepare(Example e, Random stream)
     {
         if (denoiser is not null)
@@ -129,6 +139,8 @@ public sealed class PretrainingData
             var (example, masked, _) = denoiser.Build(e, seqLen, stream);
             return (example, masked);
         }
+        if (permutation is not null) return permutation.Build(e, stream);
+        if (pseudoMasked is not null) return pseudoMasked.Build(e, stream);
         return (e, unmasked ? Unmasked(e) : masker.Apply(e, stream));
     }
 
@@ -166,8 +178,24 @@ public sealed class PretrainingData
             m.Labels.CopyTo(labels, r * s);
         }
         int[]? sentence = sentenceClasses > 0 ? items.Select(x => x.E.SentenceLabel).ToArray() : null;
+        // Rows an objective arranged itself carry their positions and ranks; padding counts on from
+        // the row's length and ranks 0 (attention_mask 0 already hides it as a key).
+        int[]? Rows(Func<MaskedExample, int[]?> of, Func<int, int> pad)
+        {
+            if (items.All(x => of(x.M) is null)) return null;
+            var a = new int[b * s];
+            for (int r = 0; r < b; r++)
+            {
+                var values = of(items[r].M);
+                for (int t = 0; t < s; t++) a[r * s + t] = values is not null && t < values.Length ? values[t] : pad(t);
+            }
+            return a;
+        }
         return new BertInputs(b, s, ids, types, mask, labels, sentence, aux.Length == 0 ? null : aux.ToDictionary(h => h, h => AuxLabels(h, items, s)))
         {
+            PositionIds = Rows(m => m.PositionIds, t => t),
+            KeyRanks = Rows(m => m.KeyRanks, _ => 0),
+            QueryRanks = Rows(m => m.QueryRanks, _ => 0),
             AttentionPrefix = unilm ? [.. items.Select((x, r) => UniLmPrefix(x.E, first + r, s))]
                 : denoiser is not null ? [.. items.Select(x => Array.IndexOf(x.E.Ids, Special.Sep) + 1)] // the source: [CLS] corrupted [SEP]
                 : null,

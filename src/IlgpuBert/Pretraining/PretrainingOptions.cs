@@ -7,10 +7,12 @@ namespace IlgpuBert.Pretraining;
 /// What the token-level loss is: BERT's masked LM; ELECTRA's replaced-token detection (with a small
 /// MLM generator); UniLM's masked LM under a mix of attention masks (bidirectional, left-to-right
 /// and seq2seq, a third of the rows each); BART's denoising (Denoising.cs: the corrupted text as the
-/// source, the original as the left-to-right target of one seq2seq sequence); or none, the contrastive sentence objective alone on
-/// unmasked text (the control for what a token objective adds; the MLM head stays untrained).
+/// source, the original as the left-to-right target of one seq2seq sequence); XLNet's permutation
+/// LM (PermutationLm.cs: two streams in one pass); UniLMv2's pseudo-masked LM (PseudoMaskedLm.cs); or
+/// none, the contrastive sentence objective alone on unmasked text (the control for what a token
+/// objective adds; the MLM head stays untrained).
 /// </summary>
-public enum PretrainingObjective { Mlm, Electra, Unilm, Denoise, None }
+public enum PretrainingObjective { Mlm, Electra, Unilm, Denoise, Permutation, Pmlm, None }
 
 /// <summary>
 /// Every setting of a pretraining run, with the defaults `ilgpu-bert pretrain` uses. A checkpoint
@@ -138,6 +140,20 @@ public sealed record PretrainingOptions
             if (MaskRate != defaults.MaskRate || MaskMix != defaults.MaskMix || MaskWithUnk || Masking != defaults.Masking || MaskSchedule != defaults.MaskSchedule || Phrases is not null)
                 throw new ArgumentException("--objective denoise corrupts with --noise, not masking: drop --mask-rate, --mask-mix, --mask-token, --masking, --mask-schedule and --phrases");
             _ = new Denoiser(default, [], NoiseFunctions); // a function named twice
+        }
+        if (Objective is PretrainingObjective.Permutation or PretrainingObjective.Pmlm)
+        {
+            string name = Flag(Objective);
+            if (SentenceObjective != SentenceObjective.None)
+                throw new ArgumentException($"--objective {name} takes no sentence objective: drop --sentence-objective {Flag(SentenceObjective)}");
+            if (Aux.Length > 0) throw new ArgumentException($"--objective {name} trains its own target alone: drop --aux");
+            if (InputFormat == InputFormat.FullSentences) throw new ArgumentException($"--objective {name} arranges its own rows: drop --input-format");
+            var defaults = new PretrainingOptions();
+            bool rate = Objective == PretrainingObjective.Permutation && MaskRate != defaults.MaskRate;
+            if (rate || MaskMix != defaults.MaskMix || MaskWithUnk || Masking != defaults.Masking || MaskSchedule != defaults.MaskSchedule || Phrases is not null)
+                throw new ArgumentException(Objective == PretrainingObjective.Permutation
+                    ? "--objective permutation predicts the last 1/6 of a sampled order, not masked tokens: drop --mask-rate, --mask-mix, --mask-token, --masking, --mask-schedule and --phrases"
+                    : "--objective pmlm masks its own spans (at --mask-rate) with [M] and [P]: drop --mask-mix, --mask-token, --masking, --mask-schedule and --phrases");
         }
         if (Objective == PretrainingObjective.None)
         {
