@@ -38,16 +38,32 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
 
     private static double CrossEntropy(double[] logits, int[] labels, int rows, int v) => Reference.CrossEntropy(logits, labels, rows, v);
 
+    /// <summary>
+    /// Tensor <paramref name="part"/> (BERT's name within a layer, "attention.self.query.weight") of
+    /// encoder layer <paramref name="l"/>: in a BERT "bert.encoder.layer.l.part"; in an ALBERT (HF's
+    /// modeling_albert.py) its group's AlbertLayer, group int(l / (L / G)), under ALBERT's names.
+    /// </summary>
+    private string LayerTensor(BertConfig g, string prefix, int l, string part)
+    {
+        if (!g.Albert) return $"{prefix}bert.encoder.layer.{l}.{part}";
+        string[] renames = ["attention.self", "attention", "attention.output.dense", "attention.dense", "attention.output.LayerNorm", "attention.LayerNorm",
+            "intermediate.dense", "ffn", "output.dense", "ffn_output", "output.LayerNorm", "full_layer_layer_norm"];
+        for (int i = 0; i < renames.Length; i += 2)
+            if (part.StartsWith(renames[i], StringComparison.Ordinal)) { part = renames[i + 1] + part[renames[i].Length..]; break; }
+        int group = l / (g.NumHiddenLayers / g.NumHiddenGroups);
+        return $"{prefix}albert.encoder.albert_layer_groups.{group}.albert_layers.0.{part}";
+    }
+
     /// <summary>The encoder layers of a model of config <paramref name="g"/> whose tensors are named <paramref name="prefix"/> + HF's names.</summary>
     private double[] Encoder(double[] hidden, BertInputs x, BertConfig g, string prefix, List<double[]>? states = null, List<double[]>? attentions = null)
     {
         int b = x.Batch, s = x.SeqLen, h = g.HiddenSize, t = b * s, nh = g.NumAttentionHeads, hd = g.HeadDim;
         for (int l = 0; l < g.NumHiddenLayers; l++)
         {
-            string at = $"{prefix}bert.encoder.layer.{l}.";
-            var q = Linear(hidden, t, h, P[at + "attention.self.query.weight"], P[at + "attention.self.query.bias"], h);
-            var kk = Linear(hidden, t, h, P[at + "attention.self.key.weight"], P[at + "attention.self.key.bias"], h);
-            var v = Linear(hidden, t, h, P[at + "attention.self.value.weight"], P[at + "attention.self.value.bias"], h);
+            double[] W(string part) => P[LayerTensor(g, prefix, l, part)];
+            var q = Linear(hidden, t, h, W("attention.self.query.weight"), W("attention.self.query.bias"), h);
+            var kk = Linear(hidden, t, h, W("attention.self.key.weight"), W("attention.self.key.bias"), h);
+            var v = Linear(hidden, t, h, W("attention.self.value.weight"), W("attention.self.value.bias"), h);
             var ctx = new double[t * h];
             var probs = new double[b * nh * s * s]; // [B, NH, S, S]
             for (int bb = 0; bb < b; bb++)
@@ -74,11 +90,11 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
                                 ctx[(bb * s + i) * h + hh * hd + z] += pr[j] * v[(bb * s + j) * h + hh * hd + z];
                     }
             attentions?.Add(probs);
-            var attn = Linear(ctx, t, h, P[at + "attention.output.dense.weight"], P[at + "attention.output.dense.bias"], h);
-            var h1 = LayerNorm(attn.Select((a, i) => a + hidden[i]).ToArray(), t, at + "attention.output.LayerNorm", h);
-            var inter = Linear(h1, t, h, P[at + "intermediate.dense.weight"], P[at + "intermediate.dense.bias"], g.IntermediateSize).Select(Act).ToArray();
-            var o = Linear(inter, t, g.IntermediateSize, P[at + "output.dense.weight"], P[at + "output.dense.bias"], h);
-            hidden = LayerNorm(o.Select((a, i) => a + h1[i]).ToArray(), t, at + "output.LayerNorm", h);
+            var attn = Linear(ctx, t, h, W("attention.output.dense.weight"), W("attention.output.dense.bias"), h);
+            var h1 = LayerNorm(attn.Select((a, i) => a + hidden[i]).ToArray(), t, LayerTensor(g, prefix, l, "attention.output.LayerNorm"), h);
+            var inter = Linear(h1, t, h, W("intermediate.dense.weight"), W("intermediate.dense.bias"), g.IntermediateSize).Select(Act).ToArray();
+            var o = Linear(inter, t, g.IntermediateSize, W("output.dense.weight"), W("output.dense.bias"), h);
+            hidden = LayerNorm(o.Select((a, i) => a + h1[i]).ToArray(), t, LayerTensor(g, prefix, l, "output.LayerNorm"), h);
             states?.Add(hidden);
         }
         return hidden;
@@ -101,33 +117,43 @@ public sealed class BertReference(BertConfig c, Dictionary<string, double[]> p)
     }
 
     /// <summary>The embedding layer's output: word + position + token type, LayerNorm.</summary>
+    /// <summary>
+    /// The embedding layer's output: word + position + token type, LayerNorm; an ALBERT's are
+    /// embedding_size wide, then embedding_hidden_mapping_in takes them to hidden_size (HF's
+    /// AlbertTransformer, whose first hidden state is after it).
+    /// </summary>
     private double[] Embed(BertInputs x)
     {
-        int s = x.SeqLen, h = c.HiddenSize, t = x.Batch * s;
-        var word = P["bert.embeddings.word_embeddings.weight"];
-        var pos = P["bert.embeddings.position_embeddings.weight"];
-        var type = P["bert.embeddings.token_type_embeddings.weight"];
+        int s = x.SeqLen, h = c.EmbeddingSize, t = x.Batch * s;
+        string at = c.Albert ? "albert.embeddings." : "bert.embeddings.";
+        var word = P[at + "word_embeddings.weight"];
+        var pos = P[at + "position_embeddings.weight"];
+        var type = P[at + "token_type_embeddings.weight"];
         var e = new double[t * h];
         for (int k = 0; k < t; k++)
             for (int j = 0; j < h; j++)
                 e[k * h + j] = word[x.InputIds[k] * h + j] + pos[(x.PositionIds?[k] ?? k % s) * h + j] + type[x.TokenTypeIds[k] * h + j];
-        return LayerNorm(e, t, "bert.embeddings.LayerNorm");
+        e = LayerNorm(e, t, at + "LayerNorm", h);
+        return c.Albert ? Linear(e, t, h, P["albert.encoder.embedding_hidden_mapping_in.weight"], P["albert.encoder.embedding_hidden_mapping_in.bias"], c.HiddenSize) : e;
     }
 
     public Outputs Forward(BertInputs x)
     {
-        int b = x.Batch, s = x.SeqLen, h = c.HiddenSize, t = b * s;
-        var word = P["bert.embeddings.word_embeddings.weight"];
+        int b = x.Batch, s = x.SeqLen, h = c.HiddenSize, e = c.EmbeddingSize, t = b * s;
+        bool albert = c.Albert; // HF's AlbertForPreTraining: albert.pooler, predictions.* (back to embedding_size), sop_classifier
+        var word = P[albert ? "albert.embeddings.word_embeddings.weight" : "bert.embeddings.word_embeddings.weight"];
         var hidden = Embed(x);
         var states = new List<double[]> { hidden };
         var attentions = new List<double[]>();
         hidden = Encoder(hidden, x, c, "", states, attentions);
         var cls = Enumerable.Range(0, b).SelectMany(bb => hidden.Skip(bb * s * h).Take(h)).ToArray();
-        var pooled = Linear(cls, b, h, P["bert.pooler.dense.weight"], P["bert.pooler.dense.bias"], h).Select(Math.Tanh).ToArray();
-        var tr = Linear(hidden, t, h, P["cls.predictions.transform.dense.weight"], P["cls.predictions.transform.dense.bias"], h).Select(Act).ToArray();
-        tr = LayerNorm(tr, t, "cls.predictions.transform.LayerNorm");
-        var logits = Linear(tr, t, h, word, P["cls.predictions.bias"], c.VocabSize);
-        var nsp = Linear(pooled, b, h, P["cls.seq_relationship.weight"], P["cls.seq_relationship.bias"], c.SentenceClasses);
+        string pooler = albert ? "albert.pooler." : "bert.pooler.dense.", transform = albert ? "predictions." : "cls.predictions.transform.";
+        string sentence = albert ? "sop_classifier.classifier." : "cls.seq_relationship.";
+        var pooled = Linear(cls, b, h, P[pooler + "weight"], P[pooler + "bias"], h).Select(Math.Tanh).ToArray();
+        var tr = Linear(hidden, t, h, P[transform + "dense.weight"], P[transform + "dense.bias"], e).Select(Act).ToArray();
+        tr = LayerNorm(tr, t, transform + "LayerNorm", e);
+        var logits = Linear(tr, t, e, word, P[albert ? "predictions.bias" : "cls.predictions.bias"], c.VocabSize);
+        var nsp = Linear(pooled, b, h, P[sentence + "weight"], P[sentence + "bias"], c.SentenceClasses);
         double loss = 0;
         if (x.Labels is not null) loss += CrossEntropy(logits, x.Labels, t, c.VocabSize);
         if (x.NextSentenceLabel is not null) loss += CrossEntropy(nsp, x.NextSentenceLabel, b, c.SentenceClasses);

@@ -141,6 +141,57 @@ public class ModelTests
             () => r.Forward(inputs).Loss);
     }
 
+    /// <summary>
+    /// ALBERT (factorised embeddings, shared layers) against the double reference written from HF's
+    /// modeling_albert.py over the tensors as saved (HF's ALBERT names): outputs, loss, and the
+    /// gradients of a shared layer's weight (summed over every layer that runs it), the embedding
+    /// projection and the narrow word embeddings by finite differences. With 4 layers in 2 groups,
+    /// layers 0-1 run group 0 and 2-3 group 1.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 1)]
+    [InlineData(4, 2)]
+    public void Albert_matches_the_reference_in_outputs_and_gradients_and_saves_under_hf_names(int layers, int groups)
+    {
+        using var device = BertDevice.Open(DeviceSpec.Parse("cpu"));
+        var config = (TinyConfig("gelu_new") with { NumHiddenLayers = layers }).AsAlbert(embeddingSize: 6, groups: groups);
+        using var model = RandomModel(device, config, 21);
+        Assert.Equal(groups, model.Layers.Distinct().Count());
+        Assert.Equal(config.ParameterCount(), model.Parameters.All.Sum(p => p.Var.Length));
+        using var dir = new TempDir();
+        BertFolder.Save(model, dir.Path);
+        var saved = SafeTensors.Read(Path.Combine(dir.Path, BertFolder.WeightsFile));
+        Assert.Contains("albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight", saved.Keys);
+        Assert.Contains("predictions.dense.weight", saved.Keys);
+        Assert.DoesNotContain(saved.Keys, k => k.StartsWith("bert.", StringComparison.Ordinal) || k.StartsWith("cls.", StringComparison.Ordinal));
+        var r = new BertReference(config, saved.ToDictionary(kv => kv.Key, kv => Rand.ToDouble(kv.Value.Data)));
+
+        var inputs = Batch() with { NextSentenceLabel = null };
+        float loss;
+        using (var tape = new Tape())
+        {
+            var outputs = model.Forward(tape, inputs, Dropouts.Off);
+            loss = outputs.ReadLoss()!.Value;
+            var reference = r.Forward(inputs);
+            var tol = new Tol(1e-5, 1e-4, "model outputs");
+            Tol.AssertClose(reference.LastHidden, outputs.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
+            Tol.AssertClose(reference.Hidden[0], outputs.HiddenStates[0].Value.ToHost(), tol, "hidden_states[0] (after embedding_hidden_mapping_in)");
+            Tol.AssertClose(reference.Logits, outputs.PredictionLogits.Value.ToHost(), tol, "prediction_logits");
+            Tol.AssertClose([reference.Loss], [loss], tol, "loss");
+            tape.Backward();
+        }
+        AssertGradientsMatch(name => model.Parameters.GetGrad(AlbertNames.FromHf(name)), r,
+            [$"albert.encoder.albert_layer_groups.{groups - 1}.albert_layers.0.attention.query.weight", "albert.encoder.embedding_hidden_mapping_in.weight",
+             "albert.embeddings.word_embeddings.weight", "predictions.dense.weight"],
+            () => r.Forward(inputs).Loss);
+
+        using var loaded = BertFolder.Load(device, dir.Path);
+        Assert.True(loaded.Config.Albert);
+        Assert.Equal((6, groups), (loaded.Config.EmbeddingSize, loaded.Config.NumHiddenGroups));
+        using var tape2 = new Tape(recording: false);
+        Assert.Equal(loss, loaded.Forward(tape2, inputs, Dropouts.Off).ReadLoss()!.Value);
+    }
+
     [Theory]
     [Trait("Category", "Accelerators")]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]

@@ -291,6 +291,46 @@ public class PretrainingTests : IDisposable
     }
 
     /// <summary>
+    /// pretrain --albert: a tiny ALBERT with SOP (ALBERT's sentence objective) whose MLM loss falls
+    /// in 300 steps, saved as HF's AlbertForPreTraining (config and tensor names); it fine-tunes with
+    /// a task head and is evaluated; --albert on a BERT folder is refused.
+    /// </summary>
+    [Fact]
+    public void Albert_pretrains_saves_as_hf_albert_and_fine_tunes()
+    {
+        var (code, _, err) = CliRunner.Run(Quick("albert", "--albert", "--sentence-objective", "sop", "--steps", "300", "--batch-size", "32", "--warmup", "10", "--lr", "2e-3", "--seed", "5"));
+        Assert.True(code == 0, err);
+        var m = Metrics(dir.File("albert"));
+        double first = m.Take(20).Average(r => r.MlmLoss), last = m.TakeLast(20).Average(r => r.MlmLoss);
+        Assert.True(last < first - 0.2, $"ALBERT's MLM loss {first:F3} → {last:F3}");
+        var config = JsonNode.Parse(File.ReadAllText(dir.File("albert/config.json")))!;
+        Assert.Equal("albert", config["model_type"]!.GetValue<string>());
+        Assert.Equal(64, config["embedding_size"]!.GetValue<int>());
+        Assert.Equal(1, config["num_hidden_groups"]!.GetValue<int>());
+        var names = BertFolder.WeightNames(dir.File("albert"));
+        Assert.Contains("albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight", names);
+        Assert.Contains("sop_classifier.classifier.weight", names);
+        Assert.DoesNotContain(names, n => n.Contains("albert_layer_groups.1.", StringComparison.Ordinal)); // both layers share group 0
+
+        FineTuningTests.WriteClassification(dir.File("train.tsv"), 64, 15);
+        FineTuningTests.WriteClassification(dir.File("dev.tsv"), 24, 16);
+        (code, _, err) = CliRunner.Run("finetune", "--model", dir.File("albert"), "--train", dir.File("train.tsv"), "--eval", dir.File("dev.tsv"),
+            "--text-column", "sentence", "--out", dir.File("albert-tuned"), "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--device", "cpu");
+        Assert.True(code == 0, err);
+        Assert.NotNull(JsonNode.Parse(File.ReadAllText(dir.File("albert-tuned/eval.json")))!["accuracy"]);
+        Assert.Contains(BertFolder.WeightNames(dir.File("albert-tuned")), n => n.StartsWith("albert.embeddings.", StringComparison.Ordinal));
+        (code, _, err) = CliRunner.Run("evaluate", "--model", dir.File("albert-tuned"), "--eval", dir.File("dev.tsv"), "--text-column", "sentence", "--device", "cpu");
+        Assert.True(code == 0, err);
+
+        (code, _, err) = CliRunner.Run(["init", "--size", "tiny", "--vocab", dir.File("albert/vocab.txt"), "--out", dir.File("bert-init")]);
+        Assert.True(code == 0, err);
+        (code, _, err) = CliRunner.Run(Quick("albert-on-bert", "--model", dir.File("bert-init"), "--albert", "--steps", "2"));
+        Assert.Equal(2, code);
+        Assert.Contains("is a BERT, not an ALBERT", err);
+        Assert.Single(err.TrimEnd().Split('\n'));
+    }
+
+    /// <summary>
     /// XLNet's permutation LM and UniLMv2's pseudo-masked LM through PretrainingData: every row holds
     /// its text and the rows it appended within --seq-len, with position ids and ranks (padding hidden
     /// as keys); a short run of each lowers its loss (measured at seed 5: 5.28 → 4.92 and 5.38 → 5.01,

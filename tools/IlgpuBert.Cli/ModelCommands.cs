@@ -57,7 +57,8 @@ public static class ModelCommands
         var vocabSize = new Option<int>("--vocab-size") { Description = "size of the vocabulary built when --vocab is absent", DefaultValueFactory = _ => 8192 };
         var seed = new Option<int>("--seed") { Description = "initialisation seed", DefaultValueFactory = _ => 0 };
         var output = Required("--out", "model folder to write");
-        var command = new Command("init", "Write a freshly initialised BertForPreTraining in HF layout.") { size, vocab, vocabSize, seed, output };
+        var albert = new Option<bool>("--albert") { Description = "an ALBERT (AlbertForPreTraining): embedding_size min(128, H/2), one shared layer group" };
+        var command = new Command("init", "Write a freshly initialised BertForPreTraining (or AlbertForPreTraining) in HF layout.") { size, vocab, vocabSize, seed, albert, output };
         Cli.ProtectModelOutput(command, output);
         command.SetAction(parse =>
         {
@@ -75,12 +76,13 @@ public static class ModelCommands
             {
                 int vocabCount = ReadVocab(vocabPath).Length;
                 var config = BertConfig.ForSize(parse.GetValue(size)!, vocabCount);
+                if (parse.GetValue(albert)) config = config.AsAlbert();
                 _ = BertTextEncoder.FromVocab(vocabPath); // a vocabulary every later verb would refuse is refused now, before anything is written
                 using var device = Cli.OpenDevice(parse);
                 using var model = new BertForPreTraining(device, config);
                 model.Parameters.Initialize(parse.GetValue(seed));
                 BertFolder.Save(model, dir, vocabPath);
-                stdout.WriteLine($"wrote {dir}: {parse.GetValue(size)} (L={config.NumHiddenLayers}, H={config.HiddenSize}, A={config.NumAttentionHeads}), vocabulary {vocabCount}");
+                stdout.WriteLine($"wrote {dir}: {parse.GetValue(size)}{(config.Albert ? $" ALBERT (E={config.EmbeddingSize}, {config.NumHiddenGroups} layer group)" : "")} (L={config.NumHiddenLayers}, H={config.HiddenSize}, A={config.NumAttentionHeads}), vocabulary {vocabCount}");
             }
             finally
             {

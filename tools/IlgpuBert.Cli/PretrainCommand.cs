@@ -43,13 +43,14 @@ public static class PretrainCommand
         var format = Opt("--input-format", "pairs or full-sentences", "pairs");
         var maxDocs = Opt("--max-documents", "use only the first N corpus documents (0: all)", d.MaxDocuments);
         var distributed = Cli.DistributedOption();
+        var albert = new Option<bool>("--albert") { Description = "a new model is an ALBERT (Lan et al. 2019): embedding_size min(128, H/2) projected to H, all layers sharing one group's parameters (HF's AlbertConfig and tensor names)" };
         var outputBias = Opt("--output-bias", "a new model's MLM output bias: unigram (log word-piece frequencies of the corpus) or zero", "unigram");
 
         var command = new Command("pretrain", "Pretrain BERT (MLM + a sentence objective) from raw text.")
         {
             model, size, corpus, output, steps, batch, seqLen, seed, lr, warmup, accum, evalEvery, saveEvery, resume, vocabSize,
             maskRate, maskMix, maskToken, masking, schedule, phrases, tokenObjective, noise, objective, aux, temperature, generatorWidth, rtdWeight,
-            format, maxDocs, outputBias, distributed,
+            format, maxDocs, outputBias, albert, distributed,
         };
         Cli.ProtectModelOutput(command, output, result => result.GetValue(resume) is not null); // --resume continues the run in its folder
         command.SetAction(parse =>
@@ -80,6 +81,7 @@ public static class PretrainCommand
                 InputFormat = Enum(format, ("pairs", InputFormat.Pairs), ("full-sentences", InputFormat.FullSentences)),
                 MaxDocuments = parse.GetValue(maxDocs),
                 UnigramOutputBias = Enum(outputBias, ("unigram", true), ("zero", false)),
+                Albert = parse.GetValue(albert),
             };
             if (parse.GetValue(objective) is { } sentence) // unset: the --objective's default
                 options = options with

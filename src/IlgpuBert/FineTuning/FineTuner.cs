@@ -274,7 +274,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
     private double FreeLb(BertForTask model, TaskBatch batch, FineTuneOptions o, Dropouts dropouts, Func<Tape, Var?, BertHooks> hooks, int step)
     {
         var inputs = batch.Inputs;
-        int h = model.Config.HiddenSize;
+        int h = model.Config.EmbeddingSize; // the embedding layer's width (ALBERT's is narrower)
         // δ₀ ~ U(−ε, ε)/√(tokens·H) on the real tokens of each example (Zhu et al. 2020, Alg. 1).
         var rng = new Random(NoiseSeed(o.Seed, step, 0xF4EE));
         var delta = new float[inputs.Batch * inputs.SeqLen * h];
@@ -330,7 +330,7 @@ public sealed class FineTuner(BertDevice device, TextWriter log, ProcessGroup? g
     private double Smart(BertForTask model, TaskBatch batch, FineTuneOptions o, Dropouts dropouts, Func<Tape, Var?, BertHooks> hooks, float[] clean, int step)
     {
         var inputs = batch.Inputs;
-        int h = model.Config.HiddenSize, per = inputs.SeqLen * h;
+        int h = model.Config.EmbeddingSize, per = inputs.SeqLen * h;
         var rng = new Random(NoiseSeed(o.Seed, step, 0x5A27));
         var delta = new float[inputs.Batch * per];
         for (int i = 0; i < delta.Length; i++)

@@ -18,11 +18,12 @@ public sealed class BertEmbeddings
 {
     public BertEmbeddings(BertParameters p)
     {
-        Word = p.Add("bert.embeddings.word_embeddings.weight", true, p.Config.VocabSize, p.Config.HiddenSize);
-        Position = p.Add("bert.embeddings.position_embeddings.weight", true, p.Config.MaxPositionEmbeddings, p.Config.HiddenSize);
-        TokenType = p.Add("bert.embeddings.token_type_embeddings.weight", true, p.Config.TypeVocabSize, p.Config.HiddenSize);
-        LayerNormWeight = p.Add("bert.embeddings.LayerNorm.weight", false, p.Config.HiddenSize);
-        LayerNormBias = p.Add("bert.embeddings.LayerNorm.bias", false, p.Config.HiddenSize);
+        int e = p.Config.EmbeddingSize; // hidden_size, or ALBERT's factorised width
+        Word = p.Add("bert.embeddings.word_embeddings.weight", true, p.Config.VocabSize, e);
+        Position = p.Add("bert.embeddings.position_embeddings.weight", true, p.Config.MaxPositionEmbeddings, e);
+        TokenType = p.Add("bert.embeddings.token_type_embeddings.weight", true, p.Config.TypeVocabSize, e);
+        LayerNormWeight = p.Add("bert.embeddings.LayerNorm.weight", false, e);
+        LayerNormBias = p.Add("bert.embeddings.LayerNorm.bias", false, e);
     }
 
     public Var Word { get; }
@@ -83,22 +84,24 @@ public sealed class BertLayer
     /// <param name="probs">When given ([B, NH, S, S]), receives the attention probabilities.</param>
     /// <param name="hooks">Where fine-tuning and compression reach in (Linear layers, head masks, attention maps).</param>
     /// <param name="mask">The rank mask [2, B, S] (<see cref="BertInputs.AttentionRanks"/>).</param>
+    /// <param name="position">Where in the encoder this layer runs (its dropout keys and head mask): <see cref="Index"/>, unless ALBERT runs one layer's parameters at several places.</param>
     public Var Forward(Tape tape, BertConfig c, Var x, DeviceInts mask, int batch, int seqLen, Dropouts dropouts, Tensor? probs = null,
-        BertHooks? hooks = null, List<Var>? attentionMaps = null)
+        BertHooks? hooks = null, List<Var>? attentionMaps = null, int? position = null)
     {
+        int at = position ?? Index;
         var linear = hooks?.Linear ?? Ops.Linear;
         var qkv = linear(tape, x, QkvWeight, QkvBias, null); // [B, S, 3A] = [B, S, 3, NH, HD]
-        var shape = AttentionShape.Create(batch, seqLen, Heads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * Index));
+        var shape = AttentionShape.Create(batch, seqLen, Heads, c.HeadDim, dropouts.Attention, dropouts.Key(1 + 3 * at));
         shape.Ranks = 1;
         var context = Ops.Attention(tape, qkv, mask, shape, probs);
         if (attentionMaps is not null) attentionMaps.Add(Ops.AttentionProbs(tape, qkv, mask, shape));
-        if (hooks?.HeadMasks?[Index] is { } headMask) context = Ops.ScaleHeads(tape, context, headMask, c.HeadDim);
+        if (hooks?.HeadMasks?[at] is { } headMask) context = Ops.ScaleHeads(tape, context, headMask, c.HeadDim);
         var attention = linear(tape, context, AttentionOutputWeight, AttentionOutputBias, null);
-        attention = Ops.Dropout(tape, attention, dropouts.Hidden, dropouts.Key(2 + 3 * Index));
+        attention = Ops.Dropout(tape, attention, dropouts.Hidden, dropouts.Key(2 + 3 * at));
         var h1 = Ops.LayerNorm(tape, attention, x, AttentionLayerNormWeight, AttentionLayerNormBias, c.LayerNormEps);
         var intermediate = linear(tape, h1, IntermediateWeight, IntermediateBias, c.Activation);
         var output = linear(tape, intermediate, OutputWeight, OutputBias, null);
-        output = Ops.Dropout(tape, output, dropouts.Hidden, dropouts.Key(3 + 3 * Index));
+        output = Ops.Dropout(tape, output, dropouts.Hidden, dropouts.Key(3 + 3 * at));
         return Ops.LayerNorm(tape, output, h1, OutputLayerNormWeight, OutputLayerNormBias, c.LayerNormEps);
     }
 
@@ -155,7 +158,14 @@ public sealed class BertModel : IDisposable
         Device = p.Device;
         int h = Config.HiddenSize;
         Embeddings = new BertEmbeddings(p);
-        Layers = Enumerable.Range(0, Config.NumHiddenLayers).Select(i => new BertLayer(p, i)).ToArray();
+        if (Config.Albert)
+        {
+            EmbeddingMappingWeight = p.Add("bert.encoder.embedding_hidden_mapping_in.weight", true, h, Config.EmbeddingSize);
+            EmbeddingMappingBias = p.Add("bert.encoder.embedding_hidden_mapping_in.bias", false, h);
+        }
+        // ALBERT's cross-layer sharing: layer i runs group GroupOf(i)'s parameters (BERT: its own).
+        var groups = Enumerable.Range(0, Config.NumHiddenGroups).Select(g => new BertLayer(p, g)).ToArray();
+        Layers = Enumerable.Range(0, Config.NumHiddenLayers).Select(i => groups[Config.GroupOf(i)]).ToArray();
         if (addPoolingLayer)
         {
             PoolerWeight = p.Add("bert.pooler.dense.weight", true, h, h);
@@ -169,12 +179,18 @@ public sealed class BertModel : IDisposable
     /// <summary>The parameters its modules use (a model with heads has more in the same set).</summary>
     public BertParameters Parameters { get; }
     public BertEmbeddings Embeddings { get; }
+
+    /// <summary>The encoder's layers in order; with ALBERT's sharing an entry repeats its group's layer.</summary>
     public BertLayer[] Layers { get; }
+
+    /// <summary>ALBERT's embedding_hidden_mapping_in: embedding_size → hidden_size, before the first layer (null for BERT).</summary>
+    public Var? EmbeddingMappingWeight { get; }
+    public Var? EmbeddingMappingBias { get; }
     public Var? PoolerWeight { get; }
     public Var? PoolerBias { get; }
 
     /// <summary>Every pretrained Linear weight of the encoder and pooler (what Mixout mixes).</summary>
-    public IEnumerable<Var> LinearWeights => Layers.SelectMany(l => l.LinearWeights).Concat(PoolerWeight is null ? [] : [PoolerWeight]);
+    public IEnumerable<Var> LinearWeights => Layers.Distinct().SelectMany(l => l.LinearWeights).Concat(PoolerWeight is null ? [] : [PoolerWeight]);
 
     public BertEncoderOutputs Forward(Tape tape, BertInputs inputs, Dropouts dropouts, bool outputAttentions = false, BertHooks? hooks = null)
     {
@@ -188,22 +204,24 @@ public sealed class BertModel : IDisposable
 
         var hidden = Embeddings.Forward(tape, c, ids, positions, types, b, s, dropouts);
         if (hooks?.EmbeddingOutput is { } perturb) hidden = perturb(hidden);
+        if (EmbeddingMappingWeight is not null) hidden = Ops.Linear(tape, hidden, EmbeddingMappingWeight, EmbeddingMappingBias);
         var states = new List<Var> { hidden };
         var attentions = outputAttentions ? new List<Tensor>() : null;
         var maps = hooks?.AttentionMaps == true ? new List<Var>() : null;
         if (hooks?.HeadMasks is { } masks && masks.Count != Layers.Length)
             throw new ArgumentException($"{masks.Count} head masks for {Layers.Length} layers");
-        foreach (var layer in Layers)
+        for (int l = 0; l < Layers.Length; l++)
         {
+            var layer = Layers[l];
             var probs = outputAttentions ? tape.Own(new Tensor(Device, b, layer.Heads, s, s)) : null;
             if (!tape.Recording && maps is null)
             {
                 // Inference: a layer's intermediates are freed when it is done, only its output kept,
                 // so a forward holds one layer's activations at a time (and the pool reuses them).
                 using var layerTape = new Tape(recording: false);
-                hidden = tape.Own(layerTape.Release(layer.Forward(layerTape, c, hidden, mask, b, s, dropouts, probs, hooks, maps)));
+                hidden = tape.Own(layerTape.Release(layer.Forward(layerTape, c, hidden, mask, b, s, dropouts, probs, hooks, maps, l)));
             }
-            else hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs, hooks, maps);
+            else hidden = layer.Forward(tape, c, hidden, mask, b, s, dropouts, probs, hooks, maps, l);
             states.Add(hidden);
             if (probs is not null) attentions!.Add(probs);
         }
@@ -290,12 +308,12 @@ public sealed class BertForPreTraining : IDisposable
         Device = device;
         Parameters = new BertParameters(device, config);
         var p = Parameters;
-        int h = config.HiddenSize;
+        int h = config.HiddenSize, e = config.EmbeddingSize; // ALBERT's head maps back to the embeddings' width
         Bert = new BertModel(p);
-        TransformWeight = p.Add("cls.predictions.transform.dense.weight", true, h, h);
-        TransformBias = p.Add("cls.predictions.transform.dense.bias", false, h);
-        TransformLayerNormWeight = p.Add("cls.predictions.transform.LayerNorm.weight", false, h);
-        TransformLayerNormBias = p.Add("cls.predictions.transform.LayerNorm.bias", false, h);
+        TransformWeight = p.Add("cls.predictions.transform.dense.weight", true, e, h);
+        TransformBias = p.Add("cls.predictions.transform.dense.bias", false, e);
+        TransformLayerNormWeight = p.Add("cls.predictions.transform.LayerNorm.weight", false, e);
+        TransformLayerNormBias = p.Add("cls.predictions.transform.LayerNorm.bias", false, e);
         DecoderBias = p.Add("cls.predictions.bias", false, config.VocabSize);
         SeqRelationshipWeight = p.Add("cls.seq_relationship.weight", true, config.SentenceClasses, h);
         SeqRelationshipBias = p.Add("cls.seq_relationship.bias", false, config.SentenceClasses);

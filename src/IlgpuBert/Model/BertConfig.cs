@@ -62,6 +62,43 @@ public sealed record BertConfig
     /// <summary>Every other key of config.json, untouched.</summary>
     public JsonObject Extra { get; init; } = new();
 
+    /// <summary>
+    /// ALBERT (Lan et al. 2019; HF's AlbertConfig, model_type "albert"): factorised embeddings of
+    /// <see cref="EmbeddingSize"/> projected to hidden_size, and the layers' parameters shared within
+    /// <see cref="NumHiddenGroups"/> groups. Checkpoints use HF's ALBERT tensor names (AlbertNames).
+    /// </summary>
+    public bool Albert { get; init; }
+
+    /// <summary>embedding_size (ALBERT): the width of the embedding tables; hidden_size for BERT.</summary>
+    public int EmbeddingSize
+    {
+        get => embeddingSize ?? HiddenSize;
+        init => embeddingSize = value;
+    }
+
+    private readonly int? embeddingSize;
+
+    /// <summary>num_hidden_groups (ALBERT): layer i uses group i / (L / G)'s parameters; L (no sharing) for BERT.</summary>
+    public int NumHiddenGroups
+    {
+        get => numHiddenGroups ?? (Albert ? 1 : NumHiddenLayers);
+        init => numHiddenGroups = value;
+    }
+
+    private readonly int? numHiddenGroups;
+
+    /// <summary>The parameter group encoder layer <paramref name="layer"/> runs (HF's int(i / (L / G))).</summary>
+    public int GroupOf(int layer) => layer / (NumHiddenLayers / NumHiddenGroups);
+
+    /// <summary>This config as ALBERT: embedding_size min(128, H / 2) (the paper's 128 at base), one shared layer group.</summary>
+    public BertConfig AsAlbert(int? embeddingSize = null, int groups = 1)
+    {
+        var extra = (JsonObject)Extra.DeepClone();
+        extra.Remove("model_type");
+        extra.Remove("architectures");
+        return (this with { Albert = true, EmbeddingSize = embeddingSize ?? Math.Min(128, HiddenSize / 2), NumHiddenGroups = groups, Extra = extra }).Validate();
+    }
+
     /// <summary>hidden_size / num_attention_heads.</summary>
     public int HeadDim => HiddenSize / NumAttentionHeads;
 
@@ -111,6 +148,7 @@ public sealed record BertConfig
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
         "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
         "initializer_range", "layer_norm_eps", "pad_token_id", "ilgpu_bert_sentence_classes", "ilgpu_bert_aux_heads",
+        "embedding_size", "num_hidden_groups", "inner_group_num",
     ];
 
     /// <summary>The sizes of Turc et al. 2019 ("Well-read students learn better"): L layers, H hidden, A heads, 4H intermediate.</summary>
@@ -138,11 +176,11 @@ public sealed record BertConfig
     /// <summary>Parameters of BertForPreTraining with this config (embeddings, encoder, pooler, both heads).</summary>
     public long ParameterCount()
     {
-        long v = VocabSize, h = HiddenSize, i = IntermediateSize;
-        long embeddings = (v + MaxPositionEmbeddings + TypeVocabSize) * h + 2 * h;
+        long v = VocabSize, h = HiddenSize, i = IntermediateSize, e = EmbeddingSize;
+        long embeddings = (v + MaxPositionEmbeddings + TypeVocabSize) * e + 2 * e + (Albert ? e * h + h : 0);
         long layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
-        long heads = (h * h + h) + (h * h + h + 2 * h + v) + (h * SentenceClasses + SentenceClasses) + AuxHeads.Count * (2 * h + 2);
-        return embeddings + NumHiddenLayers * layer + heads;
+        long heads = (h * h + h) + (h * e + e + 2 * e + v) + (h * SentenceClasses + SentenceClasses) + AuxHeads.Count * (2 * h + 2);
+        return embeddings + Math.Min(NumHiddenGroups, NumHiddenLayers) * layer + heads;
     }
 
     /// <summary>Throws a <see cref="CheckpointException"/> naming the first inconsistent field.</summary>
@@ -172,6 +210,16 @@ public sealed record BertConfig
         if (parameters > MaxParameters)
             throw new CheckpointException($"{source}: this model would have {parameters:N0} parameters ({parameters * 4.0 / (1L << 30):F1} GiB in FP32); more than the {MaxParameters:N0} supported (check vocab_size, hidden_size, intermediate_size, num_hidden_layers, max_position_embeddings)");
         if (SentenceClasses < 2) throw new CheckpointException($"{source}: ilgpu_bert_sentence_classes must be at least 2, got {SentenceClasses}");
+        if (!Albert && (embeddingSize is not null && embeddingSize != HiddenSize || numHiddenGroups is not null && numHiddenGroups != NumHiddenLayers))
+            throw new CheckpointException($"{source}: embedding_size and num_hidden_groups other than hidden_size and num_hidden_layers are ALBERT's (model_type \"albert\")");
+        if (Albert)
+        {
+            Positive("embedding_size", EmbeddingSize);
+            Positive("num_hidden_groups", NumHiddenGroups);
+            if (NumHiddenLayers % NumHiddenGroups != 0)
+                throw new CheckpointException($"{source}: num_hidden_groups ({NumHiddenGroups}) must divide num_hidden_layers ({NumHiddenLayers})");
+            if (PrunedHeads.Count > 0) throw new CheckpointException($"{source}: pruned_heads on an ALBERT (shared layers) is not supported");
+        }
         foreach (var name in AuxHeads)
             if (!AuxHeadNames.Contains(name)) throw new CheckpointException($"{source}: ilgpu_bert_aux_heads names \"{name}\"; known heads are {string.Join(", ", AuxHeadNames)}");
         if (AuxHeads.Distinct().Count() != AuxHeads.Count) throw new CheckpointException($"{source}: ilgpu_bert_aux_heads names a head twice");
@@ -212,7 +260,13 @@ public sealed record BertConfig
         var extra = new JsonObject();
         foreach (var (key, node) in obj)
             if (!Known.Contains(key)) extra[key] = node?.DeepClone();
-        return new BertConfig
+        bool albert = obj["model_type"] is JsonValue type && type.TryGetValue<string>(out var modelType) && modelType == "albert";
+        if (albert && Get("inner_group_num", 1) != 1)
+            throw new CheckpointException($"{source}: inner_group_num {Get("inner_group_num", 1)}: only ALBERT's inner_group_num 1 (every released ALBERT) is supported");
+        if (!albert)
+            foreach (var key in new[] { "embedding_size", "num_hidden_groups", "inner_group_num" })
+                if (obj.ContainsKey(key)) extra[key] = obj[key]?.DeepClone(); // not BERT's: kept as they were
+        var config = new BertConfig
         {
             VocabSize = Get("vocab_size", defaults.VocabSize),
             HiddenSize = Get("hidden_size", defaults.HiddenSize),
@@ -230,7 +284,11 @@ public sealed record BertConfig
             SentenceClasses = Get("ilgpu_bert_sentence_classes", defaults.SentenceClasses),
             AuxHeads = AuxHeadList(obj["ilgpu_bert_aux_heads"], source),
             Extra = extra,
-        }.Validate(source);
+            Albert = albert,
+        };
+        // HF's AlbertConfig defaults: embedding_size 128, num_hidden_groups 1.
+        if (albert) config = config with { EmbeddingSize = Get("embedding_size", 128), NumHiddenGroups = Get("num_hidden_groups", 1) };
+        return config.Validate(source);
     }
 
     private static string[] AuxHeadList(JsonNode? node, string source)
@@ -252,8 +310,14 @@ public sealed record BertConfig
     public string ToJson()
     {
         var obj = new JsonObject();
-        if (!Extra.ContainsKey("architectures")) obj["architectures"] = new JsonArray("BertForPreTraining");
-        if (!Extra.ContainsKey("model_type")) obj["model_type"] = "bert";
+        if (!Extra.ContainsKey("architectures")) obj["architectures"] = new JsonArray(Albert ? "AlbertForPreTraining" : "BertForPreTraining");
+        if (!Extra.ContainsKey("model_type")) obj["model_type"] = Albert ? "albert" : "bert";
+        if (Albert)
+        {
+            obj["embedding_size"] = EmbeddingSize;
+            obj["num_hidden_groups"] = NumHiddenGroups;
+            obj["inner_group_num"] = 1;
+        }
         obj["vocab_size"] = VocabSize;
         obj["hidden_size"] = HiddenSize;
         obj["num_hidden_layers"] = NumHiddenLayers;

@@ -98,6 +98,7 @@ public static class BertFolder
     public static (bool Pooler, bool MlmHead, bool NspHead) Heads(string dir)
     {
         var names = WeightNames(dir);
+        if (AlbertNames.IsAlbertFile(names)) names = [.. names.Select(AlbertNames.FromHf)];
         return (names.Any(n => n is "bert.pooler.dense.weight" or "pooler.dense.weight"),
             names.Any(n => n.StartsWith("cls.predictions.", StringComparison.Ordinal)),
             names.Any(n => n.StartsWith("cls.seq_relationship.", StringComparison.Ordinal)));

@@ -98,7 +98,7 @@ public sealed class BertParameters : IDisposable
             data[i] = (float)(Config.InitializerRange * Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
         }
         if (name == "bert.embeddings.word_embeddings.weight" && Config.PadTokenId >= 0 && Config.PadTokenId < Config.VocabSize)
-            Array.Clear(data, Config.PadTokenId * Config.HiddenSize, Config.HiddenSize);
+            Array.Clear(data, Config.PadTokenId * Config.EmbeddingSize, Config.EmbeddingSize);
         return data;
     }
 
@@ -135,10 +135,14 @@ public sealed class BertParameters : IDisposable
     public Dictionary<string, HostTensor> ToHost() =>
         Names.ToDictionary(n => n, n => new HostTensor(byName[n].Shape, Get(n)), StringComparer.Ordinal);
 
-    /// <summary>Writes every parameter (atomically); refuses, writing nothing, when any holds NaN or ∞ (a diverged run must not replace a good file).</summary>
+    /// <summary>
+    /// Writes every parameter (atomically), an ALBERT's under HF's ALBERT names; refuses, writing
+    /// nothing, when any holds NaN or ∞ (a diverged run must not replace a good file).
+    /// </summary>
     public void Save(string path)
     {
         var tensors = ToHost();
+        if (Config.Albert) tensors = tensors.ToDictionary(kv => AlbertNames.ToHf(kv.Key), kv => kv.Value, StringComparer.Ordinal);
         if (tensors.FirstOrDefault(kv => kv.Value.Data.Any(v => !float.IsFinite(v))) is { Key: { } bad })
             throw new CheckpointException($"{path}: not written: parameter {bad} holds NaN or infinite values (training diverged; try a lower --lr)");
         SafeTensors.Write(path, tensors, new Dictionary<string, string> { ["format"] = "pt" });
@@ -166,10 +170,10 @@ public sealed class BertParameters : IDisposable
         return dot > prefix.Length && int.TryParse(name.AsSpan(prefix.Length, dot - prefix.Length), out int layer) ? layer : -1;
     }
 
-    /// <summary>A file's tensor name as ours: "bert." added to a bare BertModel's names, TF-port LayerNorm.gamma/beta as weight/bias.</summary>
-    private static string Canonical(string key, bool bare)
+    /// <summary>A file's tensor name as ours: HF's ALBERT names mapped, "bert." added to a bare BertModel's names, TF-port LayerNorm.gamma/beta as weight/bias.</summary>
+    private static string Canonical(string key, bool bare, bool albert)
     {
-        string name = bare && !key.StartsWith("cls.", StringComparison.Ordinal) ? "bert." + key : key;
+        string name = albert ? AlbertNames.FromHf(key) : bare && !key.StartsWith("cls.", StringComparison.Ordinal) ? "bert." + key : key;
         if (name.EndsWith("LayerNorm.gamma", StringComparison.Ordinal)) return name[..^"gamma".Length] + "weight";
         if (name.EndsWith("LayerNorm.beta", StringComparison.Ordinal)) return name[..^"beta".Length] + "bias";
         return name;
@@ -189,14 +193,19 @@ public sealed class BertParameters : IDisposable
     {
         if (file.FirstOrDefault(kv => kv.Value.Dtype == "I8") is { Key: { } int8 })
             throw new CheckpointException($"{path}: tensor {int8} is int8 (a quantized model); quantized models run inference only (evaluate, predict, compare)");
-        bool bare = !file.Keys.Any(k => k.StartsWith("bert.", StringComparison.Ordinal))
+        bool albert = AlbertNames.IsAlbertFile(file.Keys);
+        if (albert != Config.Albert)
+            throw new CheckpointException(albert
+                ? $"{path}: holds an ALBERT's tensors (albert.…) but config.json is not ALBERT's (model_type \"albert\")"
+                : $"{path}: config.json describes an ALBERT (model_type \"albert\") but the file holds no albert.… tensors");
+        bool bare = !albert && !file.Keys.Any(k => k.StartsWith("bert.", StringComparison.Ordinal))
             && file.Keys.Any(k => k.StartsWith("embeddings.", StringComparison.Ordinal) || k.StartsWith("encoder.", StringComparison.Ordinal));
         var keys = new Dictionary<string, string>(StringComparer.Ordinal); // our name → the file's key
         foreach (var key in file.Keys)
         {
-            string name = Canonical(key, bare);
+            string name = Canonical(key, bare, albert);
             if (!keys.TryAdd(name, key))
-                throw new CheckpointException($"{path}: two tensors are {name} ({string.Join(" and ", file.Keys.Where(k => Canonical(k, bare) == name))}); which one is meant is unclear");
+                throw new CheckpointException($"{path}: two tensors are {name} ({string.Join(" and ", file.Keys.Where(k => Canonical(k, bare, albert) == name))}); which one is meant is unclear");
         }
         if (!keys.ContainsKey("cls.predictions.bias") && keys.TryGetValue("cls.predictions.decoder.bias", out var decoderBias))
             keys["cls.predictions.bias"] = decoderBias;
@@ -214,9 +223,11 @@ public sealed class BertParameters : IDisposable
             if (!ShapeOf(name).SequenceEqual(expected))
                 throw new CheckpointException($"{path}: tensor {name} has shape [{string.Join(", ", ShapeOf(name))}], the config needs [{string.Join(", ", expected)}]");
         }
-        var extraLayer = keys.Keys.Select(LayerOf).Where(l => l >= Config.NumHiddenLayers).DefaultIfEmpty(-1).Max();
+        var extraLayer = keys.Keys.Select(LayerOf).Where(l => l >= Config.NumHiddenGroups).DefaultIfEmpty(-1).Max();
         if (extraLayer >= 0)
-            throw new CheckpointException($"{path}: holds encoder layer {extraLayer} but config.json says num_hidden_layers {Config.NumHiddenLayers}; the config does not describe these weights");
+            throw new CheckpointException(Config.Albert
+                ? $"{path}: holds layer group {extraLayer} but config.json says num_hidden_groups {Config.NumHiddenGroups}; the config does not describe these weights"
+                : $"{path}: holds encoder layer {extraLayer} but config.json says num_hidden_layers {Config.NumHiddenLayers}; the config does not describe these weights");
         if (keys.ContainsKey("cls.predictions.decoder.weight") && !ShapeOf("cls.predictions.decoder.weight").SequenceEqual(byName["bert.embeddings.word_embeddings.weight"].Shape))
             throw new CheckpointException($"{path}: tied decoder weight has shape [{string.Join(", ", ShapeOf("cls.predictions.decoder.weight"))}], unlike the word embeddings");
 

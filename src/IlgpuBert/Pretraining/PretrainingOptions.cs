@@ -45,6 +45,9 @@ public sealed record PretrainingOptions
     public string? Phrases { get; init; }
     public PretrainingObjective Objective { get; init; } = PretrainingObjective.Mlm;
 
+    /// <summary>A new model is an ALBERT (<see cref="IlgpuBert.Model.BertConfig.AsAlbert"/>): factorised embeddings, every layer sharing one group's parameters.</summary>
+    public bool Albert { get; init; }
+
     /// <summary>BART's noising functions for <see cref="PretrainingObjective.Denoise"/>; empty: the paper's final choice, text infilling and sentence permutation.</summary>
     public NoiseFunction[] Noise { get; init; } = [];
 
@@ -165,6 +168,8 @@ public sealed record PretrainingOptions
             if (Aux.Length > 0) throw new ArgumentException("--objective none trains no token objective: drop --aux");
         }
         if (!(GeneratorWidth > 0 && GeneratorWidth <= 1)) throw new ArgumentException($"--generator-width must be in (0, 1], got {GeneratorWidth}");
+        if (Albert && Objective == PretrainingObjective.Electra)
+            throw new ArgumentException("--albert with --objective electra is not supported (the generator shares BERT-wide embeddings)");
         if (GeneratorWidth != DefaultGeneratorWidth && Objective != PretrainingObjective.Electra) throw new ArgumentException("--generator-width is used only by --objective electra");
         Positive("--rtd-weight", RtdWeight);
         if (Aux.Distinct().Count() != Aux.Length) throw new ArgumentException("--aux names a head twice");

@@ -99,6 +99,11 @@ public sealed class Trainer
         {
             vocabPath = Path.Combine(o.Model, BertFolder.VocabFile);
             model = BertFolder.Load(device, o.Model, log);
+            if (o.Albert && !model.Config.Albert)
+            {
+                model.Dispose();
+                throw new ArgumentException($"--albert: {o.Model} is a BERT, not an ALBERT; drop --albert to continue it, or start a new ALBERT without --model");
+            }
             int classes = ExampleGenerator.ClassesOf(o.SentenceObjective);
             if (classes > 0 && classes != model.Config.SentenceClasses) // none and contrastive use no sentence head
                 throw new ArgumentException($"{o.Model} has a {model.Config.SentenceClasses}-way sentence head; --sentence-objective {o.SentenceObjective} needs {classes}");
@@ -122,6 +127,7 @@ public sealed class Trainer
                 SentenceClasses = Math.Max(2, ExampleGenerator.ClassesOf(o.SentenceObjective)),
                 AuxHeads = o.Objective == PretrainingObjective.Electra ? [ElectraGenerator.RtdHead] : o.Aux,
             };
+            if (o.Albert) config = config.AsAlbert();
             model = new BertForPreTraining(device, config);
             model.Parameters.Initialize(o.Seed);
         }
