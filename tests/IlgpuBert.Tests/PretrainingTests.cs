@@ -321,6 +321,11 @@ public class PretrainingTests : IDisposable
         Assert.Contains(BertFolder.WeightNames(dir.File("albert-tuned")), n => n.StartsWith("albert.embeddings.", StringComparison.Ordinal));
         (code, _, err) = CliRunner.Run("evaluate", "--model", dir.File("albert-tuned"), "--eval", dir.File("dev.tsv"), "--text-column", "sentence", "--device", "cpu");
         Assert.True(code == 0, err);
+        // What assumes a parameter set per layer says so in a line instead of writing a wrong model.
+        (code, _, err) = CliRunner.Run("export-onnx", "--model", dir.File("albert-tuned"), "--out", dir.File("albert.onnx"));
+        Assert.Equal(2, code);
+        Assert.Contains("ONNX export is not supported for an ALBERT", err);
+        Assert.False(File.Exists(dir.File("albert.onnx")));
 
         (code, _, err) = CliRunner.Run(["init", "--size", "tiny", "--vocab", dir.File("albert/vocab.txt"), "--out", dir.File("bert-init")]);
         Assert.True(code == 0, err);

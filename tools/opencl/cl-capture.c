@@ -18,7 +18,7 @@
 //    verify.log: one OK or MISMATCH line per launch).
 //
 // Which launches: per kernel (by its name, across the contexts the tests create), launches that differ
-// in shape or scalar arguments, the first CAPTURE_PER_KERNEL (default 4) of them, and none whose buffers exceed CAPTURE_MAX_BYTES (default 4 MB) or
+// in shape or scalar arguments, the first CAPTURE_PER_KERNEL (default 4) of them, and none whose buffers exceed CAPTURE_MAX_BYTES (default 512 KB) or
 // whose work-items exceed CAPTURE_MAX_ITEMS (default 65536): Oclgrind interprets every instruction.
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -432,7 +432,7 @@ cl_int clEnqueueNDRangeKernel(cl_command_queue queue, cl_kernel id, cl_uint dims
         *c = (struct captured){ .label = strdup(k->label) };
     }
     int wanted = p && c->count < setting("CAPTURE_PER_KERNEL", 4) && c->count < MAX_SIGNATURES
-        && bytes <= (size_t)setting("CAPTURE_MAX_BYTES", 4 << 20) && items <= (size_t)setting("CAPTURE_MAX_ITEMS", 65536);
+        && bytes <= (size_t)setting("CAPTURE_MAX_BYTES", 512 << 10) && items <= (size_t)setting("CAPTURE_MAX_ITEMS", 65536);
     for (int s = 0; wanted && s < c->count; s++) if (c->signatures[s] == signature) wanted = 0;
     if (!wanted)
     {

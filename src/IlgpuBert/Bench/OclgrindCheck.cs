@@ -162,7 +162,10 @@ public static partial class OclgrindCheck
         }
 
         var launches = new ConcurrentBag<OclgrindLaunch>();
-        Parallel.ForEach(sims, new ParallelOptions { MaxDegreeOfParallelism = jobs }, sim =>
+        // Largest captures first (their size stands in for their time, up to ~200 s each), so that no
+        // long one starts last while the other workers sit idle.
+        var bySize = sims.OrderByDescending(f => new FileInfo(f).Length).ThenBy(f => f, StringComparer.Ordinal).ToList();
+        Parallel.ForEach(Partitioner.Create(bySize, EnumerablePartitionerOptions.NoBuffering), new ParallelOptions { MaxDegreeOfParallelism = jobs }, sim =>
         {
             var (found, time) = Run(oclgrind, sim, timeout);
             var launch = new OclgrindLaunch(Path.GetFileName(sim), KernelOf(sim), time, found);

@@ -123,6 +123,7 @@ public sealed class Distiller(BertDevice device, TextWriter log, ProcessGroup? g
     /// <summary>The student per <see cref="DistillOptions.StudentSize"/> / <see cref="DistillOptions.Student"/>, with the teacher's task and labels.</summary>
     public static BertForTask MakeStudent(BertForTask teacher, DistillOptions d, int seed)
     {
+        teacher.Config.RequireNotAlbert("distillation");
         if (d.Student is not null)
         {
             var student = BertForTask.FromPretrained(teacher.Device, d.Student, teacher.Task, seed, bodyOnly: true);

@@ -132,6 +132,7 @@ public static class Pruning
     public static BertForTask PruneHeads(BertForTask model, IReadOnlyDictionary<int, int[]> prune)
     {
         var c = model.Config;
+        c.RequireNotAlbert("head pruning");
         int hd = c.HeadDim;
         var merged = c.PrunedHeads.ToDictionary(kv => kv.Key, kv => kv.Value.ToHashSet());
         foreach (var (l, heads) in prune)
@@ -180,6 +181,7 @@ public static class Pruning
     public static BertForTask DropLayers(BertForTask model, IReadOnlyCollection<int> drop)
     {
         var c = model.Config;
+        c.RequireNotAlbert("dropping layers");
         int layers = c.NumHiddenLayers;
         if (drop.Any(l => l < 0 || l >= layers)) throw new ArgumentException($"layers to drop must be in [0, {layers})");
         var keep = Enumerable.Range(0, layers).Where(l => !drop.Contains(l)).ToArray();

@@ -53,6 +53,7 @@ public static class OnnxExport
 
     private static (ModelProto, OnnxExportResult) Build(BertConfig c, BertParameters p, TaskSpec? task)
     {
+        c.RequireNotAlbert("ONNX export");
         var g = new GraphWriter(p);
         int h = c.HiddenSize, hd = c.HeadDim;
         g.Input("input_ids");

@@ -90,6 +90,12 @@ public sealed record BertConfig
     /// <summary>The parameter group encoder layer <paramref name="layer"/> runs (HF's int(i / (L / G))).</summary>
     public int GroupOf(int layer) => layer / (NumHiddenLayers / NumHiddenGroups);
 
+    /// <summary>Refuses an ALBERT where a feature assumes one set of parameters per layer and hidden-wide embeddings.</summary>
+    public void RequireNotAlbert(string feature)
+    {
+        if (Albert) throw new ArgumentException($"{feature} is not supported for an ALBERT (shared layers, factorised embeddings)");
+    }
+
     /// <summary>This config as ALBERT: embedding_size min(128, H / 2) (the paper's 128 at base), one shared layer group.</summary>
     public BertConfig AsAlbert(int? embeddingSize = null, int groups = 1)
     {
