@@ -44,6 +44,20 @@ public class ModelTests
     private static Dictionary<string, double[]> HostParameters(BertForPreTraining model) =>
         model.Parameters.Names.ToDictionary(n => n, n => Rand.ToDouble(model.Parameters.Get(n)));
 
+    /// <summary>The masked-only forward against the double reference (last hidden state, loss), then backward; returns the loss.</summary>
+    private static float ForwardMatchesReferenceThenBackward(BertForPreTraining model, BertConfig config, BertInputs inputs)
+    {
+        using var tape = new Tape();
+        var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
+        float loss = outputs.ReadLoss()!.Value;
+        var reference = new BertReference(config, HostParameters(model)).Forward(inputs);
+        var tol = new Tol(1e-5, 1e-4, "model outputs");
+        Tol.AssertClose(reference.LastHidden, outputs.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
+        Tol.AssertClose([reference.Loss], [loss], tol, "loss");
+        tape.Backward();
+        return loss;
+    }
+
     /// <summary>Every accelerator present × both GELU variants.</summary>
     public static TheoryData<string, string> DevicesAndActivations()
     {
@@ -123,17 +137,7 @@ public class ModelTests
             QueryRanks = [0, 3, 1, 4, 2, 2, 0, 2, 0, 1, 0, 3, 5, 5],
             PositionIds = [0, 1, 2, 3, 4, 2, 0, 6, 5, 4, 3, 2, 1, 0],
         };
-        float loss;
-        using (var tape = new Tape())
-        {
-            var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
-            loss = outputs.ReadLoss()!.Value;
-            var reference = new BertReference(config, HostParameters(model)).Forward(inputs);
-            var tol = new Tol(1e-5, 1e-4, "model outputs");
-            Tol.AssertClose(reference.LastHidden, outputs.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
-            Tol.AssertClose([reference.Loss], [loss], tol, "loss");
-            tape.Backward();
-        }
+        float loss = ForwardMatchesReferenceThenBackward(model, config, inputs);
         var r = new BertReference(config, HostParameters(model));
         Assert.True(Math.Abs(r.Forward(Batch()).Loss - loss) > 1e-3, "the ranks and positions change nothing");
         Assert.True(Math.Abs(r.Forward(inputs with { PositionIds = null }).Loss - loss) > 1e-3, "the position ids change nothing");
@@ -201,17 +205,7 @@ public class ModelTests
         var config = TinyConfig("gelu");
         using var model = RandomModel(device, config, 7);
         var inputs = Batch() with { AttentionPrefix = [0, 3] };
-        float loss;
-        using (var tape = new Tape())
-        {
-            var outputs = model.Forward(tape, inputs, Dropouts.Off, maskedOnly: true);
-            loss = outputs.ReadLoss()!.Value;
-            var reference = new BertReference(config, HostParameters(model)).Forward(inputs);
-            var tol = new Tol(1e-5, 1e-4, "model outputs");
-            Tol.AssertClose(reference.LastHidden, outputs.LastHiddenState.Value.ToHost(), tol, "last_hidden_state");
-            Tol.AssertClose([reference.Loss], [loss], tol, "loss");
-            tape.Backward();
-        }
+        float loss = ForwardMatchesReferenceThenBackward(model, config, inputs);
         var bidirectional = new BertReference(config, HostParameters(model)).Forward(Batch()).Loss;
         Assert.True(Math.Abs(bidirectional - loss) > 1e-3, $"the masks change nothing (loss {loss} either way)");
         var r = new BertReference(config, HostParameters(model));

@@ -83,7 +83,7 @@ public class PermutationTests
     public void Pseudo_masks_predict_spans_in_a_sampled_order_and_mlm_at_the_masks()
     {
         var e = Pair(30, 25); // 55 text tokens: round(0.15 · 55) = 8 masked
-        var lm = new PseudoMaskedLm(Special, 0.15);
+        var lm = new PseudoMaskedLm(Special, 0.15, Vocab, replaceWithMask: 1, replaceWithRandom: 0); // every [M] a [MASK]; BERT's mix below
         int longSpans = 0;
         for (int seed = 0; seed < 20; seed++)
         {
@@ -139,6 +139,24 @@ public class PermutationTests
         }
         Assert.True(longSpans > 10, $"only {longSpans} spans of two or more tokens");
         Assert.True(lm.ExampleLength(128) + 2 * lm.Budget(lm.ExampleLength(128) - 2) <= 128);
+
+        // BERT's 80/10/10 at the [M] positions (the autoencoding part); the [P]s stay [MASK].
+        var mixed = new PseudoMaskedLm(Special, 0.15, Vocab);
+        int masks = 0, kept = 0, total = 0;
+        for (int seed = 0; seed < 200; seed++)
+        {
+            var (built, m) = mixed.Build(e, new Random(seed));
+            for (int i = 0; i < e.Length; i++)
+                if (m.Labels[i] != -100)
+                {
+                    total++;
+                    if (m.InputIds[i] == Mask) masks++;
+                    else if (m.InputIds[i] == e.Ids[i]) kept++;
+                }
+            Assert.All(Enumerable.Range(e.Length, built.Length - e.Length).Where(j => m.Labels[j] != -100), j => Assert.Equal(Mask, m.InputIds[j]));
+        }
+        Assert.InRange(masks / (double)total, 0.76, 0.84);
+        Assert.InRange(kept / (double)total, 0.07, 0.14); // 10 %, and a random piece that happens to be the original
     }
 
     /// <summary>
@@ -175,7 +193,7 @@ public class PermutationTests
         changed[earlier] = 50;
         Assert.NotEqual(Row(before, q), Row(Hidden(Inputs(built, m with { InputIds = changed })), q));
 
-        var (pb, pm) = new PseudoMaskedLm(Special, 0.15).Build(e, new Random(5));
+        var (pb, pm) = new PseudoMaskedLm(Special, 0.15, Vocab).Build(e, new Random(5));
         // The first span of the order (rank 1): its [P] rows query rank 0, its originals rank 1.
         var own = Enumerable.Range(n, pb.Length - n).Where(j => pm.KeyRanks![j] == BertInputs.NeverSeen && pm.QueryRanks![j] == 0).ToArray();
         var later = Enumerable.Range(n, pb.Length - n).Where(j => pm.KeyRanks![j] == BertInputs.NeverSeen && pm.QueryRanks![j] > 0).ToArray();

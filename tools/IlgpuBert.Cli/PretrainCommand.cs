@@ -20,7 +20,7 @@ public static class PretrainCommand
         var batch = new Option<int?>("--batch-size") { Description = "examples per micro-batch (pairs with the contrastive objective; default 64 with it, 16 otherwise)" };
         var seqLen = new Option<int?>("--seq-len") { Description = "tokens per example, special tokens included (per row with the contrastive objective; default 32 with it, 128 otherwise)" };
         var seed = Opt("--seed", "seed of initialisation, data order, masking and dropout", d.Seed);
-        var lr = Opt("--lr", "peak learning rate", d.LearningRate);
+        var lr = new Option<float?>("--lr") { Description = "peak learning rate (default 2e-3; 5e-4 with --objective permutation)" };
         var warmup = new Option<int?>("--warmup") { Description = "linear warmup steps (default: 5% of --steps)" };
         var accum = new Option<int?>("--grad-accum") { Description = "micro-batches per optimizer step, over all ranks (default: 1, or one per rank with --distributed)" };
         var evalEvery = Opt("--eval-every", "held-out evaluation every N steps (0: never)", d.EvalEvery);
@@ -66,7 +66,7 @@ public static class PretrainCommand
             {
                 Model = parse.GetValue(model), Size = parse.GetValue(size)!, Corpus = parse.GetValue(corpus) ?? [],
                 Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batch), SeqLen = parse.GetValue(seqLen), Seed = parse.GetValue(seed),
-                LearningRate = parse.GetValue(lr), Warmup = parse.GetValue(warmup), GradAccum = parse.GetValue(accum) ?? group.Size,
+                Warmup = parse.GetValue(warmup), GradAccum = parse.GetValue(accum) ?? group.Size,
                 EvalEvery = parse.GetValue(evalEvery), SaveEvery = parse.GetValue(saveEvery), VocabSize = parse.GetValue(vocabSize),
                 MaskRate = parse.GetValue(maskRate), MaskMix = parse.GetValue(maskMix)!,
                 MaskWithUnk = Enum(maskToken, ("mask", false), ("unk", true)),
@@ -83,6 +83,7 @@ public static class PretrainCommand
                 UnigramOutputBias = Enum(outputBias, ("unigram", true), ("zero", false)),
                 Albert = parse.GetValue(albert),
             };
+            if (parse.GetValue(lr) is { } peak) options = options with { LearningRate = peak }; // unset: the --objective's default
             if (parse.GetValue(objective) is { } sentence) // unset: the --objective's default
                 options = options with
                 {

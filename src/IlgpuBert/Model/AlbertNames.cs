@@ -39,23 +39,25 @@ public static partial class AlbertNames
     private static partial Regex HfLayer();
 
     /// <summary>Our name as HF's ALBERT name (names with no ALBERT counterpart, such as the aux heads, unchanged).</summary>
-    public static string ToHf(string name)
-    {
-        if (OurLayer().Match(name) is { Success: true } m && Layer.FirstOrDefault(x => m.Groups[2].Value.StartsWith(x.Ours, StringComparison.Ordinal)) is { Ours: not null } l)
-            return $"albert.encoder.albert_layer_groups.{m.Groups[1].Value}.albert_layers.0.{l.Hf}{m.Groups[2].Value[l.Ours.Length..]}";
-        foreach (var (ours, hf) in Other)
-            if (name.StartsWith(ours, StringComparison.Ordinal)) return hf + name[ours.Length..];
-        return name;
-    }
+    public static string ToHf(string name) => Rename(name, OurLayer(), "albert.encoder.albert_layer_groups.{0}.albert_layers.0.", fromOurs: true);
 
     /// <summary>HF's ALBERT name as ours (unknown names unchanged).</summary>
-    public static string FromHf(string key)
+    public static string FromHf(string key) => Rename(key, HfLayer(), "bert.encoder.layer.{0}.", fromOurs: false);
+
+    private static string Rename(string name, Regex layer, string layerPrefix, bool fromOurs)
     {
-        if (HfLayer().Match(key) is { Success: true } m && Layer.FirstOrDefault(x => m.Groups[2].Value.StartsWith(x.Hf, StringComparison.Ordinal)) is { Hf: not null } l)
-            return $"bert.encoder.layer.{m.Groups[1].Value}.{l.Ours}{m.Groups[2].Value[l.Hf.Length..]}";
-        foreach (var (ours, hf) in Other)
-            if (key.StartsWith(hf, StringComparison.Ordinal)) return ours + key[hf.Length..];
-        return key;
+        string From((string Ours, string Hf) x) => fromOurs ? x.Ours : x.Hf;
+        string To((string Ours, string Hf) x) => fromOurs ? x.Hf : x.Ours;
+        if (layer.Match(name) is { Success: true } m)
+        {
+            string rest = m.Groups[2].Value;
+            foreach (var x in Layer)
+                if (rest.StartsWith(From(x), StringComparison.Ordinal))
+                    return string.Format(System.Globalization.CultureInfo.InvariantCulture, layerPrefix, m.Groups[1].Value) + To(x) + rest[From(x).Length..];
+        }
+        foreach (var x in Other)
+            if (name.StartsWith(From(x), StringComparison.Ordinal)) return To(x) + name[From(x).Length..];
+        return name;
     }
 
     /// <summary>Whether a file's tensor names are HF's ALBERT names.</summary>

@@ -45,7 +45,11 @@ public sealed class PretrainingData
             denoiser = new Denoiser(Special, ends, o.NoiseFunctions);
         }
         if (o.Objective == PretrainingObjective.Permutation) permutation = new PermutationLm(Special);
-        if (o.Objective == PretrainingObjective.Pmlm) pseudoMasked = new PseudoMaskedLm(Special, o.MaskRate);
+        if (o.Objective == PretrainingObjective.Pmlm)
+        {
+            var mix = new MaskingOptions().WithMix(o.MaskMix);
+            pseudoMasked = new PseudoMaskedLm(Special, o.MaskRate, vocabSize, mix.ReplaceWithMask, mix.ReplaceWithRandom);
+        }
         var documents = LoadDocuments(o, encoder, vocabPath, log);
         if (documents.Count < 2) throw new ArgumentException("the corpus needs at least two documents (separated by blank lines)");
 

@@ -30,8 +30,18 @@ public sealed record PretrainingOptions
     /// <summary>Tokens per example (per row, for the contrastive objective), special tokens included; null: <see cref="SequenceLength"/>'s default.</summary>
     public int? SeqLen { get; init; }
     public int Seed { get; init; } = 1;
-    /// <summary>Peak learning rate: 2e-3 with a short warmup (Izsak et al. 2021), chosen by the study in perf/RESULTS.md.</summary>
-    public float LearningRate { get; init; } = 2e-3f;
+    /// <summary>
+    /// Peak learning rate: 2e-3 with a short warmup (Izsak et al. 2021), chosen by the study in
+    /// perf/RESULTS.md; 5e-4 for XLNet's permutation LM, which at 2e-3 stays at the unigram loss
+    /// (perf/RESULTS.md, "XLNet's permutation LM, UniLMv2's pseudo-masked LM and ALBERT").
+    /// </summary>
+    public float LearningRate
+    {
+        get => learningRate ?? (Objective == PretrainingObjective.Permutation ? 5e-4f : 2e-3f);
+        init => learningRate = value;
+    }
+
+    private readonly float? learningRate;
     /// <summary>Warmup steps; null means 5% of the steps.</summary>
     public int? Warmup { get; init; }
     public int GradAccum { get; init; } = 1;
@@ -152,11 +162,11 @@ public sealed record PretrainingOptions
             if (Aux.Length > 0) throw new ArgumentException($"--objective {name} trains its own target alone: drop --aux");
             if (InputFormat == InputFormat.FullSentences) throw new ArgumentException($"--objective {name} arranges its own rows: drop --input-format");
             var defaults = new PretrainingOptions();
-            bool rate = Objective == PretrainingObjective.Permutation && MaskRate != defaults.MaskRate;
-            if (rate || MaskMix != defaults.MaskMix || MaskWithUnk || Masking != defaults.Masking || MaskSchedule != defaults.MaskSchedule || Phrases is not null)
+            bool rate = Objective == PretrainingObjective.Permutation && (MaskRate != defaults.MaskRate || MaskMix != defaults.MaskMix);
+            if (rate || MaskWithUnk || Masking != defaults.Masking || MaskSchedule != defaults.MaskSchedule || Phrases is not null)
                 throw new ArgumentException(Objective == PretrainingObjective.Permutation
                     ? "--objective permutation predicts the last 1/6 of a sampled order, not masked tokens: drop --mask-rate, --mask-mix, --mask-token, --masking, --mask-schedule and --phrases"
-                    : "--objective pmlm masks its own spans (at --mask-rate) with [M] and [P]: drop --mask-mix, --mask-token, --masking, --mask-schedule and --phrases");
+                    : "--objective pmlm masks its own spans (--mask-rate, --mask-mix) with [M] and [P]: drop --mask-token, --masking, --mask-schedule and --phrases");
         }
         if (Objective == PretrainingObjective.None)
         {

@@ -1,8 +1,10 @@
 // UniLMv2's pseudo-masked language model (Bao et al. 2020) on the encoder, in one forward pass
 // under a rank mask (BertInputs.KeyRanks / QueryRanks):
 // - spans covering round(rate · n) of the n text tokens are masked (UniLMv2 §3: 60 % single
-//   tokens, 40 % n-grams of 2 to 6 word pieces) and replaced by [M] ([MASK]) in place; the
-//   context and the [M]s rank 0 and see each other: the autoencoding (MLM) part, labelled at each [M];
+//   tokens, 40 % n-grams of 2 to 6 word pieces); in place, as BERT's MLM does (UniLMv2's
+//   autoencoding part "is the same as BERT's"), each becomes [M] ([MASK]), a random piece or stays
+//   itself by the --mask-mix shares (80/10/10); the context and these rank 0 and see each other,
+//   and each is labelled with its original;
 // - the spans get a factorisation order, span k of it rank k. Appended after the text, per span in
 //   position order: its pseudo-masks [P] (the [MASK] piece, at the span's position_ids), seen by no
 //   row and seeing rank ≤ k − 1 (the context, the [M]s and the spans before it), labelled with the
@@ -15,7 +17,7 @@ using IlgpuBert.Model;
 
 namespace IlgpuBert.Pretraining;
 
-public sealed class PseudoMaskedLm(SpecialIds special, double rate)
+public sealed class PseudoMaskedLm(SpecialIds special, double rate, int vocabSize, double replaceWithMask = 0.8, double replaceWithRandom = 0.1)
 {
     /// <summary>Masked tokens for <paramref name="textTokens"/> text tokens: round(rate · n), at least one.</summary>
     public int Budget(int textTokens) => Math.Max(1, (int)Math.Round(rate * textTokens));
@@ -76,7 +78,9 @@ public sealed class PseudoMaskedLm(SpecialIds special, double rate)
         {
             foreach (int p in spans[s])
             {
-                ids[p] = special.Mask; // [M]
+                double u = rng.NextDouble();
+                if (u < replaceWithMask) ids[p] = special.Mask; // [M]
+                else if (u < replaceWithMask + replaceWithRandom) ids[p] = rng.Next(vocabSize);
                 labels[p] = e.Ids[p];
             }
             int k = spanRank[s];
